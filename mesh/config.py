@@ -1,0 +1,151 @@
+"""Typed service configuration, loaded in one place from a file plus environment.
+
+Each service has a frozen dataclass (``services/<name>/config.py``) that extends
+:class:`CommonConfig`; every field has a default and a docstring. :func:`load`
+reads a JSON file (the harness writes one per process) and then applies
+``CHATMESH_<FIELD>`` environment variables on top, converting to the field's
+type. Unknown keys are errors, so a typo never silently falls back to a default.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Demo(CommonConfig):
+    ...     batch: int = 10
+    ...     '''Items per batch.'''
+    >>> load(Demo, env={"CHATMESH_BATCH": "32", "CHATMESH_REGION": "eu"}).batch
+    32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["CommonConfig", "ConfigError", "describe", "load"]
+
+T = TypeVar("T", bound="CommonConfig")
+
+
+class ConfigError(ValueError):
+    """The configuration file or environment holds a bad value."""
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """Settings every chatmesh service has."""
+
+    region: str = "us-east"
+    """The region this process serves."""
+    primary_region: str = "us-east"
+    """The region that takes writes."""
+    instance_id: str = ""
+    """Unique id of this process (generated when empty)."""
+    grpc_listen: str = "127.0.0.1:0"
+    """host:port the gRPC server binds (port 0: any free port)."""
+    metrics_listen: str = "127.0.0.1:0"
+    """host:port of the Prometheus metrics HTTP endpoint (empty: disabled)."""
+    ready_file: str = ""
+    """When set, the process writes its bound addresses here (JSON) once serving."""
+    nats_servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    """NATS URLs of this region's cluster."""
+    nats_user: str = ""
+    """NATS user (each service has its own, with least-privilege permissions)."""
+    nats_password: str = ""
+    """NATS password."""
+    jwt_public_key: str = ""
+    """Path of the PEM public key that verifies client tokens."""
+    jwt_issuer: str = "chatmesh-dev"
+    """Expected ``iss`` claim."""
+    jwt_audience: str = "chatmesh"
+    """Expected ``aud`` claim."""
+    log_level: str = "INFO"
+    """Root log level."""
+    access_log: bool = True
+    """Log one line per RPC."""
+    default_timeout: float = 10.0
+    """Deadline (seconds) for unary calls that arrive without one."""
+    shutdown_grace: float = 5.0
+    """Seconds in-flight calls get to finish on SIGTERM."""
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{name}: {value!r} is not a boolean")
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: {value!r} is not a string")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: {value!r} is not a list")
+        return tuple(str(v) for v in value)
+    if origin in (types.UnionType, typing.Union):
+        return value
+    return value
+
+
+def load(cls: type[T], path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> T:
+    """Builds ``cls`` from defaults, then the JSON file at ``path``, then the environment.
+
+    Raises:
+        ConfigError: Unknown key or a value of the wrong type.
+    """
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        unknown = sorted(set(raw) - fields)
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {unknown}; known: {sorted(fields)}")
+        for key, value in raw.items():
+            values[key] = _convert(key, value, hints[key])
+    for key in fields:
+        env_value = env.get(f"CHATMESH_{key.upper()}")
+        if env_value is not None:
+            values[key] = _convert(f"CHATMESH_{key.upper()}", env_value, hints[key])
+    return cls(**values)
+
+
+def describe(cls: type[CommonConfig]) -> list[tuple[str, str, str]]:
+    """``(name, default, docstring)`` of every field, for ``--help``-style listings and docs."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                    docs[node.target.id] = str(nxt.value.value)
+    return [(f.name, repr(f.default), docs.get(f.name, "")) for f in dataclasses.fields(cls)]

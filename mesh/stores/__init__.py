@@ -1,0 +1,106 @@
+"""Data stores behind one set of interfaces, opened from a DSN.
+
+=============  ==========================================================  =====================
+store          DSN examples                                                backends
+=============  ==========================================================  =====================
+history        ``sqlite:///run/data/eu/history.db``,                       SQLite, Cassandra
+               ``cassandra://127.0.0.2:9042/chatmesh?dc=eu``
+metadata       ``sqlite:///run/data/eu/metadata.db``,                      SQLite, MongoDB-wire
+               ``mongodb://127.0.0.1:27017/chatmesh?readPreference=nearest``
+command        ``sqlite:///run/data/us-east/command.db``, ``mongodb://…``  SQLite, MongoDB-wire
+=============  ==========================================================  =====================
+
+Example:
+    >>> import asyncio, tempfile
+    >>> async def demo() -> int:
+    ...     store = await open_history(f"sqlite:///{tempfile.mkdtemp()}/h.db")
+    ...     try:
+    ...         return await store.last_seq("ch_x")
+    ...     finally:
+    ...         await store.close()
+    >>> asyncio.run(demo())
+    0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from mesh.stores.base import (
+    UNREAD_CAP,
+    CommandStore,
+    HistoryPage,
+    HistoryStore,
+    LogConflict,
+    LogEntry,
+    MessageRecord,
+    MetadataStore,
+)
+
+__all__ = [
+    "UNREAD_CAP",
+    "CommandStore",
+    "HistoryPage",
+    "HistoryStore",
+    "LogConflict",
+    "LogEntry",
+    "MessageRecord",
+    "MetadataStore",
+    "open_command",
+    "open_history",
+    "open_metadata",
+]
+
+
+def _scheme(dsn: str) -> str:
+    scheme = urlsplit(dsn).scheme
+    if not scheme:
+        raise ValueError(f"store DSN {dsn!r} has no scheme (sqlite://, cassandra://, mongodb://)")
+    return scheme
+
+
+def _sqlite_path(dsn: str) -> Path:
+    return Path(urlsplit(dsn).path)
+
+
+async def open_history(dsn: str) -> HistoryStore:
+    """Opens the history store a DSN names (schema created if missing)."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        from mesh.stores.sqlite import SqliteHistoryStore
+
+        return SqliteHistoryStore(_sqlite_path(dsn))
+    if scheme == "cassandra":
+        from mesh.stores.cassandra import open_cassandra_history
+
+        return await open_cassandra_history(dsn)
+    raise ValueError(f"no history store for scheme {scheme!r} (sqlite, cassandra)")
+
+
+async def open_metadata(dsn: str) -> MetadataStore:
+    """Opens the metadata store a DSN names."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        from mesh.stores.sqlite import SqliteMetadataStore
+
+        return SqliteMetadataStore(_sqlite_path(dsn))
+    if scheme in ("mongodb", "mongodb+srv"):
+        from mesh.stores.mongo import open_mongo_metadata
+
+        return await open_mongo_metadata(dsn)
+    raise ValueError(f"no metadata store for scheme {scheme!r} (sqlite, mongodb)")
+
+
+async def open_command(dsn: str) -> CommandStore:
+    """Opens the command store a DSN names."""
+    scheme = _scheme(dsn)
+    if scheme == "sqlite":
+        from mesh.stores.sqlite import SqliteCommandStore
+
+        return SqliteCommandStore(_sqlite_path(dsn))
+    if scheme in ("mongodb", "mongodb+srv"):
+        from mesh.stores.mongo import open_mongo_command
+
+        return await open_mongo_command(dsn)
+    raise ValueError(f"no command store for scheme {scheme!r} (sqlite, mongodb)")

@@ -1,0 +1,203 @@
+"""The store interfaces every backend implements (SQLite, Cassandra, MongoDB-wire).
+
+Three stores, by who writes them:
+
+* :class:`CommandStore` — the write model, primary region only, written by the
+  Command Service alone: each channel's command log (the authoritative
+  ``(channel_id, seq)`` sequence, idempotency keys, publish state) and the
+  message index used to authorize edits and deletes.
+* :class:`MetadataStore` — channels, memberships and read markers. Written in
+  the primary by the Command Service; read everywhere. Replicated by the
+  database (MongoDB secondaries) or, for the embedded backend, by each region's
+  worker applying the event stream (:meth:`MetadataStore.apply`).
+* :class:`HistoryStore` — every channel's event log and message state. Written
+  by workers applying events (idempotently: re-applying an event changes
+  nothing), read by Query (pages) and Notification (replay) services.
+
+Every write method is idempotent, because events are delivered at least once.
+The shared contract suite (``tests/stores/test_contract.py``) runs against every
+backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
+
+__all__ = [
+    "CommandStore",
+    "HistoryPage",
+    "HistoryStore",
+    "LogConflict",
+    "LogEntry",
+    "MessageRecord",
+    "MetadataStore",
+    "UNREAD_CAP",
+]
+
+UNREAD_CAP = 1000
+"""Unread counts stop at this number (clients show "999+")."""
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of :meth:`HistoryStore.history`."""
+
+    messages: list[message_pb2.Message]
+    """Ascending by seq."""
+    has_more: bool
+    """More messages lie beyond the page in the direction of travel."""
+    last_seq: int
+    """Newest seq of the channel's log in this store."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of a channel's command log."""
+
+    channel_id: str
+    seq: int
+    event: bytes
+    """The serialized ``chatmesh.v1.Event`` exactly as published."""
+    idempotency_key: str | None = None
+    """``<kind>:<user>:<client key>`` for idempotent commands, else None."""
+    published: bool = False
+    """Whether JetStream has acknowledged the event."""
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """The command side's view of a message: enough to authorize edits and deletes."""
+
+    message_id: str
+    channel_id: str
+    seq: int
+    sender_user_id: str
+    deleted: bool
+    body: bytes = b""
+    """The message's current state (serialized ``chatmesh.v1.Message``); empty once deleted."""
+
+
+class LogConflict(Exception):
+    """A log append collided with an existing ``(channel, seq)`` or idempotency key."""
+
+
+class CommandStore(Protocol):
+    """The Command Service's write model (primary region only)."""
+
+    async def last_seq(self, channel_id: str) -> int:
+        """Highest seq in the channel's log (0 if none)."""
+        ...
+
+    async def append(self, entry: LogEntry) -> None:
+        """Appends an entry.
+
+        Raises:
+            LogConflict: ``(channel_id, seq)`` or ``idempotency_key`` exists already.
+        """
+        ...
+
+    async def by_idempotency_key(self, key: str) -> LogEntry | None:
+        """The entry recorded under an idempotency key, if any."""
+        ...
+
+    async def mark_published(self, channel_id: str, seq: int) -> None:
+        """Records that JetStream acknowledged the entry."""
+        ...
+
+    async def unpublished(self, limit: int = 1000, channel_id: str | None = None) -> list[LogEntry]:
+        """Entries not yet acknowledged by JetStream, in ``(channel_id, seq)`` order."""
+        ...
+
+    async def put_message(self, record: MessageRecord) -> None:
+        """Inserts or replaces a message record."""
+        ...
+
+    async def message(self, message_id: str) -> MessageRecord | None:
+        """A message record by id."""
+        ...
+
+    async def close(self) -> None:
+        """Releases connections."""
+        ...
+
+
+class MetadataStore(Protocol):
+    """Channels, memberships and read markers."""
+
+    async def apply(self, event: events_pb2.Event) -> None:
+        """Applies a channel or user event (idempotent; older membership changes are ignored)."""
+        ...
+
+    async def channel(self, channel_id: str) -> channel_pb2.Channel | None:
+        """A channel with its members (sorted), or None."""
+        ...
+
+    async def is_member(self, channel_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` is a member of the channel."""
+        ...
+
+    async def members(self, channel_id: str) -> tuple[list[str], int]:
+        """``(sorted member ids, seq of the last membership change)``; ``([], 0)`` if unknown."""
+        ...
+
+    async def channels_of(self, user_id: str) -> list[channel_pb2.Channel]:
+        """The user's channels (with members), most recently active first."""
+        ...
+
+    async def read_marker(self, user_id: str, channel_id: str) -> int:
+        """The user's highest read seq in the channel (0 if never)."""
+        ...
+
+    async def read_markers(self, user_id: str) -> dict[str, int]:
+        """channel_id -> the user's read marker, for every channel with one."""
+        ...
+
+    async def all_memberships(self, after_channel_id: str = "", limit: int = 10_000) -> list[tuple[str, int, list[str]]]:
+        """A page of ``(channel_id, membership_seq, members)`` ordered by channel id (for loading caches)."""
+        ...
+
+    async def close(self) -> None:
+        """Releases connections."""
+        ...
+
+
+class HistoryStore(Protocol):
+    """Channel event logs and message state."""
+
+    async def apply(self, events: Sequence[events_pb2.Event], stream_seq: int = 0) -> int:
+        """Applies channel events in order (idempotent) and records ``stream_seq`` as applied.
+
+        Returns:
+            How many events were new.
+        """
+        ...
+
+    async def history(
+        self, channel_id: str, *, before_seq: int = 0, after_seq: int = 0, limit: int = 50
+    ) -> HistoryPage:
+        """A page of messages; see ``QueryService.GetHistory`` for the bounds' meaning."""
+        ...
+
+    async def events_after(self, channel_id: str, after_seq: int, limit: int = 500) -> list[events_pb2.Event]:
+        """Channel events with seq > ``after_seq``, ascending, at most ``limit``."""
+        ...
+
+    async def last_seq(self, channel_id: str) -> int:
+        """Newest seq of the channel's log (0 if none)."""
+        ...
+
+    async def unread_count(self, channel_id: str, after_seq: int, user_id: str, cap: int = UNREAD_CAP) -> int:
+        """Undeleted messages by others with seq > ``after_seq``, at most ``cap``."""
+        ...
+
+    async def applied_stream_seq(self) -> int:
+        """The highest EVENTS stream sequence applied to this store."""
+        ...
+
+    async def close(self) -> None:
+        """Releases connections."""
+        ...

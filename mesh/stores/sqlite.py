@@ -1,0 +1,429 @@
+"""The embedded backend: SQLite files, one set per region, nothing to install.
+
+Each region's worker applies the region's event stream (EVENTS in the primary,
+its mirror elsewhere) to that region's ``history.db`` and, outside the primary,
+``metadata.db``; so a region's SQLite files play the role of its Cassandra DC
+and MongoDB secondary, with the JetStream mirror as the replication link.
+
+Queries run synchronously on the event loop: they are index lookups that take
+microseconds, and a thread hop per call would cost more than it saves. WAL
+mode lets the other processes of the region read while one writes.
+
+Example:
+    >>> import asyncio, tempfile, pathlib
+    >>> async def demo() -> int:
+    ...     store = SqliteHistoryStore(pathlib.Path(tempfile.mkdtemp()) / "history.db")
+    ...     return await store.last_seq("ch_x")
+    >>> asyncio.run(demo())
+    0
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
+from mesh.stores.base import UNREAD_CAP, HistoryPage, LogConflict, LogEntry, MessageRecord
+
+__all__ = ["SqliteCommandStore", "SqliteHistoryStore", "SqliteMetadataStore"]
+
+
+def _connect(path: Path, *, durable: bool) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: every commit is fsynced (the command log must survive power loss);
+    # NORMAL: fsync at checkpoints only (projections can be rebuilt from the stream).
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class _Db:
+    """A connection plus the schema it needs."""
+
+    SCHEMA: str = ""
+    DURABLE = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = _connect(path, durable=self.DURABLE)
+        with self.conn:
+            self.conn.executescript(self.SCHEMA)
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteCommandStore(_Db):
+    """Command log and message index (primary region)."""
+
+    DURABLE = True
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS command_log (
+        channel_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        idempotency_key TEXT UNIQUE,
+        published INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (channel_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS command_log_pending ON command_log (channel_id, seq) WHERE published = 0;
+    CREATE TABLE IF NOT EXISTS message_index (
+        message_id TEXT PRIMARY KEY,
+        channel_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender_user_id TEXT NOT NULL,
+        deleted INTEGER NOT NULL,
+        body BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """
+
+    async def last_seq(self, channel_id: str) -> int:
+        row = self.conn.execute("SELECT MAX(seq) FROM command_log WHERE channel_id = ?", (channel_id,)).fetchone()
+        return int(row[0] or 0)
+
+    async def append(self, entry: LogEntry) -> None:
+        try:
+            self.conn.execute(
+                "INSERT INTO command_log (channel_id, seq, event, idempotency_key, published) VALUES (?, ?, ?, ?, ?)",
+                (entry.channel_id, entry.seq, entry.event, entry.idempotency_key, int(entry.published)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise LogConflict(str(exc)) from None
+
+    async def by_idempotency_key(self, key: str) -> LogEntry | None:
+        row = self.conn.execute(
+            "SELECT channel_id, seq, event, idempotency_key, published FROM command_log WHERE idempotency_key = ?",
+            (key,),
+        ).fetchone()
+        return LogEntry(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    async def mark_published(self, channel_id: str, seq: int) -> None:
+        self.conn.execute("UPDATE command_log SET published = 1 WHERE channel_id = ? AND seq = ?", (channel_id, seq))
+
+    async def unpublished(self, limit: int = 1000, channel_id: str | None = None) -> list[LogEntry]:
+        if channel_id is None:
+            rows = self.conn.execute(
+                "SELECT channel_id, seq, event, idempotency_key FROM command_log WHERE published = 0 "
+                "ORDER BY channel_id, seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT channel_id, seq, event, idempotency_key FROM command_log "
+                "WHERE published = 0 AND channel_id = ? ORDER BY seq LIMIT ?",
+                (channel_id, limit),
+            ).fetchall()
+        return [LogEntry(r[0], r[1], r[2], r[3], False) for r in rows]
+
+    async def put_message(self, record: MessageRecord) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO message_index (message_id, channel_id, seq, sender_user_id, deleted, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (record.message_id, record.channel_id, record.seq, record.sender_user_id, int(record.deleted), record.body),
+        )
+
+    async def message(self, message_id: str) -> MessageRecord | None:
+        row = self.conn.execute(
+            "SELECT message_id, channel_id, seq, sender_user_id, deleted, body FROM message_index WHERE message_id = ?",
+            (message_id,),
+        ).fetchone()
+        return MessageRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) if row else None
+
+
+class SqliteMetadataStore(_Db):
+    """Channels, memberships and read markers of one region."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS channels (
+        channel_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        visibility INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        membership_seq INTEGER NOT NULL DEFAULT 0,
+        last_activity_ms INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS members (
+        channel_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (channel_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, channel_id);
+    CREATE TABLE IF NOT EXISTS read_markers (
+        user_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (user_id, channel_id)
+    ) WITHOUT ROWID;
+    """
+
+    async def apply(self, event: events_pb2.Event) -> None:
+        kind = event.WhichOneof("payload")
+        occurred_ms = event.occurred_at.ToMilliseconds()
+        conn = self.conn
+        if kind == "read_marker_updated":
+            rm = event.read_marker_updated
+            conn.execute(
+                "INSERT INTO read_markers (user_id, channel_id, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id, channel_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                (rm.user_id, event.channel_id, rm.last_read_seq),
+            )
+            return
+        if event.seq <= 0 or not event.channel_id:
+            return  # ephemeral events carry no state
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if kind == "channel_created":
+                ch = event.channel_created.channel
+                conn.execute(
+                    "INSERT INTO channels (channel_id, name, created_by, created_at_ms, visibility, last_seq, "
+                    "membership_seq, last_activity_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (ch.channel_id, ch.name, ch.created_by_user_id, ch.created_at.ToMilliseconds(),
+                     int(ch.visibility), event.seq, event.seq, occurred_ms),
+                )  # fmt: skip
+                conn.executemany(
+                    "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)",
+                    [(ch.channel_id, u) for u in ch.member_user_ids],
+                )
+            elif kind in ("member_joined", "member_left"):
+                row = conn.execute(
+                    "SELECT membership_seq FROM channels WHERE channel_id = ?", (event.channel_id,)
+                ).fetchone()
+                if row is not None and event.seq > row[0]:
+                    user = event.member_joined.user_id if kind == "member_joined" else event.member_left.user_id
+                    if kind == "member_joined":
+                        conn.execute(
+                            "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)", (event.channel_id, user)
+                        )
+                    else:
+                        conn.execute("DELETE FROM members WHERE channel_id = ? AND user_id = ?", (event.channel_id, user))
+                    conn.execute(
+                        "UPDATE channels SET membership_seq = ? WHERE channel_id = ?", (event.seq, event.channel_id)
+                    )
+            conn.execute(
+                "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
+                "WHERE channel_id = ?",
+                (event.seq, occurred_ms, event.channel_id),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _channel_from_row(self, row: Sequence[object], members: list[str]) -> channel_pb2.Channel:
+        ch = channel_pb2.Channel(
+            channel_id=str(row[0]),
+            name=str(row[1]),
+            created_by_user_id=str(row[2]),
+            visibility=int(row[4]),  # type: ignore[arg-type]
+            last_seq=int(row[5]),  # type: ignore[call-overload]
+            member_user_ids=members,
+        )
+        ch.created_at.FromMilliseconds(int(row[3]))  # type: ignore[call-overload]
+        return ch
+
+    _COLUMNS = "channel_id, name, created_by, created_at_ms, visibility, last_seq"
+
+    async def channel(self, channel_id: str) -> channel_pb2.Channel | None:
+        row = self.conn.execute(f"SELECT {self._COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+        if row is None:
+            return None
+        members = [r[0] for r in self.conn.execute(
+            "SELECT user_id FROM members WHERE channel_id = ? ORDER BY user_id", (channel_id,))]  # fmt: skip
+        return self._channel_from_row(row, members)
+
+    async def is_member(self, channel_id: str, user_id: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM members WHERE channel_id = ? AND user_id = ?", (channel_id, user_id)
+        ).fetchone()
+        return row is not None
+
+    async def members(self, channel_id: str) -> tuple[list[str], int]:
+        row = self.conn.execute("SELECT membership_seq FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+        if row is None:
+            return [], 0
+        users = [r[0] for r in self.conn.execute(
+            "SELECT user_id FROM members WHERE channel_id = ? ORDER BY user_id", (channel_id,))]  # fmt: skip
+        return users, int(row[0])
+
+    async def channels_of(self, user_id: str) -> list[channel_pb2.Channel]:
+        rows = self.conn.execute(
+            f"SELECT {', '.join('c.' + c.strip() for c in self._COLUMNS.split(','))} FROM members m "
+            "JOIN channels c ON c.channel_id = m.channel_id WHERE m.user_id = ? "
+            "ORDER BY c.last_activity_ms DESC, c.channel_id",
+            (user_id,),
+        ).fetchall()
+        result = []
+        for row in rows:
+            members = [r[0] for r in self.conn.execute(
+                "SELECT user_id FROM members WHERE channel_id = ? ORDER BY user_id", (row[0],))]  # fmt: skip
+            result.append(self._channel_from_row(row, members))
+        return result
+
+    async def read_marker(self, user_id: str, channel_id: str) -> int:
+        row = self.conn.execute(
+            "SELECT seq FROM read_markers WHERE user_id = ? AND channel_id = ?", (user_id, channel_id)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def read_markers(self, user_id: str) -> dict[str, int]:
+        return {
+            str(r[0]): int(r[1])
+            for r in self.conn.execute("SELECT channel_id, seq FROM read_markers WHERE user_id = ?", (user_id,))
+        }
+
+    async def all_memberships(self, after_channel_id: str = "", limit: int = 10_000) -> list[tuple[str, int, list[str]]]:
+        rows = self.conn.execute(
+            "SELECT channel_id, membership_seq FROM channels WHERE channel_id > ? ORDER BY channel_id LIMIT ?",
+            (after_channel_id, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        members: dict[str, list[str]] = {r[0]: [] for r in rows}
+        for channel_id, user_id in self.conn.execute(
+            "SELECT channel_id, user_id FROM members WHERE channel_id >= ? AND channel_id <= ? ORDER BY channel_id, user_id",
+            (rows[0][0], rows[-1][0]),
+        ):
+            members[channel_id].append(user_id)
+        return [(r[0], int(r[1]), members[r[0]]) for r in rows]
+
+
+class SqliteHistoryStore(_Db):
+    """Event logs and message state of one region."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS events (
+        channel_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        PRIMARY KEY (channel_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS messages (
+        channel_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        sender_user_id TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        edit_seq INTEGER NOT NULL DEFAULT 0,
+        body BLOB NOT NULL,
+        PRIMARY KEY (channel_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS messages_by_id ON messages (message_id);
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    """
+
+    async def apply(self, events: Sequence[events_pb2.Event], stream_seq: int = 0) -> int:
+        conn = self.conn
+        applied = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for event in events:
+                if event.seq <= 0 or not event.channel_id:
+                    continue
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (channel_id, seq, event) VALUES (?, ?, ?)",
+                    (event.channel_id, event.seq, event.SerializeToString()),
+                )
+                if cur.rowcount == 0:
+                    continue  # seen before: applying it again must change nothing
+                applied += 1
+                self._apply_to_messages(event)
+            if stream_seq:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('applied_stream_seq', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                    (stream_seq,),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return applied
+
+    def _apply_to_messages(self, event: events_pb2.Event) -> None:
+        kind = event.WhichOneof("payload")
+        if kind == "message_created":
+            m = event.message_created.message
+            self.conn.execute(
+                "INSERT OR IGNORE INTO messages (channel_id, seq, message_id, sender_user_id, deleted, edit_seq, body) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?)",
+                (m.channel_id, m.seq, m.message_id, m.sender_user_id, event.seq, m.SerializeToString()),
+            )
+        elif kind == "message_edited":
+            m = event.message_edited.message
+            # Only a newer edit wins, so a redelivered old edit cannot undo a later one.
+            self.conn.execute(
+                "UPDATE messages SET body = ?, edit_seq = ? WHERE channel_id = ? AND seq = ? AND edit_seq < ? AND deleted = 0",
+                (m.SerializeToString(), event.seq, m.channel_id, m.seq, event.seq),
+            )
+        elif kind == "message_deleted":
+            d = event.message_deleted
+            row = self.conn.execute(
+                "SELECT body FROM messages WHERE channel_id = ? AND seq = ?", (event.channel_id, d.message_seq)
+            ).fetchone()
+            if row is None:
+                return
+            tomb = message_pb2.Message.FromString(row[0])
+            tomb.text = ""
+            tomb.deleted = True
+            self.conn.execute(
+                "UPDATE messages SET body = ?, deleted = 1, edit_seq = ? WHERE channel_id = ? AND seq = ?",
+                (tomb.SerializeToString(), event.seq, event.channel_id, d.message_seq),
+            )
+
+    async def history(
+        self, channel_id: str, *, before_seq: int = 0, after_seq: int = 0, limit: int = 50
+    ) -> HistoryPage:
+        conn = self.conn
+        if after_seq and not before_seq:
+            rows = conn.execute(
+                "SELECT body FROM messages WHERE channel_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+                (channel_id, after_seq, limit + 1),
+            ).fetchall()
+            has_more = len(rows) > limit
+            bodies = [r[0] for r in rows[:limit]]
+        elif after_seq and before_seq:
+            rows = conn.execute(
+                "SELECT body FROM messages WHERE channel_id = ? AND seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?",
+                (channel_id, after_seq, before_seq, limit + 1),
+            ).fetchall()
+            has_more = len(rows) > limit
+            bodies = [r[0] for r in rows[:limit]]
+        else:
+            upper = before_seq if before_seq else 2**62
+            rows = conn.execute(
+                "SELECT body FROM messages WHERE channel_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (channel_id, upper, limit + 1),
+            ).fetchall()
+            has_more = len(rows) > limit
+            bodies = [r[0] for r in reversed(rows[:limit])]
+        return HistoryPage([message_pb2.Message.FromString(b) for b in bodies], has_more, await self.last_seq(channel_id))
+
+    async def events_after(self, channel_id: str, after_seq: int, limit: int = 500) -> list[events_pb2.Event]:
+        rows = self.conn.execute(
+            "SELECT event FROM events WHERE channel_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+            (channel_id, after_seq, limit),
+        ).fetchall()
+        return [events_pb2.Event.FromString(r[0]) for r in rows]
+
+    async def last_seq(self, channel_id: str) -> int:
+        row = self.conn.execute("SELECT MAX(seq) FROM events WHERE channel_id = ?", (channel_id,)).fetchone()
+        return int(row[0] or 0)
+
+    async def unread_count(self, channel_id: str, after_seq: int, user_id: str, cap: int = UNREAD_CAP) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE channel_id = ? AND seq > ? AND deleted = 0 "
+            "AND sender_user_id != ? LIMIT ?)",
+            (channel_id, after_seq, user_id, cap),
+        ).fetchone()
+        return int(row[0])
+
+    async def applied_stream_seq(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'applied_stream_seq'").fetchone()
+        return int(row[0]) if row else 0

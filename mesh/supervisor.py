@@ -1,0 +1,324 @@
+"""The harness: starts, health-checks and stops a whole mesh from a topology.
+
+:class:`Mesh` is what ``chatmesh up`` runs and what the pytest fixtures use, so
+tests exercise exactly what users run. Start order: Toxiproxy (the WAN), the
+NATS super-cluster (gateways dial each other through the link proxies), the
+JetStream streams, Valkey (replicas replicate through the links), then the data
+stores and the chatmesh services (see :mod:`mesh.services_plan`). Every port is
+allocated; every file goes under the run directory; :meth:`Mesh.stop` leaves no
+process behind.
+
+Example:
+    >>> async def demo() -> None:  # doctest: +SKIP
+    ...     from mesh.topology import load
+    ...     async with Mesh(load("dev"), run_dir=Path("/tmp/mesh")) as mesh:
+    ...         nc = await mesh.nats_client("eu", user="admin")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from mesh import natsconf
+from mesh.nats import NatsNode, connect, ensure_stream
+from mesh.natsconf import Credentials, NatsNodePlan
+from mesh.ports import allocate
+from mesh.process import ManagedProcess
+from mesh.topology import Topology
+from mesh.valkey import ValkeyServer
+from mesh.wan import Toxiproxy, Wan
+
+__all__ = ["STATE_FILE", "Mesh", "ServiceHook"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+"""Name of the file under the run directory that ``chatmesh status`` reads."""
+
+ServiceHook = Callable[["Mesh"], Awaitable[None]]
+"""Something started after the infrastructure (stores, services, edges)."""
+
+
+class Mesh:
+    """A running (or runnable) mesh: infrastructure plus whatever hooks add."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: Path,
+        *,
+        hooks: list[ServiceHook] | None = None,
+        fresh: bool = True,
+    ) -> None:
+        """Plans a mesh; nothing starts until :meth:`start`.
+
+        Args:
+            topology: What to run.
+            run_dir: Where data, logs, configs and the state file go.
+            hooks: Started in order after the infrastructure is ready.
+            fresh: Delete data from an earlier run in ``run_dir`` first.
+        """
+        self.topology = topology
+        self.run_dir = run_dir
+        self.hooks = list(hooks or [])
+        self.fresh = fresh
+        self.credentials: dict[str, Credentials] = natsconf.make_credentials(topology)
+        self.toxiproxy = Toxiproxy(run_dir)
+        self.wan = Wan(topology, self.toxiproxy)
+        self.nats_nodes: dict[str, list[NatsNode]] = {}
+        self.valkey: dict[str, ValkeyServer] = {}
+        self.valkey_primary_via: dict[str, tuple[str, int]] = {}
+        """Per region: address of the Valkey primary as reached from that region."""
+        self.processes: dict[str, ManagedProcess] = {}
+        """Every service process started by hooks, by name."""
+        self.services: dict[str, Any] = {}
+        """Service handles (:class:`mesh.services_plan.ServiceProcess`) by name, for restarts."""
+        self.endpoints: dict[str, dict[str, Any]] = {r: {} for r in topology.region_names}
+        """Per region: endpoints hooks publish for clients (``chatmesh status``)."""
+        self.extra_state: dict[str, Any] = {}
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+        self._clients: list[NATS] = []
+        self.started_at: float | None = None
+        self.ready_seconds: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Mesh:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Starts everything and returns when all of it is ready."""
+        t0 = time.monotonic()
+        self.started_at = time.time()
+        if self.fresh and self.run_dir.exists():
+            for sub in ("data", "logs", "conf"):
+                shutil.rmtree(self.run_dir / sub, ignore_errors=True)
+        for sub in ("data", "logs", "conf"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        await self.toxiproxy.start()
+        self._stoppers.append(self.toxiproxy.stop)
+        await asyncio.gather(self._start_nats(), self._start_valkey())
+        for hook in self.hooks:
+            await hook(self)
+        self.ready_seconds = time.monotonic() - t0
+        self.write_state()
+        logger.info("mesh %s ready in %.1fs", self.topology.name, self.ready_seconds)
+
+    async def stop(self) -> None:
+        """Stops everything started, newest first. Safe to call more than once."""
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+        self._clients.clear()
+        while self._stoppers:
+            stopper = self._stoppers.pop()
+            try:
+                await stopper()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                logger.exception("error while stopping")
+        state = self.run_dir / STATE_FILE
+        with contextlib.suppress(FileNotFoundError):
+            state.unlink()
+
+    def on_stop(self, stopper: Callable[[], Awaitable[None]]) -> None:
+        """Registers a coroutine function that :meth:`stop` awaits (newest first)."""
+        self._stoppers.append(stopper)
+
+    # -- NATS ----------------------------------------------------------------
+
+    async def _start_nats(self) -> None:
+        topo = self.topology
+        plans: dict[str, list[NatsNodePlan]] = {}
+        ports: dict[str, list[tuple[int, int, int, int]]] = {
+            r.name: [(allocate(), allocate(), allocate(), allocate()) for _ in range(r.nats_nodes)]
+            for r in topo.regions
+        }
+        # Gateway proxies: one per (dialling region, remote node).
+        gateway_urls: dict[str, dict[str, list[str]]] = {r: {} for r in topo.region_names}
+        for src in topo.region_names:
+            for dst in topo.region_names:
+                if src == dst:
+                    continue
+                urls = []
+                for j, (_, _, _, gw_port) in enumerate(ports[dst], start=1):
+                    proxy = await self.wan.proxy(src, dst, f"nats-gw-{j}", ("127.0.0.1", gw_port))
+                    urls.append(f"nats://{proxy.address}")
+                gateway_urls[src][dst] = urls
+        for region in topo.regions:
+            region_plans = []
+            for i, (client, http, cluster, gateway) in enumerate(ports[region.name], start=1):
+                # A one-node region routes to itself: JetStream in a super-cluster
+                # refuses to start without configured routes, and nats-server
+                # detects and ignores the route to self.
+                routes = tuple(
+                    f"nats-route://127.0.0.1:{p[2]}"
+                    for j, p in enumerate(ports[region.name], start=1)
+                    if j != i or region.nats_nodes == 1
+                )
+                region_plans.append(
+                    NatsNodePlan(
+                        region=region.name,
+                        index=i,
+                        client_port=client,
+                        http_port=http,
+                        cluster_port=cluster,
+                        gateway_port=gateway,
+                        store_dir=str(self.run_dir / "data" / f"nats-{region.name}-{i}"),
+                        routes=routes,
+                        gateways=gateway_urls[region.name],
+                    )
+                )
+            plans[region.name] = region_plans
+        for region, region_plans in plans.items():
+            nodes = []
+            for plan in region_plans:
+                conf = self.run_dir / "conf" / f"nats-{plan.server_name}.conf"
+                conf.write_text(natsconf.render_server_conf(topo, plan, self.credentials))
+                os.chmod(conf, 0o600)
+                nodes.append(NatsNode(plan, conf, self.run_dir / "logs" / f"nats-{plan.server_name}.log"))
+            self.nats_nodes[region] = nodes
+        all_nodes = [n for nodes in self.nats_nodes.values() for n in nodes]
+
+        async def stop_nats() -> None:
+            await asyncio.gather(*(n.stop() for n in all_nodes), return_exceptions=True)
+            for n in all_nodes:
+                await n.aclose()
+
+        self._stoppers.append(stop_nats)
+        await asyncio.gather(*(n.start() for n in all_nodes))
+        await asyncio.gather(
+            *(
+                n.wait_ready(
+                    expected_routes=topo.region(n.plan.region).nats_nodes - 1,
+                    expected_gateways=set(topo.region_names) - {n.plan.region},
+                    timeout=30,
+                )
+                for n in all_nodes
+            )
+        )
+        admin = await self.nats_client(topo.primary, user="admin")
+        await ensure_stream(admin, natsconf.events_stream_config(topo))
+        await asyncio.gather(
+            *(ensure_stream(admin, natsconf.mirror_stream_config(topo, r)) for r in topo.secondaries)
+        )
+
+    def nats_urls(self, region: str) -> list[str]:
+        """Client URLs (without credentials) of a region's NATS nodes."""
+        return [n.plan.client_url for n in self.nats_nodes[region]]
+
+    def nats_url(self, region: str, user: str = "admin") -> str:
+        """Comma-separated client URLs of a region with ``user``'s credentials embedded."""
+        creds = self.credentials[user]
+        return ",".join(creds.url(u) for u in self.nats_urls(region))
+
+    async def nats_client(self, region: str, *, user: str = "admin", name: str | None = None) -> NATS:
+        """Connects a client to a region's cluster as ``user``; closed by :meth:`stop`."""
+        creds = self.credentials[user]
+        client = await connect(
+            self.nats_urls(region),
+            name=name or f"harness-{user}-{region}",
+            user=creds.user,
+            password=creds.password,
+        )
+        self._clients.append(client)
+        return client
+
+    # -- Valkey --------------------------------------------------------------
+
+    async def _start_valkey(self) -> None:
+        topo = self.topology
+        primary = ValkeyServer(topo.primary, self.run_dir)
+        self.valkey[topo.primary] = primary
+        self._stoppers.append(primary.stop)
+        await primary.start()
+        self.valkey_primary_via[topo.primary] = (primary.host, primary.port)
+        await primary.wait_ready(timeout=15)
+        replicas = []
+        for region in topo.secondaries:
+            proxy = await self.wan.proxy(region, topo.primary, "valkey", (primary.host, primary.port))
+            self.valkey_primary_via[region] = proxy.listen
+            replica = ValkeyServer(region, self.run_dir, replica_of=proxy.listen)
+            self.valkey[region] = replica
+            self._stoppers.append(replica.stop)
+            replicas.append(replica)
+        await asyncio.gather(*(r.start() for r in replicas))
+        await asyncio.gather(*(r.wait_ready(timeout=30) for r in replicas))
+
+    # -- state ---------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What ``chatmesh status --json`` shows: every region's endpoints and every process."""
+        topo = self.topology
+        regions: dict[str, Any] = {}
+        for region in topo.region_names:
+            valkey = self.valkey.get(region)
+            via = self.valkey_primary_via.get(region)
+            regions[region] = {
+                "primary": region == topo.primary,
+                "nats": self.nats_urls(region) if region in self.nats_nodes else [],
+                "nats_monitor": [n.plan.monitor_url for n in self.nats_nodes.get(region, [])],
+                "valkey": valkey.url if valkey else None,
+                "valkey_role": ("primary" if region == topo.primary else "replica") if valkey else None,
+                "valkey_primary": f"redis://{via[0]}:{via[1]}/0" if via else None,
+                **self.endpoints.get(region, {}),
+            }
+        processes = []
+        for nodes in self.nats_nodes.values():
+            for n in nodes:
+                processes.append(_proc_info(n.process))
+        for v in self.valkey.values():
+            processes.append(_proc_info(v.process))
+        if self.toxiproxy.process:
+            processes.append(_proc_info(self.toxiproxy.process))
+        processes += [_proc_info(p) for p in self.processes.values()]
+        return {
+            "topology": topo.name,
+            "primary": topo.primary,
+            "stores": topo.stores.backend,
+            "run_dir": str(self.run_dir),
+            "supervisor_pid": os.getpid(),
+            "ready_seconds": round(self.ready_seconds, 2) if self.ready_seconds is not None else None,
+            "toxiproxy": self.toxiproxy.api_url,
+            "links": [
+                {"name": p.name, "src": p.src, "dst": p.dst, "listen": p.address,
+                 "upstream": f"{p.upstream[0]}:{p.upstream[1]}"}
+                for p in self.wan.proxies
+            ],  # fmt: skip
+            "regions": regions,
+            "processes": processes,
+            **self.extra_state,
+        }
+
+    def write_state(self) -> Path:
+        """Writes the state file (and the NATS credentials, mode 0600) atomically."""
+        path = self.run_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        os.replace(tmp, path)
+        creds = self.run_dir / "nats-credentials.json"
+        creds.write_text(json.dumps({u: c.password for u, c in self.credentials.items()}, indent=2))
+        os.chmod(creds, 0o600)
+        return path
+
+
+def _proc_info(proc: ManagedProcess) -> dict[str, Any]:
+    return {"name": proc.name, "pid": proc.pid, "log": str(proc.log_path)}

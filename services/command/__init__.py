@@ -1,0 +1,1 @@
+"""Command Service: the primary region's single writer of channel logs."""

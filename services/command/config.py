@@ -1,0 +1,25 @@
+"""Command Service configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.config import CommonConfig
+
+__all__ = ["CommandConfig"]
+
+
+@dataclass(frozen=True)
+class CommandConfig(CommonConfig):
+    """Settings of the Command Service (primary region)."""
+
+    command_store: str = "sqlite:///.run/data/us-east/command.db"
+    """DSN of the command log (the write model)."""
+    metadata_store: str = "sqlite:///.run/data/us-east/metadata.db"
+    """DSN of the primary metadata store (channels, members, read markers)."""
+    publish_timeout: float = 5.0
+    """Seconds to wait for JetStream to acknowledge an event."""
+    typing_ttl: float = 6.0
+    """Seconds a typing indicator stays visible without a refresh."""
+    republish_interval: float = 1.0
+    """How often unacknowledged log entries are published again."""

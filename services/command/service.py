@@ -1,0 +1,407 @@
+"""Command Service domain logic: authorize, sequence, log, project, publish.
+
+Every channel event goes through :meth:`Commands._commit`, under the channel's
+lock (one writer per channel, so the EVENTS stream holds each channel's events
+in seq order):
+
+1. publish whatever the channel's log still holds unpublished (a crash or a
+   JetStream outage left it there), so order is never broken;
+2. for idempotent commands, return the logged result if the key is known;
+3. take the next seq and append the event to the command log — the single
+   source of truth for ``(channel_id, seq)``; a unique key on
+   ``(channel_id, seq)`` and on the idempotency key make a second writer or a
+   concurrent retry fail instead of forking the log;
+4. project it into the primary metadata store and message index (idempotent);
+5. publish it to JetStream with ``Nats-Msg-Id`` = the event's dedup id, and
+   return once JetStream acknowledged it; then mark it published.
+
+A crash between any two steps is repaired by the next command on the channel
+or the periodic republisher: steps 4 and 5 are idempotent, and the event bytes
+come from the log, so a retry publishes the very same event.
+
+This module knows nothing of gRPC: it takes request messages and the caller's
+id, and raises :mod:`mesh.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+
+from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
+from mesh import ids
+from mesh.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from mesh.events import new_event, now_ms
+from mesh.eventbus import publish_event
+from mesh.natsconf import EVENTS_STREAM, Subjects
+from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
+
+__all__ = ["Commands"]
+
+logger = logging.getLogger(__name__)
+
+
+def dedup_id(event: events_pb2.Event) -> str:
+    """``Nats-Msg-Id`` of an event: derived from the message id (itself derived
+    from the sender's idempotency key) for sends, else from the event id."""
+    if event.WhichOneof("payload") == "message_created":
+        return event.message_created.message.message_id
+    return event.event_id
+
+
+class _Locks:
+    """One asyncio.Lock per channel, forgetting idle ones (bounded memory)."""
+
+    def __init__(self, keep: int = 50_000) -> None:
+        self._locks: OrderedDict[str, asyncio.Lock] = OrderedDict()
+        self._keep = keep
+
+    def get(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+            while len(self._locks) > self._keep:
+                oldest, old = next(iter(self._locks.items()))
+                if old.locked():
+                    break
+                del self._locks[oldest]
+        else:
+            self._locks.move_to_end(key)
+        return lock
+
+
+class Commands:
+    """The write side of chatmesh."""
+
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        command_store: CommandStore,
+        metadata: MetadataStore,
+        region: str,
+        publish_timeout: float = 5.0,
+        typing_ttl: float = 6.0,
+    ) -> None:
+        """Wires the stores and the NATS connection (user ``command``)."""
+        self.nc = nc
+        self.log = command_store
+        self.metadata = metadata
+        self.region = region
+        self.publish_timeout = publish_timeout
+        self.typing_ttl = typing_ttl
+        self._locks = _Locks()
+        self._last_seq: dict[str, int] = {}
+
+    # -- the write path --------------------------------------------------------
+
+    async def _stream_last_seq(self, channel_id: str) -> int:
+        """The seq of the channel's newest event in EVENTS (0 if none or unknown)."""
+        try:
+            msg = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
+                f'{{"last_by_subj": "{Subjects.channel_events(channel_id)}"}}'.encode(),
+                timeout=self.publish_timeout,
+            )
+        except Exception:  # noqa: BLE001 - JetStream down: the log alone decides (see _next_seq)
+            return 0
+        if msg.headers and msg.headers.get("Status"):
+            return 0
+        try:
+            return events_pb2.Event.FromString(msg.data).seq
+        except Exception:  # noqa: BLE001
+            return 0
+
+    async def _next_seq(self, channel_id: str) -> int:
+        last = self._last_seq.get(channel_id)
+        if last is None:
+            # First use since start: the log decides, but never go below what
+            # the stream already holds (a log restored from an old backup must
+            # not hand out a seq twice).
+            last = max(await self.log.last_seq(channel_id), await self._stream_last_seq(channel_id))
+        return last + 1
+
+    async def _publish(self, channel_id: str, seq: int, payload: bytes) -> None:
+        event = events_pb2.Event.FromString(payload)
+        await publish_event(
+            self.nc, Subjects.channel_events(channel_id), payload, dedup_id(event), timeout=self.publish_timeout
+        )
+        await self.log.mark_published(channel_id, seq)
+
+    async def _project(self, event: events_pb2.Event) -> None:
+        await self.metadata.apply(event)
+        kind = event.WhichOneof("payload")
+        if kind in ("message_created", "message_edited"):
+            m = event.message_created.message if kind == "message_created" else event.message_edited.message
+            await self.log.put_message(
+                MessageRecord(m.message_id, m.channel_id, m.seq, m.sender_user_id, False, m.SerializeToString())
+            )
+        elif kind == "message_deleted":
+            record = await self.log.message(event.message_deleted.message_id)
+            if record is not None:
+                await self.log.put_message(
+                    MessageRecord(record.message_id, record.channel_id, record.seq, record.sender_user_id, True, b"")
+                )
+
+    async def _flush_channel(self, channel_id: str) -> None:
+        for entry in await self.log.unpublished(channel_id=channel_id):
+            await self._project(events_pb2.Event.FromString(entry.event))
+            await self._publish(entry.channel_id, entry.seq, entry.event)
+
+    async def republish_pending(self) -> int:
+        """Publishes every logged-but-unacknowledged entry (start-up and periodic repair)."""
+        count = 0
+        for entry in await self.log.unpublished():
+            async with self._locks.get(entry.channel_id):
+                before = len(await self.log.unpublished(channel_id=entry.channel_id, limit=1))
+                if before:
+                    await self._flush_channel(entry.channel_id)
+                    count += 1
+        return count
+
+    async def _commit(
+        self,
+        channel_id: str,
+        build: Callable[[int], events_pb2.Event],
+        *,
+        idempotency_key: str | None = None,
+        check: Callable[[], object] | None = None,
+    ) -> tuple[events_pb2.Event, bool]:
+        """Runs the write path for one channel event; returns ``(event, was_duplicate)``."""
+        async with self._locks.get(channel_id):
+            try:
+                await self._flush_channel(channel_id)
+            except Unavailable:
+                raise
+            if idempotency_key is not None:
+                existing = await self.log.by_idempotency_key(idempotency_key)
+                if existing is not None:
+                    return await self._replay_existing(existing), True
+            if check is not None:
+                result = check()
+                if asyncio.iscoroutine(result):
+                    await result
+            for attempt in range(2):
+                seq = await self._next_seq(channel_id)
+                event = build(seq)
+                payload = event.SerializeToString()
+                try:
+                    await self.log.append(LogEntry(channel_id, seq, payload, idempotency_key))
+                    break
+                except LogConflict:
+                    if idempotency_key is not None:
+                        existing = await self.log.by_idempotency_key(idempotency_key)
+                        if existing is not None:
+                            return await self._replay_existing(existing), True
+                    # Someone else wrote this seq (a second writer or a stale
+                    # cache): reload from the log and try once more.
+                    self._last_seq.pop(channel_id, None)
+                    if attempt:
+                        raise Unavailable("BACKEND_UNAVAILABLE", "concurrent writers on this channel; retry") from None
+            self._last_seq[channel_id] = seq
+            await self._project(event)
+            await self._publish(channel_id, seq, payload)
+            return event, False
+
+    async def _replay_existing(self, entry: LogEntry) -> events_pb2.Event:
+        """Makes sure a logged entry is published, and returns its event."""
+        if not entry.published:
+            await self._flush_channel(entry.channel_id)
+        return events_pb2.Event.FromString(entry.event)
+
+    # -- authorization helpers -------------------------------------------------
+
+    async def _require_member(self, channel_id: str, user: str) -> None:
+        if await self.metadata.is_member(channel_id, user):
+            return
+        if await self.metadata.channel(channel_id) is None:
+            raise NotFound("CHANNEL_NOT_FOUND", f"channel {channel_id} does not exist", channel_id=channel_id)
+        raise PermissionDenied("NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id)
+
+    async def _own_message(self, channel_id: str, message_id: str, user: str) -> MessageRecord:
+        await self._require_member(channel_id, user)
+        record = await self.log.message(message_id)
+        if record is None or record.channel_id != channel_id:
+            raise NotFound("MESSAGE_NOT_FOUND", f"message {message_id} does not exist in channel {channel_id}",
+                           message_id=message_id)  # fmt: skip
+        if record.sender_user_id != user:
+            raise PermissionDenied("NOT_THE_AUTHOR", "only the author may change a message", message_id=message_id)
+        return record
+
+    # -- commands ----------------------------------------------------------------
+
+    async def create_channel(self, user: str, req: pb.CreateChannelRequest, origin: str) -> pb.CreateChannelResponse:
+        """CommandService.CreateChannel."""
+        key = f"create:{user}:{req.client_request_id}" if req.client_request_id else None
+        channel_id = ids.derived("ch", user, req.client_request_id) if key else ids.new("ch")
+        members = sorted({user, *req.member_user_ids})
+        visibility = req.visibility or channel_pb2.CHANNEL_VISIBILITY_PRIVATE
+
+        def build(seq: int) -> events_pb2.Event:
+            event = new_event(channel_id, seq=seq, origin_region=origin, actor=user)
+            ch = event.channel_created.channel
+            ch.channel_id = channel_id
+            ch.name = req.name
+            ch.member_user_ids.extend(members)
+            ch.created_by_user_id = user
+            ch.created_at.CopyFrom(event.occurred_at)
+            ch.visibility = visibility
+            ch.last_seq = seq
+            return event
+
+        event, duplicate = await self._commit(channel_id, build, idempotency_key=key)
+        created = event.channel_created.channel
+        if duplicate and (created.name != req.name or list(created.member_user_ids) != members):
+            raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", "client_request_id was used for a different channel")
+        return pb.CreateChannelResponse(channel=created)
+
+    async def join_channel(self, user: str, req: pb.JoinChannelRequest, origin: str) -> pb.JoinChannelResponse:
+        """CommandService.JoinChannel."""
+
+        async def check() -> None:
+            channel = await self.metadata.channel(req.channel_id)
+            if channel is None:
+                raise NotFound("CHANNEL_NOT_FOUND", f"channel {req.channel_id} does not exist", channel_id=req.channel_id)
+            if user in channel.member_user_ids:
+                raise AlreadyExists("ALREADY_MEMBER", f"you are already a member of {req.channel_id}")
+            if channel.visibility != channel_pb2.CHANNEL_VISIBILITY_PUBLIC:
+                raise PermissionDenied("CHANNEL_PRIVATE", f"channel {req.channel_id} is private")
+
+        def build(seq: int) -> events_pb2.Event:
+            event = new_event(req.channel_id, seq=seq, origin_region=origin, actor=user)
+            event.member_joined.user_id = user
+            return event
+
+        await self._commit(req.channel_id, build, check=check)
+        channel = await self.metadata.channel(req.channel_id)
+        assert channel is not None
+        return pb.JoinChannelResponse(channel=channel)
+
+    async def leave_channel(self, user: str, req: pb.LeaveChannelRequest, origin: str) -> pb.LeaveChannelResponse:
+        """CommandService.LeaveChannel."""
+
+        def build(seq: int) -> events_pb2.Event:
+            event = new_event(req.channel_id, seq=seq, origin_region=origin, actor=user)
+            event.member_left.user_id = user
+            return event
+
+        await self._commit(req.channel_id, build, check=lambda: self._require_member(req.channel_id, user))
+        return pb.LeaveChannelResponse()
+
+    async def send_message(self, user: str, req: pb.SendMessageRequest, origin: str) -> pb.SendMessageResponse:
+        """CommandService.SendMessage."""
+        key = f"send:{user}:{req.client_msg_id}"
+        message_id = ids.derived("msg", user, req.client_msg_id)
+
+        def build(seq: int) -> events_pb2.Event:
+            event = new_event(req.channel_id, seq=seq, origin_region=origin, actor=user)
+            m = event.message_created.message
+            m.message_id = message_id
+            m.channel_id = req.channel_id
+            m.seq = seq
+            m.sender_user_id = user
+            m.text = req.text
+            m.created_at.CopyFrom(event.occurred_at)
+            m.origin_region = origin
+            m.client_msg_id = req.client_msg_id
+            return event
+
+        event, duplicate = await self._commit(
+            req.channel_id, build, idempotency_key=key, check=lambda: self._require_member(req.channel_id, user)
+        )
+        if event.WhichOneof("payload") != "message_created":
+            raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", "client_msg_id was used for another kind of command")
+        message = event.message_created.message
+        if duplicate and (message.channel_id != req.channel_id or message.text != req.text):
+            raise AlreadyExists(
+                "IDEMPOTENCY_KEY_REUSED",
+                f"client_msg_id {req.client_msg_id!r} was already used for a different message",
+                message_id=message.message_id,
+            )
+        return pb.SendMessageResponse(message=message, duplicate=duplicate)
+
+    async def edit_message(self, user: str, req: pb.EditMessageRequest, origin: str) -> pb.EditMessageResponse:
+        """CommandService.EditMessage."""
+        current: dict[str, message_pb2.Message] = {}
+
+        async def check() -> None:
+            record = await self._own_message(req.channel_id, req.message_id, user)
+            if record.deleted:
+                raise FailedPrecondition("MESSAGE_DELETED", f"message {req.message_id} was deleted")
+            current["message"] = message_pb2.Message.FromString(record.body)
+
+        def build(seq: int) -> events_pb2.Event:
+            event = new_event(req.channel_id, seq=seq, origin_region=origin, actor=user)
+            m = event.message_edited.message
+            m.CopyFrom(current["message"])
+            m.text = req.text
+            m.edited_at.CopyFrom(event.occurred_at)
+            m.client_msg_id = ""
+            return event
+
+        event, _ = await self._commit(req.channel_id, build, check=check)
+        return pb.EditMessageResponse(message=event.message_edited.message)
+
+    async def delete_message(self, user: str, req: pb.DeleteMessageRequest, origin: str) -> pb.DeleteMessageResponse:
+        """CommandService.DeleteMessage (deleting twice is a no-op)."""
+        record = await self._own_message(req.channel_id, req.message_id, user)
+        if record.deleted:
+            return pb.DeleteMessageResponse()
+
+        async def check() -> None:
+            again = await self._own_message(req.channel_id, req.message_id, user)
+            if again.deleted:
+                raise _AlreadyDeleted
+
+        def build(seq: int) -> events_pb2.Event:
+            event = new_event(req.channel_id, seq=seq, origin_region=origin, actor=user)
+            event.message_deleted.message_id = req.message_id
+            event.message_deleted.message_seq = record.seq
+            return event
+
+        try:
+            await self._commit(req.channel_id, build, check=check)
+        except _AlreadyDeleted:
+            pass
+        return pb.DeleteMessageResponse()
+
+    async def set_typing(self, user: str, req: pb.SetTypingRequest, origin: str) -> pb.SetTypingResponse:
+        """CommandService.SetTyping: ephemeral, core NATS only."""
+        await self._require_member(req.channel_id, user)
+        event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
+        event.typing_changed.user_id = user
+        event.typing_changed.typing = req.typing
+        event.typing_changed.expires_at.FromMilliseconds(now_ms() + int(self.typing_ttl * 1000))
+        try:
+            await self.nc.publish(Subjects.typing(req.channel_id), event.SerializeToString())
+        except Exception as exc:  # noqa: BLE001 - connection closed / reconnecting
+            raise Unavailable("BACKEND_UNAVAILABLE", f"typing could not be sent ({type(exc).__name__})") from None
+        return pb.SetTypingResponse()
+
+    async def mark_read(self, user: str, req: pb.MarkReadRequest, origin: str) -> pb.MarkReadResponse:
+        """CommandService.MarkRead: the marker only moves forward, and never past the channel's end."""
+        await self._require_member(req.channel_id, user)
+        channel = await self.metadata.channel(req.channel_id)
+        last_seq = channel.last_seq if channel else 0
+        current = await self.metadata.read_marker(user, req.channel_id)
+        target = max(current, min(req.seq, last_seq))
+        event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
+        event.read_marker_updated.user_id = user
+        event.read_marker_updated.last_read_seq = target
+        await self.metadata.apply(event)
+        await publish_event(
+            self.nc,
+            Subjects.user_events(user),
+            event.SerializeToString(),
+            f"rm:{user}:{req.channel_id}:{target}",
+            timeout=self.publish_timeout,
+        )
+        return pb.MarkReadResponse(last_read_seq=target)
+
+
+class _AlreadyDeleted(Exception):
+    """Raised inside the lock when a concurrent delete got there first."""

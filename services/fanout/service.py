@@ -1,0 +1,319 @@
+"""Fan-Out Service: consume events, route them to notification instances.
+
+Inputs (NATS, user ``fanout``):
+
+* the EVENTS stream through the durable pull consumer ``fanout`` (channel and
+  user events, in stream order; at-least-once);
+* ``chatmesh.eph.typing.*`` and ``chatmesh.eph.presence.*`` (core NATS);
+* route updates, snapshots and heartbeats of notification instances
+  (request/reply; the reply tells an instance whether the table needs its full
+  route set).
+
+Output: for each event, one :class:`~chatmesh.internal.v1.routing_pb2.Delivery`
+per notification instance that holds a member's stream, on that instance's
+subject ``chatmesh.dlv.<region>.<instance>``. Because only instances with
+members get a delivery, an event crosses a gateway only toward regions that
+want it. Deliveries are numbered per instance (``instance_seq``) within this
+process's ``epoch``, so an instance notices lost deliveries and catches up from
+its region's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge
+
+from chatmesh.internal.v1 import routing_pb2
+from chatmesh.v1 import events_pb2, presence_pb2
+from mesh import ids
+from mesh.eventbus import PullConsumer, stream_seq_of
+from mesh.events import new_event
+from mesh.natsconf import EVENTS_STREAM, Subjects
+from mesh.stores import MetadataStore
+from services.fanout.table import RoutingTable
+
+__all__ = ["Fanout"]
+
+logger = logging.getLogger(__name__)
+
+EVENTS_PROCESSED = Counter("chatmesh_fanout_events_total", "Events consumed", ["kind"])
+DELIVERIES = Counter("chatmesh_fanout_deliveries_total", "Per-instance deliveries published", ["region"])
+ROUTED_USERS = Gauge("chatmesh_fanout_routed_users", "Users with at least one live stream")
+INSTANCES = Gauge("chatmesh_fanout_instances", "Live notification instances")
+TABLE_BYTES = Gauge("chatmesh_fanout_table_bytes", "Estimated bytes held by the routing table")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class Fanout:
+    """The routing table plus the NATS plumbing around it."""
+
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        metadata: MetadataStore,
+        region: str,
+        instance_timeout: float = 5.0,
+        resync_grace: float = 1.0,
+        consumer_name: str = "fanout",
+        batch: int = 512,
+    ) -> None:
+        """Wires dependencies; :meth:`start` begins work."""
+        self.nc = nc
+        self.metadata = metadata
+        self.region = region
+        self.table = RoutingTable()
+        self.epoch = ids.new("fo")
+        self.instance_timeout = instance_timeout
+        self.resync_grace = resync_grace
+        self.consumer = PullConsumer(nc, EVENTS_STREAM, consumer_name, self._on_events, batch=batch)
+        self.events_processed = 0
+        self.deliveries = 0
+        self.deliveries_by_region: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start-up -----------------------------------------------------------------
+
+    async def load_memberships(self) -> int:
+        """Loads every channel's members from the metadata store (paged)."""
+        after = ""
+        count = 0
+        while True:
+            page = await self.metadata.all_memberships(after, limit=5000)
+            if not page:
+                break
+            for channel_id, seq, members in page:
+                self.table.set_members(channel_id, members, seq)
+            count += len(page)
+            after = page[-1][0]
+        return count
+
+    async def start(self) -> None:
+        """Subscribes, rebuilds the table, then starts consuming events."""
+        t0 = time.monotonic()
+        nc = self.nc
+        await nc.subscribe(Subjects.ROUTE_UPDATE_ALL, cb=self._on_update, pending_msgs_limit=-1)
+        await nc.subscribe(Subjects.ROUTE_SNAPSHOT_ALL, cb=self._on_snapshot, pending_msgs_limit=-1)
+        await nc.subscribe(Subjects.ROUTE_HEARTBEAT_ALL, cb=self._on_heartbeat, pending_msgs_limit=-1)
+        await nc.subscribe(Subjects.TYPING_ALL, cb=self._on_typing, pending_msgs_limit=-1)
+        await nc.subscribe(Subjects.PRESENCE_ALL, cb=self._on_presence, pending_msgs_limit=-1)
+        channels = await self.load_memberships()
+        await nc.publish(Subjects.ROUTE_RESYNC, routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString())
+        await nc.flush()
+        # A bounded window for instances to send their route sets before events
+        # flow; an instance that misses it is caught by its next heartbeat and
+        # catches up from history (its deliveries restart under a new epoch).
+        await asyncio.sleep(self.resync_grace)
+        await self.consumer.ensure()
+        self._tasks.append(asyncio.create_task(self._consume(), name="fanout-consume"))
+        self._tasks.append(asyncio.create_task(self._expire_loop(), name="fanout-expire"))
+        logger.info(
+            "fan-out %s started in %.2fs: %d channels, %d memberships, %d instances, %d routed users",
+            self.epoch, time.monotonic() - t0, channels, self.table.memberships,
+            len(self.table.instances()), self.table.routed_users,
+        )  # fmt: skip
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                await self.consumer.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep consuming; the batch is redelivered
+                logger.exception("event consumer failed; restarting it")
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        """Stops consuming and expiring."""
+        self.consumer.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- routes --------------------------------------------------------------------
+
+    def _ack(self, slot: int, *, resync: bool) -> bytes:
+        inst = self.table.instance(slot)
+        return routing_pb2.RouteAck(
+            version=inst.version,
+            resync_needed=resync,
+            fanout_epoch=self.epoch,
+            instance_seq=inst.delivery_seq,
+            stream_seq=self.consumer.last_stream_seq,
+        ).SerializeToString()
+
+    def _register(self, instance_id: str, region: str) -> int:
+        slot = self.table.add_instance(instance_id, region, Subjects.delivery(region, instance_id))
+        self.table.instance(slot).last_seen = time.monotonic()
+        return slot
+
+    async def _on_update(self, msg: Msg) -> None:
+        try:
+            update = routing_pb2.RouteUpdate.FromString(msg.data)
+        except Exception:  # noqa: BLE001 - a bad payload must not stop routing
+            logger.warning("ignoring malformed route update on %s", msg.subject)
+            return
+        slot = self._register(update.instance_id, update.region)
+        inst = self.table.instance(slot)
+        in_order = inst.synced and update.version == inst.version + 1
+        self.table.add_routes(slot, update.added_user_ids)
+        self.table.remove_routes(slot, update.removed_user_ids)
+        if in_order:
+            inst.version = update.version
+        self._gauges()
+        if msg.reply:
+            await self.nc.publish(msg.reply, self._ack(slot, resync=not in_order))
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        try:
+            snap = routing_pb2.RouteSnapshot.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            logger.warning("ignoring malformed route snapshot on %s", msg.subject)
+            return
+        slot = self._register(snap.instance_id, snap.region)
+        inst = self.table.instance(slot)
+        self.table.replace_routes(slot, snap.user_ids)
+        inst.version = snap.version
+        inst.synced = True
+        self._gauges()
+        if msg.reply:
+            await self.nc.publish(msg.reply, self._ack(slot, resync=False))
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = routing_pb2.InstanceHeartbeat.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        slot = self._register(hb.instance_id, hb.region)
+        inst = self.table.instance(slot)
+        if msg.reply:
+            await self.nc.publish(msg.reply, self._ack(slot, resync=not inst.synced or hb.version != inst.version))
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.instance_timeout / 4)
+            cutoff = time.monotonic() - self.instance_timeout
+            for inst in self.table.instances():
+                if inst.last_seen >= cutoff:
+                    continue
+                slot = self.table.slot_of(inst.instance_id)
+                if slot is None:
+                    continue
+                orphans = self.table.remove_instance(slot)
+                logger.warning(
+                    "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
+                    inst.instance_id, inst.region, len(inst.users), len(orphans),
+                )  # fmt: skip
+                for user in orphans:
+                    await self._announce_offline(user)
+            self._gauges()
+
+    async def _announce_offline(self, user_id: str) -> None:
+        event = new_event("", seq=0, origin_region=self.region, actor=user_id)
+        presence = event.presence_changed.presence
+        presence.user_id = user_id
+        presence.status = presence_pb2.PRESENCE_STATUS_OFFLINE
+        presence.last_seen_at.CopyFrom(event.occurred_at)
+        await self._deliver(event.SerializeToString(), self.table.user_audience(user_id, with_peers=True), 0)
+
+    def _gauges(self) -> None:
+        ROUTED_USERS.set(self.table.routed_users)
+        INSTANCES.set(len(self.table.instances()))
+
+    # -- events --------------------------------------------------------------------
+
+    async def _ensure_channel(self, channel_id: str) -> None:
+        if not self.table.knows_channel(channel_id):
+            members, seq = await self.metadata.members(channel_id)
+            self.table.set_members(channel_id, members, seq)
+
+    async def _on_events(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            try:
+                event = events_pb2.Event.FromString(msg.data)
+            except Exception:  # noqa: BLE001 - skip (and ack) a poison message rather than block the stream
+                logger.error("skipping undecodable event at stream seq %s", stream_seq_of(msg))
+                continue
+            kind = event.WhichOneof("payload") or "unknown"
+            EVENTS_PROCESSED.labels(kind).inc()
+            self.events_processed += 1
+            await self._route(event, kind, msg.data, stream_seq_of(msg))
+
+    async def _route(self, event: events_pb2.Event, kind: str, raw: bytes, stream_seq: int) -> None:
+        table = self.table
+        if kind == "read_marker_updated":
+            audience = table.user_audience(event.read_marker_updated.user_id, with_peers=False)
+        elif kind == "channel_created":
+            ch = event.channel_created.channel
+            table.set_members(ch.channel_id, ch.member_user_ids, event.seq)
+            audience = table.channel_audience(ch.channel_id)
+        elif kind == "member_joined":
+            await self._ensure_channel(event.channel_id)
+            table.add_member(event.channel_id, event.member_joined.user_id, event.seq)
+            audience = table.channel_audience(event.channel_id)
+        elif kind == "member_left":
+            await self._ensure_channel(event.channel_id)
+            leaver = event.member_left.user_id
+            audience = table.channel_audience(event.channel_id, extra=[leaver])
+            table.remove_member(event.channel_id, leaver, event.seq)
+        elif event.channel_id:
+            await self._ensure_channel(event.channel_id)
+            audience = table.channel_audience(event.channel_id)
+        else:
+            return
+        await self._deliver(raw, audience, stream_seq)
+
+    async def _deliver(self, raw_event: bytes, audience: Iterable[int], stream_seq: int) -> None:
+        # Delivery = field 1 (the event, as received: no re-encoding) followed by
+        # the per-instance fields; concatenated protobuf messages merge.
+        head = b"\x0a" + _varint(len(raw_event)) + raw_event
+        for slot, users in self.table.targets(audience).items():
+            inst = self.table.instance(slot)
+            inst.delivery_seq += 1
+            tail = routing_pb2.Delivery(
+                user_ids=users, stream_seq=stream_seq, fanout_epoch=self.epoch, instance_seq=inst.delivery_seq
+            ).SerializeToString()
+            await self.nc.publish(inst.subject, head + tail)
+            self.deliveries += 1
+            self.deliveries_by_region[inst.region] = self.deliveries_by_region.get(inst.region, 0) + 1
+            DELIVERIES.labels(inst.region).inc()
+
+    async def _on_typing(self, msg: Msg) -> None:
+        try:
+            event = events_pb2.Event.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if not event.channel_id:
+            return
+        await self._ensure_channel(event.channel_id)
+        await self._deliver(msg.data, self.table.channel_audience(event.channel_id), 0)
+
+    async def _on_presence(self, msg: Msg) -> None:
+        try:
+            event = events_pb2.Event.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        user = event.presence_changed.presence.user_id
+        if not user:
+            return
+        await self._deliver(msg.data, self.table.user_audience(user, with_peers=True), 0)

@@ -1,0 +1,1 @@
+"""Notification Service: client event streams in every region."""

@@ -1,0 +1,62 @@
+"""``python -m services.notification [CONFIG.json]``: runs a Notification Service instance."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from chatmesh.v1 import notification_service_pb2_grpc as pb_grpc
+from mesh import config as config_mod, ids
+from mesh.grpcserver import GrpcServer, configure_logging
+from mesh.nats import connect
+from mesh.stores import open_history, open_metadata
+from mesh.stores.presence import PresenceStore
+from services.notification.config import NotificationConfig
+from services.notification.hub import Hub
+from services.notification.server import NotificationServicer
+
+
+async def main(cfg: NotificationConfig) -> None:
+    instance_id = cfg.instance_id or ids.new(f"n-{cfg.region}")
+    nc = await connect(list(cfg.nats_servers), name=f"notification-{instance_id}", user=cfg.nats_user,
+                       password=cfg.nats_password, pending_size=64 * 1024 * 1024)  # fmt: skip
+    history = await open_history(cfg.history_store)
+    metadata = await open_metadata(cfg.metadata_store)
+    presence = PresenceStore(
+        primary_url=cfg.valkey_primary,
+        replica_url=cfg.valkey_replica,
+        region=cfg.region,
+        instance_id=instance_id,
+        instance_ttl=max(5.0, cfg.route_heartbeat * 5),
+    )
+    hub = Hub(
+        nc=nc,
+        history=history,
+        metadata=metadata,
+        presence=presence,
+        region=cfg.region,
+        instance_id=instance_id,
+        stream_heartbeat=cfg.stream_heartbeat,
+        route_heartbeat=cfg.route_heartbeat,
+        route_timeout=cfg.route_timeout,
+        buffer_size=cfg.buffer_size,
+        replay_page=cfg.replay_page,
+        catchup_timeout=cfg.catchup_timeout,
+    )
+    server = GrpcServer(cfg, "notification")
+    server.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationServicer(hub),
+               "chatmesh.v1.NotificationService")  # fmt: skip
+    await hub.start()
+    # Streams end first (with SHUTTING_DOWN), then the server drains.
+    server.on_shutdown(history.close)
+    server.on_shutdown(metadata.close)
+    server.on_shutdown(presence.close)
+    server.on_shutdown(nc.drain)
+    server.on_drain(hub.stop)
+    await server.run_until_signal()
+
+
+if __name__ == "__main__":
+    cfg = config_mod.load(NotificationConfig, sys.argv[1] if len(sys.argv) > 1 else None)
+    configure_logging(cfg.log_level, "notification")
+    asyncio.run(main(cfg))

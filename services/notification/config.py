@@ -1,0 +1,35 @@
+"""Notification Service configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.config import CommonConfig
+
+__all__ = ["NotificationConfig"]
+
+
+@dataclass(frozen=True)
+class NotificationConfig(CommonConfig):
+    """Settings of a Notification Service instance (every region)."""
+
+    history_store: str = "sqlite:///.run/data/us-east/history.db"
+    """DSN of the region's history store (replay and gap filling)."""
+    metadata_store: str = "sqlite:///.run/data/us-east/metadata.db"
+    """DSN of the region's metadata store (membership checks on resume)."""
+    valkey_primary: str = "redis://127.0.0.1:6379/0"
+    """The Valkey primary as reached from this region (presence writes)."""
+    valkey_replica: str = "redis://127.0.0.1:6379/0"
+    """The region's Valkey replica (presence reads)."""
+    stream_heartbeat: float = 15.0
+    """Seconds of stream idleness after which a Heartbeat is sent to the client."""
+    route_heartbeat: float = 1.0
+    """Seconds between heartbeats to the Fan-Out Service (and Valkey liveness refreshes)."""
+    route_timeout: float = 3.0
+    """Seconds to wait for the Fan-Out Service to acknowledge a route change."""
+    buffer_size: int = 2000
+    """Events a stream may have queued before the client counts as too slow."""
+    replay_page: int = 500
+    """Events read from history per replay query."""
+    catchup_timeout: float = 30.0
+    """Seconds to wait for the region's history to reach a gap before delivering around it."""

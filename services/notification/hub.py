@@ -1,0 +1,540 @@
+"""The notification instance: client streams, routes, ordering and catch-up.
+
+Guarantees to each stream, per channel: events in strictly increasing seq, no
+duplicates, no gaps — across the replay/live seam, Fan-Out restarts and WAN
+partitions. How:
+
+* **Dedup and order.** A :class:`Subscriber` remembers the last seq it sent per
+  channel; anything at or below it is dropped; anything beyond ``last + 1`` is
+  held while the missing range is read from the region's history store.
+* **Seam.** A new stream registers (and its route is acknowledged by the
+  Fan-Out Service) *before* replay reads history, and holds live events until
+  replay ends; the held events then pass the dedup/gap rules above.
+* **Lost deliveries.** The Fan-Out Service numbers deliveries per instance. A
+  jump in that number (the link was cut), a new Fan-Out epoch (it restarted),
+  or a heartbeat reply saying more was sent than arrived triggers a sweep: once
+  the region's history has applied the stream position the Fan-Out had
+  reached, every stream re-reads its channels after its last seq.
+* **Slow clients.** Each stream has a bounded queue; overflowing it ends that
+  stream with RESOURCE_EXHAUSTED (SLOW_CONSUMER) — the dispatcher never waits
+  for a client. The client resumes with ``resume_from`` and loses nothing.
+
+Presence: a user is online while they have a stream anywhere; the first stream
+on this instance counts them in Valkey (primary, across the WAN) and publishes
+a PresenceChanged event if they were offline everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge, Histogram
+
+from chatmesh.internal.v1 import routing_pb2
+from chatmesh.v1 import events_pb2, notification_service_pb2 as pb, presence_pb2
+from mesh.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from mesh.events import new_event, now_ms
+from mesh.natsconf import Subjects
+from mesh.stores import HistoryStore, MetadataStore
+from mesh.stores.presence import PresenceStore
+
+__all__ = ["Hub", "Subscriber"]
+
+logger = logging.getLogger(__name__)
+
+STREAMS = Gauge("chatmesh_notification_streams", "Open Subscribe streams")
+EVENTS_SENT = Counter("chatmesh_notification_events_sent_total", "Events queued to client streams", ["source"])
+DELIVERY_LATENCY = Histogram(
+    "chatmesh_notification_delivery_seconds",
+    "From the event's occurred_at to queuing on a client stream (same host clocks)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5),
+)
+GAPS = Counter("chatmesh_notification_gaps_total", "Gap fills and sweeps", ["kind", "result"])
+SLOW = Counter("chatmesh_notification_slow_consumers_total", "Streams ended because the client was too slow")
+
+_CLOSE = object()
+
+
+@dataclass
+class Subscriber:
+    """One client stream."""
+
+    hub: Hub
+    user_id: str
+    capacity: int
+    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    last: dict[str, int] = field(default_factory=dict)
+    """Per channel: the highest seq sent to the client."""
+    replaying: bool = True
+    held: list[events_pb2.Event] = field(default_factory=list)
+    pending: dict[str, dict[int, events_pb2.Event]] = field(default_factory=dict)
+    """Per channel: events beyond a gap, waiting for the gap to be filled."""
+    fills: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    closed_with: Exception | None = None
+
+    # -- delivery -----------------------------------------------------------------
+
+    def _push(self, event: events_pb2.Event, source: str) -> None:
+        if self.closed_with is not None:
+            return
+        if self.queue.qsize() >= self.capacity:
+            SLOW.inc()
+            self.close(ResourceExhausted(
+                "SLOW_CONSUMER",
+                f"the stream fell more than {self.capacity} events behind; reconnect with resume_from",
+            ))  # fmt: skip
+            return
+        self.queue.put_nowait(pb.SubscribeResponse(event=event))
+        EVENTS_SENT.labels(source).inc()
+        if source == "live" and event.HasField("occurred_at"):
+            DELIVERY_LATENCY.observe(max(0.0, (now_ms() - event.occurred_at.ToMilliseconds()) / 1000))
+
+    def close(self, error: Exception) -> None:
+        """Ends the stream with ``error`` (delivered after what is already queued)."""
+        if self.closed_with is None:
+            self.closed_with = error
+            self.queue.put_nowait(_CLOSE)
+        for task in self.fills.values():
+            task.cancel()
+
+    def offer(self, event: events_pb2.Event, source: str = "live") -> None:
+        """Accepts an event for this stream, enforcing per-channel order and dedup."""
+        if self.replaying:
+            if len(self.held) >= self.capacity:
+                SLOW.inc()
+                self.close(ResourceExhausted("SLOW_CONSUMER", "too many events arrived during replay; reconnect"))
+                return
+            self.held.append(event)
+            return
+        if event.seq <= 0:
+            self._push(event, source)
+            return
+        channel = event.channel_id
+        last = self.last.get(channel)
+        if last is None and channel not in self.pending:
+            self.last[channel] = event.seq  # first sight of this channel on this stream
+            self._push(event, source)
+            return
+        if last is not None and event.seq <= last:
+            return  # already sent
+        if last is not None and event.seq == last + 1 and channel not in self.fills:
+            self.last[channel] = event.seq
+            self._push(event, source)
+            self._release(channel)
+            return
+        self.pending.setdefault(channel, {})[event.seq] = event
+        if channel not in self.fills:
+            self.fills[channel] = asyncio.create_task(self._fill(channel))
+
+    def _release(self, channel: str) -> None:
+        held = self.pending.get(channel)
+        while held:
+            nxt = self.last[channel] + 1
+            event = held.pop(nxt, None)
+            if event is None:
+                # Drop anything at or below last (duplicates) and stop at a gap.
+                for seq in [s for s in held if s <= self.last[channel]]:
+                    del held[seq]
+                break
+            self.last[channel] = nxt
+            self._push(event, "live")
+        if not held:
+            self.pending.pop(channel, None)
+
+    async def _fill(self, channel: str) -> None:
+        """Reads the missing range of ``channel`` from history, then releases held events."""
+        try:
+            while self.pending.get(channel):
+                target = min(self.pending[channel]) - 1
+                ok = await self.hub.read_gap(self, channel, target)
+                GAPS.labels("channel", "filled" if ok else "timeout").inc()
+                if not ok:
+                    # Give up on the missing range rather than stall the channel forever.
+                    logger.warning("gap in %s for %s not in history after %.0fs; skipping to %d",
+                                   channel, self.user_id, self.hub.catchup_timeout, target + 1)  # fmt: skip
+                    self.last[channel] = target
+                self._release(channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a store error must not kill the stream silently
+            logger.exception("gap fill failed for %s in %s", self.user_id, channel)
+            self.close(Unavailable("BACKEND_UNAVAILABLE", "history unavailable; reconnect with resume_from"))
+        finally:
+            self.fills.pop(channel, None)
+
+    def deliver_history(self, events: list[events_pb2.Event]) -> None:
+        """Sends history events that follow ``last`` (catch-up after a sweep)."""
+        for event in events:
+            channel = event.channel_id
+            last = self.last.get(channel, 0)
+            if event.seq == last + 1:
+                self.last[channel] = event.seq
+                self._push(self.hub.visible(event, self.user_id), "catchup")
+            elif event.seq > last + 1:
+                break
+        for channel in {e.channel_id for e in events}:
+            self._release(channel)
+
+    def end_replay(self) -> None:
+        """Switches from replay to live: held events go through the normal rules."""
+        self.replaying = False
+        held, self.held = self.held, []
+        for event in held:
+            self.offer(event)
+
+
+def _private_sender(event: events_pb2.Event) -> str | None:
+    """The sender of a message event that carries a client_msg_id (visible to them only)."""
+    kind = event.WhichOneof("payload")
+    if kind == "message_created" and event.message_created.message.client_msg_id:
+        return event.message_created.message.sender_user_id
+    if kind == "message_edited" and event.message_edited.message.client_msg_id:
+        return event.message_edited.message.sender_user_id
+    return None
+
+
+class Hub:
+    """One notification instance's state and its NATS plumbing."""
+
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        history: HistoryStore,
+        metadata: MetadataStore,
+        presence: PresenceStore,
+        region: str,
+        instance_id: str,
+        stream_heartbeat: float = 15.0,
+        route_heartbeat: float = 1.0,
+        route_timeout: float = 3.0,
+        buffer_size: int = 2000,
+        replay_page: int = 500,
+        catchup_timeout: float = 30.0,
+    ) -> None:
+        """Wires dependencies; :meth:`start` begins work."""
+        self.nc = nc
+        self.history = history
+        self.metadata = metadata
+        self.presence = presence
+        self.region = region
+        self.instance_id = instance_id
+        self.stream_heartbeat = stream_heartbeat
+        self.route_heartbeat = route_heartbeat
+        self.route_timeout = route_timeout
+        self.buffer_size = buffer_size
+        self.replay_page = replay_page
+        self.catchup_timeout = catchup_timeout
+        self.subject = Subjects.delivery(region, instance_id)
+        self.users: dict[str, list[Subscriber]] = {}
+        self.version = 0
+        self.fanout_epoch = ""
+        self.expected_seq = 0
+        self.shutting_down = False
+        self._route_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sweeping: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribes to deliveries and resync requests; starts heartbeats."""
+        await self.presence.heartbeat()
+        await self.nc.subscribe(self.subject, cb=self._on_delivery, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await self.nc.subscribe(Subjects.ROUTE_RESYNC, cb=self._on_resync)
+        await self.nc.flush()
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="route-heartbeat"))
+        logger.info("notification instance %s listening on %s", self.instance_id, self.subject)
+
+    async def stop(self) -> None:
+        """Ends every stream (UNAVAILABLE SHUTTING_DOWN), withdraws routes and presence."""
+        self.shutting_down = True
+        for subs in self.users.values():
+            for sub in subs:
+                sub.close(Unavailable("SHUTTING_DOWN", "the server is shutting down; reconnect with resume_from"))
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        counts = {user: len(subs) for user, subs in self.users.items()}
+        with contextlib.suppress(Exception):
+            for user in await self.presence.instance_gone(counts):
+                await self._publish_presence(user, online=False)
+        self.users.clear()
+        with contextlib.suppress(Exception):
+            await self._send_snapshot()
+
+    # -- routes ------------------------------------------------------------------
+
+    async def _request(self, subject: str, payload: bytes) -> routing_pb2.RouteAck | None:
+        try:
+            reply = await self.nc.request(subject, payload, timeout=self.route_timeout)
+            return routing_pb2.RouteAck.FromString(reply.data)
+        except Exception as exc:  # noqa: BLE001 - fan-out unreachable: heartbeats resync later
+            logger.info("fan-out did not answer on %s: %r", subject, exc)
+            return None
+
+    async def _send_snapshot(self) -> None:
+        snap = routing_pb2.RouteSnapshot(
+            instance_id=self.instance_id, region=self.region, version=self.version, user_ids=sorted(self.users)
+        )
+        await self._request(Subjects.route_snapshot(self.region, self.instance_id), snap.SerializeToString())
+
+    async def _route_change(self, added: list[str], removed: list[str]) -> None:
+        async with self._route_lock:
+            self.version += 1
+            update = routing_pb2.RouteUpdate(
+                instance_id=self.instance_id, region=self.region, version=self.version,
+                added_user_ids=added, removed_user_ids=removed,
+            )  # fmt: skip
+            ack = await self._request(Subjects.route_update(self.region, self.instance_id), update.SerializeToString())
+            if ack is not None:
+                self._check_ack(ack)
+                if ack.resync_needed:
+                    await self._send_snapshot()
+
+    async def _on_resync(self, msg: Msg) -> None:
+        async with self._route_lock:
+            await self._send_snapshot()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.route_heartbeat)
+            try:
+                await self.presence.heartbeat()
+            except Exception as exc:  # noqa: BLE001
+                logger.info("valkey heartbeat failed: %r", exc)
+            hb = routing_pb2.InstanceHeartbeat(
+                instance_id=self.instance_id, region=self.region, version=self.version, user_count=len(self.users)
+            )
+            hb.sent_at.FromMilliseconds(now_ms())
+            ack = await self._request(Subjects.route_heartbeat(self.region, self.instance_id), hb.SerializeToString())
+            if ack is None:
+                continue
+            self._check_ack(ack)
+            if ack.resync_needed:
+                async with self._route_lock:
+                    await self._send_snapshot()
+
+    def _check_ack(self, ack: routing_pb2.RouteAck) -> None:
+        """Detects deliveries that never arrived, from the Fan-Out's own count."""
+        if not ack.fanout_epoch:
+            return
+        if ack.fanout_epoch != self.fanout_epoch:
+            if self.fanout_epoch:
+                logger.info("fan-out restarted (epoch %s -> %s); sweeping", self.fanout_epoch, ack.fanout_epoch)
+                self._sweep(ack.stream_seq)
+            self.fanout_epoch = ack.fanout_epoch
+            self.expected_seq = ack.instance_seq + 1
+        elif ack.instance_seq >= self.expected_seq:
+            logger.info("deliveries %d..%d never arrived; sweeping", self.expected_seq, ack.instance_seq)
+            self.expected_seq = ack.instance_seq + 1
+            self._sweep(ack.stream_seq)
+
+    # -- deliveries --------------------------------------------------------------
+
+    def visible(self, event: events_pb2.Event, viewer: str) -> events_pb2.Event:
+        """The event as ``viewer`` may see it (only a sender sees their client_msg_id)."""
+        kind = event.WhichOneof("payload")
+        if kind not in ("message_created", "message_edited"):
+            return event
+        message = event.message_created.message if kind == "message_created" else event.message_edited.message
+        if not message.client_msg_id or message.sender_user_id == viewer:
+            return event
+        stripped = events_pb2.Event()
+        stripped.CopyFrom(event)
+        target = stripped.message_created.message if kind == "message_created" else stripped.message_edited.message
+        target.client_msg_id = ""
+        return stripped
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        try:
+            delivery = routing_pb2.Delivery.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            logger.warning("ignoring malformed delivery")
+            return
+        if delivery.fanout_epoch != self.fanout_epoch:
+            if self.fanout_epoch:
+                self._sweep(delivery.stream_seq)
+            self.fanout_epoch = delivery.fanout_epoch
+            self.expected_seq = delivery.instance_seq + 1
+        else:
+            if delivery.instance_seq > self.expected_seq:
+                logger.info("deliveries %d..%d lost; sweeping", self.expected_seq, delivery.instance_seq - 1)
+                self._sweep(delivery.stream_seq)
+            self.expected_seq = max(self.expected_seq, delivery.instance_seq + 1)
+        event = delivery.event
+        stripped: events_pb2.Event | None = None
+        sender = _private_sender(event)
+        for user in delivery.user_ids:
+            subs = self.users.get(user)
+            if not subs:
+                continue
+            if sender is None or user == sender:
+                visible = event
+            else:
+                if stripped is None:
+                    stripped = self.visible(event, user)
+                visible = stripped
+            for sub in subs:
+                sub.offer(visible)
+
+    # -- catch-up ----------------------------------------------------------------
+
+    async def _wait_history(self, channel: str, target_seq: int) -> bool:
+        deadline = time.monotonic() + self.catchup_timeout
+        delay = 0.01
+        while await self.history.last_seq(channel) < target_seq:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        return True
+
+    async def read_gap(self, sub: Subscriber, channel: str, target_seq: int) -> bool:
+        """Sends ``sub`` the history of ``channel`` from its last seq up to ``target_seq``."""
+        if not await self._wait_history(channel, target_seq):
+            return False
+        while sub.last.get(channel, 0) < target_seq:
+            before = sub.last.get(channel, 0)
+            events = await self.history.events_after(channel, before, self.replay_page)
+            for event in events:
+                if event.seq > target_seq:
+                    break
+                if event.seq == sub.last.get(channel, 0) + 1:
+                    sub.last[channel] = event.seq
+                    sub._push(self.visible(event, sub.user_id), "gapfill")
+            if sub.last.get(channel, 0) == before:
+                return False  # history has a hole where the gap is: nothing more to read
+        return True
+
+    def _sweep(self, stream_seq: int) -> None:
+        if self._sweeping is not None and not self._sweeping.done():
+            return
+        self._sweeping = asyncio.create_task(self._run_sweep(stream_seq))
+
+    async def _run_sweep(self, stream_seq: int) -> None:
+        """After lost deliveries: wait for history to reach the fan-out's position, then re-read."""
+        deadline = time.monotonic() + self.catchup_timeout
+        delay = 0.02
+        while stream_seq and await self.history.applied_stream_seq() < stream_seq:
+            if time.monotonic() > deadline:
+                GAPS.labels("sweep", "timeout").inc()
+                logger.warning("history did not reach stream seq %d in %.0fs", stream_seq, self.catchup_timeout)
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        swept = 0
+        for subs in list(self.users.values()):
+            for sub in subs:
+                if sub.replaying or sub.closed_with is not None:
+                    continue
+                for channel in list(sub.last):
+                    if channel in sub.fills:
+                        continue
+                    events = await self.history.events_after(channel, sub.last[channel], self.replay_page)
+                    if events:
+                        sub.deliver_history(events)
+                        swept += len(events)
+        GAPS.labels("sweep", "done").inc()
+        logger.info("sweep to stream seq %d re-sent %d events", stream_seq, swept)
+
+    # -- streams -----------------------------------------------------------------
+
+    async def _publish_presence(self, user: str, *, online: bool) -> None:
+        event = new_event("", seq=0, origin_region=self.region, actor=user)
+        p = event.presence_changed.presence
+        p.user_id = user
+        p.status = presence_pb2.PRESENCE_STATUS_ONLINE if online else presence_pb2.PRESENCE_STATUS_OFFLINE
+        p.last_seen_at.CopyFrom(event.occurred_at)
+        if online:
+            p.regions.append(self.region)
+        await self.nc.publish(Subjects.presence(user), event.SerializeToString())
+
+    async def _presence_change(self, user: str, opened: bool) -> None:
+        try:
+            if opened:
+                changed = await self.presence.stream_opened(user)
+            else:
+                changed = await self.presence.stream_closed(user)
+            if changed:
+                await self._publish_presence(user, online=opened)
+        except Exception as exc:  # noqa: BLE001 - presence is best effort; streams go on
+            logger.warning("presence update for %s failed: %r", user, exc)
+
+    async def _attach(self, sub: Subscriber) -> None:
+        subs = self.users.setdefault(sub.user_id, [])
+        subs.append(sub)
+        STREAMS.inc()
+        if len(subs) == 1:
+            await self._route_change([sub.user_id], [])
+            asyncio.create_task(self._presence_change(sub.user_id, True))
+
+    async def _detach(self, sub: Subscriber) -> None:
+        STREAMS.dec()
+        for task in sub.fills.values():
+            task.cancel()
+        subs = self.users.get(sub.user_id, [])
+        if sub in subs:
+            subs.remove(sub)
+        if not subs and sub.user_id in self.users and not self.shutting_down:
+            del self.users[sub.user_id]
+            await self._route_change([], [sub.user_id])
+            await self._presence_change(sub.user_id, False)
+
+    async def _authorize_resume(self, user: str, resume_from: dict[str, int]) -> None:
+        for channel in resume_from:
+            if await self.metadata.is_member(channel, user):
+                continue
+            if await self.metadata.channel(channel) is None:
+                raise NotFound("CHANNEL_NOT_FOUND", f"channel {channel} does not exist", channel_id=channel)
+            raise PermissionDenied("NOT_A_MEMBER", f"you are not a member of channel {channel}", channel_id=channel)
+
+    async def subscribe(self, user: str, resume_from: dict[str, int]) -> AsyncIterator[pb.SubscribeResponse]:
+        """The body of NotificationService.Subscribe for ``user``."""
+        if self.shutting_down:
+            raise Unavailable("SHUTTING_DOWN", "the server is shutting down; reconnect")
+        await self._authorize_resume(user, resume_from)
+        sub = Subscriber(self, user, self.buffer_size)
+        await self._attach(sub)
+        try:
+            replayed = 0
+            for channel, since in sorted(resume_from.items()):
+                sub.last[channel] = since
+                while True:
+                    events = await self.history.events_after(channel, sub.last[channel], self.replay_page)
+                    for event in events:
+                        if event.seq <= sub.last[channel]:
+                            continue
+                        sub.last[channel] = event.seq
+                        replayed += 1
+                        yield pb.SubscribeResponse(event=self.visible(event, user))
+                    if len(events) < self.replay_page:
+                        break
+            EVENTS_SENT.labels("replay").inc(replayed)
+            yield pb.SubscribeResponse(
+                replay_complete=pb.ReplayComplete(replayed_events=replayed, region=self.region, instance_id=self.instance_id)
+            )
+            sub.end_replay()
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), self.stream_heartbeat)
+                except TimeoutError:
+                    beat = pb.Heartbeat(timeout_ms=int(self.stream_heartbeat * 3000))
+                    beat.server_time.FromMilliseconds(now_ms())
+                    yield pb.SubscribeResponse(heartbeat=beat)
+                    continue
+                if item is _CLOSE:
+                    assert sub.closed_with is not None
+                    raise sub.closed_with
+                assert isinstance(item, pb.SubscribeResponse)
+                yield item
+        finally:
+            await self._detach(sub)

@@ -1,0 +1,1 @@
+"""Query Service: history, channels and presence from the region's replicas."""

@@ -1,0 +1,39 @@
+"""``python -m services.query [CONFIG.json]``: runs a Query Service."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from chatmesh.v1 import query_service_pb2_grpc as pb_grpc
+from mesh import config as config_mod
+from mesh.grpcserver import GrpcServer, configure_logging
+from mesh.stores import open_history, open_metadata
+from mesh.stores.presence import PresenceStore
+from services.query.config import QueryConfig
+from services.query.server import QueryServicer
+from services.query.service import Queries
+
+
+async def main(cfg: QueryConfig) -> None:
+    history = await open_history(cfg.history_store)
+    metadata = await open_metadata(cfg.metadata_store)
+    # Reads only: both "primary" and replica point at the region's replica.
+    presence = PresenceStore(primary_url=cfg.valkey_replica, replica_url=cfg.valkey_replica, region=cfg.region)
+    server = GrpcServer(cfg, "query")
+    server.add(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(Queries(history, metadata, presence)),
+               "chatmesh.v1.QueryService")  # fmt: skip
+
+    async def close() -> None:
+        await history.close()
+        await metadata.close()
+        await presence.close()
+
+    server.on_shutdown(close)
+    await server.run_until_signal()
+
+
+if __name__ == "__main__":
+    cfg = config_mod.load(QueryConfig, sys.argv[1] if len(sys.argv) > 1 else None)
+    configure_logging(cfg.log_level, "query")
+    asyncio.run(main(cfg))

@@ -1,0 +1,72 @@
+"""Query Service domain logic: reads from the region's own stores only.
+
+Reads never leave the region (ADR-010): during a WAN partition a region keeps
+answering from what it has.
+"""
+
+from __future__ import annotations
+
+from chatmesh.v1 import channel_pb2, message_pb2, query_service_pb2 as pb
+from mesh.errors import NotFound, PermissionDenied
+from mesh.stores import HistoryStore, MetadataStore
+from mesh.stores.presence import PresenceStore
+
+__all__ = ["Queries", "for_viewer"]
+
+DEFAULT_LIMIT = 50
+
+
+def for_viewer(message: message_pb2.Message, viewer: str) -> message_pb2.Message:
+    """The message as ``viewer`` may see it: only its sender sees client_msg_id."""
+    if message.client_msg_id and message.sender_user_id != viewer:
+        message.client_msg_id = ""
+    return message
+
+
+class Queries:
+    """The read side of chatmesh, for one region."""
+
+    def __init__(self, history: HistoryStore, metadata: MetadataStore, presence: PresenceStore) -> None:
+        self.history = history
+        self.metadata = metadata
+        self.presence = presence
+
+    async def _visible_channel(self, channel_id: str, user: str, *, public_ok: bool) -> channel_pb2.Channel:
+        channel = await self.metadata.channel(channel_id)
+        if channel is None:
+            raise NotFound("CHANNEL_NOT_FOUND", f"channel {channel_id} does not exist", channel_id=channel_id)
+        if user in channel.member_user_ids:
+            return channel
+        if public_ok and channel.visibility == channel_pb2.CHANNEL_VISIBILITY_PUBLIC:
+            return channel
+        raise PermissionDenied("NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id)
+
+    async def get_history(self, user: str, req: pb.GetHistoryRequest) -> pb.GetHistoryResponse:
+        """QueryService.GetHistory."""
+        if not await self.metadata.is_member(req.channel_id, user):
+            await self._visible_channel(req.channel_id, user, public_ok=False)
+        limit = req.limit if req.HasField("limit") else DEFAULT_LIMIT
+        page = await self.history.history(
+            req.channel_id, before_seq=req.before_seq, after_seq=req.after_seq, limit=limit
+        )
+        return pb.GetHistoryResponse(
+            messages=[for_viewer(m, user) for m in page.messages], has_more=page.has_more, last_seq=page.last_seq
+        )
+
+    async def get_channel(self, user: str, req: pb.GetChannelRequest) -> pb.GetChannelResponse:
+        """QueryService.GetChannel."""
+        return pb.GetChannelResponse(channel=await self._visible_channel(req.channel_id, user, public_ok=True))
+
+    async def list_channels(self, user: str, req: pb.ListChannelsRequest) -> pb.ListChannelsResponse:
+        """QueryService.ListChannels."""
+        markers = await self.metadata.read_markers(user)
+        summaries = []
+        for channel in await self.metadata.channels_of(user):
+            marker = markers.get(channel.channel_id, 0)
+            unread = await self.history.unread_count(channel.channel_id, marker, user)
+            summaries.append(channel_pb2.ChannelSummary(channel=channel, last_read_seq=marker, unread_count=unread))
+        return pb.ListChannelsResponse(channels=summaries)
+
+    async def get_presence(self, user: str, req: pb.GetPresenceRequest) -> pb.GetPresenceResponse:
+        """QueryService.GetPresence."""
+        return pb.GetPresenceResponse(presences=await self.presence.get(list(req.user_ids)))

@@ -1,0 +1,1 @@
+"""Workers: persist the event stream into the region's history (and metadata) stores."""

@@ -1,0 +1,62 @@
+"""``python -m services.worker [CONFIG.json]``: runs a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+
+from mesh import config as config_mod
+from mesh.eventbus import PullConsumer
+from mesh.grpcserver import GrpcServer, configure_logging
+from mesh.nats import connect
+from mesh.stores import open_history, open_metadata
+from services.worker.config import WorkerConfig
+from services.worker.service import Projector
+
+logger = logging.getLogger("services.worker")
+
+
+async def main(cfg: WorkerConfig) -> None:
+    nc = await connect(list(cfg.nats_servers), name=f"worker-{cfg.instance_id}", user=cfg.nats_user,
+                       password=cfg.nats_password)  # fmt: skip
+    history = await open_history(cfg.history_store)
+    metadata = await open_metadata(cfg.metadata_store) if cfg.metadata_store else None
+    projector = Projector(history, metadata)
+    consumer = PullConsumer(nc, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch)
+    await consumer.ensure()
+    # Health and metrics only: a worker has no API of its own.
+    server = GrpcServer(cfg, "worker", authenticated=False)
+
+    async def consume() -> None:
+        while True:
+            try:
+                await consumer.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the batch is redelivered after ack_wait
+                logger.exception("consumer failed; restarting it")
+                await asyncio.sleep(0.5)
+
+    task = asyncio.create_task(consume())
+
+    async def close() -> None:
+        consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await nc.drain()
+        await history.close()
+        if metadata is not None:
+            await metadata.close()
+
+    server.on_shutdown(close)
+    await server.run_until_signal()
+
+
+if __name__ == "__main__":
+    cfg = config_mod.load(WorkerConfig, sys.argv[1] if len(sys.argv) > 1 else None)
+    configure_logging(cfg.log_level, "worker")
+    asyncio.run(main(cfg))

@@ -1,0 +1,27 @@
+"""Worker configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.config import CommonConfig
+
+__all__ = ["WorkerConfig"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig(CommonConfig):
+    """Settings of a worker."""
+
+    history_store: str = "sqlite:///.run/data/us-east/history.db"
+    """DSN of the history store this worker writes."""
+    metadata_store: str = ""
+    """DSN of the metadata store to project channel/member/read-marker events into
+    (embedded backend outside the primary); empty: leave metadata alone (the
+    Command Service writes it, or the database replicates it)."""
+    stream: str = "EVENTS"
+    """Stream to consume: EVENTS in the primary, the region's mirror elsewhere."""
+    consumer_name: str = "worker-us-east"
+    """Durable consumer name."""
+    batch: int = 512
+    """Events requested per pull (and applied per transaction)."""

@@ -1,0 +1,51 @@
+"""Worker domain logic: apply batches of events to the stores, idempotently.
+
+Redelivery (after a crash, before the ack) re-applies events the store has
+already seen; :meth:`~mesh.stores.HistoryStore.apply` ignores them by
+``(channel_id, seq)``, so no duplicate row is ever written.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.msg import Msg
+from prometheus_client import Counter
+
+from chatmesh.v1 import events_pb2
+from mesh.eventbus import stream_seq_of
+from mesh.events import is_channel_log_event
+from mesh.stores import HistoryStore, MetadataStore
+
+__all__ = ["Projector"]
+
+logger = logging.getLogger(__name__)
+
+APPLIED = Counter("chatmesh_worker_events_total", "Events seen by the worker", ["result"])
+
+
+class Projector:
+    """Applies stream batches to a history store (and optionally a metadata store)."""
+
+    def __init__(self, history: HistoryStore, metadata: MetadataStore | None) -> None:
+        self.history = history
+        self.metadata = metadata
+        self.applied = 0
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Applies one batch; returns when it is durable in the stores."""
+        events: list[events_pb2.Event] = []
+        for msg in msgs:
+            try:
+                events.append(events_pb2.Event.FromString(msg.data))
+            except Exception:  # noqa: BLE001 - a poison message is skipped, not retried forever
+                logger.error("skipping undecodable event at stream seq %s", stream_seq_of(msg))
+                APPLIED.labels("undecodable").inc()
+        if self.metadata is not None:
+            for event in events:
+                await self.metadata.apply(event)
+        channel_events = [e for e in events if is_channel_log_event(e)]
+        new = await self.history.apply(channel_events, stream_seq_of(msgs[-1]))
+        self.applied += new
+        APPLIED.labels("new").inc(new)
+        APPLIED.labels("duplicate").inc(len(channel_events) - new)
