@@ -14,6 +14,16 @@ forwards to ``listen_address:storage_port``; every message *towards* the node th
 crosses the proxy, so a latency toxic delays it and disabling the proxy partitions
 the node. :func:`plan_cluster` lays out one node per region this way.
 
+Two consequences for whoever wires the proxies (measured with Toxiproxy 2.5):
+
+* Cassandra's internode connections are one-way: a node sends only on connections
+  it opened, and the acceptor answers on its own. A latency toxic must therefore be
+  on the proxy's ``upstream`` stream; a ``downstream`` toxic delays nothing.
+* Peers all dial the same broadcast address, so latency is per destination node,
+  not per region pair. With three regions, pair round trips ``ab, ac, bc`` are
+  reproduced exactly by one-way latencies ``la = (ab + ac - bc) / 2`` (and so on),
+  as long as the triangle inequality holds.
+
 Example::
 
     import asyncio
@@ -29,6 +39,8 @@ Example::
                 await node.start()
             for node in nodes:
                 await node.wait_ready(timeout=120)
+            # Before a NetworkTopologyStrategy keyspace: every DC's tokens known.
+            await nodes[0].wait_ring({"us-east", "eu"}, timeout=60)
         finally:
             for node in nodes:
                 await node.stop()
@@ -78,6 +90,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Waits take an explicit ``timeout`` (ASYNC109 silenced) because each poll loop needs
+# its own deadline to report *what* did not happen, with the node's log tail.
 
 CASSANDRA_VERSION = "5.0.9"
 """Newest 5.0.x of ``org.apache.cassandra:cassandra-all`` on Maven Central (2026-11)."""
@@ -367,6 +382,11 @@ class CassandraNodeSpec:
     peer seeds are unreachable (other region down or cut off) waits this long in the
     gossip shadow round. Short is safe here because every node is a seed and none
     bootstraps; raise it for clusters with bootstrapping (non-seed) nodes."""
+    jmx_port: int | None = None
+    """Local-only JMX port (127.0.0.1) for :meth:`CassandraNode.nodetool`; None = no JMX.
+
+    Without JMX there is no nodetool, hence no ``repair``: needed after a partition
+    longer than ``max_hint_window`` (3 h), when hints are no longer kept."""
     extra_jvm_options: tuple[str, ...] = field(default_factory=tuple)
     """Appended after the generated JVM flags (e.g. ``-XX:TieredStopAtLevel=1``)."""
 
@@ -576,6 +596,18 @@ def _logback(spec: CassandraNodeSpec) -> str:
 """
 
 
+_LOGBACK_TOOLS = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Rendered by mesh/cassandra.py: nodetool logs warnings to stderr only. -->
+<configuration scan="false">
+  <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
+    <target>System.err</target>
+    <encoder><pattern>%-5level %date{HH:mm:ss.SSS} %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="STDERR"/></root>
+</configuration>
+"""
+
+
 def _jvm_options(spec: CassandraNodeSpec) -> list[str]:
     conf = spec.conf_dir
     options = [
@@ -617,9 +649,15 @@ def _jvm_options(spec: CassandraNodeSpec) -> list[str]:
         f"-Dcassandra.logdir={spec.log_dir}",
         f"-Dlogback.configurationFile={conf / 'logback.xml'}",
         f"-Dcassandra-rackdc.properties=file://{conf / 'cassandra-rackdc.properties'}",
-        # No JMX: neither cassandra.jmx.local.port nor .remote.port is set, so the
-        # daemon opens no JMX port (nothing to collide, nothing to secure).
     ]
+    if spec.jmx_port is not None:
+        # cassandra-env.sh's LOCAL_JMX=yes: bound to loopback, no authentication.
+        options += [
+            f"-Dcassandra.jmx.local.port={spec.jmx_port}",
+            "-Djava.rmi.server.hostname=127.0.0.1",
+        ]
+    # Otherwise neither cassandra.jmx.local.port nor .remote.port is set and the
+    # daemon opens no JMX port at all (nothing to collide, nothing to secure).
     options.extend(spec.extra_jvm_options)
     return options
 
@@ -632,13 +670,14 @@ def render_config(spec: CassandraNodeSpec) -> dict[str, str]:
 
     Returns:
         File name -> content for ``cassandra.yaml``, ``cassandra-rackdc.properties``,
-        ``logback.xml`` and ``jvm.options`` (one JVM flag per line; the classpath and
+        ``logback.xml``, ``logback-tools.xml`` (nodetool) and ``jvm.options`` (one JVM flag per line; the classpath and
         the jamm agent are added by :func:`build_command`).
     """
     return {
         "cassandra.yaml": _yaml(spec),
         "cassandra-rackdc.properties": _rackdc(spec),
         "logback.xml": _logback(spec),
+        "logback-tools.xml": _LOGBACK_TOOLS,
         "jvm.options": "\n".join(_jvm_options(spec)) + "\n",
     }
 
@@ -807,7 +846,10 @@ async def _cql_exchange(
 
 
 async def cql_query(
-    host: str, port: int, query: str, timeout: float = 5.0
+    host: str,
+    port: int,
+    query: str,
+    timeout: float = 5.0,  # noqa: ASYNC109
 ) -> list[tuple[CqlValue, ...]]:
     """Runs one CQL statement at consistency ONE over a fresh connection.
 
@@ -852,7 +894,7 @@ async def cql_query(
     return _parse_rows(buf)
 
 
-async def cql_ping(host: str, port: int, timeout: float = 2.0) -> bool:
+async def cql_ping(host: str, port: int, timeout: float = 2.0) -> bool:  # noqa: ASYNC109
     """Checks that a CQL native transport answers an ``OPTIONS`` request.
 
     Args:
@@ -878,7 +920,7 @@ async def cql_ping(host: str, port: int, timeout: float = 2.0) -> bool:
     return op == _OP_SUPPORTED
 
 
-async def wait_schema_agreement(nodes: Sequence[CassandraNode], timeout: float = 60.0) -> str:
+async def wait_schema_agreement(nodes: Sequence[CassandraNode], timeout: float = 60.0) -> str:  # noqa: ASYNC109
     """Waits until every node reports the same schema version.
 
     Args:
@@ -993,9 +1035,11 @@ class CassandraNode:
         if self.running:
             raise CassandraError(f"{self.spec.name} already running (pid {self.pid})")
         lib = self._lib if self._lib is not None else await asyncio.to_thread(ensure_jars)
+        self._lib = lib
         self.write_config()
         argv = build_command(self.spec, lib, self._java)
-        with open(self.stdout_path, "ab") as out:
+        # A local log file, opened once per start: not worth a thread hop.
+        with open(self.stdout_path, "ab") as out:  # noqa: ASYNC230
             # Own session: stop() signals the whole group, so nothing is left behind.
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -1049,7 +1093,7 @@ class CassandraNode:
                 f"{self.spec.name} exited with {self._proc.returncode}\n{self._tail()}"
             )
 
-    async def wait_log(self, needle: str, timeout: float, *, offset: int = 0) -> int:
+    async def wait_log(self, needle: str, timeout: float, *, offset: int = 0) -> int:  # noqa: ASYNC109
         """Waits until ``system.log`` contains ``needle`` after byte ``offset``.
 
         Args:
@@ -1079,7 +1123,7 @@ class CassandraNode:
             # Polling a file is the readiness signal here; 100 ms keeps the cost low.
             await asyncio.sleep(0.1)
 
-    async def wait_ready(self, timeout: float = 120.0) -> float:
+    async def wait_ready(self, timeout: float = 120.0) -> float:  # noqa: ASYNC109
         """Waits until the node has joined the ring and serves CQL.
 
         Ready means: ``Startup complete`` is logged (the daemon logs it after the
@@ -1108,11 +1152,11 @@ class CassandraNode:
         logger.info("%s ready after %.1fs", self.spec.name, self.ready_after)
         return self.ready_after
 
-    async def query(self, cql: str, timeout: float = 5.0) -> list[tuple[CqlValue, ...]]:
+    async def query(self, cql: str, timeout: float = 5.0) -> list[tuple[CqlValue, ...]]:  # noqa: ASYNC109
         """Runs a CQL statement on this node with :func:`cql_query` (system tables)."""
         return await cql_query(self.spec.listen_address, self.spec.native_port, cql, timeout)
 
-    async def wait_ring(self, dcs: Collection[str], timeout: float) -> dict[str, str]:
+    async def wait_ring(self, dcs: Collection[str], timeout: float) -> dict[str, str]:  # noqa: ASYNC109
         """Waits until this node counts a token-owning node of every DC in ``dcs``.
 
         Gossip marks a peer UP before its tokens (NORMAL state) are applied, and a
@@ -1149,7 +1193,12 @@ class CassandraNode:
             await asyncio.sleep(0.2)
 
     async def wait_peer_state(
-        self, peer: CassandraNodeSpec, up: bool, timeout: float, *, offset: int = 0
+        self,
+        peer: CassandraNodeSpec,
+        up: bool,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        offset: int = 0,
     ) -> int:
         """Waits until this node's failure detector marks ``peer`` UP or DOWN.
 
@@ -1168,7 +1217,61 @@ class CassandraNode:
         state = "UP" if up else "DOWN"
         return await self.wait_log(f"/{peer.endpoint} is now {state}", timeout, offset=offset)
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def nodetool(self, *args: str, timeout: float = 120.0) -> str:  # noqa: ASYNC109
+        """Runs ``nodetool`` (``org.apache.cassandra.tools.NodeTool``) against this node.
+
+        Needs ``spec.jmx_port``. Example: ``await node.nodetool("repair", "chat")``.
+
+        Args:
+            *args: nodetool command and arguments.
+            timeout: Bound in seconds (nodetool's own JVM start takes ~1-2 s).
+
+        Returns:
+            nodetool's standard output.
+
+        Raises:
+            CassandraError: No JMX port configured, nodetool failed or timed out.
+        """
+        if self.spec.jmx_port is None:
+            raise CassandraError(f"{self.spec.name}: nodetool needs spec.jmx_port")
+        lib = self._lib if self._lib is not None else await asyncio.to_thread(ensure_jars)
+        argv = [
+            self._java or find_java(),
+            "-Xmx128m",
+            # The tool loads the same classes (FileUtils, ...) as the daemon.
+            *_JPMS_FLAGS,
+            # nodetool keeps a history file under ~/.cassandra: keep it in data_dir.
+            f"-Duser.home={self.spec.data_dir}",
+            "-cp",
+            f"{lib}/*",
+            # nodetool logs through logback too; keep its stdout for the answer.
+            f"-Dlogback.configurationFile={self.spec.conf_dir / 'logback-tools.xml'}",
+            "org.apache.cassandra.tools.NodeTool",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.spec.jmx_port),
+            *args,
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise CassandraError(f"nodetool {' '.join(args)} timed out after {timeout}s") from exc
+        if proc.returncode != 0:
+            raise CassandraError(
+                f"nodetool {' '.join(args)} failed ({proc.returncode}): {err.decode()[-2000:]}"
+            )
+        return out.decode()
+
+    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Stops the daemon: SIGTERM to its process group, SIGKILL after ``timeout``.
 
         Safe to call more than once, or on a node that never started.

@@ -193,6 +193,10 @@ class NatsNodePlan:
     """``nats-route://host:port`` of the region's other nodes."""
     gateways: dict[str, list[str]] = field(default_factory=dict)
     """Remote region -> gateway URLs to dial (the link proxies)."""
+    gateway_advertise: str = GATEWAY_ADVERTISE_SENTINEL
+    """``host:port`` this server advertises to other gateways. The default refuses
+    connections so traffic keeps to the link proxies; a deployment without link
+    proxies (docker-compose) advertises its real, resolvable address."""
 
     @property
     def server_name(self) -> str:
@@ -280,7 +284,7 @@ def render_server_conf(
         "gateway": {
             "name": node.region,
             "listen": f"{node.host}:{node.gateway_port}",
-            "advertise": GATEWAY_ADVERTISE_SENTINEL,
+            "advertise": node.gateway_advertise,
             "reject_unknown_cluster": True,
             "gateways": [{"name": r, "urls": urls} for r, urls in sorted(node.gateways.items())],
         },

@@ -1,0 +1,62 @@
+"""Session fixtures: real meshes started by the same harness ``chatmesh up`` uses.
+
+One ``dev`` mesh with all services runs for the whole session (most tests use
+it); infrastructure-only meshes for other topologies are module-scoped and
+started only by the tests that need them. Tests that cut WAN links heal them
+before they end (``wan_guard``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mesh.auth import KeyDirectory
+from mesh.services_plan import ServiceSettings, services_hook
+from mesh.supervisor import Mesh
+from mesh.topology import load
+from tests.helpers import Auth
+
+# Service timers shortened so tests observe heartbeats and expiry quickly.
+TEST_SETTINGS = ServiceSettings(
+    stream_heartbeat=2.0,
+    route_heartbeat=0.5,
+    instance_timeout=3.0,
+    resync_grace=0.3,
+)
+
+
+@pytest.fixture(scope="session")
+def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-session directory for mesh run dirs (kept on failure for the logs)."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+async def dev_mesh(run_root: Path) -> AsyncIterator[Mesh]:
+    """The ``dev`` topology with every service, WAN latencies on."""
+    mesh = Mesh(load("dev"), run_root / "dev", hooks=[services_hook(TEST_SETTINGS)])
+    async with mesh:
+        yield mesh
+
+
+@pytest.fixture(scope="session")
+def auth(dev_mesh: Mesh) -> Auth:
+    """Token minting for the dev mesh."""
+    return Auth(KeyDirectory(dev_mesh.run_dir / "keys"))
+
+
+@pytest.fixture
+async def wan_guard(dev_mesh: Mesh) -> AsyncIterator[Mesh]:
+    """Yields the dev mesh and heals every link afterwards, whatever the test did."""
+    yield dev_mesh
+    topo = dev_mesh.topology
+    for link in topo.links:
+        await dev_mesh.wan.heal(link.a, link.b)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"chatmesh tests: CHATMESH_CACHE={os.environ.get('CHATMESH_CACHE', '~/.cache/chatmesh')}"

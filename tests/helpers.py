@@ -1,0 +1,75 @@
+"""Test helpers: polling instead of sleeping, and small gRPC client conveniences."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from mesh.auth import KeyDirectory, mint
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
+    """Polls ``check`` until it returns a truthy value (returned) or raises after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - "not yet"; reported if it never succeeds
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, 0.25)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+class Auth:
+    """Mints tokens for a mesh's key directory."""
+
+    def __init__(self, keys: KeyDirectory) -> None:
+        self.keys = keys
+
+    def md(self, user: str, **claims: Any) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata carrying a fresh token for ``user``."""
+        return (("authorization", f"Bearer {mint(self.keys, user, **claims)}"),)
+
+
+def status_details(err: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
+    """``(ErrorInfo.reason, [(field, rule_id), ...])`` from an error's rich status."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin")
+    if raw is None:
+        return "", []
+    status = status_pb2.Status.FromString(raw)
+    reason = ""
+    fields: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [(v.field, v.reason) for v in bad.field_violations]
+    return reason, fields

@@ -1,0 +1,71 @@
+"""The topology file: built-ins load, bad files fail with every problem named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh.topology import TopologyError, builtin_names, load, parse
+
+
+def test_builtins_load_with_published_latencies() -> None:
+    assert {"dev", "three-regions", "ha"} <= set(builtin_names())
+    dev = load("dev")
+    assert dev.primary == "us-east" and dev.region_names == ["us-east", "eu"]
+    assert dev.latency_ms("us-east", "eu") == 35 and dev.latency_ms("eu", "eu") == 0
+    three = load("three-regions")
+    assert three.latency_ms("asia", "us-east") == 73
+    assert three.latency_ms("eu", "asia") == 100
+    ha = load("ha")
+    assert all(r.nats_nodes == 3 for r in ha.regions)
+    assert ha.nats.events_replicas == 3
+
+
+def test_safe_durability_default() -> None:
+    topo = load("dev")
+    assert topo.nats.sync_interval_primary == "always"
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    data = {
+        "name": "broken",
+        "primary": "mars",
+        "bogus": 1,
+        "region": [{"name": "us-east", "nats_nodes": 9}, {"name": "EU"}, {"name": "asia"}],
+        "link": [{"regions": ["us-east", "asia"], "latency_ms": -1}],
+        "nats": {"events_replicas": 2, "sync_interval_primary": "sometimes"},
+    }
+    with pytest.raises(TopologyError) as info:
+        parse(data, source="broken.toml")
+    problems = "\n".join(info.value.problems)
+    assert "bogus: unknown key" in problems
+    assert "region us-east.nats_nodes: 9 must be an integer from 1 to 5" in problems
+    assert "region[1].name: 'EU'" in problems
+    assert "primary: 'mars' must name one of the regions" in problems
+    assert "link asia<->us-east.latency_ms: -1" in problems
+    assert "nats.events_replicas: 2 must be 1 or 3" in problems
+    assert "nats.sync_interval_primary: 'sometimes'" in problems
+    assert str(info.value).startswith("invalid topology broken.toml:")
+
+
+def test_missing_link_between_regions_is_an_error() -> None:
+    data = {"name": "x", "primary": "a1", "region": [{"name": "a1"}, {"name": "b1"}], "link": []}
+    with pytest.raises(TopologyError, match="missing \\[\\[link\\]\\] between 'a1' and 'b1'"):
+        parse(data)
+
+
+def test_unreadable_and_non_toml_files(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="built-in topologies: dev"):
+        load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    with pytest.raises(TopologyError, match="not valid TOML"):
+        load(bad)
+
+
+def test_describe_names_what_it_starts() -> None:
+    text = load("three-regions").describe()
+    assert "link eu <-> asia" not in text  # links are normalised alphabetically
+    assert "link asia <-> eu: 100 ms one-way (200 ms RTT)" in text
+    assert "region us-east (primary): 1 NATS node(s)" in text
