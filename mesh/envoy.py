@@ -52,6 +52,7 @@ __all__ = [
     "cluster_name",
     "dump_yaml",
     "render_envoy",
+    "render_envoy_yaml",
     "service_host",
     "write_envoy_configs",
 ]
@@ -152,9 +153,10 @@ def _cluster(
     """A STRICT_DNS HTTP/2 cluster with active gRPC health checks."""
     return {
         "name": name,
+        # Compose recreates containers with new IPs: STRICT_DNS re-resolves
+        # every 5 s (Envoy's default refresh; the field to change it is
+        # deprecated on Cluster) and follows the answer.
         "type": "STRICT_DNS",
-        # Compose recreates containers with new IPs; re-resolve often.
-        "dns_refresh_rate": "5s",
         "dns_lookup_family": "V4_ONLY",
         "connect_timeout": _duration(connect_timeout_s),
         # Long-lived Subscribe streams make round robin uneven (it balances new
@@ -208,7 +210,13 @@ def _cluster(
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": GRPC_PORT}}}}
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": host, "port_value": GRPC_PORT}
+                                }
+                            }
+                        }
                         for host in hosts
                     ]
                 }
@@ -255,7 +263,8 @@ def _route(
                 {
                     "name": "envoy.retry_host_predicates.previous_hosts",
                     "typed_config": {
-                        "@type": _TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        "@type": _TYPE
+                        + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
                     },
                 }
             ],
@@ -310,7 +319,9 @@ def render_envoy(
     reg = topology.region(region)
     primary = topology.primary
     command_host = primary_command_host or service_host("command", primary)
-    notification_hosts = [service_host("notification", region, i) for i in range(1, reg.notification_instances + 1)]
+    notification_hosts = [
+        service_host("notification", region, i) for i in range(1, reg.notification_instances + 1)
+    ]
 
     command_cluster = cluster_name("command", region, topology=topology)
     query_cluster = cluster_name("query", region, topology=topology)
@@ -378,7 +389,9 @@ def render_envoy(
         "allow_credentials": False,
     }
 
-    local_jwks: dict[str, str] = {"inline_string": jwks_inline} if jwks_inline is not None else {"filename": jwks_path}
+    local_jwks: dict[str, str] = (
+        {"inline_string": jwks_inline} if jwks_inline is not None else {"filename": jwks_path}
+    )
     jwt_config = {
         "@type": _TYPE + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
         "providers": {
@@ -404,7 +417,8 @@ def render_envoy(
     }
 
     hcm = {
-        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": _TYPE
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "edge",
         # AUTO: HTTP/1.1 (gRPC-Web from browsers) and prior-knowledge h2c
         # (native gRPC) on one port.
@@ -434,7 +448,9 @@ def render_envoy(
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",
-                "typed_config": {"@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"},
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+                },
             }
         ],
         "route_config": {
@@ -456,7 +472,9 @@ def render_envoy(
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_config},
             {
                 "name": "envoy.filters.http.grpc_web",
-                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
+                "typed_config": {
+                    "@type": _TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+                },
             },
             {
                 "name": "envoy.filters.http.router",
@@ -488,10 +506,19 @@ def render_envoy(
             "listeners": [
                 {
                     "name": "edge",
-                    "address": {"socket_address": {"address": "0.0.0.0", "port_value": listen_port}},
+                    "address": {
+                        "socket_address": {"address": "0.0.0.0", "port_value": listen_port}
+                    },
                     "per_connection_buffer_limit_bytes": 32768,
                     "filter_chains": [
-                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
                     ],
                 }
             ],
@@ -512,9 +539,20 @@ def dump_yaml(data: dict[str, Any], header: str) -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096)
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return comment + body
+
+
+def render_envoy_yaml(topology: Topology, region: str, **options: Any) -> str:
+    """:func:`render_envoy` as the YAML file Envoy reads (``-c envoy.yaml``), with a header."""
+    # Round-trip through JSON so only plain JSON types reach the YAML dumper.
+    boot = json.loads(json.dumps(render_envoy(topology, region, **options)))
+    header = (
+        f"Envoy bootstrap for the {region} edge (topology {topology.name}).\n"
+        "Generated by mesh.envoy from the topology - do not edit; run `make compose-config`."
+    )
+    return dump_yaml(boot, header)
 
 
 def write_envoy_configs(
@@ -535,15 +573,8 @@ def write_envoy_configs(
     outdir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     for region in topology.region_names:
-        boot = render_envoy(topology, region, **options)
-        # Round-trip through JSON so only plain JSON types reach the YAML dumper.
-        boot = json.loads(json.dumps(boot))
-        header = (
-            f"Envoy bootstrap for the {region} edge (topology {topology.name}).\n"
-            "Generated by mesh.envoy from the topology - do not edit; run `make compose-config`."
-        )
         path = outdir / f"envoy-{region}.yaml"
-        path.write_text(dump_yaml(boot, header))
+        path.write_text(render_envoy_yaml(topology, region, **options))
         paths.append(path)
         logger.debug("wrote %s", path)
     return paths

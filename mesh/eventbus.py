@@ -12,6 +12,14 @@ as soon as they arrive, in batches of whatever is already there. (nats-py's
 its timeout to every quiet-period message.) With ``ack_policy: all`` one ack
 per batch acknowledges everything before it.
 
+Handlers see the stream strictly in order, with no gap and no repeat. After a
+consumer crash JetStream delivers *new* messages first and redelivers the
+unacknowledged ones only after ``ack_wait`` — so an ack-all on a new message
+would silently acknowledge events nobody processed. The consumer therefore
+tracks the last stream sequence it handed over (starting from the durable's
+ack floor), drops anything at or below it, and reads any hole directly from the
+stream (``$JS.API.DIRECT.GET``) before handing over what follows.
+
 Example:
     >>> async def demo(nc) -> None:  # doctest: +SKIP
     ...     async def handle(msgs: list[Msg]) -> None:
@@ -37,7 +45,7 @@ from nats.js.errors import APIError
 from mesh.errors import Unavailable
 from mesh.nats import JetStreamError, js_api
 
-__all__ = ["PubAck", "PullConsumer", "publish_event", "stream_seq_of"]
+__all__ = ["PubAck", "PullConsumer", "StreamMsg", "publish_event", "stream_seq_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +98,17 @@ def stream_seq_of(msg: Msg) -> int:
         return 0
 
 
+class StreamMsg:
+    """One stream message as handlers see it."""
+
+    __slots__ = ("data", "stream_seq", "subject")
+
+    def __init__(self, data: bytes, stream_seq: int, subject: str) -> None:
+        self.data = data
+        self.stream_seq = stream_seq
+        self.subject = subject
+
+
 def _status(msg: Msg) -> str | None:
     headers = msg.headers or {}
     status = headers.get("Status")
@@ -106,7 +125,7 @@ class PullConsumer:
         nc: NATS,
         stream: str,
         durable: str,
-        handler: Callable[[list[Msg]], Awaitable[None]],
+        handler: Callable[[list[StreamMsg]], Awaitable[None]],
         *,
         batch: int = 512,
         ack_wait: float = 5.0,
@@ -121,9 +140,9 @@ class PullConsumer:
             nc: Connection whose user may use the consumer API.
             stream: Stream to consume.
             durable: Durable consumer name (its position survives restarts).
-            handler: Called with each batch in stream order; the batch is
-                acknowledged when it returns. Raising stops :meth:`run` (the
-                batch is redelivered to the next run after ``ack_wait``).
+            handler: Called with each batch, in stream order without gaps or
+                repeats; the batch is acknowledged when it returns. Raising
+                stops :meth:`run` (the batch is handed over again next run).
             batch: Messages requested per pull.
             ack_wait: Seconds before unacknowledged messages are redelivered.
             max_ack_pending: Flow-control limit of unacknowledged messages.
@@ -189,8 +208,36 @@ class PullConsumer:
         """Makes :meth:`run` return after the current batch."""
         self._stopped.set()
 
+    async def _direct_get(self, seq: int) -> StreamMsg | None:
+        """Reads one message by stream sequence (None if it was deleted or expired)."""
+        reply = await self.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}", json.dumps({"seq": seq}).encode(), timeout=5
+        )
+        headers = reply.headers or {}
+        if headers.get("Status"):
+            return None
+        return StreamMsg(reply.data, seq, headers.get("Nats-Subject", ""))
+
+    async def _fill(self, first_missing: int, up_to: int) -> list[StreamMsg]:
+        """Messages ``first_missing``..``up_to`` read directly from the stream."""
+        if up_to - first_missing > 1000:
+            # Skip what the stream no longer has (age/size limits) rather than
+            # asking for every missing sequence.
+            info = await js_api(self.nc, f"$JS.API.STREAM.INFO.{self.stream}", timeout=5)
+            first_missing = max(first_missing, int(info["state"]["first_seq"]))
+        filled = []
+        for seq in range(first_missing, up_to + 1):
+            msg = await self._direct_get(seq)
+            if msg is not None:
+                filled.append(msg)
+        logger.info("consumer %s/%s: read %d-%d directly from the stream (redelivery gap)",
+                    self.stream, self.durable, first_missing, up_to)  # fmt: skip
+        return filled
+
     async def run(self) -> None:
         """Consumes until :meth:`stop` (or the handler raises)."""
+        info = await js_api(self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5)
+        self.last_stream_seq = max(self.last_stream_seq, int((info.get("ack_floor") or {}).get("stream_seq", 0)))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         inbox = self.nc.new_inbox()
 
@@ -222,24 +269,36 @@ class PullConsumer:
                         logger.debug("consumer %s/%s: pull request lost; re-issuing", self.stream, self.durable)
                         outstanding = 0
                     continue
-                msgs: list[Msg] = []
+                received: list[Msg] = []
                 first = get.result()
                 for msg in (first, *_drain(queue)):
                     status = _status(msg)
                     if status is None:
-                        msgs.append(msg)
+                        received.append(msg)
                     elif status == "100":
                         continue  # idle heartbeat
                     else:
                         # 404 no messages / 408 request expired / 409 leadership
                         # change or max waiting: this request is over.
                         outstanding = 0
-                if msgs:
-                    outstanding = max(0, outstanding - len(msgs))
-                    await self.handler(msgs)
-                    self.delivered += len(msgs)
-                    self.last_stream_seq = stream_seq_of(msgs[-1])
-                    await msgs[-1].ack()
+                if not received:
+                    continue
+                outstanding = max(0, outstanding - len(received))
+                batch: list[StreamMsg] = []
+                for msg in sorted(received, key=stream_seq_of):
+                    seq = stream_seq_of(msg)
+                    expected = (batch[-1].stream_seq if batch else self.last_stream_seq) + 1
+                    if seq < expected:
+                        continue  # a redelivery of something already handled
+                    if seq > expected:
+                        batch += await self._fill(expected, seq - 1)
+                    batch.append(StreamMsg(msg.data, seq, msg.subject))
+                if batch:
+                    await self.handler(batch)
+                    self.delivered += len(batch)
+                    self.last_stream_seq = batch[-1].stream_seq
+                # Everything received is now handled (now or before): ack-all up to the newest.
+                await max(received, key=stream_seq_of).ack()
         finally:
             stop_wait.cancel()
             await sub.unsubscribe()

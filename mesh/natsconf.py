@@ -132,7 +132,8 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
     Returns:
         user name -> nats-server ``permissions`` block.
     """
-    js_consume = ["$JS.API.INFO", "$JS.API.CONSUMER.>", "$JS.API.STREAM.INFO.>", "$JS.ACK.>"]
+    # Consumers read holes left by redelivery directly from the stream (DIRECT.GET).
+    js_consume = ["$JS.API.INFO", "$JS.API.CONSUMER.>", "$JS.API.STREAM.INFO.>", "$JS.API.DIRECT.GET.>", "$JS.ACK.>"]
     perms: dict[str, dict[str, Any]] = {
         # Writes durable events and typing; nothing else. It never subscribes
         # to events: only to its own inboxes for JetStream acks.

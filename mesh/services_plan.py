@@ -97,6 +97,12 @@ class ServiceProcess:
             return True
 
         await wait_until(ready, timeout=timeout, what=self.name, alive=self.process.check_alive)
+        # Pin the ports it got, so a restart comes back where clients look for it.
+        if self.address and self.config.get("grpc_listen", "127.0.0.1:0").endswith(":0"):
+            self.config["grpc_listen"] = self.address
+            if self.metrics:
+                self.config["metrics_listen"] = self.metrics.split("//", 1)[1].split("/", 1)[0]
+            self.conf_path.write_text(json.dumps(self.config, indent=2))
 
     async def stop(self) -> None:
         """Stops the process (SIGTERM, then SIGKILL)."""

@@ -25,7 +25,10 @@ _validator = protovalidate.Validator()
 
 def _path(violation: Any) -> str:
     parts: list[str] = []
-    for element in violation.proto.field.elements:
+    field_path = violation.proto.field
+    if field_path is None:
+        return ""  # a message-level rule
+    for element in field_path.elements:
         name = element.field_name
         sub = element.subscript
         if sub is None:

@@ -156,6 +156,7 @@ class Wan:
         upstream: tuple[str, int],
         *,
         listen_host: str = "127.0.0.1",
+        listen: tuple[str, int] | None = None,
     ) -> LinkProxy:
         """Creates the proxy through which ``src`` reaches ``upstream`` in ``dst``.
 
@@ -164,7 +165,9 @@ class Wan:
             dst: Region of the upstream listener (must differ from ``src``).
             service: What flows through it (``nats-gw-1``, ``valkey``, ...); unique per pair.
             upstream: The real ``(host, port)`` in ``dst``.
-            listen_host: Loopback address the proxy listens on.
+            listen_host: Loopback address the proxy listens on (port allocated).
+            listen: Exact ``(host, port)`` to listen on instead (e.g. a Cassandra
+                node's broadcast address, which peers dial on the storage port).
 
         Returns:
             The proxy, already carrying the link's latency.
@@ -173,7 +176,8 @@ class Wan:
         name = f"{src}__{dst}__{service}"
         if name in self._proxies:
             raise ValueError(f"proxy {name} exists already")
-        listen = (listen_host, allocate(listen_host))
+        if listen is None:
+            listen = (listen_host, allocate(listen_host))
         await self.toxiproxy.create_proxy(name, f"{listen[0]}:{listen[1]}", f"{upstream[0]}:{upstream[1]}")
         await self.toxiproxy.set_latency(name, link.latency_ms, link.jitter_ms)
         proxy = LinkProxy(name, src, dst, listen, upstream)

@@ -177,9 +177,15 @@ class HistoryStore(Protocol):
         ...
 
     async def history(
-        self, channel_id: str, *, before_seq: int = 0, after_seq: int = 0, limit: int = 50
+        self, channel_id: str, *, before_seq: int | None = None, after_seq: int | None = None, limit: int = 50
     ) -> HistoryPage:
-        """A page of messages; see ``QueryService.GetHistory`` for the bounds' meaning."""
+        """A page of messages, ascending by seq.
+
+        ``after_seq`` set (0 = from the start): the oldest ``limit`` messages with
+        seq > after_seq (and < before_seq if set), ``has_more`` = newer ones exist
+        in range. Otherwise: the newest ``limit`` messages with seq < before_seq
+        (no bound if None), ``has_more`` = older ones exist.
+        """
         ...
 
     async def events_after(self, channel_id: str, after_seq: int, limit: int = 500) -> list[events_pb2.Event]:

@@ -378,31 +378,23 @@ class SqliteHistoryStore(_Db):
             )
 
     async def history(
-        self, channel_id: str, *, before_seq: int = 0, after_seq: int = 0, limit: int = 50
+        self, channel_id: str, *, before_seq: int | None = None, after_seq: int | None = None, limit: int = 50
     ) -> HistoryPage:
         conn = self.conn
-        if after_seq and not before_seq:
-            rows = conn.execute(
-                "SELECT body FROM messages WHERE channel_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
-                (channel_id, after_seq, limit + 1),
-            ).fetchall()
-            has_more = len(rows) > limit
-            bodies = [r[0] for r in rows[:limit]]
-        elif after_seq and before_seq:
+        upper = before_seq if before_seq is not None else 2**62
+        if after_seq is not None:
             rows = conn.execute(
                 "SELECT body FROM messages WHERE channel_id = ? AND seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?",
-                (channel_id, after_seq, before_seq, limit + 1),
+                (channel_id, after_seq, upper, limit + 1),
             ).fetchall()
-            has_more = len(rows) > limit
             bodies = [r[0] for r in rows[:limit]]
         else:
-            upper = before_seq if before_seq else 2**62
             rows = conn.execute(
                 "SELECT body FROM messages WHERE channel_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 (channel_id, upper, limit + 1),
             ).fetchall()
-            has_more = len(rows) > limit
             bodies = [r[0] for r in reversed(rows[:limit])]
+        has_more = len(rows) > limit
         return HistoryPage([message_pb2.Message.FromString(b) for b in bodies], has_more, await self.last_seq(channel_id))
 
     async def events_after(self, channel_id: str, after_seq: int, limit: int = 500) -> list[events_pb2.Event]:

@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, presence_pb2
 from mesh import ids
-from mesh.eventbus import PullConsumer, stream_seq_of
+from mesh.eventbus import PullConsumer, StreamMsg
 from mesh.events import new_event
 from mesh.natsconf import EVENTS_STREAM, Subjects
 from mesh.stores import MetadataStore
@@ -247,17 +247,17 @@ class Fanout:
             members, seq = await self.metadata.members(channel_id)
             self.table.set_members(channel_id, members, seq)
 
-    async def _on_events(self, msgs: list[Msg]) -> None:
+    async def _on_events(self, msgs: list[StreamMsg]) -> None:
         for msg in msgs:
             try:
                 event = events_pb2.Event.FromString(msg.data)
             except Exception:  # noqa: BLE001 - skip (and ack) a poison message rather than block the stream
-                logger.error("skipping undecodable event at stream seq %s", stream_seq_of(msg))
+                logger.error("skipping undecodable event at stream seq %s", msg.stream_seq)
                 continue
             kind = event.WhichOneof("payload") or "unknown"
             EVENTS_PROCESSED.labels(kind).inc()
             self.events_processed += 1
-            await self._route(event, kind, msg.data, stream_seq_of(msg))
+            await self._route(event, kind, msg.data, msg.stream_seq)
 
     async def _route(self, event: events_pb2.Event, kind: str, raw: bytes, stream_seq: int) -> None:
         table = self.table

@@ -47,7 +47,10 @@ class Queries:
             await self._visible_channel(req.channel_id, user, public_ok=False)
         limit = req.limit if req.HasField("limit") else DEFAULT_LIMIT
         page = await self.history.history(
-            req.channel_id, before_seq=req.before_seq, after_seq=req.after_seq, limit=limit
+            req.channel_id,
+            before_seq=req.before_seq if req.HasField("before_seq") else None,
+            after_seq=req.after_seq if req.HasField("after_seq") else None,
+            limit=limit,
         )
         return pb.GetHistoryResponse(
             messages=[for_viewer(m, user) for m in page.messages], has_more=page.has_more, last_seq=page.last_seq

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from nats.aio.msg import Msg
 from prometheus_client import Counter
 
 from chatmesh.v1 import events_pb2
-from mesh.eventbus import stream_seq_of
+from mesh.eventbus import StreamMsg
 from mesh.events import is_channel_log_event
 from mesh.stores import HistoryStore, MetadataStore
 
@@ -32,20 +31,20 @@ class Projector:
         self.metadata = metadata
         self.applied = 0
 
-    async def handle(self, msgs: list[Msg]) -> None:
+    async def handle(self, msgs: list[StreamMsg]) -> None:
         """Applies one batch; returns when it is durable in the stores."""
         events: list[events_pb2.Event] = []
         for msg in msgs:
             try:
                 events.append(events_pb2.Event.FromString(msg.data))
             except Exception:  # noqa: BLE001 - a poison message is skipped, not retried forever
-                logger.error("skipping undecodable event at stream seq %s", stream_seq_of(msg))
+                logger.error("skipping undecodable event at stream seq %s", msg.stream_seq)
                 APPLIED.labels("undecodable").inc()
         if self.metadata is not None:
             for event in events:
                 await self.metadata.apply(event)
         channel_events = [e for e in events if is_channel_log_event(e)]
-        new = await self.history.apply(channel_events, stream_seq_of(msgs[-1]))
+        new = await self.history.apply(channel_events, msgs[-1].stream_seq)
         self.applied += new
         APPLIED.labels("new").inc(new)
         APPLIED.labels("duplicate").inc(len(channel_events) - new)

@@ -76,9 +76,10 @@ class QueryServiceServicer:
     def GetHistory(self, request, context):
         """Returns a page of a channel's messages, ascending by seq. With neither
         bound set it returns the newest `limit` messages; with `before_seq` the
-        newest `limit` messages below it; with `after_seq` the oldest `limit`
-        messages above it. `has_more` says whether more messages lie beyond the
-        page in the direction of travel (older for before/none, newer for after).
+        newest `limit` messages below it; with `after_seq` (0 = from the start)
+        the oldest `limit` messages above it; with both, the oldest `limit`
+        messages between them. `has_more` says whether more messages lie beyond
+        the page in the direction of travel (older without `after_seq`, newer with it).
         Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

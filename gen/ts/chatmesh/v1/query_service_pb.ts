@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatmesh/v1/query_service.proto.
  */
 export const file_chatmesh_v1_query_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9jaGF0bWVzaC92MS9xdWVyeV9zZXJ2aWNlLnByb3RvEgtjaGF0bWVzaC52MSLaAgoRR2V0SGlzdG9yeVJlcXVlc3QSLAoKY2hhbm5lbF9pZBgBIAEoCUIYukgVchMyEV5jaF9bMC05YS16XXsyNn0kEhsKCmJlZm9yZV9zZXEYAiABKANCB7pIBCICKAASGgoJYWZ0ZXJfc2VxGAMgASgDQge6SAQiAigAEh4KBWxpbWl0GAQgASgFQgq6SAcaBRjIASgBSACIAQE6swG6SK8BGqwBChRoaXN0b3J5LmJvdW5kc19vcmRlchI/YmVmb3JlX3NlcSBtdXN0IGJlIGdyZWF0ZXIgdGhhbiBhZnRlcl9zZXEgKyAxIHdoZW4gYm90aCBhcmUgc2V0GlN0aGlzLmJlZm9yZV9zZXEgPT0gMCB8fCB0aGlzLmFmdGVyX3NlcSA9PSAwIHx8IHRoaXMuYmVmb3JlX3NlcSA+IHRoaXMuYWZ0ZXJfc2VxICsgMUIICgZfbGltaXQiYAoSR2V0SGlzdG9yeVJlc3BvbnNlEiYKCG1lc3NhZ2VzGAEgAygLMhQuY2hhdG1lc2gudjEuTWVzc2FnZRIQCghoYXNfbW9yZRgCIAEoCBIQCghsYXN0X3NlcRgDIAEoAyJBChFHZXRDaGFubmVsUmVxdWVzdBIsCgpjaGFubmVsX2lkGAEgASgJQhi6SBVyEzIRXmNoX1swLTlhLXpdezI2fSQiOwoSR2V0Q2hhbm5lbFJlc3BvbnNlEiUKB2NoYW5uZWwYASABKAsyFC5jaGF0bWVzaC52MS5DaGFubmVsIhUKE0xpc3RDaGFubmVsc1JlcXVlc3QiRQoUTGlzdENoYW5uZWxzUmVzcG9uc2USLQoIY2hhbm5lbHMYASADKAsyGy5jaGF0bWVzaC52MS5DaGFubmVsU3VtbWFyeSJbChJHZXRQcmVzZW5jZVJlcXVlc3QSRQoIdXNlcl9pZHMYASADKAlCM7pIMJIBLQgBEMgBGAEiJHIiMiBeW0EtWmEtejAtOV1bQS1aYS16MC05Xy1dezAsNjN9JCI/ChNHZXRQcmVzZW5jZVJlc3BvbnNlEigKCXByZXNlbmNlcxgBIAMoCzIVLmNoYXRtZXNoLnYxLlByZXNlbmNlMtMCCgxRdWVyeVNlcnZpY2USTQoKR2V0SGlzdG9yeRIeLmNoYXRtZXNoLnYxLkdldEhpc3RvcnlSZXF1ZXN0Gh8uY2hhdG1lc2gudjEuR2V0SGlzdG9yeVJlc3BvbnNlEk0KCkdldENoYW5uZWwSHi5jaGF0bWVzaC52MS5HZXRDaGFubmVsUmVxdWVzdBofLmNoYXRtZXNoLnYxLkdldENoYW5uZWxSZXNwb25zZRJTCgxMaXN0Q2hhbm5lbHMSIC5jaGF0bWVzaC52MS5MaXN0Q2hhbm5lbHNSZXF1ZXN0GiEuY2hhdG1lc2gudjEuTGlzdENoYW5uZWxzUmVzcG9uc2USUAoLR2V0UHJlc2VuY2USHy5jaGF0bWVzaC52MS5HZXRQcmVzZW5jZVJlcXVlc3QaIC5jaGF0bWVzaC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_chatmesh_v1_channel, file_chatmesh_v1_message, file_chatmesh_v1_presence]);
+  fileDesc("Ch9jaGF0bWVzaC92MS9xdWVyeV9zZXJ2aWNlLnByb3RvEgtjaGF0bWVzaC52MSKDAwoRR2V0SGlzdG9yeVJlcXVlc3QSLAoKY2hhbm5lbF9pZBgBIAEoCUIYukgVchMyEV5jaF9bMC05YS16XXsyNn0kEiAKCmJlZm9yZV9zZXEYAiABKANCB7pIBCICIABIAIgBARIfCglhZnRlcl9zZXEYAyABKANCB7pIBCICKABIAYgBARIeCgVsaW1pdBgEIAEoBUIKukgHGgUYyAEoAUgCiAEBOrUBukixARquAQoUaGlzdG9yeS5ib3VuZHNfb3JkZXISP2JlZm9yZV9zZXEgbXVzdCBiZSBncmVhdGVyIHRoYW4gYWZ0ZXJfc2VxICsgMSB3aGVuIGJvdGggYXJlIHNldBpVIWhhcyh0aGlzLmJlZm9yZV9zZXEpIHx8ICFoYXModGhpcy5hZnRlcl9zZXEpIHx8IHRoaXMuYmVmb3JlX3NlcSA+IHRoaXMuYWZ0ZXJfc2VxICsgMUINCgtfYmVmb3JlX3NlcUIMCgpfYWZ0ZXJfc2VxQggKBl9saW1pdCJgChJHZXRIaXN0b3J5UmVzcG9uc2USJgoIbWVzc2FnZXMYASADKAsyFC5jaGF0bWVzaC52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIEhAKCGxhc3Rfc2VxGAMgASgDIkEKEUdldENoYW5uZWxSZXF1ZXN0EiwKCmNoYW5uZWxfaWQYASABKAlCGLpIFXITMhFeY2hfWzAtOWEtel17MjZ9JCI7ChJHZXRDaGFubmVsUmVzcG9uc2USJQoHY2hhbm5lbBgBIAEoCzIULmNoYXRtZXNoLnYxLkNoYW5uZWwiFQoTTGlzdENoYW5uZWxzUmVxdWVzdCJFChRMaXN0Q2hhbm5lbHNSZXNwb25zZRItCghjaGFubmVscxgBIAMoCzIbLmNoYXRtZXNoLnYxLkNoYW5uZWxTdW1tYXJ5IlsKEkdldFByZXNlbmNlUmVxdWVzdBJFCgh1c2VyX2lkcxgBIAMoCUIzukgwkgEtCAEQyAEYASIkciIyIF5bQS1aYS16MC05XVtBLVphLXowLTlfLV17MCw2M30kIj8KE0dldFByZXNlbmNlUmVzcG9uc2USKAoJcHJlc2VuY2VzGAEgAygLMhUuY2hhdG1lc2gudjEuUHJlc2VuY2Uy0wIKDFF1ZXJ5U2VydmljZRJNCgpHZXRIaXN0b3J5Eh4uY2hhdG1lc2gudjEuR2V0SGlzdG9yeVJlcXVlc3QaHy5jaGF0bWVzaC52MS5HZXRIaXN0b3J5UmVzcG9uc2USTQoKR2V0Q2hhbm5lbBIeLmNoYXRtZXNoLnYxLkdldENoYW5uZWxSZXF1ZXN0Gh8uY2hhdG1lc2gudjEuR2V0Q2hhbm5lbFJlc3BvbnNlElMKDExpc3RDaGFubmVscxIgLmNoYXRtZXNoLnYxLkxpc3RDaGFubmVsc1JlcXVlc3QaIS5jaGF0bWVzaC52MS5MaXN0Q2hhbm5lbHNSZXNwb25zZRJQCgtHZXRQcmVzZW5jZRIfLmNoYXRtZXNoLnYxLkdldFByZXNlbmNlUmVxdWVzdBogLmNoYXRtZXNoLnYxLkdldFByZXNlbmNlUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_chatmesh_v1_channel, file_chatmesh_v1_message, file_chatmesh_v1_presence]);
 
 /**
  * Request of QueryService.GetHistory.
@@ -33,18 +33,18 @@ export type GetHistoryRequest = Message<"chatmesh.v1.GetHistoryRequest"> & {
   channelId: string;
 
   /**
-   * Only messages with seq < before_seq (0: no upper bound).
+   * Only messages with seq < before_seq; unset: no upper bound.
    *
-   * @generated from field: int64 before_seq = 2;
+   * @generated from field: optional int64 before_seq = 2;
    */
-  beforeSeq: bigint;
+  beforeSeq?: bigint | undefined;
 
   /**
-   * Only messages with seq > after_seq (0: no lower bound).
+   * Only messages with seq > after_seq, oldest first; unset: newest first.
    *
-   * @generated from field: int64 after_seq = 3;
+   * @generated from field: optional int64 after_seq = 3;
    */
-  afterSeq: bigint;
+  afterSeq?: bigint | undefined;
 
   /**
    * Page size, 1–200; 50 when unset.
@@ -231,9 +231,10 @@ export const QueryService: GenService<{
   /**
    * Returns a page of a channel's messages, ascending by seq. With neither
    * bound set it returns the newest `limit` messages; with `before_seq` the
-   * newest `limit` messages below it; with `after_seq` the oldest `limit`
-   * messages above it. `has_more` says whether more messages lie beyond the
-   * page in the direction of travel (older for before/none, newer for after).
+   * newest `limit` messages below it; with `after_seq` (0 = from the start)
+   * the oldest `limit` messages above it; with both, the oldest `limit`
+   * messages between them. `has_more` says whether more messages lie beyond
+   * the page in the direction of travel (older without `after_seq`, newer with it).
    * Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
    *
    * @generated from rpc chatmesh.v1.QueryService.GetHistory

@@ -663,14 +663,14 @@ class GetHistoryRequest(betterproto2.Message):
     The channel.
     """
 
-    before_seq: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    before_seq: "int | None" = betterproto2.field(2, betterproto2.TYPE_INT64, optional=True)
     """
-    Only messages with seq < before_seq (0: no upper bound).
+    Only messages with seq < before_seq; unset: no upper bound.
     """
 
-    after_seq: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    after_seq: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT64, optional=True)
     """
-    Only messages with seq > after_seq (0: no lower bound).
+    Only messages with seq > after_seq, oldest first; unset: newest first.
     """
 
     limit: "int | None" = betterproto2.field(4, betterproto2.TYPE_INT32, optional=True)
@@ -1643,9 +1643,10 @@ class QueryServiceStub:
         """
         Returns a page of a channel's messages, ascending by seq. With neither
         bound set it returns the newest `limit` messages; with `before_seq` the
-        newest `limit` messages below it; with `after_seq` the oldest `limit`
-        messages above it. `has_more` says whether more messages lie beyond the
-        page in the direction of travel (older for before/none, newer for after).
+        newest `limit` messages below it; with `after_seq` (0 = from the start)
+        the oldest `limit` messages above it; with both, the oldest `limit`
+        messages between them. `has_more` says whether more messages lie beyond
+        the page in the direction of travel (older without `after_seq`, newer with it).
         Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
         """
 

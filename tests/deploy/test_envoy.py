@@ -1,0 +1,524 @@
+"""Generated Envoy bootstraps are valid Envoy API objects and route as the topology says.
+
+Envoy cannot run here, so every bootstrap is parsed into Envoy's own API types
+(``xds-protos``) with unknown fields rejected, every ``Any`` resolved, the
+protoc-gen-validate rules Envoy enforces at load time checked, and deprecated
+fields refused. Then the routes, JWT rules, CORS and timeouts are checked
+against the topology.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import (
+    any_pb2,
+    descriptor_pool,
+    duration_pb2,
+    json_format,
+    message,
+    message_factory,
+)
+
+from mesh import envoy as edge
+from mesh.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from mesh.paths import repo_root
+from mesh.topology import Topology, load
+from services.notification.config import NotificationConfig
+
+# Importing a module registers its messages, so typed_config Anys resolve.
+_TYPE_MODULES = [
+    "envoy.config.bootstrap.v3.bootstrap_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.http.cors.v3.cors_pb2",
+    "envoy.extensions.filters.http.jwt_authn.v3.config_pb2",
+    "envoy.extensions.filters.http.grpc_web.v3.grpc_web_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
+    "envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2",
+]
+for _module in _TYPE_MODULES:
+    importlib.import_module(_module)
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: E402 - after the registrations above
+from validate import validate_pb2  # noqa: E402
+
+TOPOLOGIES = ["dev", "three-regions", "ha"]
+CASES = [(name, region) for name in TOPOLOGIES for region in load(name).region_names]
+
+
+# --- validation helpers --------------------------------------------------------
+
+
+def parse_bootstrap(data: dict[str, Any]) -> bootstrap_pb2.Bootstrap:
+    """Parses like Envoy does: unknown fields and wrong types are errors."""
+    boot = bootstrap_pb2.Bootstrap()
+    json_format.ParseDict(data, boot, ignore_unknown_fields=False)
+    return boot
+
+
+def _unpack(any_msg: any_pb2.Any) -> message.Message:
+    name = any_msg.type_url.split("/")[-1]
+    desc = descriptor_pool.Default().FindMessageTypeByName(name)
+    inner = message_factory.GetMessageClass(desc)()
+    assert any_msg.Unpack(inner), f"cannot unpack {name}"
+    return inner
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+_WRAPPERS = {
+    f"google.protobuf.{t}Value"
+    for t in ("UInt32", "UInt64", "Int32", "Int64", "Double", "Float", "String", "Bool")
+}
+
+
+def _check_scalar(
+    path: str, value: Any, rules: validate_pb2.FieldRules, problems: list[str]
+) -> None:
+    kind = rules.WhichOneof("type")
+    if kind is None:
+        return
+    r = getattr(rules, kind)
+    if isinstance(value, message.Message) and value.DESCRIPTOR.full_name in _WRAPPERS:
+        value = value.value  # type: ignore[attr-defined]  # PGV applies scalar rules to the wrapped value
+    if kind == "string":
+        if r.HasField("min_len") and len(value) < r.min_len:
+            problems.append(f"{path}: shorter than {r.min_len}")
+        if r.HasField("max_len") and len(value) > r.max_len:
+            problems.append(f"{path}: longer than {r.max_len}")
+    elif kind in ("uint32", "uint64", "int32", "int64", "double", "float"):
+        for op, bad in (
+            ("gt", value <= r.gt),
+            ("gte", value < r.gte),
+            ("lt", value >= r.lt),
+            ("lte", value > r.lte),
+        ):
+            if r.HasField(op) and bad:
+                problems.append(f"{path}: {value} violates {op} {getattr(r, op)}")
+    elif kind == "duration" and isinstance(value, duration_pb2.Duration):
+        secs = _seconds(value)
+        for op in ("gt", "gte", "lt", "lte"):
+            if r.HasField(op):
+                limit = _seconds(getattr(r, op))
+                bad = {
+                    "gt": secs <= limit,
+                    "gte": secs < limit,
+                    "lt": secs >= limit,
+                    "lte": secs > limit,
+                }[op]
+                if bad:
+                    problems.append(f"{path}: {secs}s violates {op} {limit}s")
+
+
+def pgv_problems(msg: message.Message, path: str = "") -> list[str]:
+    """The protoc-gen-validate rules Envoy enforces when it loads a config.
+
+    Covers what a hand-written config gets wrong: required messages and
+    oneofs, string lengths, numeric and duration bounds, enum values that do
+    not exist, minimum list sizes, and fields marked deprecated.
+    """
+    problems: list[str] = []
+    desc = msg.DESCRIPTOR
+    for oneof in desc.oneofs:
+        if (
+            oneof.GetOptions().Extensions[validate_pb2.required]
+            and msg.WhichOneof(oneof.name) is None
+        ):
+            problems.append(f"{path or desc.name}: oneof {oneof.name} is required")
+    for field in desc.fields:
+        fpath = f"{path}.{field.name}" if path else field.name
+        oneof = field.containing_oneof
+        if oneof is not None and msg.WhichOneof(oneof.name) != field.name:
+            continue  # PGV checks a oneof member only when it is the one set
+        opts = field.GetOptions()
+        rules = opts.Extensions[validate_pb2.rules]
+        repeated = field.is_repeated
+        is_map = (
+            repeated
+            and field.message_type is not None
+            and field.message_type.GetOptions().map_entry
+        )
+        if repeated:
+            items = getattr(msg, field.name)
+            if len(items) and opts.deprecated:
+                problems.append(f"{fpath}: deprecated field")
+            if rules.WhichOneof("type") == "repeated" and rules.repeated.min_items > len(items):
+                problems.append(f"{fpath}: needs at least {rules.repeated.min_items} item(s)")
+            if is_map:
+                value_field = field.message_type.fields_by_name["value"]
+                for key, item in items.items():
+                    if value_field.message_type is not None:
+                        problems += pgv_problems(item, f"{fpath}[{key}]")
+            elif field.message_type is not None:
+                for i, item in enumerate(items):
+                    problems += _nested(item, f"{fpath}[{i}]")
+            continue
+        if field.message_type is not None:
+            present = msg.HasField(field.name)
+            if not present:
+                if rules.message.required or (
+                    rules.WhichOneof("type") in ("any", "duration")
+                    and getattr(rules, rules.WhichOneof("type")).required
+                ):
+                    problems.append(f"{fpath}: required")
+                continue
+            if opts.deprecated:
+                problems.append(f"{fpath}: deprecated field")
+            value = getattr(msg, field.name)
+            _check_scalar(fpath, value, rules, problems)
+            problems += _nested(value, fpath)
+            continue
+        value = getattr(msg, field.name)
+        set_explicitly = (
+            msg.HasField(field.name) if field.has_presence else value != field.default_value
+        )
+        if set_explicitly and opts.deprecated:
+            problems.append(f"{fpath}: deprecated field")
+        if field.enum_type is not None:
+            if (
+                rules.WhichOneof("type") == "enum"
+                and rules.enum.defined_only
+                and value not in field.enum_type.values_by_number
+            ):
+                problems.append(f"{fpath}: undefined enum value {value}")
+            continue
+        if set_explicitly or rules.WhichOneof("type") == "string":
+            _check_scalar(fpath, value, rules, problems)
+    return problems
+
+
+def _nested(value: message.Message, path: str) -> list[str]:
+    if isinstance(value, any_pb2.Any):
+        return pgv_problems(_unpack(value), f"{path}<{value.type_url.split('/')[-1]}>")
+    return pgv_problems(value, path)
+
+
+def validate_envoy(data: dict[str, Any]) -> bootstrap_pb2.Bootstrap:
+    """Parse + PGV + deprecation checks; raises on the first kind of failure."""
+    boot = parse_bootstrap(data)
+    problems = pgv_problems(boot)
+    if problems:
+        raise ValueError("invalid Envoy config:\n" + "\n".join(problems))
+    return boot
+
+
+# --- accessors ------------------------------------------------------------------
+
+
+def _hcm(boot: dict[str, Any]) -> dict[str, Any]:
+    [listener] = boot["static_resources"]["listeners"]
+    [chain] = listener["filter_chains"]
+    [flt] = chain["filters"]
+    return flt["typed_config"]  # type: ignore[no-any-return]
+
+
+def _routes(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    [vhost] = _hcm(boot)["route_config"]["virtual_hosts"]
+    return {r["match"]["prefix"]: r for r in vhost["routes"]}
+
+
+def _clusters(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in boot["static_resources"]["clusters"]}
+
+
+def _hosts(cluster: dict[str, Any]) -> list[str]:
+    return [
+        e["endpoint"]["address"]["socket_address"]["address"]
+        for group in cluster["load_assignment"]["endpoints"]
+        for e in group["lb_endpoints"]
+    ]
+
+
+def _filters(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["name"]: f["typed_config"] for f in _hcm(boot)["http_filters"]}
+
+
+def _yaml_boot(topology: Topology, region: str) -> dict[str, Any]:
+    """The bootstrap as written to disk, read back (what Envoy would read)."""
+    data = yaml.safe_load(edge.render_envoy_yaml(topology, region))
+    assert isinstance(data, dict)
+    return data
+
+
+# --- tests ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_every_bootstrap_is_a_valid_envoy_config(name: str, region: str) -> None:
+    validate_envoy(_yaml_boot(load(name), region))
+
+
+def test_committed_envoy_files_are_valid() -> None:
+    files = sorted((repo_root() / "deploy" / "dev" / "envoy").glob("envoy-*.yaml"))
+    assert [f.stem for f in files] == sorted(f"envoy-{r}" for r in load("dev").region_names)
+    for path in files:
+        validate_envoy(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_commands_go_to_the_primary_from_every_region(name: str, region: str) -> None:
+    topo = load(name)
+    boot = edge.render_envoy(topo, region)
+    route = _routes(boot)["/chatmesh.v1.CommandService/"]
+    cluster = _clusters(boot)[route["route"]["cluster"]]
+    assert _hosts(cluster) == [f"command-{topo.primary}"]
+    if region == topo.primary:
+        assert cluster["name"] == f"command-{topo.primary}"
+    else:
+        assert cluster["name"] == "command-primary"
+    [header] = route["request_headers_to_add"]
+    assert header["header"] == {"key": "x-chatmesh-origin-region", "value": region}
+    # A client cannot spoof its origin: the edge overwrites the header.
+    assert header["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_queries_and_subscriptions_stay_in_the_region(name: str, region: str) -> None:
+    topo = load(name)
+    boot = edge.render_envoy(topo, region)
+    routes, clusters = _routes(boot), _clusters(boot)
+    query = clusters[routes["/chatmesh.v1.QueryService/"]["route"]["cluster"]]
+    notification = clusters[routes["/chatmesh.v1.NotificationService/"]["route"]["cluster"]]
+    assert _hosts(query) == [f"query-{region}"]
+    instances = topo.region(region).notification_instances
+    assert _hosts(notification) == [f"notification-{region}-{i}" for i in range(1, instances + 1)]
+    assert routes["/grpc.reflection."]["route"]["cluster"] == query["name"]
+    # The Fan-Out Service is internal: no route or cluster reaches it.
+    assert not [c for c in clusters if "fanout" in c]
+    assert not [p for p in routes if "Fanout" in p]
+
+
+def test_several_notification_instances_are_balanced_by_open_streams() -> None:
+    data = {
+        "name": "x",
+        "primary": "us-east",
+        "region": [{"name": "us-east", "notification_instances": 3}],
+    }
+    from mesh.topology import parse
+
+    topo = parse(data)
+    clusters = _clusters(edge.render_envoy(topo, "us-east"))
+    assert _hosts(clusters["notification-us-east"]) == [
+        f"notification-us-east-{i}" for i in (1, 2, 3)
+    ]
+    assert clusters["notification-us-east"]["lb_policy"] == "LEAST_REQUEST"
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_only_idempotent_queries_are_retried(name: str, region: str) -> None:
+    routes = _routes(edge.render_envoy(load(name), region))
+    retried = {p for p, r in routes.items() if "retry_policy" in r["route"]}
+    assert retried == {"/chatmesh.v1.QueryService/"}
+    policy = routes["/chatmesh.v1.QueryService/"]["route"]["retry_policy"]
+    conditions = set(policy["retry_on"].split(","))
+    assert "unavailable" in conditions
+    # A spent deadline is not retried, and overload is not amplified.
+    assert not conditions & {"deadline-exceeded", "resource-exhausted", "internal", "5xx"}
+    assert policy["num_retries"] >= 1
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_jwt_is_required_exactly_on_the_public_services(name: str, region: str) -> None:
+    jwt = _filters(edge.render_envoy(load(name), region))["envoy.filters.http.jwt_authn"]
+    provider = jwt["providers"][edge.JWT_PROVIDER]
+    assert provider["issuer"] == DEFAULT_ISSUER
+    assert provider["audiences"] == [DEFAULT_AUDIENCE]
+    assert provider["forward"] is True
+    assert provider["local_jwks"] == {"filename": edge.DEFAULT_JWKS_PATH}
+    required = {
+        r["match"]["prefix"]
+        for r in jwt["rules"]
+        if r["requires"] == {"provider_name": edge.JWT_PROVIDER}
+    }
+    assert required == {
+        "/chatmesh.v1.CommandService/",
+        "/chatmesh.v1.QueryService/",
+        "/chatmesh.v1.NotificationService/",
+    }
+    assert len(jwt["rules"]) == 3
+    for free in (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Check",
+    ):
+        assert not [p for p in required if free.startswith(p)]
+    assert jwt["bypass_cors_preflight"] is True
+
+
+def test_inline_jwks_replaces_the_file() -> None:
+    boot = edge.render_envoy(load("dev"), "eu", jwks_inline='{"keys": []}')
+    provider = _filters(boot)["envoy.filters.http.jwt_authn"]["providers"][edge.JWT_PROVIDER]
+    assert provider["local_jwks"] == {"inline_string": '{"keys": []}'}
+    validate_envoy(boot)
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_filter_order_and_cors(name: str, region: str) -> None:
+    boot = edge.render_envoy(load(name), region, cors_origins=("https://chat.example",))
+    assert list(_filters(boot)) == [
+        "envoy.filters.http.cors",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.router",
+    ]
+    [vhost] = _hcm(boot)["route_config"]["virtual_hosts"]
+    cors = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert cors["allow_origin_string_match"] == [{"exact": "https://chat.example"}]
+    exposed = {h.strip() for h in cors["expose_headers"].split(",")}
+    assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed
+    allowed = {h.strip() for h in cors["allow_headers"].split(",")}
+    assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout",
+            "connect-protocol-version"} <= allowed  # fmt: skip
+    assert int(cors["max_age"]) > 0
+    assert _hcm(boot)["codec_type"] == "AUTO"
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_timeouts_keep_subscribe_streams_alive_and_propagate_deadlines(
+    name: str, region: str
+) -> None:
+    boot = edge.render_envoy(load(name), region)
+    heartbeat = NotificationConfig().stream_heartbeat
+    hcm = _hcm(boot)
+    assert float(hcm["stream_idle_timeout"].rstrip("s")) >= 3 * heartbeat
+    routes = _routes(boot)
+    subscribe = routes["/chatmesh.v1.NotificationService/"]["route"]
+    # No overall deadline on the stream; the idle timeout (fed by heartbeats) bounds it.
+    assert subscribe["timeout"] == "0s"
+    assert float(subscribe["idle_timeout"].rstrip("s")) >= 3 * heartbeat
+    for prefix in ("/chatmesh.v1.CommandService/", "/chatmesh.v1.QueryService/"):
+        action = routes[prefix]["route"]
+        assert float(action["timeout"].rstrip("s")) > 0
+        # The client's grpc-timeout becomes the route deadline (capped).
+        assert float(action["max_stream_duration"]["grpc_timeout_header_max"].rstrip("s")) > 0
+        assert "max_grpc_timeout" not in action  # deprecated
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_clusters_speak_http2_and_are_health_checked(name: str, region: str) -> None:
+    boot = edge.render_envoy(load(name), region)
+    assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    services = {"command": "chatmesh.v1.CommandService", "query": "chatmesh.v1.QueryService",
+                "notification": "chatmesh.v1.NotificationService"}  # fmt: skip
+    for cluster in _clusters(boot).values():
+        assert cluster["type"] == "STRICT_DNS"
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+        [check] = cluster["health_checks"]
+        kind = cluster["name"].split("-", 1)[0]
+        assert check["grpc_health_check"]["service_name"] == services[kind]
+        [thresholds] = cluster["circuit_breakers"]["thresholds"]
+        assert thresholds["max_requests"] >= 10_000
+
+
+# --- a typo must fail -----------------------------------------------------------------
+
+
+def _mutations() -> Iterator[tuple[str, Any]]:
+    """(description, function mutating a bootstrap dict in place)."""
+
+    def rename(container: dict[str, Any], old: str, new: str) -> None:
+        container[new] = container.pop(old)
+
+    yield "top-level key typo", lambda b: rename(b, "static_resources", "static_resource")
+    yield (
+        "typo inside the HCM Any",
+        lambda b: rename(_hcm(b), "stream_idle_timeout", "stream_idle_timout"),
+    )
+    yield (
+        "typo inside the jwt provider",
+        lambda b: rename(
+            _filters(b)["envoy.filters.http.jwt_authn"]["providers"][edge.JWT_PROVIDER],
+            "issuer",
+            "isuer",
+        ),
+    )
+    yield (
+        "typo in a cluster",
+        lambda b: rename(b["static_resources"]["clusters"][0], "connect_timeout", "conect_timeout"),
+    )
+    yield (
+        "unknown typed_config type",
+        lambda b: _filters(b)["envoy.filters.http.grpc_web"].update(
+            {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWebb"}
+        ),
+    )
+
+
+def _wrong_types() -> Iterator[tuple[str, Any]]:
+    yield (
+        "string for an integer",
+        lambda b: _routes(b)["/chatmesh.v1.QueryService/"]["route"]["retry_policy"].update(
+            {"num_retries": "two"}
+        ),
+    )
+    yield "bad duration", lambda b: _hcm(b).update({"stream_idle_timeout": "60 seconds"})
+    yield "unknown enum", lambda b: _hcm(b).update({"codec_type": "HTTP2_PLEASE"})
+    yield "list for a string", lambda b: _hcm(b).update({"stat_prefix": ["edge"]})
+
+
+@pytest.mark.parametrize(
+    ("what", "mutate"),
+    [*_mutations(), *_wrong_types()],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_typo_or_wrong_type_fails_validation(what: str, mutate: Any) -> None:
+    boot = edge.render_envoy(load("dev"), "eu")
+    broken = copy.deepcopy(boot)
+    mutate(broken)
+    with pytest.raises(json_format.ParseError):
+        parse_bootstrap(broken)
+    parse_bootstrap(boot)  # the untouched original still parses
+
+
+def _semantic_breakage() -> Iterator[tuple[str, Any]]:
+    yield (
+        "port out of range",
+        lambda b: b["static_resources"]["listeners"][0]["address"]["socket_address"].update(
+            {"port_value": 70000}
+        ),
+    )
+    yield "route without an action", lambda b: _routes(b)["/chatmesh.v1.QueryService/"].pop("route")
+    yield "empty cluster name", lambda b: b["static_resources"]["clusters"][0].update({"name": ""})
+    yield (
+        "deprecated max_grpc_timeout",
+        lambda b: _routes(b)["/chatmesh.v1.QueryService/"]["route"].update(
+            {"max_grpc_timeout": "5s"}
+        ),
+    )
+    yield (
+        "zero connect timeout",
+        lambda b: b["static_resources"]["clusters"][0].update({"connect_timeout": "0s"}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "mutate"), list(_semantic_breakage()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_values_envoy_rejects_at_load_fail_validation(what: str, mutate: Any) -> None:
+    broken = copy.deepcopy(edge.render_envoy(load("dev"), "us-east"))
+    mutate(broken)
+    parse_bootstrap(broken)  # well-typed ...
+    with pytest.raises(ValueError, match="invalid Envoy config"):
+        validate_envoy(broken)  # ... but Envoy's validation rules reject it
+
+
+def test_write_envoy_configs_writes_one_file_per_region(tmp_path: Path) -> None:
+    topo = load("three-regions")
+    paths = edge.write_envoy_configs(topo, tmp_path)
+    assert [p.name for p in paths] == [f"envoy-{r}.yaml" for r in topo.region_names]
+    for path in paths:
+        assert path.read_text().startswith("# Envoy bootstrap")
+        validate_envoy(yaml.safe_load(path.read_text()))
