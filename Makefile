@@ -73,3 +73,10 @@ bench: install tools ## Measure the ADR targets (writes bench-results/, not part
 
 clean: down ## Remove build outputs and the run directory (keeps the venv and caches)
 	rm -rf build .run bench-results test-results .pytest_cache .mypy_cache .ruff_cache
+
+compose-config: $(VENV)/.installed ## Generate docker-compose files, deploy/$(TOPOLOGY)/ and git-ignored secrets
+	$(PY) -m mesh.compose generate --topology $(TOPOLOGY)
+	$(PY) -m mesh.compose secrets --topology $(TOPOLOGY)
+
+compose-check: $(VENV)/.installed ## Fail if the committed compose/Envoy/NATS files are stale
+	$(PY) -m mesh.compose generate --check

@@ -1,0 +1,1 @@
+"""chatmesh plumbing: the harness, interceptors, stores and the command line."""

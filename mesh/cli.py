@@ -26,11 +26,16 @@ from mesh.topology import TopologyError, builtin_names, load
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="chatmesh: a multi-region real-time chat mesh.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="chatmesh: a multi-region real-time chat mesh.", no_args_is_help=True, add_completion=False
+)
 topology_app = typer.Typer(help="Validate and render topology files.", no_args_is_help=True)
 app.add_typer(topology_app, name="topology")
 
-RunDir = Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: $CHATMESH_RUN_DIR or ./.run).")]
+RunDir = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Run directory (default: $CHATMESH_RUN_DIR or ./.run)."),
+]
 
 
 def _run_dir(value: Path | None) -> Path:
@@ -71,7 +76,9 @@ def version() -> None:
         own = "0.1.0 (not installed)"
     typer.echo(f"chatmesh {own}")
     try:
-        nats = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        nats = subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         nats = f"nats-server unavailable ({exc})"
     typer.echo(nats)
@@ -100,7 +107,12 @@ def token(
 
 
 @topology_app.command("check")
-def topology_check(file: Annotated[str, typer.Argument(help=f"A topology file or built-in name ({', '.join(builtin_names())}).")]) -> None:
+def topology_check(
+    file: Annotated[
+        str,
+        typer.Argument(help=f"A topology file or built-in name ({', '.join(builtin_names())})."),
+    ],
+) -> None:
     """Validate a topology and print what it would start."""
     try:
         topo = load(file)
@@ -130,8 +142,12 @@ def topology_render(
 
 @app.command()
 def up(
-    topology: Annotated[str, typer.Option("--topology", "-t", help="Topology file or built-in name.")] = "dev",
-    stores: Annotated[str | None, typer.Option(help="embedded (SQLite) or production (Cassandra + MongoDB-wire).")] = None,
+    topology: Annotated[
+        str, typer.Option("--topology", "-t", help="Topology file or built-in name.")
+    ] = "dev",
+    stores: Annotated[
+        str | None, typer.Option(help="embedded (SQLite) or production (Cassandra + MongoDB-wire).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
     run_dir: RunDir = None,
 ) -> None:
@@ -144,7 +160,10 @@ def up(
         raise typer.Exit(1) from None
     pid_file = rd / "supervisor.pid"
     if pid_file.exists() and _alive(int(pid_file.read_text() or 0)):
-        typer.echo(f"a mesh is already running from {rd} (pid {pid_file.read_text()}); `chatmesh down` first", err=True)
+        typer.echo(
+            f"a mesh is already running from {rd} (pid {pid_file.read_text()}); `chatmesh down` first",
+            err=True,
+        )
         raise typer.Exit(1)
     (rd / STATE_FILE).unlink(missing_ok=True)
     (rd / "failed.json").unlink(missing_ok=True)
@@ -154,7 +173,13 @@ def up(
         argv += ["--stores", stores]
     started = time.monotonic()
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     typer.echo(f"starting topology {topology!r} (supervisor pid {proc.pid}, log {log}) ...")
     while True:
         state = _read_state(rd)
@@ -174,18 +199,24 @@ def up(
 
 
 def _print_status(state: dict[str, Any], rd: Path) -> None:
-    typer.echo(f"topology {state['topology']} (primary {state['primary']}, stores {state['stores']}), run dir {rd}")
+    typer.echo(
+        f"topology {state['topology']} (primary {state['primary']}, stores {state['stores']}), run dir {rd}"
+    )
     for region, info in state["regions"].items():
         role = "primary" if info.get("primary") else "secondary"
         typer.echo(f"  {region} ({role})")
         edge = info.get("edge")
         if edge:
-            typer.echo(f"    edge       gRPC {edge.get('grpc')}   gRPC-Web/Connect {edge.get('http')}")
+            typer.echo(
+                f"    edge       gRPC {edge.get('grpc')}   gRPC-Web/Connect {edge.get('http')}"
+            )
         grpc_eps = info.get("grpc") or {}
         for name in ("command", "query", "notification", "fanout"):
             if name in grpc_eps:
                 value = grpc_eps[name]
-                typer.echo(f"    {name:<12} {', '.join(value) if isinstance(value, list) else value}")
+                typer.echo(
+                    f"    {name:<12} {', '.join(value) if isinstance(value, list) else value}"
+                )
         typer.echo(f"    nats       {', '.join(info.get('nats') or [])}")
         typer.echo(f"    valkey     {info.get('valkey')} ({info.get('valkey_role')})")
         if info.get("web"):
@@ -227,7 +258,9 @@ def status(
 
 @app.command()
 def down(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait before killing stragglers.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait before killing stragglers.")
+    ] = 60.0,
     run_dir: RunDir = None,
 ) -> None:
     """Stop the mesh started by `chatmesh up`; no process is left behind."""
@@ -260,9 +293,15 @@ def down(
 @app.command()
 def chat(
     user: Annotated[str, typer.Argument(help="Who you are (a token is minted for you).")],
-    region: Annotated[str | None, typer.Option(help="Region to connect to (default: the primary).")] = None,
-    with_users: Annotated[list[str] | None, typer.Option("--with", help="Create a channel with these users.")] = None,
-    channel: Annotated[str | None, typer.Option(help="Channel id to talk in (default: your newest).")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Region to connect to (default: the primary).")
+    ] = None,
+    with_users: Annotated[
+        list[str] | None, typer.Option("--with", help="Create a channel with these users.")
+    ] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="Channel id to talk in (default: your newest).")
+    ] = None,
     run_dir: RunDir = None,
 ) -> None:
     """Chat in a terminal through the generated Python SDK (type a line to send, /quit to leave)."""
@@ -273,7 +312,9 @@ def chat(
     if state is None:
         typer.echo("no mesh running; start one with `make up`", err=True)
         raise typer.Exit(1)
-    code = run_chat(state, rd, user=user, region=region, with_users=with_users or [], channel_id=channel)
+    code = run_chat(
+        state, rd, user=user, region=region, with_users=with_users or [], channel_id=channel
+    )
     raise typer.Exit(code)
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import types
@@ -80,7 +81,16 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{name}: {value!r} is not a boolean")
     if hint in (int, float):
@@ -103,7 +113,9 @@ def _convert(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def load(cls: type[T], path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> T:
+def load(
+    cls: type[T], path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> T:
     """Builds ``cls`` from defaults, then the JSON file at ``path``, then the environment.
 
     Raises:
@@ -144,8 +156,12 @@ def describe(cls: type[CommonConfig]) -> list[tuple[str, str, str]]:
         except (OSError, TypeError):
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:], strict=False):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                    docs[node.target.id] = str(nxt.value.value)
+        for node, nxt in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+            ):
+                docs[node.target.id] = str(nxt.value.value)
     return [(f.name, repr(f.default), docs.get(f.name, "")) for f in dataclasses.fields(cls)]

@@ -62,7 +62,13 @@ class PubAck:
 
 
 async def publish_event(
-    nc: NATS, subject: str, payload: bytes, msg_id: str, *, timeout: float = 5.0, expected_stream: str = "EVENTS"
+    nc: NATS,
+    subject: str,
+    payload: bytes,
+    msg_id: str,
+    *,
+    timeout: float = 5.0,
+    expected_stream: str = "EVENTS",
 ) -> PubAck:
     """Publishes to a stream subject and waits for JetStream's ack.
 
@@ -81,13 +87,22 @@ async def publish_event(
     try:
         reply = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except TimeoutError:
-        raise Unavailable("BACKEND_UNAVAILABLE", "the event stream did not acknowledge in time; retry") from None
+        raise Unavailable(
+            "BACKEND_UNAVAILABLE", "the event stream did not acknowledge in time; retry"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - no responders, connection closed ...
-        raise Unavailable("BACKEND_UNAVAILABLE", f"the event stream is unavailable ({type(exc).__name__}); retry") from None
+        raise Unavailable(
+            "BACKEND_UNAVAILABLE", f"the event stream is unavailable ({type(exc).__name__}); retry"
+        ) from None
     data = json.loads(reply.data or b"{}")
     if "error" in data:
-        raise Unavailable("BACKEND_UNAVAILABLE", f"the event stream refused the event: {data['error'].get('description')}")
-    return PubAck(str(data.get("stream")), int(data.get("seq", 0)), bool(data.get("duplicate", False)))
+        raise Unavailable(
+            "BACKEND_UNAVAILABLE",
+            f"the event stream refused the event: {data['error'].get('description')}",
+        )
+    return PubAck(
+        str(data.get("stream")), int(data.get("seq", 0)), bool(data.get("duplicate", False))
+    )
 
 
 def stream_seq_of(msg: Msg) -> int:
@@ -185,7 +200,9 @@ class PullConsumer:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                return await js_api(self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5)
+                return await js_api(
+                    self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5
+                )
             except JetStreamError as exc:
                 if exc.err_code != 10014:  # consumer not found
                     logger.info("consumer %s/%s info: %s", self.stream, self.durable, exc)
@@ -236,15 +253,21 @@ class PullConsumer:
 
     async def run(self) -> None:
         """Consumes until :meth:`stop` (or the handler raises)."""
-        info = await js_api(self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5)
-        self.last_stream_seq = max(self.last_stream_seq, int((info.get("ack_floor") or {}).get("stream_seq", 0)))
+        info = await js_api(
+            self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5
+        )
+        self.last_stream_seq = max(
+            self.last_stream_seq, int((info.get("ack_floor") or {}).get("stream_seq", 0))
+        )
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         inbox = self.nc.new_inbox()
 
         async def on_msg(msg: Msg) -> None:
             queue.put_nowait(msg)
 
-        sub = await self.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        sub = await self.nc.subscribe(
+            inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         outstanding = 0
         stop_wait = asyncio.ensure_future(self._stopped.wait())
@@ -266,7 +289,11 @@ class PullConsumer:
                     if not self._stopped.is_set():
                         # No messages and no heartbeats: the request was lost
                         # (reconnect, leader change). Start over.
-                        logger.debug("consumer %s/%s: pull request lost; re-issuing", self.stream, self.durable)
+                        logger.debug(
+                            "consumer %s/%s: pull request lost; re-issuing",
+                            self.stream,
+                            self.durable,
+                        )
                         outstanding = 0
                     continue
                 received: list[Msg] = []

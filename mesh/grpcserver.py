@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -92,7 +92,9 @@ class GrpcServer:
             if not config.jwt_public_key:
                 raise ValueError(f"{service}: jwt_public_key is required")
             verifier = TokenVerifier(
-                Path(config.jwt_public_key).read_bytes(), issuer=config.jwt_issuer, audience=config.jwt_audience
+                Path(config.jwt_public_key).read_bytes(),
+                issuer=config.jwt_issuer,
+                audience=config.jwt_audience,
             )
         self.server = grpc.aio.server(
             interceptors=standard_chain(
@@ -104,7 +106,7 @@ class GrpcServer:
             ),
             options=server_options(),
         )
-        self.health = health.aio.HealthServicer()
+        self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = []
         self._on_shutdown: list[Callable[[], Awaitable[None]]] = []
@@ -113,7 +115,9 @@ class GrpcServer:
         self.metrics_port: int | None = None
         self._stopping = asyncio.Event()
 
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str) -> None:
+    def add(
+        self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
+    ) -> None:
         """Adds a servicer with its generated ``add_…_to_server`` function."""
         register(servicer, self.server)
         self._service_names.append(full_name)
@@ -123,8 +127,10 @@ class GrpcServer:
         self._on_shutdown.append(hook)
 
     def on_drain(self, hook: Callable[[], Awaitable[None]]) -> None:
-        """Registers a coroutine function run when draining starts, before the server stops
-        (e.g. ending streams with a proper status rather than having them cancelled)."""
+        """Registers a coroutine function run when draining starts, before the server stops.
+
+        Used to end streams with a proper status rather than have them cancelled.
+        """
         self._on_drain.append(hook)
 
     @property
@@ -136,7 +142,11 @@ class GrpcServer:
     async def start(self) -> None:
         """Binds, starts serving, and writes the ready file."""
         reflection.enable_server_reflection(
-            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [
+                *self._service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             self.server,
         )
         self.port = self.server.add_insecure_port(self.config.grpc_listen)
@@ -152,7 +162,9 @@ class GrpcServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.config.ready_file:
             self._write_ready()
-        logger.info("%s serving gRPC on %s (metrics port %s)", self.service, self.address, self.metrics_port)
+        logger.info(
+            "%s serving gRPC on %s (metrics port %s)", self.service, self.address, self.metrics_port
+        )
 
     def _write_ready(self) -> None:
         host = self.config.grpc_listen.rsplit(":", 1)[0]
@@ -174,14 +186,14 @@ class GrpcServer:
         for drain in self._on_drain:
             try:
                 await drain()
-            except Exception:  # noqa: BLE001 - keep shutting down
+            except Exception:
                 logger.exception("drain hook failed")
         await self.server.stop(self.config.shutdown_grace)
         while self._on_shutdown:
             hook = self._on_shutdown.pop()
             try:
                 await hook()
-            except Exception:  # noqa: BLE001 - keep shutting down
+            except Exception:
                 logger.exception("shutdown hook failed")
 
     def request_stop(self) -> None:

@@ -133,13 +133,26 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
         user name -> nats-server ``permissions`` block.
     """
     # Consumers read holes left by redelivery directly from the stream (DIRECT.GET).
-    js_consume = ["$JS.API.INFO", "$JS.API.CONSUMER.>", "$JS.API.STREAM.INFO.>", "$JS.API.DIRECT.GET.>", "$JS.ACK.>"]
+    js_consume = [
+        "$JS.API.INFO",
+        "$JS.API.CONSUMER.>",
+        "$JS.API.STREAM.INFO.>",
+        "$JS.API.DIRECT.GET.>",
+        "$JS.ACK.>",
+    ]
     perms: dict[str, dict[str, Any]] = {
         # Writes durable events and typing; nothing else. It never subscribes
         # to events: only to its own inboxes for JetStream acks.
         "command": {
-            "publish": {"allow": [Subjects.EVENTS_ALL, Subjects.TYPING_ALL, "$JS.API.INFO",
-                                   f"$JS.API.STREAM.INFO.{EVENTS_STREAM}", f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"]},
+            "publish": {
+                "allow": [
+                    Subjects.EVENTS_ALL,
+                    Subjects.TYPING_ALL,
+                    "$JS.API.INFO",
+                    f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
+                    f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
+                ]
+            },
             "subscribe": {"allow": ["_INBOX.>"]},
         },
         # Consumes EVENTS, hears typing/presence/routes, publishes deliveries.
@@ -246,7 +259,11 @@ def render_server_conf(
     header comment records where it came from.
     """
     perms = service_permissions(topology)
-    sync = topology.nats.sync_interval_primary if node.region == topology.primary else topology.nats.sync_interval_other
+    sync = (
+        topology.nats.sync_interval_primary
+        if node.region == topology.primary
+        else topology.nats.sync_interval_other
+    )
     jetstream: dict[str, Any] = {
         "store_dir": node.store_dir,
         "max_memory_store": parse_size(topology.nats.max_memory_store),
@@ -259,7 +276,10 @@ def render_server_conf(
         {
             "user": "bench",
             "password": credentials["bench"].password,
-            "permissions": {"publish": {"allow": ["bench.>"]}, "subscribe": {"allow": ["bench.>", "_INBOX.>"]}},
+            "permissions": {
+                "publish": {"allow": ["bench.>"]},
+                "subscribe": {"allow": ["bench.>", "_INBOX.>"]},
+            },
         },
     ]
     for user, perm in perms.items():

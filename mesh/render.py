@@ -39,7 +39,9 @@ def example_nats_plans(topology: Topology) -> dict[str, list[NatsNodePlan]]:
             if dst == region:
                 continue
             dst_nodes = topology.region(dst).nats_nodes
-            gateways[dst] = [f"nats://127.0.0.1:{19000 + 100 * r + 10 * d + j}" for j in range(1, dst_nodes + 1)]
+            gateways[dst] = [
+                f"nats://127.0.0.1:{19000 + 100 * r + 10 * d + j}" for j in range(1, dst_nodes + 1)
+            ]
         plans[region] = [
             NatsNodePlan(
                 region=region,
@@ -49,7 +51,11 @@ def example_nats_plans(topology: Topology) -> dict[str, list[NatsNodePlan]]:
                 cluster_port=p["cluster"],
                 gateway_port=p["gateway"],
                 store_dir=f"./data/nats-{region}-{i}",
-                routes=tuple(f"nats-route://127.0.0.1:{q['cluster']}" for j, q in enumerate(ports, 1) if j != i or nodes == 1),
+                routes=tuple(
+                    f"nats-route://127.0.0.1:{q['cluster']}"
+                    for j, q in enumerate(ports, 1)
+                    if j != i or nodes == 1
+                ),
                 gateways=gateways,
             )
             for i, p in enumerate(ports, start=1)

@@ -55,7 +55,9 @@ class ServiceSettings:
 class ServiceProcess:
     """A chatmesh service process with its config file and readiness check."""
 
-    def __init__(self, mesh: Mesh, kind: str, region: str, index: int, config: dict[str, Any]) -> None:
+    def __init__(
+        self, mesh: Mesh, kind: str, region: str, index: int, config: dict[str, Any]
+    ) -> None:
         self.kind = kind
         self.region = region
         self.name = f"{kind}-{region}" + (f"-{index}" if kind == "notification" else "")
@@ -67,7 +69,10 @@ class ServiceProcess:
         self.conf_path.write_text(json.dumps(config, indent=2))
         os.chmod(self.conf_path, 0o600)
         root = repo_root()
-        env = {"PYTHONPATH": os.pathsep.join([str(root), str(root / "gen" / "python")]), "PYTHONUNBUFFERED": "1"}
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(root), str(root / "gen" / "python")]),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.process = ManagedProcess(
             self.name,
             [sys.executable, "-m", f"services.{kind}", str(self.conf_path)],
@@ -149,12 +154,18 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
 
         def nats(region: str, user: str) -> dict[str, Any]:
             creds = mesh.credentials[user]
-            return {"nats_servers": mesh.nats_urls(region), "nats_user": creds.user, "nats_password": creds.password}
+            return {
+                "nats_servers": mesh.nats_urls(region),
+                "nats_user": creds.user,
+                "nats_password": creds.password,
+            }
 
         procs: list[ServiceProcess] = []
 
         def add(kind: str, region: str, config: dict[str, Any], index: int = 1) -> ServiceProcess:
-            proc = ServiceProcess(mesh, kind, region, index, {**common, **config, **cfg.extra.get(kind, {})})
+            proc = ServiceProcess(
+                mesh, kind, region, index, {**common, **config, **cfg.extra.get(kind, {})}
+            )
             procs.append(proc)
             mesh.processes[proc.name] = proc.process
             mesh.services[proc.name] = proc
@@ -162,7 +173,15 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
 
         primary = topo.primary
         p = _dsns(mesh, primary)
-        add("command", primary, {**nats(primary, "command"), "command_store": p["command"], "metadata_store": p["metadata"]})
+        add(
+            "command",
+            primary,
+            {
+                **nats(primary, "command"),
+                "command_store": p["command"],
+                "metadata_store": p["metadata"],
+            },
+        )
         add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
                                 "instance_timeout": cfg.instance_timeout, "resync_grace": cfg.resync_grace})  # fmt: skip
         for region in topo.region_names:
@@ -171,7 +190,9 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
             worker: dict[str, Any] = {
                 **nats(region, f"worker-{region}"),
                 "history_store": d["history"],
-                "stream": natsconf.EVENTS_STREAM if is_primary else natsconf.mirror_stream_name(region),
+                "stream": natsconf.EVENTS_STREAM
+                if is_primary
+                else natsconf.mirror_stream_name(region),
                 "consumer_name": f"worker-{region}",
             }
             if embedded and not is_primary:

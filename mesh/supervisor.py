@@ -116,9 +116,17 @@ class Mesh:
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         await self.toxiproxy.start()
         self._stoppers.append(self.toxiproxy.stop)
-        await asyncio.gather(self._start_nats(), self._start_valkey())
-        for hook in self.hooks:
-            await hook(self)
+        await self._launch_nats()
+        await self._launch_valkey()
+        # Servers are launched (their ports are known); while NATS elects its
+        # JetStream leaders and the replicas sync, the hooks start what runs on
+        # top — the services connect and wait for the streams themselves.
+        infra = asyncio.gather(self._await_nats(), self._await_valkey())
+        try:
+            for hook in self.hooks:
+                await hook(self)
+        finally:
+            await infra
         self.ready_seconds = time.monotonic() - t0
         self.write_state()
         logger.info("mesh %s ready in %.1fs", self.topology.name, self.ready_seconds)
@@ -133,7 +141,7 @@ class Mesh:
             stopper = self._stoppers.pop()
             try:
                 await stopper()
-            except Exception:  # noqa: BLE001 - keep stopping the rest
+            except Exception:
                 logger.exception("error while stopping")
         state = self.run_dir / STATE_FILE
         with contextlib.suppress(FileNotFoundError):
@@ -145,7 +153,7 @@ class Mesh:
 
     # -- NATS ----------------------------------------------------------------
 
-    async def _start_nats(self) -> None:
+    async def _launch_nats(self) -> None:
         topo = self.topology
         plans: dict[str, list[NatsNodePlan]] = {}
         ports: dict[str, list[tuple[int, int, int, int]]] = {
@@ -163,38 +171,40 @@ class Mesh:
                     proxy = await self.wan.proxy(src, dst, f"nats-gw-{j}", ("127.0.0.1", gw_port))
                     urls.append(f"nats://{proxy.address}")
                 gateway_urls[src][dst] = urls
-        for region in topo.regions:
+        for reg in topo.regions:
             region_plans = []
-            for i, (client, http, cluster, gateway) in enumerate(ports[region.name], start=1):
+            for i, (client, http, cluster, gateway) in enumerate(ports[reg.name], start=1):
                 # A one-node region routes to itself: JetStream in a super-cluster
                 # refuses to start without configured routes, and nats-server
                 # detects and ignores the route to self.
                 routes = tuple(
                     f"nats-route://127.0.0.1:{p[2]}"
-                    for j, p in enumerate(ports[region.name], start=1)
-                    if j != i or region.nats_nodes == 1
+                    for j, p in enumerate(ports[reg.name], start=1)
+                    if j != i or reg.nats_nodes == 1
                 )
                 region_plans.append(
                     NatsNodePlan(
-                        region=region.name,
+                        region=reg.name,
                         index=i,
                         client_port=client,
                         http_port=http,
                         cluster_port=cluster,
                         gateway_port=gateway,
-                        store_dir=str(self.run_dir / "data" / f"nats-{region.name}-{i}"),
+                        store_dir=str(self.run_dir / "data" / f"nats-{reg.name}-{i}"),
                         routes=routes,
-                        gateways=gateway_urls[region.name],
+                        gateways=gateway_urls[reg.name],
                     )
                 )
-            plans[region.name] = region_plans
+            plans[reg.name] = region_plans
         for region, region_plans in plans.items():
             nodes = []
             for plan in region_plans:
                 conf = self.run_dir / "conf" / f"nats-{plan.server_name}.conf"
                 conf.write_text(natsconf.render_server_conf(topo, plan, self.credentials))
                 os.chmod(conf, 0o600)
-                nodes.append(NatsNode(plan, conf, self.run_dir / "logs" / f"nats-{plan.server_name}.log"))
+                nodes.append(
+                    NatsNode(plan, conf, self.run_dir / "logs" / f"nats-{plan.server_name}.log")
+                )
             self.nats_nodes[region] = nodes
         all_nodes = [n for nodes in self.nats_nodes.values() for n in nodes]
 
@@ -205,6 +215,10 @@ class Mesh:
 
         self._stoppers.append(stop_nats)
         await asyncio.gather(*(n.start() for n in all_nodes))
+
+    async def _await_nats(self) -> None:
+        topo = self.topology
+        all_nodes = [n for nodes in self.nats_nodes.values() for n in nodes]
         await asyncio.gather(
             *(
                 n.wait_ready(
@@ -218,7 +232,10 @@ class Mesh:
         admin = await self.nats_client(topo.primary, user="admin")
         await ensure_stream(admin, natsconf.events_stream_config(topo))
         await asyncio.gather(
-            *(ensure_stream(admin, natsconf.mirror_stream_config(topo, r)) for r in topo.secondaries)
+            *(
+                ensure_stream(admin, natsconf.mirror_stream_config(topo, r))
+                for r in topo.secondaries
+            )
         )
 
     def nats_urls(self, region: str) -> list[str]:
@@ -230,7 +247,9 @@ class Mesh:
         creds = self.credentials[user]
         return ",".join(creds.url(u) for u in self.nats_urls(region))
 
-    async def nats_client(self, region: str, *, user: str = "admin", name: str | None = None) -> NATS:
+    async def nats_client(
+        self, region: str, *, user: str = "admin", name: str | None = None
+    ) -> NATS:
         """Connects a client to a region's cluster as ``user``; closed by :meth:`stop`."""
         creds = self.credentials[user]
         client = await connect(
@@ -244,24 +263,28 @@ class Mesh:
 
     # -- Valkey --------------------------------------------------------------
 
-    async def _start_valkey(self) -> None:
+    async def _launch_valkey(self) -> None:
         topo = self.topology
         primary = ValkeyServer(topo.primary, self.run_dir)
         self.valkey[topo.primary] = primary
         self._stoppers.append(primary.stop)
         await primary.start()
         self.valkey_primary_via[topo.primary] = (primary.host, primary.port)
-        await primary.wait_ready(timeout=15)
-        replicas = []
         for region in topo.secondaries:
-            proxy = await self.wan.proxy(region, topo.primary, "valkey", (primary.host, primary.port))
+            proxy = await self.wan.proxy(
+                region, topo.primary, "valkey", (primary.host, primary.port)
+            )
             self.valkey_primary_via[region] = proxy.listen
             replica = ValkeyServer(region, self.run_dir, replica_of=proxy.listen)
             self.valkey[region] = replica
             self._stoppers.append(replica.stop)
-            replicas.append(replica)
-        await asyncio.gather(*(r.start() for r in replicas))
-        await asyncio.gather(*(r.wait_ready(timeout=30) for r in replicas))
+            await replica.start()
+
+    async def _await_valkey(self) -> None:
+        await self.valkey[self.topology.primary].wait_ready(timeout=15)
+        await asyncio.gather(
+            *(self.valkey[r].wait_ready(timeout=30) for r in self.topology.secondaries)
+        )
 
     # -- state ---------------------------------------------------------------
 
@@ -277,7 +300,9 @@ class Mesh:
                 "nats": self.nats_urls(region) if region in self.nats_nodes else [],
                 "nats_monitor": [n.plan.monitor_url for n in self.nats_nodes.get(region, [])],
                 "valkey": valkey.url if valkey else None,
-                "valkey_role": ("primary" if region == topo.primary else "replica") if valkey else None,
+                "valkey_role": ("primary" if region == topo.primary else "replica")
+                if valkey
+                else None,
                 "valkey_primary": f"redis://{via[0]}:{via[1]}/0" if via else None,
                 **self.endpoints.get(region, {}),
             }
@@ -296,13 +321,20 @@ class Mesh:
             "stores": topo.stores.backend,
             "run_dir": str(self.run_dir),
             "supervisor_pid": os.getpid(),
-            "ready_seconds": round(self.ready_seconds, 2) if self.ready_seconds is not None else None,
+            "ready_seconds": round(self.ready_seconds, 2)
+            if self.ready_seconds is not None
+            else None,
             "toxiproxy": self.toxiproxy.api_url,
             "links": [
-                {"name": p.name, "src": p.src, "dst": p.dst, "listen": p.address,
-                 "upstream": f"{p.upstream[0]}:{p.upstream[1]}"}
+                {
+                    "name": p.name,
+                    "src": p.src,
+                    "dst": p.dst,
+                    "listen": p.address,
+                    "upstream": f"{p.upstream[0]}:{p.upstream[1]}",
+                }
                 for p in self.wan.proxies
-            ],  # fmt: skip
+            ],
             "regions": regions,
             "processes": processes,
             **self.extra_state,

@@ -65,9 +65,9 @@ class Region:
     name: str
     """Region name: lowercase letters, digits and dashes (used in NATS subjects and server names)."""
     nats_nodes: int = 1
-    """NATS servers in the region's cluster (1–5). ADR-010 runs 3 in production."""
+    """NATS servers in the region's cluster (1 to 5). ADR-010 runs 3 in production."""
     notification_instances: int = 1
-    """Notification Service processes in the region (1–8)."""
+    """Notification Service processes in the region (1 to 8)."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,9 @@ def load(source: str | Path) -> Topology:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         known = ", ".join(builtin_names())
-        raise TopologyError(str(source), [f"cannot read it ({exc.strerror}); built-in topologies: {known}"]) from None
+        raise TopologyError(
+            str(source), [f"cannot read it ({exc.strerror}); built-in topologies: {known}"]
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -313,7 +315,9 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
         links.append(Link(lo, hi, latency, jitter))
     for lo, hi in combinations(sorted(seen), 2):
         if (lo, hi) not in pairs:
-            problems.append(f"link: missing [[link]] between {lo!r} and {hi!r} (every pair needs one)")
+            problems.append(
+                f"link: missing [[link]] between {lo!r} and {hi!r} (every pair needs one)"
+            )
 
     nats = _nats(data.get("nats", {}), problems)
     primary_region = next((r for r in regions if r.name == primary), None)
@@ -345,8 +349,12 @@ def _nats(raw: Any, problems: list[str]) -> NatsSettings:
     values: dict[str, Any] = {}
     for key in ("sync_interval_primary", "sync_interval_other"):
         value = raw.get(key, getattr(defaults, key))
-        if not isinstance(value, str) or not (value in ("always", "default") or _DURATION_RE.match(value)):
-            problems.append(f"nats.{key}: {value!r} must be 'always', 'default' or a duration like '2m'")
+        if not isinstance(value, str) or not (
+            value in ("always", "default") or _DURATION_RE.match(value)
+        ):
+            problems.append(
+                f"nats.{key}: {value!r} must be 'always', 'default' or a duration like '2m'"
+            )
         else:
             values[key] = value
     for key in ("events_max_age", "duplicate_window"):
@@ -381,7 +389,9 @@ def _stores(raw: Any, problems: list[str]) -> StoreSettings:
     return StoreSettings(backend)
 
 
-def _int(raw: dict[str, Any], key: str, default: int, lo: int, hi: int, where: str, problems: list[str]) -> int:
+def _int(
+    raw: dict[str, Any], key: str, default: int, lo: int, hi: int, where: str, problems: list[str]
+) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         problems.append(f"{where}.{key}: {value!r} must be an integer from {lo} to {hi}")

@@ -48,7 +48,9 @@ def violations_of(message: Message) -> list[FieldViolation]:
     try:
         found = _validator.collect_violations(message)
     except protovalidate.CompilationError as exc:  # a broken rule in our contract
-        raise RuntimeError(f"validation rules of {message.DESCRIPTOR.full_name} do not compile: {exc}") from exc
+        raise RuntimeError(
+            f"validation rules of {message.DESCRIPTOR.full_name} do not compile: {exc}"
+        ) from exc
     return [FieldViolation(_path(v), v.proto.rule_id, v.proto.message) for v in found]
 
 

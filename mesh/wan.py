@@ -86,7 +86,9 @@ class Toxiproxy:
         async def ready() -> bool:
             return (await self._client.get("/version")).status_code == 200
 
-        await wait_until(ready, timeout=timeout, what="toxiproxy API", alive=self.process.check_alive)
+        await wait_until(
+            ready, timeout=timeout, what="toxiproxy API", alive=self.process.check_alive
+        )
 
     async def stop(self) -> None:
         """Stops the server and closes the client."""
@@ -97,12 +99,18 @@ class Toxiproxy:
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = await self._client.request(method, path, json=body)
         if response.status_code >= 300:
-            raise RuntimeError(f"toxiproxy {method} {path}: {response.status_code} {response.text.strip()}")
+            raise RuntimeError(
+                f"toxiproxy {method} {path}: {response.status_code} {response.text.strip()}"
+            )
         return response.json() if response.content else None
 
     async def create_proxy(self, name: str, listen: str, upstream: str) -> None:
         """Creates an enabled proxy."""
-        await self._call("POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream, "enabled": True})
+        await self._call(
+            "POST",
+            "/proxies",
+            {"name": name, "listen": listen, "upstream": upstream, "enabled": True},
+        )
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Enables or disables (resets and refuses connections of) a proxy."""
@@ -178,7 +186,9 @@ class Wan:
             raise ValueError(f"proxy {name} exists already")
         if listen is None:
             listen = (listen_host, allocate(listen_host))
-        await self.toxiproxy.create_proxy(name, f"{listen[0]}:{listen[1]}", f"{upstream[0]}:{upstream[1]}")
+        await self.toxiproxy.create_proxy(
+            name, f"{listen[0]}:{listen[1]}", f"{upstream[0]}:{upstream[1]}"
+        )
         await self.toxiproxy.set_latency(name, link.latency_ms, link.jitter_ms)
         proxy = LinkProxy(name, src, dst, listen, upstream)
         self._proxies[name] = proxy

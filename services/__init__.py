@@ -1,0 +1,1 @@
+"""chatmesh services, one package each (same shape: __main__, server, domain, config)."""

@@ -15,7 +15,11 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
 ) -> T:
     """Polls ``check`` until it returns a truthy value (returned) or raises after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ Outermost first: :class:`~mesh.interceptors.logging.AccessLog` (one line per RPC
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 import grpc
 
@@ -20,7 +21,15 @@ from mesh.interceptors.logging import AccessLog
 from mesh.interceptors.metrics import Metrics
 from mesh.interceptors.validation import Validator
 
-__all__ = ["AccessLog", "Authenticator", "Deadlines", "ErrorMapper", "Metrics", "Validator", "standard_chain"]
+__all__ = [
+    "AccessLog",
+    "Authenticator",
+    "Deadlines",
+    "ErrorMapper",
+    "Metrics",
+    "Validator",
+    "standard_chain",
+]
 
 
 def standard_chain(
@@ -30,7 +39,7 @@ def standard_chain(
     public_prefixes: Collection[str] = (),
     default_timeout: float = 10.0,
     access_log: bool = True,
-) -> list[grpc.aio.ServerInterceptor]:
+) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
     """The interceptors every chatmesh gRPC server runs, in order.
 
     Args:
@@ -40,7 +49,7 @@ def standard_chain(
         default_timeout: Deadline for unary calls that arrive without one.
         access_log: Whether to log one line per RPC.
     """
-    chain: list[grpc.aio.ServerInterceptor] = []
+    chain: list[grpc.aio.ServerInterceptor[Any, Any]] = []
     if access_log:
         chain.append(AccessLog(service))
     chain += [Metrics(service), ErrorMapper(), Deadlines(default_timeout)]

@@ -23,7 +23,9 @@ from mesh.interceptors._base import Interceptor, NextStream, NextUnary
 
 __all__ = ["Authenticator", "current_identity", "current_user"]
 
-_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("chatmesh_identity", default=None)
+_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "chatmesh_identity", default=None
+)
 
 
 def current_identity() -> Identity:
@@ -58,13 +60,19 @@ class Authenticator(Interceptor):
         self._verifier = verifier
         self._public = tuple(public_prefixes)
 
-    def _authenticate(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
+    def _authenticate(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Identity | None:
         if method.startswith(self._public):
             return None
         return self._verifier.verify_header(_authorization(context))
 
     async def unary(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextUnary
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextUnary,
     ) -> Any:
         token = _identity.set(self._authenticate(method, context))
         try:
@@ -73,7 +81,11 @@ class Authenticator(Interceptor):
             _identity.reset(token)
 
     async def stream(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextStream
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextStream,
     ) -> AsyncIterator[Any]:
         _identity.set(self._authenticate(method, context))
         async for item in call_next(request, context):

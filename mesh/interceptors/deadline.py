@@ -23,7 +23,9 @@ from mesh.interceptors._base import Interceptor, NextStream, NextUnary
 
 __all__ = ["Deadlines", "remaining"]
 
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("chatmesh_deadline", default=None)
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "chatmesh_deadline", default=None
+)
 
 
 def remaining(default: float = 10.0, *, floor: float = 0.001) -> float:
@@ -42,7 +44,11 @@ class Deadlines(Interceptor):
         self._default = default_timeout
 
     async def unary(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextUnary
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextUnary,
     ) -> Any:
         client = context.time_remaining()
         budget = self._default if client is None else min(client, self._default)
@@ -52,13 +58,18 @@ class Deadlines(Interceptor):
                 return await call_next(request, context)
         except TimeoutError:
             raise DeadlineExceeded(
-                "DEADLINE_EXCEEDED", f"the call did not complete within its deadline ({budget:.2f}s)"
+                "DEADLINE_EXCEEDED",
+                f"the call did not complete within its deadline ({budget:.2f}s)",
             ) from None
         finally:
             _deadline.reset(token)
 
     async def stream(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextStream
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextStream,
     ) -> AsyncIterator[Any]:
         client = context.time_remaining()
         _deadline.set(None if client is None else time.monotonic() + client)

@@ -46,12 +46,16 @@ def rich_status(err: ChatmeshError) -> status_pb2.Status:
     if isinstance(err, InvalidArgument):
         bad = error_details_pb2.BadRequest()
         for v in err.violations:
-            bad.field_violations.add(field=v.field, description=f"{v.description} [{v.rule_id}]", reason=v.rule_id)
+            bad.field_violations.add(
+                field=v.field, description=f"{v.description} [{v.rule_id}]", reason=v.rule_id
+            )
         status.details.add().Pack(bad)
     return status
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> NoReturn:
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> NoReturn:
     if isinstance(exc, ChatmeshError):
         status = rich_status(exc)
         await context.abort(
@@ -75,7 +79,11 @@ class ErrorMapper(Interceptor):
     """Maps exceptions escaping handlers to statuses."""
 
     async def unary(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextUnary
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextUnary,
     ) -> Any:
         try:
             return await call_next(request, context)
@@ -85,7 +93,11 @@ class ErrorMapper(Interceptor):
             await _abort(context, exc, method)
 
     async def stream(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextStream
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextStream,
     ) -> AsyncIterator[Any]:
         try:
             async for item in call_next(request, context):

@@ -31,7 +31,11 @@ class AccessLog(Interceptor):
     def _log(self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float,
              exc: BaseException | None, items: int | None = None) -> None:  # fmt: skip
         code = status_code_of(context, exc)
-        level = logging.WARNING if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) else logging.INFO
+        level = (
+            logging.WARNING
+            if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+            else logging.INFO
+        )
         if not logger.isEnabledFor(level):
             return
         identity = _identity.get()
@@ -48,7 +52,11 @@ class AccessLog(Interceptor):
         )
 
     async def unary(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextUnary
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextUnary,
     ) -> Any:
         started = time.perf_counter()
         exc: BaseException | None = None
@@ -61,7 +69,11 @@ class AccessLog(Interceptor):
             self._log(method, context, started, exc)
 
     async def stream(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextStream
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextStream,
     ) -> AsyncIterator[Any]:
         started = time.perf_counter()
         items = 0

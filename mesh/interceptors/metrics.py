@@ -22,7 +22,24 @@ RPC_DURATION = Histogram(
     "chatmesh_rpc_duration_seconds",
     "RPC latency (unary) or stream lifetime (server streaming)",
     ["service", "method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        60,
+        600,
+    ),
 )
 
 
@@ -40,7 +57,11 @@ class Metrics(Interceptor):
         RPC_DURATION.labels(self._service, method).observe(time.perf_counter() - started)
 
     async def unary(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextUnary
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextUnary,
     ) -> Any:
         started = time.perf_counter()
         exc: BaseException | None = None
@@ -53,7 +74,11 @@ class Metrics(Interceptor):
             self._observe(method, context, started, exc)
 
     async def stream(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextStream
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextStream,
     ) -> AsyncIterator[Any]:
         started = time.perf_counter()
         exc: BaseException | None = None

@@ -20,13 +20,21 @@ class Validator(Interceptor):
     """Raises :class:`~mesh.errors.InvalidArgument` (mapped to INVALID_ARGUMENT) on bad input."""
 
     async def unary(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextUnary
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextUnary,
     ) -> Any:
         validate(request)
         return await call_next(request, context)
 
     async def stream(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any], call_next: NextStream
+        self,
+        method: str,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call_next: NextStream,
     ) -> AsyncIterator[Any]:
         validate(request)
         async for item in call_next(request, context):

@@ -28,6 +28,7 @@ from typing import Protocol
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
 
 __all__ = [
+    "UNREAD_CAP",
     "CommandStore",
     "HistoryPage",
     "HistoryStore",
@@ -35,7 +36,6 @@ __all__ = [
     "LogEntry",
     "MessageRecord",
     "MetadataStore",
-    "UNREAD_CAP",
 ]
 
 UNREAD_CAP = 1000
@@ -156,7 +156,9 @@ class MetadataStore(Protocol):
         """channel_id -> the user's read marker, for every channel with one."""
         ...
 
-    async def all_memberships(self, after_channel_id: str = "", limit: int = 10_000) -> list[tuple[str, int, list[str]]]:
+    async def all_memberships(
+        self, after_channel_id: str = "", limit: int = 10_000
+    ) -> list[tuple[str, int, list[str]]]:
         """A page of ``(channel_id, membership_seq, members)`` ordered by channel id (for loading caches)."""
         ...
 
@@ -177,7 +179,12 @@ class HistoryStore(Protocol):
         ...
 
     async def history(
-        self, channel_id: str, *, before_seq: int | None = None, after_seq: int | None = None, limit: int = 50
+        self,
+        channel_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
     ) -> HistoryPage:
         """A page of messages, ascending by seq.
 
@@ -188,7 +195,9 @@ class HistoryStore(Protocol):
         """
         ...
 
-    async def events_after(self, channel_id: str, after_seq: int, limit: int = 500) -> list[events_pb2.Event]:
+    async def events_after(
+        self, channel_id: str, after_seq: int, limit: int = 500
+    ) -> list[events_pb2.Event]:
         """Channel events with seq > ``after_seq``, ascending, at most ``limit``."""
         ...
 
@@ -196,7 +205,9 @@ class HistoryStore(Protocol):
         """Newest seq of the channel's log (0 if none)."""
         ...
 
-    async def unread_count(self, channel_id: str, after_seq: int, user_id: str, cap: int = UNREAD_CAP) -> int:
+    async def unread_count(
+        self, channel_id: str, after_seq: int, user_id: str, cap: int = UNREAD_CAP
+    ) -> int:
         """Undeleted messages by others with seq > ``after_seq``, at most ``cap``."""
         ...
 

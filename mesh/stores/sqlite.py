@@ -23,6 +23,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
 from mesh.stores.base import UNREAD_CAP, HistoryPage, LogConflict, LogEntry, MessageRecord
@@ -83,14 +84,22 @@ class SqliteCommandStore(_Db):
     """
 
     async def last_seq(self, channel_id: str) -> int:
-        row = self.conn.execute("SELECT MAX(seq) FROM command_log WHERE channel_id = ?", (channel_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT MAX(seq) FROM command_log WHERE channel_id = ?", (channel_id,)
+        ).fetchone()
         return int(row[0] or 0)
 
     async def append(self, entry: LogEntry) -> None:
         try:
             self.conn.execute(
                 "INSERT INTO command_log (channel_id, seq, event, idempotency_key, published) VALUES (?, ?, ?, ?, ?)",
-                (entry.channel_id, entry.seq, entry.event, entry.idempotency_key, int(entry.published)),
+                (
+                    entry.channel_id,
+                    entry.seq,
+                    entry.event,
+                    entry.idempotency_key,
+                    int(entry.published),
+                ),
             )
         except sqlite3.IntegrityError as exc:
             raise LogConflict(str(exc)) from None
@@ -103,7 +112,10 @@ class SqliteCommandStore(_Db):
         return LogEntry(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
 
     async def mark_published(self, channel_id: str, seq: int) -> None:
-        self.conn.execute("UPDATE command_log SET published = 1 WHERE channel_id = ? AND seq = ?", (channel_id, seq))
+        self.conn.execute(
+            "UPDATE command_log SET published = 1 WHERE channel_id = ? AND seq = ?",
+            (channel_id, seq),
+        )
 
     async def unpublished(self, limit: int = 1000, channel_id: str | None = None) -> list[LogEntry]:
         if channel_id is None:
@@ -124,7 +136,14 @@ class SqliteCommandStore(_Db):
         self.conn.execute(
             "INSERT OR REPLACE INTO message_index (message_id, channel_id, seq, sender_user_id, deleted, body) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (record.message_id, record.channel_id, record.seq, record.sender_user_id, int(record.deleted), record.body),
+            (
+                record.message_id,
+                record.channel_id,
+                record.seq,
+                record.sender_user_id,
+                int(record.deleted),
+                record.body,
+            ),
         )
 
     async def message(self, message_id: str) -> MessageRecord | None:
@@ -196,15 +215,24 @@ class SqliteMetadataStore(_Db):
                     "SELECT membership_seq FROM channels WHERE channel_id = ?", (event.channel_id,)
                 ).fetchone()
                 if row is not None and event.seq > row[0]:
-                    user = event.member_joined.user_id if kind == "member_joined" else event.member_left.user_id
+                    user = (
+                        event.member_joined.user_id
+                        if kind == "member_joined"
+                        else event.member_left.user_id
+                    )
                     if kind == "member_joined":
                         conn.execute(
-                            "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)", (event.channel_id, user)
+                            "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)",
+                            (event.channel_id, user),
                         )
                     else:
-                        conn.execute("DELETE FROM members WHERE channel_id = ? AND user_id = ?", (event.channel_id, user))
+                        conn.execute(
+                            "DELETE FROM members WHERE channel_id = ? AND user_id = ?",
+                            (event.channel_id, user),
+                        )
                     conn.execute(
-                        "UPDATE channels SET membership_seq = ? WHERE channel_id = ?", (event.seq, event.channel_id)
+                        "UPDATE channels SET membership_seq = ? WHERE channel_id = ?",
+                        (event.seq, event.channel_id),
                     )
             conn.execute(
                 "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
@@ -216,22 +244,24 @@ class SqliteMetadataStore(_Db):
             conn.execute("ROLLBACK")
             raise
 
-    def _channel_from_row(self, row: Sequence[object], members: list[str]) -> channel_pb2.Channel:
+    def _channel_from_row(self, row: Sequence[Any], members: list[str]) -> channel_pb2.Channel:
         ch = channel_pb2.Channel(
             channel_id=str(row[0]),
             name=str(row[1]),
             created_by_user_id=str(row[2]),
-            visibility=int(row[4]),  # type: ignore[arg-type]
-            last_seq=int(row[5]),  # type: ignore[call-overload]
+            visibility=channel_pb2.ChannelVisibility.Name(int(row[4])),
+            last_seq=int(row[5]),
             member_user_ids=members,
         )
-        ch.created_at.FromMilliseconds(int(row[3]))  # type: ignore[call-overload]
+        ch.created_at.FromMilliseconds(int(row[3]))
         return ch
 
     _COLUMNS = "channel_id, name, created_by, created_at_ms, visibility, last_seq"
 
     async def channel(self, channel_id: str) -> channel_pb2.Channel | None:
-        row = self.conn.execute(f"SELECT {self._COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {self._COLUMNS} FROM channels WHERE channel_id = ?", (channel_id,)
+        ).fetchone()
         if row is None:
             return None
         members = [r[0] for r in self.conn.execute(
@@ -245,7 +275,9 @@ class SqliteMetadataStore(_Db):
         return row is not None
 
     async def members(self, channel_id: str) -> tuple[list[str], int]:
-        row = self.conn.execute("SELECT membership_seq FROM channels WHERE channel_id = ?", (channel_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT membership_seq FROM channels WHERE channel_id = ?", (channel_id,)
+        ).fetchone()
         if row is None:
             return [], 0
         users = [r[0] for r in self.conn.execute(
@@ -268,17 +300,22 @@ class SqliteMetadataStore(_Db):
 
     async def read_marker(self, user_id: str, channel_id: str) -> int:
         row = self.conn.execute(
-            "SELECT seq FROM read_markers WHERE user_id = ? AND channel_id = ?", (user_id, channel_id)
+            "SELECT seq FROM read_markers WHERE user_id = ? AND channel_id = ?",
+            (user_id, channel_id),
         ).fetchone()
         return int(row[0]) if row else 0
 
     async def read_markers(self, user_id: str) -> dict[str, int]:
         return {
             str(r[0]): int(r[1])
-            for r in self.conn.execute("SELECT channel_id, seq FROM read_markers WHERE user_id = ?", (user_id,))
+            for r in self.conn.execute(
+                "SELECT channel_id, seq FROM read_markers WHERE user_id = ?", (user_id,)
+            )
         }
 
-    async def all_memberships(self, after_channel_id: str = "", limit: int = 10_000) -> list[tuple[str, int, list[str]]]:
+    async def all_memberships(
+        self, after_channel_id: str = "", limit: int = 10_000
+    ) -> list[tuple[str, int, list[str]]]:
         rows = self.conn.execute(
             "SELECT channel_id, membership_seq FROM channels WHERE channel_id > ? ORDER BY channel_id LIMIT ?",
             (after_channel_id, limit),
@@ -353,7 +390,14 @@ class SqliteHistoryStore(_Db):
             self.conn.execute(
                 "INSERT OR IGNORE INTO messages (channel_id, seq, message_id, sender_user_id, deleted, edit_seq, body) "
                 "VALUES (?, ?, ?, ?, 0, ?, ?)",
-                (m.channel_id, m.seq, m.message_id, m.sender_user_id, event.seq, m.SerializeToString()),
+                (
+                    m.channel_id,
+                    m.seq,
+                    m.message_id,
+                    m.sender_user_id,
+                    event.seq,
+                    m.SerializeToString(),
+                ),
             )
         elif kind == "message_edited":
             m = event.message_edited.message
@@ -365,7 +409,8 @@ class SqliteHistoryStore(_Db):
         elif kind == "message_deleted":
             d = event.message_deleted
             row = self.conn.execute(
-                "SELECT body FROM messages WHERE channel_id = ? AND seq = ?", (event.channel_id, d.message_seq)
+                "SELECT body FROM messages WHERE channel_id = ? AND seq = ?",
+                (event.channel_id, d.message_seq),
             ).fetchone()
             if row is None:
                 return
@@ -378,7 +423,12 @@ class SqliteHistoryStore(_Db):
             )
 
     async def history(
-        self, channel_id: str, *, before_seq: int | None = None, after_seq: int | None = None, limit: int = 50
+        self,
+        channel_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
     ) -> HistoryPage:
         conn = self.conn
         upper = before_seq if before_seq is not None else 2**62
@@ -395,9 +445,15 @@ class SqliteHistoryStore(_Db):
             ).fetchall()
             bodies = [r[0] for r in reversed(rows[:limit])]
         has_more = len(rows) > limit
-        return HistoryPage([message_pb2.Message.FromString(b) for b in bodies], has_more, await self.last_seq(channel_id))
+        return HistoryPage(
+            [message_pb2.Message.FromString(b) for b in bodies],
+            has_more,
+            await self.last_seq(channel_id),
+        )
 
-    async def events_after(self, channel_id: str, after_seq: int, limit: int = 500) -> list[events_pb2.Event]:
+    async def events_after(
+        self, channel_id: str, after_seq: int, limit: int = 500
+    ) -> list[events_pb2.Event]:
         rows = self.conn.execute(
             "SELECT event FROM events WHERE channel_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
             (channel_id, after_seq, limit),
@@ -405,10 +461,14 @@ class SqliteHistoryStore(_Db):
         return [events_pb2.Event.FromString(r[0]) for r in rows]
 
     async def last_seq(self, channel_id: str) -> int:
-        row = self.conn.execute("SELECT MAX(seq) FROM events WHERE channel_id = ?", (channel_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT MAX(seq) FROM events WHERE channel_id = ?", (channel_id,)
+        ).fetchone()
         return int(row[0] or 0)
 
-    async def unread_count(self, channel_id: str, after_seq: int, user_id: str, cap: int = UNREAD_CAP) -> int:
+    async def unread_count(
+        self, channel_id: str, after_seq: int, user_id: str, cap: int = UNREAD_CAP
+    ) -> int:
         row = self.conn.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE channel_id = ? AND seq > ? AND deleted = 0 "
             "AND sender_user_id != ? LIMIT ?)",
@@ -417,5 +477,7 @@ class SqliteHistoryStore(_Db):
         return int(row[0])
 
     async def applied_stream_seq(self) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'applied_stream_seq'").fetchone()
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = 'applied_stream_seq'"
+        ).fetchone()
         return int(row[0]) if row else 0

@@ -35,26 +35,54 @@ class CommandServicer(pb_grpc.CommandServiceServicer):
         self.commands = commands
         self.region = region
 
-    async def CreateChannel(self, request: pb.CreateChannelRequest, context: Any) -> pb.CreateChannelResponse:  # noqa: N802
-        return await self.commands.create_channel(current_user(), request, origin_region(context, self.region))
+    async def CreateChannel(
+        self, request: pb.CreateChannelRequest, context: Any
+    ) -> pb.CreateChannelResponse:
+        return await self.commands.create_channel(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def JoinChannel(self, request: pb.JoinChannelRequest, context: Any) -> pb.JoinChannelResponse:  # noqa: N802
-        return await self.commands.join_channel(current_user(), request, origin_region(context, self.region))
+    async def JoinChannel(
+        self, request: pb.JoinChannelRequest, context: Any
+    ) -> pb.JoinChannelResponse:
+        return await self.commands.join_channel(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def LeaveChannel(self, request: pb.LeaveChannelRequest, context: Any) -> pb.LeaveChannelResponse:  # noqa: N802
-        return await self.commands.leave_channel(current_user(), request, origin_region(context, self.region))
+    async def LeaveChannel(
+        self, request: pb.LeaveChannelRequest, context: Any
+    ) -> pb.LeaveChannelResponse:
+        return await self.commands.leave_channel(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def SendMessage(self, request: pb.SendMessageRequest, context: Any) -> pb.SendMessageResponse:  # noqa: N802
-        return await self.commands.send_message(current_user(), request, origin_region(context, self.region))
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: Any
+    ) -> pb.SendMessageResponse:
+        return await self.commands.send_message(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def EditMessage(self, request: pb.EditMessageRequest, context: Any) -> pb.EditMessageResponse:  # noqa: N802
-        return await self.commands.edit_message(current_user(), request, origin_region(context, self.region))
+    async def EditMessage(
+        self, request: pb.EditMessageRequest, context: Any
+    ) -> pb.EditMessageResponse:
+        return await self.commands.edit_message(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Any) -> pb.DeleteMessageResponse:  # noqa: N802
-        return await self.commands.delete_message(current_user(), request, origin_region(context, self.region))
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: Any
+    ) -> pb.DeleteMessageResponse:
+        return await self.commands.delete_message(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def SetTyping(self, request: pb.SetTypingRequest, context: Any) -> pb.SetTypingResponse:  # noqa: N802
-        return await self.commands.set_typing(current_user(), request, origin_region(context, self.region))
+    async def SetTyping(self, request: pb.SetTypingRequest, context: Any) -> pb.SetTypingResponse:
+        return await self.commands.set_typing(
+            current_user(), request, origin_region(context, self.region)
+        )
 
-    async def MarkRead(self, request: pb.MarkReadRequest, context: Any) -> pb.MarkReadResponse:  # noqa: N802
-        return await self.commands.mark_read(current_user(), request, origin_region(context, self.region))
+    async def MarkRead(self, request: pb.MarkReadRequest, context: Any) -> pb.MarkReadResponse:
+        return await self.commands.mark_read(
+            current_user(), request, origin_region(context, self.region)
+        )

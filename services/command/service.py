@@ -26,6 +26,7 @@ id, and raises :mod:`mesh.errors` exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,8 +36,8 @@ from nats.aio.client import Client as NATS
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
 from mesh import ids
 from mesh.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unavailable
-from mesh.events import new_event, now_ms
 from mesh.eventbus import publish_event
+from mesh.events import new_event, now_ms
 from mesh.natsconf import EVENTS_STREAM, Subjects
 from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
 
@@ -46,8 +47,11 @@ logger = logging.getLogger(__name__)
 
 
 def dedup_id(event: events_pb2.Event) -> str:
-    """``Nats-Msg-Id`` of an event: derived from the message id (itself derived
-    from the sender's idempotency key) for sends, else from the event id."""
+    """The ``Nats-Msg-Id`` of an event.
+
+    For sends it is the message id (itself derived from the sender's
+    idempotency key); for other events, the event id.
+    """
     if event.WhichOneof("payload") == "message_created":
         return event.message_created.message.message_id
     return event.event_id
@@ -128,7 +132,11 @@ class Commands:
     async def _publish(self, channel_id: str, seq: int, payload: bytes) -> None:
         event = events_pb2.Event.FromString(payload)
         await publish_event(
-            self.nc, Subjects.channel_events(channel_id), payload, dedup_id(event), timeout=self.publish_timeout
+            self.nc,
+            Subjects.channel_events(channel_id),
+            payload,
+            dedup_id(event),
+            timeout=self.publish_timeout,
         )
         await self.log.mark_published(channel_id, seq)
 
@@ -136,15 +144,33 @@ class Commands:
         await self.metadata.apply(event)
         kind = event.WhichOneof("payload")
         if kind in ("message_created", "message_edited"):
-            m = event.message_created.message if kind == "message_created" else event.message_edited.message
+            m = (
+                event.message_created.message
+                if kind == "message_created"
+                else event.message_edited.message
+            )
             await self.log.put_message(
-                MessageRecord(m.message_id, m.channel_id, m.seq, m.sender_user_id, False, m.SerializeToString())
+                MessageRecord(
+                    m.message_id,
+                    m.channel_id,
+                    m.seq,
+                    m.sender_user_id,
+                    False,
+                    m.SerializeToString(),
+                )
             )
         elif kind == "message_deleted":
             record = await self.log.message(event.message_deleted.message_id)
             if record is not None:
                 await self.log.put_message(
-                    MessageRecord(record.message_id, record.channel_id, record.seq, record.sender_user_id, True, b"")
+                    MessageRecord(
+                        record.message_id,
+                        record.channel_id,
+                        record.seq,
+                        record.sender_user_id,
+                        True,
+                        b"",
+                    )
                 )
 
     async def _flush_channel(self, channel_id: str) -> None:
@@ -201,7 +227,9 @@ class Commands:
                     # cache): reload from the log and try once more.
                     self._last_seq.pop(channel_id, None)
                     if attempt:
-                        raise Unavailable("BACKEND_UNAVAILABLE", "concurrent writers on this channel; retry") from None
+                        raise Unavailable(
+                            "BACKEND_UNAVAILABLE", "concurrent writers on this channel; retry"
+                        ) from None
             self._last_seq[channel_id] = seq
             await self._project(event)
             await self._publish(channel_id, seq, payload)
@@ -219,8 +247,12 @@ class Commands:
         if await self.metadata.is_member(channel_id, user):
             return
         if await self.metadata.channel(channel_id) is None:
-            raise NotFound("CHANNEL_NOT_FOUND", f"channel {channel_id} does not exist", channel_id=channel_id)
-        raise PermissionDenied("NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id)
+            raise NotFound(
+                "CHANNEL_NOT_FOUND", f"channel {channel_id} does not exist", channel_id=channel_id
+            )
+        raise PermissionDenied(
+            "NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id
+        )
 
     async def _own_message(self, channel_id: str, message_id: str, user: str) -> MessageRecord:
         await self._require_member(channel_id, user)
@@ -229,12 +261,16 @@ class Commands:
             raise NotFound("MESSAGE_NOT_FOUND", f"message {message_id} does not exist in channel {channel_id}",
                            message_id=message_id)  # fmt: skip
         if record.sender_user_id != user:
-            raise PermissionDenied("NOT_THE_AUTHOR", "only the author may change a message", message_id=message_id)
+            raise PermissionDenied(
+                "NOT_THE_AUTHOR", "only the author may change a message", message_id=message_id
+            )
         return record
 
     # -- commands ----------------------------------------------------------------
 
-    async def create_channel(self, user: str, req: pb.CreateChannelRequest, origin: str) -> pb.CreateChannelResponse:
+    async def create_channel(
+        self, user: str, req: pb.CreateChannelRequest, origin: str
+    ) -> pb.CreateChannelResponse:
         """CommandService.CreateChannel."""
         key = f"create:{user}:{req.client_request_id}" if req.client_request_id else None
         channel_id = ids.derived("ch", user, req.client_request_id) if key else ids.new("ch")
@@ -256,18 +292,28 @@ class Commands:
         event, duplicate = await self._commit(channel_id, build, idempotency_key=key)
         created = event.channel_created.channel
         if duplicate and (created.name != req.name or list(created.member_user_ids) != members):
-            raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", "client_request_id was used for a different channel")
+            raise AlreadyExists(
+                "IDEMPOTENCY_KEY_REUSED", "client_request_id was used for a different channel"
+            )
         return pb.CreateChannelResponse(channel=created)
 
-    async def join_channel(self, user: str, req: pb.JoinChannelRequest, origin: str) -> pb.JoinChannelResponse:
+    async def join_channel(
+        self, user: str, req: pb.JoinChannelRequest, origin: str
+    ) -> pb.JoinChannelResponse:
         """CommandService.JoinChannel."""
 
         async def check() -> None:
             channel = await self.metadata.channel(req.channel_id)
             if channel is None:
-                raise NotFound("CHANNEL_NOT_FOUND", f"channel {req.channel_id} does not exist", channel_id=req.channel_id)
+                raise NotFound(
+                    "CHANNEL_NOT_FOUND",
+                    f"channel {req.channel_id} does not exist",
+                    channel_id=req.channel_id,
+                )
             if user in channel.member_user_ids:
-                raise AlreadyExists("ALREADY_MEMBER", f"you are already a member of {req.channel_id}")
+                raise AlreadyExists(
+                    "ALREADY_MEMBER", f"you are already a member of {req.channel_id}"
+                )
             if channel.visibility != channel_pb2.CHANNEL_VISIBILITY_PUBLIC:
                 raise PermissionDenied("CHANNEL_PRIVATE", f"channel {req.channel_id} is private")
 
@@ -281,7 +327,9 @@ class Commands:
         assert channel is not None
         return pb.JoinChannelResponse(channel=channel)
 
-    async def leave_channel(self, user: str, req: pb.LeaveChannelRequest, origin: str) -> pb.LeaveChannelResponse:
+    async def leave_channel(
+        self, user: str, req: pb.LeaveChannelRequest, origin: str
+    ) -> pb.LeaveChannelResponse:
         """CommandService.LeaveChannel."""
 
         def build(seq: int) -> events_pb2.Event:
@@ -289,10 +337,14 @@ class Commands:
             event.member_left.user_id = user
             return event
 
-        await self._commit(req.channel_id, build, check=lambda: self._require_member(req.channel_id, user))
+        await self._commit(
+            req.channel_id, build, check=lambda: self._require_member(req.channel_id, user)
+        )
         return pb.LeaveChannelResponse()
 
-    async def send_message(self, user: str, req: pb.SendMessageRequest, origin: str) -> pb.SendMessageResponse:
+    async def send_message(
+        self, user: str, req: pb.SendMessageRequest, origin: str
+    ) -> pb.SendMessageResponse:
         """CommandService.SendMessage."""
         key = f"send:{user}:{req.client_msg_id}"
         message_id = ids.derived("msg", user, req.client_msg_id)
@@ -311,10 +363,15 @@ class Commands:
             return event
 
         event, duplicate = await self._commit(
-            req.channel_id, build, idempotency_key=key, check=lambda: self._require_member(req.channel_id, user)
+            req.channel_id,
+            build,
+            idempotency_key=key,
+            check=lambda: self._require_member(req.channel_id, user),
         )
         if event.WhichOneof("payload") != "message_created":
-            raise AlreadyExists("IDEMPOTENCY_KEY_REUSED", "client_msg_id was used for another kind of command")
+            raise AlreadyExists(
+                "IDEMPOTENCY_KEY_REUSED", "client_msg_id was used for another kind of command"
+            )
         message = event.message_created.message
         if duplicate and (message.channel_id != req.channel_id or message.text != req.text):
             raise AlreadyExists(
@@ -324,7 +381,9 @@ class Commands:
             )
         return pb.SendMessageResponse(message=message, duplicate=duplicate)
 
-    async def edit_message(self, user: str, req: pb.EditMessageRequest, origin: str) -> pb.EditMessageResponse:
+    async def edit_message(
+        self, user: str, req: pb.EditMessageRequest, origin: str
+    ) -> pb.EditMessageResponse:
         """CommandService.EditMessage."""
         current: dict[str, message_pb2.Message] = {}
 
@@ -346,7 +405,9 @@ class Commands:
         event, _ = await self._commit(req.channel_id, build, check=check)
         return pb.EditMessageResponse(message=event.message_edited.message)
 
-    async def delete_message(self, user: str, req: pb.DeleteMessageRequest, origin: str) -> pb.DeleteMessageResponse:
+    async def delete_message(
+        self, user: str, req: pb.DeleteMessageRequest, origin: str
+    ) -> pb.DeleteMessageResponse:
         """CommandService.DeleteMessage (deleting twice is a no-op)."""
         record = await self._own_message(req.channel_id, req.message_id, user)
         if record.deleted:
@@ -363,13 +424,13 @@ class Commands:
             event.message_deleted.message_seq = record.seq
             return event
 
-        try:
+        with contextlib.suppress(_AlreadyDeleted):
             await self._commit(req.channel_id, build, check=check)
-        except _AlreadyDeleted:
-            pass
         return pb.DeleteMessageResponse()
 
-    async def set_typing(self, user: str, req: pb.SetTypingRequest, origin: str) -> pb.SetTypingResponse:
+    async def set_typing(
+        self, user: str, req: pb.SetTypingRequest, origin: str
+    ) -> pb.SetTypingResponse:
         """CommandService.SetTyping: ephemeral, core NATS only."""
         await self._require_member(req.channel_id, user)
         event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
@@ -379,10 +440,14 @@ class Commands:
         try:
             await self.nc.publish(Subjects.typing(req.channel_id), event.SerializeToString())
         except Exception as exc:  # noqa: BLE001 - connection closed / reconnecting
-            raise Unavailable("BACKEND_UNAVAILABLE", f"typing could not be sent ({type(exc).__name__})") from None
+            raise Unavailable(
+                "BACKEND_UNAVAILABLE", f"typing could not be sent ({type(exc).__name__})"
+            ) from None
         return pb.SetTypingResponse()
 
-    async def mark_read(self, user: str, req: pb.MarkReadRequest, origin: str) -> pb.MarkReadResponse:
+    async def mark_read(
+        self, user: str, req: pb.MarkReadRequest, origin: str
+    ) -> pb.MarkReadResponse:
         """CommandService.MarkRead: the marker only moves forward, and never past the channel's end."""
         await self._require_member(req.channel_id, user)
         channel = await self.metadata.channel(req.channel_id)

@@ -30,7 +30,11 @@ async def main(cfg: FanoutConfig) -> None:
     )
     # Internal operator API: no client tokens (it is not exposed by the edges).
     server = GrpcServer(cfg, "fanout", authenticated=False)
-    server.add(pb_grpc.add_FanoutServiceServicer_to_server, FanoutServicer(fanout), "chatmesh.v1.FanoutService")
+    server.add(
+        pb_grpc.add_FanoutServiceServicer_to_server,
+        FanoutServicer(fanout),
+        "chatmesh.v1.FanoutService",
+    )
     await fanout.start()
 
     async def close() -> None:

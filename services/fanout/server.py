@@ -27,16 +27,18 @@ class FanoutServicer(pb_grpc.FanoutServiceServicer):
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
 
-    async def GetRoute(self, request: pb.GetRouteRequest, context: Any) -> pb.GetRouteResponse:  # noqa: N802
+    async def GetRoute(self, request: pb.GetRouteRequest, context: Any) -> pb.GetRouteResponse:
         return pb.GetRouteResponse(
             user_id=request.user_id,
             instances=[
-                pb.InstanceRoute(instance_id=i.instance_id, region=i.region, delivery_subject=i.subject)
+                pb.InstanceRoute(
+                    instance_id=i.instance_id, region=i.region, delivery_subject=i.subject
+                )
                 for i in self.fanout.table.route_of(request.user_id)
             ],
         )
 
-    async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:  # noqa: N802
+    async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:
         table = self.fanout.table
         by_region: dict[str, int] = {}
         for inst in table.instances():

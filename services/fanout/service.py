@@ -44,7 +44,9 @@ __all__ = ["Fanout"]
 logger = logging.getLogger(__name__)
 
 EVENTS_PROCESSED = Counter("chatmesh_fanout_events_total", "Events consumed", ["kind"])
-DELIVERIES = Counter("chatmesh_fanout_deliveries_total", "Per-instance deliveries published", ["region"])
+DELIVERIES = Counter(
+    "chatmesh_fanout_deliveries_total", "Per-instance deliveries published", ["region"]
+)
 ROUTED_USERS = Gauge("chatmesh_fanout_routed_users", "Users with at least one live stream")
 INSTANCES = Gauge("chatmesh_fanout_instances", "Live notification instances")
 TABLE_BYTES = Gauge("chatmesh_fanout_table_bytes", "Estimated bytes held by the routing table")
@@ -112,11 +114,16 @@ class Fanout:
         nc = self.nc
         await nc.subscribe(Subjects.ROUTE_UPDATE_ALL, cb=self._on_update, pending_msgs_limit=-1)
         await nc.subscribe(Subjects.ROUTE_SNAPSHOT_ALL, cb=self._on_snapshot, pending_msgs_limit=-1)
-        await nc.subscribe(Subjects.ROUTE_HEARTBEAT_ALL, cb=self._on_heartbeat, pending_msgs_limit=-1)
+        await nc.subscribe(
+            Subjects.ROUTE_HEARTBEAT_ALL, cb=self._on_heartbeat, pending_msgs_limit=-1
+        )
         await nc.subscribe(Subjects.TYPING_ALL, cb=self._on_typing, pending_msgs_limit=-1)
         await nc.subscribe(Subjects.PRESENCE_ALL, cb=self._on_presence, pending_msgs_limit=-1)
         channels = await self.load_memberships()
-        await nc.publish(Subjects.ROUTE_RESYNC, routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString())
+        await nc.publish(
+            Subjects.ROUTE_RESYNC,
+            routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString(),
+        )
         await nc.flush()
         # A bounded window for instances to send their route sets before events
         # flow; an instance that misses it is caught by its next heartbeat and
@@ -138,7 +145,7 @@ class Fanout:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep consuming; the batch is redelivered
+            except Exception:
                 logger.exception("event consumer failed; restarting it")
                 await asyncio.sleep(0.5)
 
@@ -207,7 +214,9 @@ class Fanout:
         slot = self._register(hb.instance_id, hb.region)
         inst = self.table.instance(slot)
         if msg.reply:
-            await self.nc.publish(msg.reply, self._ack(slot, resync=not inst.synced or hb.version != inst.version))
+            await self.nc.publish(
+                msg.reply, self._ack(slot, resync=not inst.synced or hb.version != inst.version)
+            )
 
     async def _expire_loop(self) -> None:
         while True:
@@ -234,7 +243,9 @@ class Fanout:
         presence.user_id = user_id
         presence.status = presence_pb2.PRESENCE_STATUS_OFFLINE
         presence.last_seen_at.CopyFrom(event.occurred_at)
-        await self._deliver(event.SerializeToString(), self.table.user_audience(user_id, with_peers=True), 0)
+        await self._deliver(
+            event.SerializeToString(), self.table.user_audience(user_id, with_peers=True), 0
+        )
 
     def _gauges(self) -> None:
         ROUTED_USERS.set(self.table.routed_users)
@@ -291,11 +302,16 @@ class Fanout:
             inst = self.table.instance(slot)
             inst.delivery_seq += 1
             tail = routing_pb2.Delivery(
-                user_ids=users, stream_seq=stream_seq, fanout_epoch=self.epoch, instance_seq=inst.delivery_seq
+                user_ids=users,
+                stream_seq=stream_seq,
+                fanout_epoch=self.epoch,
+                instance_seq=inst.delivery_seq,
             ).SerializeToString()
             await self.nc.publish(inst.subject, head + tail)
             self.deliveries += 1
-            self.deliveries_by_region[inst.region] = self.deliveries_by_region.get(inst.region, 0) + 1
+            self.deliveries_by_region[inst.region] = (
+                self.deliveries_by_region.get(inst.region, 0) + 1
+            )
             DELIVERIES.labels(inst.region).inc()
 
     async def _on_typing(self, msg: Msg) -> None:

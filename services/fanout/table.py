@@ -321,11 +321,20 @@ class RoutingTable:
     def estimated_bytes(self) -> int:
         """A deep-size estimate of the table's Python objects (arrays, dicts, strings)."""
         size = sys.getsizeof
-        total = size(self._users) + size(self._user_idx) + size(self._channels) + size(self._channel_idx)
+        total = (
+            size(self._users)
+            + size(self._user_idx)
+            + size(self._channels)
+            + size(self._channel_idx)
+        )
         total += sum(size(s) for s in self._users) + sum(size(s) for s in self._channels)
         total += size(self._members) + sum(size(a) for a in self._members)
         total += size(self._membership_seq)
-        total += size(self._user_channels) + sum(size(a) for a in self._user_channels if a is not None)
-        total += size(self._routes) + sum(size(v) for v in self._routes.values() if type(v) is tuple)
+        total += size(self._user_channels) + sum(
+            size(a) for a in self._user_channels if a is not None
+        )
+        total += size(self._routes) + sum(
+            size(v) for v in self._routes.values() if type(v) is tuple
+        )
         total += sum(size(i.users) for i in self._instances.values())
         return total

@@ -50,14 +50,18 @@ __all__ = ["Hub", "Subscriber"]
 logger = logging.getLogger(__name__)
 
 STREAMS = Gauge("chatmesh_notification_streams", "Open Subscribe streams")
-EVENTS_SENT = Counter("chatmesh_notification_events_sent_total", "Events queued to client streams", ["source"])
+EVENTS_SENT = Counter(
+    "chatmesh_notification_events_sent_total", "Events queued to client streams", ["source"]
+)
 DELIVERY_LATENCY = Histogram(
     "chatmesh_notification_delivery_seconds",
     "From the event's occurred_at to queuing on a client stream (same host clocks)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5),
 )
 GAPS = Counter("chatmesh_notification_gaps_total", "Gap fills and sweeps", ["kind", "result"])
-SLOW = Counter("chatmesh_notification_slow_consumers_total", "Streams ended because the client was too slow")
+SLOW = Counter(
+    "chatmesh_notification_slow_consumers_total", "Streams ended because the client was too slow"
+)
 
 _CLOSE = object()
 
@@ -94,7 +98,9 @@ class Subscriber:
         self.queue.put_nowait(pb.SubscribeResponse(event=event))
         EVENTS_SENT.labels(source).inc()
         if source == "live" and event.HasField("occurred_at"):
-            DELIVERY_LATENCY.observe(max(0.0, (now_ms() - event.occurred_at.ToMilliseconds()) / 1000))
+            DELIVERY_LATENCY.observe(
+                max(0.0, (now_ms() - event.occurred_at.ToMilliseconds()) / 1000)
+            )
 
     def close(self, error: Exception) -> None:
         """Ends the stream with ``error`` (delivered after what is already queued)."""
@@ -109,7 +115,11 @@ class Subscriber:
         if self.replaying:
             if len(self.held) >= self.capacity:
                 SLOW.inc()
-                self.close(ResourceExhausted("SLOW_CONSUMER", "too many events arrived during replay; reconnect"))
+                self.close(
+                    ResourceExhausted(
+                        "SLOW_CONSUMER", "too many events arrived during replay; reconnect"
+                    )
+                )
                 return
             self.held.append(event)
             return
@@ -163,9 +173,13 @@ class Subscriber:
                 self._release(channel)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a store error must not kill the stream silently
+        except Exception:
             logger.exception("gap fill failed for %s in %s", self.user_id, channel)
-            self.close(Unavailable("BACKEND_UNAVAILABLE", "history unavailable; reconnect with resume_from"))
+            self.close(
+                Unavailable(
+                    "BACKEND_UNAVAILABLE", "history unavailable; reconnect with resume_from"
+                )
+            )
         finally:
             self.fills.pop(channel, None)
 
@@ -241,13 +255,16 @@ class Hub:
         self._route_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         """Subscribes to deliveries and resync requests; starts heartbeats."""
         await self.presence.heartbeat()
-        await self.nc.subscribe(self.subject, cb=self._on_delivery, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await self.nc.subscribe(
+            self.subject, cb=self._on_delivery, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
         await self.nc.subscribe(Subjects.ROUTE_RESYNC, cb=self._on_resync)
         await self.nc.flush()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="route-heartbeat"))
@@ -258,7 +275,11 @@ class Hub:
         self.shutting_down = True
         for subs in self.users.values():
             for sub in subs:
-                sub.close(Unavailable("SHUTTING_DOWN", "the server is shutting down; reconnect with resume_from"))
+                sub.close(
+                    Unavailable(
+                        "SHUTTING_DOWN", "the server is shutting down; reconnect with resume_from"
+                    )
+                )
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -283,9 +304,14 @@ class Hub:
 
     async def _send_snapshot(self) -> None:
         snap = routing_pb2.RouteSnapshot(
-            instance_id=self.instance_id, region=self.region, version=self.version, user_ids=sorted(self.users)
+            instance_id=self.instance_id,
+            region=self.region,
+            version=self.version,
+            user_ids=sorted(self.users),
         )
-        await self._request(Subjects.route_snapshot(self.region, self.instance_id), snap.SerializeToString())
+        await self._request(
+            Subjects.route_snapshot(self.region, self.instance_id), snap.SerializeToString()
+        )
 
     async def _route_change(self, added: list[str], removed: list[str]) -> None:
         async with self._route_lock:
@@ -294,7 +320,9 @@ class Hub:
                 instance_id=self.instance_id, region=self.region, version=self.version,
                 added_user_ids=added, removed_user_ids=removed,
             )  # fmt: skip
-            ack = await self._request(Subjects.route_update(self.region, self.instance_id), update.SerializeToString())
+            ack = await self._request(
+                Subjects.route_update(self.region, self.instance_id), update.SerializeToString()
+            )
             if ack is not None:
                 self._check_ack(ack)
                 if ack.resync_needed:
@@ -312,10 +340,15 @@ class Hub:
             except Exception as exc:  # noqa: BLE001
                 logger.info("valkey heartbeat failed: %r", exc)
             hb = routing_pb2.InstanceHeartbeat(
-                instance_id=self.instance_id, region=self.region, version=self.version, user_count=len(self.users)
+                instance_id=self.instance_id,
+                region=self.region,
+                version=self.version,
+                user_count=len(self.users),
             )
             hb.sent_at.FromMilliseconds(now_ms())
-            ack = await self._request(Subjects.route_heartbeat(self.region, self.instance_id), hb.SerializeToString())
+            ack = await self._request(
+                Subjects.route_heartbeat(self.region, self.instance_id), hb.SerializeToString()
+            )
             if ack is None:
                 continue
             self._check_ack(ack)
@@ -329,12 +362,18 @@ class Hub:
             return
         if ack.fanout_epoch != self.fanout_epoch:
             if self.fanout_epoch:
-                logger.info("fan-out restarted (epoch %s -> %s); sweeping", self.fanout_epoch, ack.fanout_epoch)
+                logger.info(
+                    "fan-out restarted (epoch %s -> %s); sweeping",
+                    self.fanout_epoch,
+                    ack.fanout_epoch,
+                )
                 self._sweep(ack.stream_seq)
             self.fanout_epoch = ack.fanout_epoch
             self.expected_seq = ack.instance_seq + 1
         elif ack.instance_seq >= self.expected_seq:
-            logger.info("deliveries %d..%d never arrived; sweeping", self.expected_seq, ack.instance_seq)
+            logger.info(
+                "deliveries %d..%d never arrived; sweeping", self.expected_seq, ack.instance_seq
+            )
             self.expected_seq = ack.instance_seq + 1
             self._sweep(ack.stream_seq)
 
@@ -345,12 +384,20 @@ class Hub:
         kind = event.WhichOneof("payload")
         if kind not in ("message_created", "message_edited"):
             return event
-        message = event.message_created.message if kind == "message_created" else event.message_edited.message
+        message = (
+            event.message_created.message
+            if kind == "message_created"
+            else event.message_edited.message
+        )
         if not message.client_msg_id or message.sender_user_id == viewer:
             return event
         stripped = events_pb2.Event()
         stripped.CopyFrom(event)
-        target = stripped.message_created.message if kind == "message_created" else stripped.message_edited.message
+        target = (
+            stripped.message_created.message
+            if kind == "message_created"
+            else stripped.message_edited.message
+        )
         target.client_msg_id = ""
         return stripped
 
@@ -367,7 +414,9 @@ class Hub:
             self.expected_seq = delivery.instance_seq + 1
         else:
             if delivery.instance_seq > self.expected_seq:
-                logger.info("deliveries %d..%d lost; sweeping", self.expected_seq, delivery.instance_seq - 1)
+                logger.info(
+                    "deliveries %d..%d lost; sweeping", self.expected_seq, delivery.instance_seq - 1
+                )
                 self._sweep(delivery.stream_seq)
             self.expected_seq = max(self.expected_seq, delivery.instance_seq + 1)
         event = delivery.event
@@ -427,7 +476,9 @@ class Hub:
         while stream_seq and await self.history.applied_stream_seq() < stream_seq:
             if time.monotonic() > deadline:
                 GAPS.labels("sweep", "timeout").inc()
-                logger.warning("history did not reach stream seq %d in %.0fs", stream_seq, self.catchup_timeout)
+                logger.warning(
+                    "history did not reach stream seq %d in %.0fs", stream_seq, self.catchup_timeout
+                )
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
@@ -439,7 +490,9 @@ class Hub:
                 for channel in list(sub.last):
                     if channel in sub.fills:
                         continue
-                    events = await self.history.events_after(channel, sub.last[channel], self.replay_page)
+                    events = await self.history.events_after(
+                        channel, sub.last[channel], self.replay_page
+                    )
                     if events:
                         sub.deliver_history(events)
                         swept += len(events)
@@ -452,7 +505,9 @@ class Hub:
         event = new_event("", seq=0, origin_region=self.region, actor=user)
         p = event.presence_changed.presence
         p.user_id = user
-        p.status = presence_pb2.PRESENCE_STATUS_ONLINE if online else presence_pb2.PRESENCE_STATUS_OFFLINE
+        p.status = (
+            presence_pb2.PRESENCE_STATUS_ONLINE if online else presence_pb2.PRESENCE_STATUS_OFFLINE
+        )
         p.last_seen_at.CopyFrom(event.occurred_at)
         if online:
             p.regions.append(self.region)
@@ -475,7 +530,10 @@ class Hub:
         STREAMS.inc()
         if len(subs) == 1:
             await self._route_change([sub.user_id], [])
-            asyncio.create_task(self._presence_change(sub.user_id, True))
+            # Presence goes to the primary Valkey across the WAN: not on the stream's critical path.
+            task = asyncio.create_task(self._presence_change(sub.user_id, True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _detach(self, sub: Subscriber) -> None:
         STREAMS.dec()
@@ -494,10 +552,16 @@ class Hub:
             if await self.metadata.is_member(channel, user):
                 continue
             if await self.metadata.channel(channel) is None:
-                raise NotFound("CHANNEL_NOT_FOUND", f"channel {channel} does not exist", channel_id=channel)
-            raise PermissionDenied("NOT_A_MEMBER", f"you are not a member of channel {channel}", channel_id=channel)
+                raise NotFound(
+                    "CHANNEL_NOT_FOUND", f"channel {channel} does not exist", channel_id=channel
+                )
+            raise PermissionDenied(
+                "NOT_A_MEMBER", f"you are not a member of channel {channel}", channel_id=channel
+            )
 
-    async def subscribe(self, user: str, resume_from: dict[str, int]) -> AsyncIterator[pb.SubscribeResponse]:
+    async def subscribe(
+        self, user: str, resume_from: dict[str, int]
+    ) -> AsyncIterator[pb.SubscribeResponse]:
         """The body of NotificationService.Subscribe for ``user``."""
         if self.shutting_down:
             raise Unavailable("SHUTTING_DOWN", "the server is shutting down; reconnect")
@@ -509,7 +573,9 @@ class Hub:
             for channel, since in sorted(resume_from.items()):
                 sub.last[channel] = since
                 while True:
-                    events = await self.history.events_after(channel, sub.last[channel], self.replay_page)
+                    events = await self.history.events_after(
+                        channel, sub.last[channel], self.replay_page
+                    )
                     for event in events:
                         if event.seq <= sub.last[channel]:
                             continue
@@ -520,7 +586,9 @@ class Hub:
                         break
             EVENTS_SENT.labels("replay").inc(replayed)
             yield pb.SubscribeResponse(
-                replay_complete=pb.ReplayComplete(replayed_events=replayed, region=self.region, instance_id=self.instance_id)
+                replay_complete=pb.ReplayComplete(
+                    replayed_events=replayed, region=self.region, instance_id=self.instance_id
+                )
             )
             sub.end_replay()
             while True:

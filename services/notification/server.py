@@ -18,7 +18,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def Subscribe(  # noqa: N802
+    async def Subscribe(
         self, request: pb.SubscribeRequest, context: Any
     ) -> AsyncIterator[pb.SubscribeResponse]:
         async for item in self.hub.subscribe(current_user(), dict(request.resume_from)):

@@ -19,7 +19,9 @@ async def main(cfg: QueryConfig) -> None:
     history = await open_history(cfg.history_store)
     metadata = await open_metadata(cfg.metadata_store)
     # Reads only: both "primary" and replica point at the region's replica.
-    presence = PresenceStore(primary_url=cfg.valkey_replica, replica_url=cfg.valkey_replica, region=cfg.region)
+    presence = PresenceStore(
+        primary_url=cfg.valkey_replica, replica_url=cfg.valkey_replica, region=cfg.region
+    )
     server = GrpcServer(cfg, "query")
     server.add(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(Queries(history, metadata, presence)),
                "chatmesh.v1.QueryService")  # fmt: skip

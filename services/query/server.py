@@ -17,14 +17,22 @@ class QueryServicer(pb_grpc.QueryServiceServicer):
     def __init__(self, queries: Queries) -> None:
         self.queries = queries
 
-    async def GetHistory(self, request: pb.GetHistoryRequest, context: Any) -> pb.GetHistoryResponse:  # noqa: N802
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: Any
+    ) -> pb.GetHistoryResponse:
         return await self.queries.get_history(current_user(), request)
 
-    async def GetChannel(self, request: pb.GetChannelRequest, context: Any) -> pb.GetChannelResponse:  # noqa: N802
+    async def GetChannel(
+        self, request: pb.GetChannelRequest, context: Any
+    ) -> pb.GetChannelResponse:
         return await self.queries.get_channel(current_user(), request)
 
-    async def ListChannels(self, request: pb.ListChannelsRequest, context: Any) -> pb.ListChannelsResponse:  # noqa: N802
+    async def ListChannels(
+        self, request: pb.ListChannelsRequest, context: Any
+    ) -> pb.ListChannelsResponse:
         return await self.queries.list_channels(current_user(), request)
 
-    async def GetPresence(self, request: pb.GetPresenceRequest, context: Any) -> pb.GetPresenceResponse:  # noqa: N802
+    async def GetPresence(
+        self, request: pb.GetPresenceRequest, context: Any
+    ) -> pb.GetPresenceResponse:
         return await self.queries.get_presence(current_user(), request)

@@ -26,20 +26,28 @@ def for_viewer(message: message_pb2.Message, viewer: str) -> message_pb2.Message
 class Queries:
     """The read side of chatmesh, for one region."""
 
-    def __init__(self, history: HistoryStore, metadata: MetadataStore, presence: PresenceStore) -> None:
+    def __init__(
+        self, history: HistoryStore, metadata: MetadataStore, presence: PresenceStore
+    ) -> None:
         self.history = history
         self.metadata = metadata
         self.presence = presence
 
-    async def _visible_channel(self, channel_id: str, user: str, *, public_ok: bool) -> channel_pb2.Channel:
+    async def _visible_channel(
+        self, channel_id: str, user: str, *, public_ok: bool
+    ) -> channel_pb2.Channel:
         channel = await self.metadata.channel(channel_id)
         if channel is None:
-            raise NotFound("CHANNEL_NOT_FOUND", f"channel {channel_id} does not exist", channel_id=channel_id)
+            raise NotFound(
+                "CHANNEL_NOT_FOUND", f"channel {channel_id} does not exist", channel_id=channel_id
+            )
         if user in channel.member_user_ids:
             return channel
         if public_ok and channel.visibility == channel_pb2.CHANNEL_VISIBILITY_PUBLIC:
             return channel
-        raise PermissionDenied("NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id)
+        raise PermissionDenied(
+            "NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id
+        )
 
     async def get_history(self, user: str, req: pb.GetHistoryRequest) -> pb.GetHistoryResponse:
         """QueryService.GetHistory."""
@@ -53,21 +61,31 @@ class Queries:
             limit=limit,
         )
         return pb.GetHistoryResponse(
-            messages=[for_viewer(m, user) for m in page.messages], has_more=page.has_more, last_seq=page.last_seq
+            messages=[for_viewer(m, user) for m in page.messages],
+            has_more=page.has_more,
+            last_seq=page.last_seq,
         )
 
     async def get_channel(self, user: str, req: pb.GetChannelRequest) -> pb.GetChannelResponse:
         """QueryService.GetChannel."""
-        return pb.GetChannelResponse(channel=await self._visible_channel(req.channel_id, user, public_ok=True))
+        return pb.GetChannelResponse(
+            channel=await self._visible_channel(req.channel_id, user, public_ok=True)
+        )
 
-    async def list_channels(self, user: str, req: pb.ListChannelsRequest) -> pb.ListChannelsResponse:
+    async def list_channels(
+        self, user: str, req: pb.ListChannelsRequest
+    ) -> pb.ListChannelsResponse:
         """QueryService.ListChannels."""
         markers = await self.metadata.read_markers(user)
         summaries = []
         for channel in await self.metadata.channels_of(user):
             marker = markers.get(channel.channel_id, 0)
             unread = await self.history.unread_count(channel.channel_id, marker, user)
-            summaries.append(channel_pb2.ChannelSummary(channel=channel, last_read_seq=marker, unread_count=unread))
+            summaries.append(
+                channel_pb2.ChannelSummary(
+                    channel=channel, last_read_seq=marker, unread_count=unread
+                )
+            )
         return pb.ListChannelsResponse(channels=summaries)
 
     async def get_presence(self, user: str, req: pb.GetPresenceRequest) -> pb.GetPresenceResponse:

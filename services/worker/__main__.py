@@ -36,7 +36,7 @@ async def main(cfg: WorkerConfig) -> None:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the batch is redelivered after ack_wait
+            except Exception:
                 logger.exception("consumer failed; restarting it")
                 await asyncio.sleep(0.5)
 

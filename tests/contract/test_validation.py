@@ -18,10 +18,10 @@ from typing import Any
 
 import protovalidate
 import pytest
-from buf.validate import validate_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from buf.validate import validate_pb2
 from chatmesh.v1 import (
     channel_pb2,
     command_service_pb2,
@@ -219,13 +219,13 @@ CASES: list[Case] = [
     Case(MARK, "seq: int64.gte", _set(seq=-1), (("seq", None),), "int64.gte"),
     # QueryService
     _channel_id_case(HISTORY),
-    # after_seq cleared too: a negative before_seq would also break the bounds rule.
+    # after_seq cleared: with both set, a zero before_seq would also break the bounds rule.
     Case(
         HISTORY,
-        "before_seq: int64.gte",
-        _set(before_seq=-1, after_seq=0),
+        "before_seq: int64.gt",
+        lambda m: (m.ClearField("after_seq"), setattr(m, "before_seq", 0)),
         (("before_seq", None),),
-        "int64.gte",
+        "int64.gt",
     ),
     Case(HISTORY, "after_seq: int64.gte", _set(after_seq=-1), (("after_seq", None),), "int64.gte"),
     # protovalidate reports a gte+lte pair as one range rule, under the gte path.
@@ -327,7 +327,8 @@ EDGES: list[tuple[str, Callable[[Any], None]]] = [
     (HISTORY, _set(limit=1)),
     (HISTORY, _set(limit=200)),
     (HISTORY, _set(before_seq=6, after_seq=4)),
-    (HISTORY, _set(before_seq=0, after_seq=0)),
+    (HISTORY, _set(after_seq=0)),  # from the start
+    (HISTORY, lambda m: (m.ClearField("before_seq"), m.ClearField("after_seq"))),  # newest page
     (HISTORY, lambda m: m.ClearField("limit")),
     (PRESENCE, _set(user_ids=_user_ids(200))),
     (SUBSCRIBE, _set(resume_from=dict.fromkeys(_channel_ids(1000), 0))),

@@ -54,12 +54,16 @@ class Stream:
         """The next item (event, heartbeat or replay_complete)."""
         return await asyncio.wait_for(self.items.get(), timeout)
 
-    async def next_event(self, timeout: float = 10.0, *, kinds: tuple[str, ...] | None = None) -> events_pb2.Event:
+    async def next_event(
+        self, timeout: float = 10.0, *, kinds: tuple[str, ...] | None = None
+    ) -> events_pb2.Event:
         """The next event (skipping heartbeats/markers and, with ``kinds``, other event kinds)."""
         deadline = time.monotonic() + timeout
         while True:
             item = await self.next(max(0.01, deadline - time.monotonic()))
-            if item.HasField("event") and (kinds is None or item.event.WhichOneof("payload") in kinds):
+            if item.HasField("event") and (
+                kinds is None or item.event.WhichOneof("payload") in kinds
+            ):
                 return item.event
 
     async def replayed(self, timeout: float = 10.0) -> list[events_pb2.Event]:
@@ -106,22 +110,37 @@ class User:
     async def create_channel(self, name: str, *members: str, public: bool = False) -> str:
         from chatmesh.v1 import channel_pb2
 
-        visibility = channel_pb2.CHANNEL_VISIBILITY_PUBLIC if public else channel_pb2.CHANNEL_VISIBILITY_PRIVATE
+        visibility = (
+            channel_pb2.CHANNEL_VISIBILITY_PUBLIC
+            if public
+            else channel_pb2.CHANNEL_VISIBILITY_PRIVATE
+        )
         resp = await self.command.CreateChannel(
-            cpb.CreateChannelRequest(name=name, member_user_ids=list(members), visibility=visibility), metadata=self.md
+            cpb.CreateChannelRequest(
+                name=name, member_user_ids=list(members), visibility=visibility
+            ),
+            metadata=self.md,
         )
         return str(resp.channel.channel_id)
 
-    async def send(self, channel_id: str, text: str, key: str | None = None) -> cpb.SendMessageResponse:
+    async def send(
+        self, channel_id: str, text: str, key: str | None = None
+    ) -> cpb.SendMessageResponse:
         return await self.command.SendMessage(
-            cpb.SendMessageRequest(channel_id=channel_id, text=text, client_msg_id=key or uuid.uuid4().hex),
+            cpb.SendMessageRequest(
+                channel_id=channel_id, text=text, client_msg_id=key or uuid.uuid4().hex
+            ),
             metadata=self.md,
         )
 
     async def history(self, channel_id: str, **kw: Any) -> qpb.GetHistoryResponse:
-        return await self.query.GetHistory(qpb.GetHistoryRequest(channel_id=channel_id, **kw), metadata=self.md)
+        return await self.query.GetHistory(
+            qpb.GetHistoryRequest(channel_id=channel_id, **kw), metadata=self.md
+        )
 
-    async def all_history(self, channel_id: str, *, page: int = 50, forward: bool = False) -> list[Any]:
+    async def all_history(
+        self, channel_id: str, *, page: int = 50, forward: bool = False
+    ) -> list[Any]:
         """Every message, paging with after_seq (forward) or before_seq (backward)."""
         messages: list[Any] = []
         if forward:
@@ -134,16 +153,22 @@ class User:
                 after = resp.messages[-1].seq
         before = 0
         while True:
-            resp = await self.history(channel_id, before_seq=before, limit=page) if before else await self.history(
-                channel_id, limit=page
+            resp = (
+                await self.history(channel_id, before_seq=before, limit=page)
+                if before
+                else await self.history(channel_id, limit=page)
             )
             messages = list(resp.messages) + messages
             if not resp.has_more:
                 return messages
             before = resp.messages[0].seq
 
-    async def subscribe(self, resume_from: dict[str, int] | None = None, *, wait_replay: bool = True) -> Stream:
-        call = self.notification.Subscribe(npb.SubscribeRequest(resume_from=resume_from or {}), metadata=self.md)
+    async def subscribe(
+        self, resume_from: dict[str, int] | None = None, *, wait_replay: bool = True
+    ) -> Stream:
+        call = self.notification.Subscribe(
+            npb.SubscribeRequest(resume_from=resume_from or {}), metadata=self.md
+        )
         stream = Stream(call)
         self.streams.append(stream)
         return stream

@@ -53,7 +53,9 @@ async def test_two_hundred_messages_cross_region_in_order(users: dict[str, User]
     sent = []
     text_of = {}
     for batch in range(20):  # ten concurrent sends at a time: the service orders them
-        responses = await asyncio.gather(*(alice.send(channel, f"m{batch * 10 + i}") for i in range(10)))
+        responses = await asyncio.gather(
+            *(alice.send(channel, f"m{batch * 10 + i}") for i in range(10))
+        )
         sent += [r.message.seq for r in responses]
         text_of.update({r.message.seq: r.message.text for r in responses})
     events = await _collect(stream, 200)
@@ -64,14 +66,20 @@ async def test_two_hundred_messages_cross_region_in_order(users: dict[str, User]
     assert channel_seqs == sorted(set(channel_seqs)), "no duplicates, strictly increasing"
 
     for viewer in (alice, bob):  # us-east and eu read their own region's replicas
-        await eventually(lambda v=viewer: _history_len(v, channel, 200), timeout=15, what=f"{viewer.region} history")
+        await eventually(
+            lambda v=viewer: _history_len(v, channel, 200),
+            timeout=15,
+            what=f"{viewer.region} history",
+        )
         backward = await viewer.all_history(channel, page=50)
         forward = await viewer.all_history(channel, page=50, forward=True)
         assert [m.seq for m in backward] == [m.seq for m in forward] == sorted(sent)
         assert [m.text for m in forward] == [text_of[seq] for seq in sorted(sent)]
     us = await alice.all_history(channel, page=200, forward=True)
     eu = await bob.all_history(channel, page=200, forward=True)
-    assert [(m.message_id, m.seq, m.text) for m in us] == [(m.message_id, m.seq, m.text) for m in eu]
+    assert [(m.message_id, m.seq, m.text) for m in us] == [
+        (m.message_id, m.seq, m.text) for m in eu
+    ]
     page = await bob.history(channel, limit=10)
     assert page.has_more and [m.seq for m in page.messages] == sorted(sent)[-10:]
     await stream.close()
@@ -93,7 +101,9 @@ async def test_idempotent_retries_yield_one_message_even_across_restart(
     channel = await alice.create_channel("idempotency", "bob")
     first = await alice.send(channel, "exactly once", key="retry-key-1")
     assert not first.duplicate
-    retries = await asyncio.gather(*(alice.send(channel, "exactly once", key="retry-key-1") for _ in range(10)))
+    retries = await asyncio.gather(
+        *(alice.send(channel, "exactly once", key="retry-key-1") for _ in range(10))
+    )
     assert all(r.duplicate and r.message.message_id == first.message.message_id for r in retries)
     assert {r.message.seq for r in retries} == {first.message.seq}
 
@@ -115,7 +125,9 @@ async def _history_with(user: User, channel: str, n: int) -> qpb.GetHistoryRespo
     return resp if len(resp.messages) >= n else None
 
 
-async def test_resume_replays_exactly_what_was_missed_then_goes_live(users: dict[str, User]) -> None:
+async def test_resume_replays_exactly_what_was_missed_then_goes_live(
+    users: dict[str, User],
+) -> None:
     alice, bob = users["alice"], users["bob"]
     channel = await alice.create_channel("resume", "bob")
     stream = await bob.subscribe()
@@ -140,7 +152,9 @@ async def test_resume_replays_exactly_what_was_missed_then_goes_live(users: dict
     await resumed.close()
 
 
-async def test_resume_seam_has_no_gap_or_duplicate_while_messages_flow(users: dict[str, User]) -> None:
+async def test_resume_seam_has_no_gap_or_duplicate_while_messages_flow(
+    users: dict[str, User],
+) -> None:
     alice, bob = users["alice"], users["bob"]
     channel = await alice.create_channel("seam", "bob")
     sent: list[int] = []
@@ -165,7 +179,7 @@ async def _async_true(value: bool) -> bool:
 
 
 async def test_edits_deletes_membership_typing_and_presence_reach_the_other_region(
-    users: dict[str, User]
+    users: dict[str, User],
 ) -> None:
     alice, bob, dave = users["alice"], users["bob"], users["dave"]
     channel = await alice.create_channel("lifecycle", "bob", public=True)
@@ -173,33 +187,53 @@ async def test_edits_deletes_membership_typing_and_presence_reach_the_other_regi
     await stream.replayed()
     msg = (await alice.send(channel, "first draft")).message
     edited = await alice.command.EditMessage(
-        cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="final text"), metadata=alice.md
+        cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="final text"),
+        metadata=alice.md,
     )
     assert edited.message.text == "final text" and edited.message.HasField("edited_at")
-    await alice.command.SetTyping(cpb.SetTypingRequest(channel_id=channel, typing=True), metadata=alice.md)
+    await alice.command.SetTyping(
+        cpb.SetTypingRequest(channel_id=channel, typing=True), metadata=alice.md
+    )
     await dave.command.JoinChannel(cpb.JoinChannelRequest(channel_id=channel), metadata=dave.md)
     await dave.command.LeaveChannel(cpb.LeaveChannelRequest(channel_id=channel), metadata=dave.md)
     await alice.command.DeleteMessage(
         cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id), metadata=alice.md
     )
     kinds: list[str] = []
-    wanted = ["message_created", "message_edited", "typing_changed", "member_joined", "member_left", "message_deleted"]
+    wanted = [
+        "message_created",
+        "message_edited",
+        "typing_changed",
+        "member_joined",
+        "member_left",
+        "message_deleted",
+    ]
     while not all(k in kinds for k in wanted):
         kinds.append((await stream.next_event(15)).WhichOneof("payload") or "")
     durable = [k for k in kinds if k in wanted and k != "typing_changed"]
     assert durable == [k for k in wanted if k != "typing_changed"], "durable events in seq order"
 
-    await eventually(lambda: _deleted_in(bob, channel, msg.message_id), timeout=15, what="tombstone in eu")
+    await eventually(
+        lambda: _deleted_in(bob, channel, msg.message_id), timeout=15, what="tombstone in eu"
+    )
     page = await bob.history(channel)
     assert all(m.text == "" for m in page.messages if m.deleted)
     assert "typing" not in str(page), "typing is never stored"
 
     # Presence: bob is online (his stream) as seen from eu, and offline after it closes.
-    await eventually(lambda: _presence(bob, "bob", presence_pb2.PRESENCE_STATUS_ONLINE), timeout=10, what="online")
+    await eventually(
+        lambda: _presence(bob, "bob", presence_pb2.PRESENCE_STATUS_ONLINE),
+        timeout=10,
+        what="online",
+    )
     presence_stream = await alice.subscribe()
     await presence_stream.replayed()
     await stream.close()
-    await eventually(lambda: _presence(bob, "bob", presence_pb2.PRESENCE_STATUS_OFFLINE), timeout=10, what="offline")
+    await eventually(
+        lambda: _presence(bob, "bob", presence_pb2.PRESENCE_STATUS_OFFLINE),
+        timeout=10,
+        what="offline",
+    )
     while True:  # alice's own "online" comes first on her stream
         event = await presence_stream.next_event(10, kinds=("presence_changed",))
         if event.presence_changed.presence.user_id == "bob":
@@ -218,7 +252,9 @@ async def _presence(user: User, who: str, status: int) -> bool:
     return resp.presences[0].status == status
 
 
-async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(dev_mesh: Mesh, users: dict[str, User]) -> None:
+async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(
+    dev_mesh: Mesh, users: dict[str, User]
+) -> None:
     alice, bob = users["alice"], users["bob"]
     channel = await alice.create_channel("crashes", "bob")
     stream = await bob.subscribe()
@@ -240,13 +276,19 @@ async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(dev_mesh: Me
     worker = dev_mesh.services["worker-eu"]
     await worker.kill()
     await worker.restart()
-    await eventually(lambda: _async_true(len(sent) >= 60), timeout=30, what="sends after the restarts")
+    await eventually(
+        lambda: _async_true(len(sent) >= 60), timeout=30, what="sends after the restarts"
+    )
     stop.set()
     await task
     events = await _collect(stream, len(sent), timeout=60)
     received = _message_seqs(events)
-    assert received == sent, f"missing {sorted(set(sent) - set(received))}, extra {len(received) - len(set(received))}"
-    await eventually(lambda: _history_reaches(bob, channel, sent[-1]), timeout=30, what="eu history complete")
+    assert received == sent, (
+        f"missing {sorted(set(sent) - set(received))}, extra {len(received) - len(set(received))}"
+    )
+    await eventually(
+        lambda: _history_reaches(bob, channel, sent[-1]), timeout=30, what="eu history complete"
+    )
     history = await bob.all_history(channel, page=200, forward=True)
     assert [m.seq for m in history] == sent
     await stream.close()
@@ -255,10 +297,19 @@ async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(dev_mesh: Me
 async def test_delivery_latency_by_path(dev_mesh: Mesh, auth: Auth) -> None:
     """Reports p50/p99 send->receive per path (budgets are the benchmark's job)."""
     users = {
-        ("us-east", "us-east"): (User(dev_mesh, auth, "lat-a1", "us-east"), User(dev_mesh, auth, "lat-b1", "us-east")),
-        ("us-east", "eu"): (User(dev_mesh, auth, "lat-a2", "us-east"), User(dev_mesh, auth, "lat-b2", "eu")),
+        ("us-east", "us-east"): (
+            User(dev_mesh, auth, "lat-a1", "us-east"),
+            User(dev_mesh, auth, "lat-b1", "us-east"),
+        ),
+        ("us-east", "eu"): (
+            User(dev_mesh, auth, "lat-a2", "us-east"),
+            User(dev_mesh, auth, "lat-b2", "eu"),
+        ),
         ("eu", "eu"): (User(dev_mesh, auth, "lat-a3", "eu"), User(dev_mesh, auth, "lat-b3", "eu")),
-        ("eu", "us-east"): (User(dev_mesh, auth, "lat-a4", "eu"), User(dev_mesh, auth, "lat-b4", "us-east")),
+        ("eu", "us-east"): (
+            User(dev_mesh, auth, "lat-a4", "eu"),
+            User(dev_mesh, auth, "lat-b4", "us-east"),
+        ),
     }
     report = []
     for (src, dst), (sender, receiver) in users.items():
@@ -273,9 +324,15 @@ async def test_delivery_latency_by_path(dev_mesh: Mesh, auth: Auth) -> None:
                 event = await stream.next_event(10, kinds=("message_created",))
                 if event.seq == resp.message.seq:
                     break
-            arrived = next(t for t, e in reversed(stream.arrivals) if e.seq == resp.message.seq and e.channel_id == channel)
+            arrived = next(
+                t
+                for t, e in reversed(stream.arrivals)
+                if e.seq == resp.message.seq and e.channel_id == channel
+            )
             samples.append((arrived - t0) * 1000)
-        report.append(f"{src}->{dst}: p50 {statistics.median(samples):.1f} ms, p99 {percentile(samples, 99):.1f} ms")
+        report.append(
+            f"{src}->{dst}: p50 {statistics.median(samples):.1f} ms, p99 {percentile(samples, 99):.1f} ms"
+        )
         await sender.close()
         await receiver.close()
         # Physics: a secondary region's send crosses to the primary and back.

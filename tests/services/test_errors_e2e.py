@@ -9,7 +9,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from chatmesh.v1 import command_service_pb2 as cpb, notification_service_pb2 as npb, query_service_pb2 as qpb
+from chatmesh.v1 import (
+    command_service_pb2 as cpb,
+    notification_service_pb2 as npb,
+    query_service_pb2 as qpb,
+)
 from mesh.auth import KeyDirectory, mint
 from mesh.supervisor import Mesh
 from tests.helpers import Auth, eventually, status_details
@@ -57,7 +61,9 @@ async def test_non_members_are_denied_everywhere(trio: tuple[User, User, str]) -
     await eventually(denied_in_eu, what="PERMISSION_DENIED from eu")
     code, reason, _, _ = await _code(carol.send(channel, "let me in"))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_MEMBER")
-    call = carol.notification.Subscribe(npb.SubscribeRequest(resume_from={channel: 0}), metadata=carol.md)
+    call = carol.notification.Subscribe(
+        npb.SubscribeRequest(resume_from={channel: 0}), metadata=carol.md
+    )
     assert await _stream_code(call) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_MEMBER")
     code, reason, _, _ = await _code(
         carol.command.JoinChannel(cpb.JoinChannelRequest(channel_id=channel), metadata=carol.md)
@@ -69,7 +75,9 @@ async def test_non_members_are_denied_everywhere(trio: tuple[User, User, str]) -
     assert [m.text for m in history.messages] == ["secret"]
 
 
-async def test_missing_forged_and_expired_tokens_are_unauthenticated(dev_mesh: Mesh, trio: tuple[User, User, str]) -> None:
+async def test_missing_forged_and_expired_tokens_are_unauthenticated(
+    dev_mesh: Mesh, trio: tuple[User, User, str]
+) -> None:
     alice, _, channel = trio
     request = qpb.GetHistoryRequest(channel_id=channel)
     other_keys = KeyDirectory(Path(tempfile.mkdtemp()) / "keys")
@@ -78,16 +86,26 @@ async def test_missing_forged_and_expired_tokens_are_unauthenticated(dev_mesh: M
     cases = {
         "missing": ((), "TOKEN_MISSING"),
         "not bearer": ((("authorization", "Basic Zm9vOmJhcg=="),), "TOKEN_MISSING"),
-        "forged": ((("authorization", f"Bearer {mint(other_keys, 'err-alice')}"),), "TOKEN_INVALID"),
+        "forged": (
+            (("authorization", f"Bearer {mint(other_keys, 'err-alice')}"),),
+            "TOKEN_INVALID",
+        ),
         "garbage": ((("authorization", "Bearer not.a.jwt"),), "TOKEN_INVALID"),
-        "expired": ((("authorization", f"Bearer {mint(keys, 'err-alice', ttl_seconds=-120)}"),), "TOKEN_EXPIRED"),
-        "wrong audience": ((("authorization", f"Bearer {mint(keys, 'err-alice', audience='other')}"),), "TOKEN_INVALID"),
+        "expired": (
+            (("authorization", f"Bearer {mint(keys, 'err-alice', ttl_seconds=-120)}"),),
+            "TOKEN_EXPIRED",
+        ),
+        "wrong audience": (
+            (("authorization", f"Bearer {mint(keys, 'err-alice', audience='other')}"),),
+            "TOKEN_INVALID",
+        ),
     }
     for name, (metadata, reason) in cases.items():
         for call in (
             alice.query.GetHistory(request, metadata=metadata),
             alice.command.SendMessage(
-                cpb.SendMessageRequest(channel_id=channel, text="x", client_msg_id=f"tok-{name}"), metadata=metadata
+                cpb.SendMessageRequest(channel_id=channel, text="x", client_msg_id=f"tok-{name}"),
+                metadata=metadata,
             ),
         ):
             code, got_reason, _, _ = await _code(call)
@@ -98,32 +116,113 @@ async def test_missing_forged_and_expired_tokens_are_unauthenticated(dev_mesh: M
     assert [m.text for m in history.messages] == ["secret"]
 
 
-async def test_every_validation_rule_answers_invalid_argument_naming_the_field(trio: tuple[User, User, str]) -> None:
+async def test_every_validation_rule_answers_invalid_argument_naming_the_field(
+    trio: tuple[User, User, str],
+) -> None:
     alice, _, channel = trio
     md = alice.md
     c, q = alice.command, alice.query
     cases = [
-        (c.SendMessage(cpb.SendMessageRequest(channel_id=channel, text="", client_msg_id="v1"), metadata=md), "text", "string.min_len"),
-        (c.SendMessage(cpb.SendMessageRequest(channel_id=channel, text="x" * 4001, client_msg_id="v2"), metadata=md), "text", "string.max_len"),
-        (c.SendMessage(cpb.SendMessageRequest(channel_id=channel, text="   \n", client_msg_id="v3"), metadata=md), "text", "text.not_blank"),
-        (c.SendMessage(cpb.SendMessageRequest(channel_id="nope", text="hi", client_msg_id="v4"), metadata=md), "channel_id", "string.pattern"),
-        (c.SendMessage(cpb.SendMessageRequest(channel_id=channel, text="hi", client_msg_id=""), metadata=md), "client_msg_id", "string.pattern"),
-        (c.CreateChannel(cpb.CreateChannelRequest(name="", member_user_ids=["x"]), metadata=md), "name", "string.min_len"),
-        (c.CreateChannel(cpb.CreateChannelRequest(name="n", member_user_ids=["a", "a"]), metadata=md), "member_user_ids", "repeated.unique"),
-        (c.CreateChannel(cpb.CreateChannelRequest(name="n", member_user_ids=["bad.id"]), metadata=md), "member_user_ids[0]", "string.pattern"),
-        (c.MarkRead(cpb.MarkReadRequest(channel_id=channel, seq=-1), metadata=md), "seq", "int64.gte"),
-        (c.EditMessage(cpb.EditMessageRequest(channel_id=channel, message_id="m", text="t"), metadata=md), "message_id", "string.pattern"),
-        (q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, limit=0), metadata=md), "limit", "int32.gte_lte"),
-        (q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, limit=201), metadata=md), "limit", "int32.gte_lte"),
-        (q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, before_seq=5, after_seq=4), metadata=md), "", "history.bounds_order"),
-        (q.GetPresence(qpb.GetPresenceRequest(user_ids=[]), metadata=md), "user_ids", "repeated.min_items"),
+        (
+            c.SendMessage(
+                cpb.SendMessageRequest(channel_id=channel, text="", client_msg_id="v1"), metadata=md
+            ),
+            "text",
+            "string.min_len",
+        ),
+        (
+            c.SendMessage(
+                cpb.SendMessageRequest(channel_id=channel, text="x" * 4001, client_msg_id="v2"),
+                metadata=md,
+            ),
+            "text",
+            "string.max_len",
+        ),
+        (
+            c.SendMessage(
+                cpb.SendMessageRequest(channel_id=channel, text="   \n", client_msg_id="v3"),
+                metadata=md,
+            ),
+            "text",
+            "text.not_blank",
+        ),
+        (
+            c.SendMessage(
+                cpb.SendMessageRequest(channel_id="nope", text="hi", client_msg_id="v4"),
+                metadata=md,
+            ),
+            "channel_id",
+            "string.pattern",
+        ),
+        (
+            c.SendMessage(
+                cpb.SendMessageRequest(channel_id=channel, text="hi", client_msg_id=""), metadata=md
+            ),
+            "client_msg_id",
+            "string.pattern",
+        ),
+        (
+            c.CreateChannel(cpb.CreateChannelRequest(name="", member_user_ids=["x"]), metadata=md),
+            "name",
+            "string.min_len",
+        ),
+        (
+            c.CreateChannel(
+                cpb.CreateChannelRequest(name="n", member_user_ids=["a", "a"]), metadata=md
+            ),
+            "member_user_ids",
+            "repeated.unique",
+        ),
+        (
+            c.CreateChannel(
+                cpb.CreateChannelRequest(name="n", member_user_ids=["bad.id"]), metadata=md
+            ),
+            "member_user_ids[0]",
+            "string.pattern",
+        ),
+        (
+            c.MarkRead(cpb.MarkReadRequest(channel_id=channel, seq=-1), metadata=md),
+            "seq",
+            "int64.gte",
+        ),
+        (
+            c.EditMessage(
+                cpb.EditMessageRequest(channel_id=channel, message_id="m", text="t"), metadata=md
+            ),
+            "message_id",
+            "string.pattern",
+        ),
+        (
+            q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, limit=0), metadata=md),
+            "limit",
+            "int32.gte_lte",
+        ),
+        (
+            q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, limit=201), metadata=md),
+            "limit",
+            "int32.gte_lte",
+        ),
+        (
+            q.GetHistory(
+                qpb.GetHistoryRequest(channel_id=channel, before_seq=5, after_seq=4), metadata=md
+            ),
+            "",
+            "history.bounds_order",
+        ),
+        (
+            q.GetPresence(qpb.GetPresenceRequest(user_ids=[]), metadata=md),
+            "user_ids",
+            "repeated.min_items",
+        ),
     ]
     for call, field, rule in cases:
         code, reason, fields, message = await _code(call)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and reason == "INVALID_FIELD", (field, rule)
         assert (field, rule) in fields, (field, rule, fields)
         assert rule in message and (field in message if field else True)
-    stream = alice.notification.Subscribe(npb.SubscribeRequest(resume_from={"not-a-channel": 0}), metadata=md)
+    stream = alice.notification.Subscribe(
+        npb.SubscribeRequest(resume_from={"not-a-channel": 0}), metadata=md
+    )
     assert await _stream_code(stream) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
     history = await alice.history(channel)
     assert [m.text for m in history.messages] == ["secret"], "rejected input left no trace"
@@ -134,16 +233,34 @@ async def test_edit_rules(trio: tuple[User, User, str], dev_mesh: Mesh, auth: Au
     bob = User(dev_mesh, auth, "err-bob", "eu")
     try:
         msg = (await alice.send(channel, "mine")).message
-        code, reason, _, _ = await _code(bob.command.EditMessage(
-            cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="yours"), metadata=bob.md))
+        code, reason, _, _ = await _code(
+            bob.command.EditMessage(
+                cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="yours"),
+                metadata=bob.md,
+            )
+        )
         assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_THE_AUTHOR")
-        await alice.command.DeleteMessage(cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id), metadata=alice.md)
-        await alice.command.DeleteMessage(cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id), metadata=alice.md)
-        code, reason, _, _ = await _code(alice.command.EditMessage(
-            cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="again"), metadata=alice.md))
+        await alice.command.DeleteMessage(
+            cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id),
+            metadata=alice.md,
+        )
+        await alice.command.DeleteMessage(
+            cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id),
+            metadata=alice.md,
+        )
+        code, reason, _, _ = await _code(
+            alice.command.EditMessage(
+                cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="again"),
+                metadata=alice.md,
+            )
+        )
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MESSAGE_DELETED")
-        code, reason, _, _ = await _code(alice.command.EditMessage(
-            cpb.EditMessageRequest(channel_id=channel, message_id="msg_" + "0" * 26, text="x"), metadata=alice.md))
+        code, reason, _, _ = await _code(
+            alice.command.EditMessage(
+                cpb.EditMessageRequest(channel_id=channel, message_id="msg_" + "0" * 26, text="x"),
+                metadata=alice.md,
+            )
+        )
         assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND")
     finally:
         await bob.close()
