@@ -179,15 +179,16 @@ class Commands:
             await self._publish(entry.channel_id, entry.seq, entry.event)
 
     async def republish_pending(self) -> int:
-        """Publishes every logged-but-unacknowledged entry (start-up and periodic repair)."""
-        count = 0
-        for entry in await self.log.unpublished():
-            async with self._locks.get(entry.channel_id):
-                before = len(await self.log.unpublished(channel_id=entry.channel_id, limit=1))
-                if before:
-                    await self._flush_channel(entry.channel_id)
-                    count += 1
-        return count
+        """Publishes every logged-but-unacknowledged entry (start-up and periodic repair).
+
+        Returns:
+            The number of channels that had pending entries.
+        """
+        channels = sorted({entry.channel_id for entry in await self.log.unpublished()})
+        for channel_id in channels:
+            async with self._locks.get(channel_id):
+                await self._flush_channel(channel_id)
+        return len(channels)
 
     async def _commit(
         self,
@@ -199,10 +200,7 @@ class Commands:
     ) -> tuple[events_pb2.Event, bool]:
         """Runs the write path for one channel event; returns ``(event, was_duplicate)``."""
         async with self._locks.get(channel_id):
-            try:
-                await self._flush_channel(channel_id)
-            except Unavailable:
-                raise
+            await self._flush_channel(channel_id)
             if idempotency_key is not None:
                 existing = await self.log.by_idempotency_key(idempotency_key)
                 if existing is not None:

@@ -164,13 +164,13 @@ class Fanout:
         return routing_pb2.RouteAck(
             version=inst.version,
             resync_needed=resync,
-            fanout_epoch=self.epoch,
+            fanout_epoch=inst.epoch,
             instance_seq=inst.delivery_seq,
             stream_seq=self.consumer.last_stream_seq,
         ).SerializeToString()
 
     def _register(self, instance_id: str, region: str) -> int:
-        slot = self.table.add_instance(instance_id, region, Subjects.delivery(region, instance_id))
+        slot = self.table.add_instance(instance_id, region, Subjects.delivery(region, instance_id), self.epoch)
         self.table.instance(slot).last_seen = time.monotonic()
         return slot
 
@@ -304,7 +304,7 @@ class Fanout:
             tail = routing_pb2.Delivery(
                 user_ids=users,
                 stream_seq=stream_seq,
-                fanout_epoch=self.epoch,
+                fanout_epoch=inst.epoch,
                 instance_seq=inst.delivery_seq,
             ).SerializeToString()
             await self.nc.publish(inst.subject, head + tail)

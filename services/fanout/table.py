@@ -51,6 +51,9 @@ class Instance:
     """Deliveries published to it in this Fan-Out epoch."""
     synced: bool = False
     """Whether its full route set is known (a snapshot arrived)."""
+    epoch: str = ""
+    """Numbering epoch of its deliveries: new whenever this process (re)registers it,
+    so an instance dropped and re-added sees a new epoch, not a counter going back."""
 
 
 class RoutingTable:
@@ -209,14 +212,14 @@ class RoutingTable:
 
     # -- instances and routes ----------------------------------------------------------
 
-    def add_instance(self, instance_id: str, region: str, subject: str) -> int:
+    def add_instance(self, instance_id: str, region: str, subject: str, epoch: str = "") -> int:
         """Registers an instance (idempotent); returns its slot."""
         slot = self._instance_slot.get(instance_id)
         if slot is None:
             slot = self._next_slot
             self._next_slot += 1
             self._instance_slot[instance_id] = slot
-            self._instances[slot] = Instance(instance_id, region, subject)
+            self._instances[slot] = Instance(instance_id, region, subject, epoch=f"{epoch}.{slot}")
         return slot
 
     def slot_of(self, instance_id: str) -> int | None:

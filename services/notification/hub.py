@@ -102,6 +102,19 @@ class Subscriber:
                 max(0.0, (now_ms() - event.occurred_at.ToMilliseconds()) / 1000)
             )
 
+    def _advance(self, event: events_pb2.Event, source: str) -> None:
+        """Sends the channel event that directly follows what the client has."""
+        self.last[event.channel_id] = event.seq
+        self._push(event, source)
+        if (
+            event.WhichOneof("payload") == "member_left"
+            and event.member_left.user_id == self.user_id
+        ):
+            # The user left: nothing more of this channel belongs on their stream,
+            # and a later sweep must not replay what was said after they left.
+            self.last.pop(event.channel_id, None)
+            self.pending.pop(event.channel_id, None)
+
     def close(self, error: Exception) -> None:
         """Ends the stream with ``error`` (delivered after what is already queued)."""
         if self.closed_with is None:
@@ -129,14 +142,12 @@ class Subscriber:
         channel = event.channel_id
         last = self.last.get(channel)
         if last is None and channel not in self.pending:
-            self.last[channel] = event.seq  # first sight of this channel on this stream
-            self._push(event, source)
+            self._advance(event, source)  # first sight of this channel on this stream
             return
         if last is not None and event.seq <= last:
             return  # already sent
         if last is not None and event.seq == last + 1 and channel not in self.fills:
-            self.last[channel] = event.seq
-            self._push(event, source)
+            self._advance(event, source)
             self._release(channel)
             return
         self.pending.setdefault(channel, {})[event.seq] = event
@@ -145,16 +156,14 @@ class Subscriber:
 
     def _release(self, channel: str) -> None:
         held = self.pending.get(channel)
-        while held:
-            nxt = self.last[channel] + 1
-            event = held.pop(nxt, None)
+        while held and channel in self.last:
+            event = held.pop(self.last[channel] + 1, None)
             if event is None:
                 # Drop anything at or below last (duplicates) and stop at a gap.
                 for seq in [s for s in held if s <= self.last[channel]]:
                     del held[seq]
                 break
-            self.last[channel] = nxt
-            self._push(event, "live")
+            self._advance(event, "live")
         if not held:
             self.pending.pop(channel, None)
 
@@ -169,7 +178,8 @@ class Subscriber:
                     # Give up on the missing range rather than stall the channel forever.
                     logger.warning("gap in %s for %s not in history after %.0fs; skipping to %d",
                                    channel, self.user_id, self.hub.catchup_timeout, target + 1)  # fmt: skip
-                    self.last[channel] = target
+                    if channel in self.last:
+                        self.last[channel] = target
                 self._release(channel)
         except asyncio.CancelledError:
             raise
@@ -187,11 +197,11 @@ class Subscriber:
         """Sends history events that follow ``last`` (catch-up after a sweep)."""
         for event in events:
             channel = event.channel_id
-            last = self.last.get(channel, 0)
-            if event.seq == last + 1:
-                self.last[channel] = event.seq
-                self._push(self.hub.visible(event, self.user_id), "catchup")
-            elif event.seq > last + 1:
+            if channel not in self.last:
+                continue  # no longer on this stream (left)
+            if event.seq == self.last[channel] + 1:
+                self._advance(self.hub.visible(event, self.user_id), "catchup")
+            elif event.seq > self.last[channel] + 1:
                 break
         for channel in {e.channel_id for e in events}:
             self._release(channel)
@@ -451,16 +461,15 @@ class Hub:
         """Sends ``sub`` the history of ``channel`` from its last seq up to ``target_seq``."""
         if not await self._wait_history(channel, target_seq):
             return False
-        while sub.last.get(channel, 0) < target_seq:
-            before = sub.last.get(channel, 0)
+        while channel in sub.last and sub.last[channel] < target_seq:
+            before = sub.last[channel]
             events = await self.history.events_after(channel, before, self.replay_page)
             for event in events:
-                if event.seq > target_seq:
+                if event.seq > target_seq or channel not in sub.last:
                     break
-                if event.seq == sub.last.get(channel, 0) + 1:
-                    sub.last[channel] = event.seq
-                    sub._push(self.visible(event, sub.user_id), "gapfill")
-            if sub.last.get(channel, 0) == before:
+                if event.seq == sub.last[channel] + 1:
+                    sub._advance(self.visible(event, sub.user_id), "gapfill")
+            if sub.last.get(channel) == before:
                 return False  # history has a hole where the gap is: nothing more to read
         return True
 
@@ -488,11 +497,10 @@ class Hub:
                 if sub.replaying or sub.closed_with is not None:
                     continue
                 for channel in list(sub.last):
-                    if channel in sub.fills:
+                    last = sub.last.get(channel)
+                    if last is None or channel in sub.fills:
                         continue
-                    events = await self.history.events_after(
-                        channel, sub.last[channel], self.replay_page
-                    )
+                    events = await self.history.events_after(channel, last, self.replay_page)
                     if events:
                         sub.deliver_history(events)
                         swept += len(events)
