@@ -84,12 +84,18 @@ class KeyDirectory:
 
     def ensure(self) -> None:
         """Creates a key pair and JWKS unless they exist."""
-        if self.private_key_path.exists() and self.public_key_path.exists() and self.jwks_path.exists():
+        if (
+            self.private_key_path.exists()
+            and self.public_key_path.exists()
+            and self.jwks_path.exists()
+        ):
             return
         self.path.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         tmp = self.private_key_path.with_suffix(".tmp")
         tmp.write_bytes(pem)
@@ -154,11 +160,22 @@ def mint(
         ValueError: ``user_id`` is not a valid user id.
     """
     if not USER_ID_RE.match(user_id):
-        raise ValueError(f"invalid user id {user_id!r}: 1-64 letters, digits, '_' or '-', starting alphanumeric")
+        raise ValueError(
+            f"invalid user id {user_id!r}: 1-64 letters, digits, '_' or '-', starting alphanumeric"
+        )
     issued = int(now if now is not None else time.time())
-    claims = {"sub": user_id, "iss": issuer, "aud": audience, "iat": issued, "exp": issued + ttl_seconds}
+    claims = {
+        "sub": user_id,
+        "iss": issuer,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+    }
     return jwt.encode(
-        claims, keys.private_key_pem(), algorithm="ES256", headers={"kid": key_id(keys.public_key_pem())}
+        claims,
+        keys.private_key_pem(),
+        algorithm="ES256",
+        headers={"kid": key_id(keys.public_key_pem())},
     )
 
 

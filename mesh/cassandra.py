@@ -849,7 +849,7 @@ async def cql_query(
     host: str,
     port: int,
     query: str,
-    timeout: float = 5.0,  # noqa: ASYNC109
+    timeout: float = 5.0,
 ) -> list[tuple[CqlValue, ...]]:
     """Runs one CQL statement at consistency ONE over a fresh connection.
 
@@ -894,7 +894,7 @@ async def cql_query(
     return _parse_rows(buf)
 
 
-async def cql_ping(host: str, port: int, timeout: float = 2.0) -> bool:  # noqa: ASYNC109
+async def cql_ping(host: str, port: int, timeout: float = 2.0) -> bool:
     """Checks that a CQL native transport answers an ``OPTIONS`` request.
 
     Args:
@@ -920,7 +920,7 @@ async def cql_ping(host: str, port: int, timeout: float = 2.0) -> bool:  # noqa:
     return op == _OP_SUPPORTED
 
 
-async def wait_schema_agreement(nodes: Sequence[CassandraNode], timeout: float = 60.0) -> str:  # noqa: ASYNC109
+async def wait_schema_agreement(nodes: Sequence[CassandraNode], timeout: float = 60.0) -> str:
     """Waits until every node reports the same schema version.
 
     Args:
@@ -1093,7 +1093,7 @@ class CassandraNode:
                 f"{self.spec.name} exited with {self._proc.returncode}\n{self._tail()}"
             )
 
-    async def wait_log(self, needle: str, timeout: float, *, offset: int = 0) -> int:  # noqa: ASYNC109
+    async def wait_log(self, needle: str, timeout: float, *, offset: int = 0) -> int:
         """Waits until ``system.log`` contains ``needle`` after byte ``offset``.
 
         Args:
@@ -1123,7 +1123,7 @@ class CassandraNode:
             # Polling a file is the readiness signal here; 100 ms keeps the cost low.
             await asyncio.sleep(0.1)
 
-    async def wait_ready(self, timeout: float = 120.0) -> float:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 120.0) -> float:
         """Waits until the node has joined the ring and serves CQL.
 
         Ready means: ``Startup complete`` is logged (the daemon logs it after the
@@ -1152,11 +1152,11 @@ class CassandraNode:
         logger.info("%s ready after %.1fs", self.spec.name, self.ready_after)
         return self.ready_after
 
-    async def query(self, cql: str, timeout: float = 5.0) -> list[tuple[CqlValue, ...]]:  # noqa: ASYNC109
+    async def query(self, cql: str, timeout: float = 5.0) -> list[tuple[CqlValue, ...]]:
         """Runs a CQL statement on this node with :func:`cql_query` (system tables)."""
         return await cql_query(self.spec.listen_address, self.spec.native_port, cql, timeout)
 
-    async def wait_ring(self, dcs: Collection[str], timeout: float) -> dict[str, str]:  # noqa: ASYNC109
+    async def wait_ring(self, dcs: Collection[str], timeout: float) -> dict[str, str]:
         """Waits until this node counts a token-owning node of every DC in ``dcs``.
 
         Gossip marks a peer UP before its tokens (NORMAL state) are applied, and a
@@ -1196,7 +1196,7 @@ class CassandraNode:
         self,
         peer: CassandraNodeSpec,
         up: bool,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
         *,
         offset: int = 0,
     ) -> int:
@@ -1217,7 +1217,7 @@ class CassandraNode:
         state = "UP" if up else "DOWN"
         return await self.wait_log(f"/{peer.endpoint} is now {state}", timeout, offset=offset)
 
-    async def nodetool(self, *args: str, timeout: float = 120.0) -> str:  # noqa: ASYNC109
+    async def nodetool(self, *args: str, timeout: float = 120.0) -> str:
         """Runs ``nodetool`` (``org.apache.cassandra.tools.NodeTool``) against this node.
 
         Needs ``spec.jmx_port``. Example: ``await node.nodetool("repair", "chat")``.
@@ -1271,7 +1271,7 @@ class CassandraNode:
             )
         return out.decode()
 
-    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def stop(self, timeout: float = 30.0) -> None:
         """Stops the daemon: SIGTERM to its process group, SIGKILL after ``timeout``.
 
         Safe to call more than once, or on a node that never started.

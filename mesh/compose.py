@@ -55,6 +55,7 @@ __all__ = [
     "IMAGES",
     "ComposeLayout",
     "check_files",
+    "default_compose_name",
     "render_compose",
     "render_files",
     "secret_files",
@@ -664,7 +665,16 @@ def render_compose(
     }
 
 
-def render_files(topology: Topology, *, compose_name: str = "docker-compose.yml") -> dict[str, str]:
+def default_compose_name(topology: Topology) -> str:
+    """The compose file's name: ``docker-compose.yml`` for ``dev``, else ``docker-compose.<topology>.yml``.
+
+    Plain ``docker compose up`` runs ``dev``; the others need ``-f``. Either way the file sits beside ``deploy/``: compose resolves relative paths
+    against the compose file's folder.
+    """
+    return "docker-compose.yml" if topology.name == "dev" else f"docker-compose.{topology.name}.yml"
+
+
+def render_files(topology: Topology, *, compose_name: str | None = None) -> dict[str, str]:
     """Every generated file of the compose deployment: relative path -> content.
 
     Secrets are not included (see :func:`write_secrets`).
@@ -679,7 +689,9 @@ def render_files(topology: Topology, *, compose_name: str = "docker-compose.yml"
         "First run `make compose-config` (creates the git-ignored secrets), then\n"
         "`docker compose up --build --wait`. See README: Running the production shape with Docker."
     )
-    files[compose_name] = dump_yaml(render_compose(topology), header)
+    files[compose_name or default_compose_name(topology)] = dump_yaml(
+        render_compose(topology), header
+    )
     for region in topology.region_names:
         for i in range(1, topology.region(region).nats_nodes + 1):
             files[layout.nats_conf(region, i)] = render_nats_conf(topology, region, i)
@@ -694,7 +706,7 @@ def render_files(topology: Topology, *, compose_name: str = "docker-compose.yml"
 
 
 def write_compose(
-    topology: Topology, outdir: Path, *, compose_name: str = "docker-compose.yml"
+    topology: Topology, outdir: Path, *, compose_name: str | None = None
 ) -> list[Path]:
     """Writes the compose file and every config file it mounts under ``outdir``.
 
@@ -732,9 +744,7 @@ def _stale(topology: Topology, outdir: Path, files: dict[str, str]) -> list[Path
     )
 
 
-def check_files(
-    topology: Topology, outdir: Path, *, compose_name: str = "docker-compose.yml"
-) -> list[str]:
+def check_files(topology: Topology, outdir: Path, *, compose_name: str | None = None) -> list[str]:
     """Differences between the files under ``outdir`` and what the generator produces.
 
     Returns:
@@ -905,7 +915,11 @@ def _main(argv: list[str] | None = None) -> int:
     gen.add_argument(
         "--out", type=Path, default=None, help="output folder (default: the repository root)"
     )
-    gen.add_argument("--compose-name", default="docker-compose.yml")
+    gen.add_argument(
+        "--compose-name",
+        default=None,
+        help="default: docker-compose.yml for dev, docker-compose.<topology>.yml otherwise",
+    )
     gen.add_argument("--check", action="store_true", help="write nothing; fail if the files differ")
     sec = sub.add_parser("secrets", help="create deploy/<topology>/secrets/ (kept when it exists)")
     sec.add_argument("--topology", default="dev")

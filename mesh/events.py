@@ -16,7 +16,14 @@ from mesh import ids
 __all__ = ["CHANNEL_LOG_KINDS", "is_channel_log_event", "new_event", "now_ms"]
 
 CHANNEL_LOG_KINDS = frozenset(
-    {"message_created", "message_edited", "message_deleted", "member_joined", "member_left", "channel_created"}
+    {
+        "message_created",
+        "message_edited",
+        "message_deleted",
+        "member_joined",
+        "member_left",
+        "channel_created",
+    }
 )
 """Event kinds that take a seq in their channel's log (stored and replayed)."""
 
@@ -26,10 +33,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def new_event(channel_id: str, *, seq: int, origin_region: str, actor: str, at_ms: int | None = None) -> events_pb2.Event:
+def new_event(
+    channel_id: str, *, seq: int, origin_region: str, actor: str, at_ms: int | None = None
+) -> events_pb2.Event:
     """An envelope with a fresh id and timestamp; the caller sets the payload."""
     event = events_pb2.Event(
-        event_id=ids.new("evt"), channel_id=channel_id, seq=seq, origin_region=origin_region, actor_user_id=actor
+        event_id=ids.new("evt"),
+        channel_id=channel_id,
+        seq=seq,
+        origin_region=origin_region,
+        actor_user_id=actor,
     )
     event.occurred_at.FromMilliseconds(now_ms() if at_ms is None else at_ms)
     return event

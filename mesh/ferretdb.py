@@ -553,7 +553,7 @@ class FerretDB:
 
     # The deadline is enforced inside (polls bounded by it), so a `timeout` argument
     # is the clearer contract here than asking callers for asyncio.timeout().
-    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float = 30.0) -> None:
         """Waits until this server listens on its address and answers ``ping``.
 
         Ready means both: the server's own log says ``Listening on TCP <address>``

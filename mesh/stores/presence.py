@@ -63,8 +63,12 @@ class PresenceStore:
             instance_id: The notification instance (writers only).
             instance_ttl: Seconds an instance counts as alive after its last heartbeat.
         """
-        self._primary = valkey_async.Valkey.from_url(primary_url, socket_timeout=5.0, socket_connect_timeout=3.0)
-        self._replica = valkey_async.Valkey.from_url(replica_url, socket_timeout=5.0, socket_connect_timeout=3.0)
+        self._primary = valkey_async.Valkey.from_url(
+            primary_url, socket_timeout=5.0, socket_connect_timeout=3.0
+        )
+        self._replica = valkey_async.Valkey.from_url(
+            replica_url, socket_timeout=5.0, socket_connect_timeout=3.0
+        )
         self.region = region
         self.instance_id = instance_id
         self.instance_ttl = instance_ttl
@@ -76,7 +80,9 @@ class PresenceStore:
 
     async def heartbeat(self) -> None:
         """Marks this instance alive for ``instance_ttl`` seconds."""
-        await self._primary.set(f"chatmesh:inst:{self.instance_id}", "1", px=int(self.instance_ttl * 1000))
+        await self._primary.set(
+            f"chatmesh:inst:{self.instance_id}", "1", px=int(self.instance_ttl * 1000)
+        )
 
     async def _apply(self, user_id: str, delta: int) -> tuple[int, int]:
         result = await self._change(
@@ -128,7 +134,11 @@ class PresenceStore:
         result = []
         for user, (fields, seen) in zip(user_ids, parsed, strict=True):
             regions = sorted(
-                {f.split("/", 1)[0] for f, n in fields.items() if n > 0 and f.split("/", 1)[-1] in alive}
+                {
+                    f.split("/", 1)[0]
+                    for f, n in fields.items()
+                    if n > 0 and f.split("/", 1)[-1] in alive
+                }
             )
             presence = presence_pb2.Presence(user_id=user, regions=regions)
             if regions:

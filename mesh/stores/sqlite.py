@@ -200,16 +200,19 @@ class SqliteMetadataStore(_Db):
         try:
             if kind == "channel_created":
                 ch = event.channel_created.channel
-                conn.execute(
+                created = conn.execute(
                     "INSERT INTO channels (channel_id, name, created_by, created_at_ms, visibility, last_seq, "
                     "membership_seq, last_activity_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (ch.channel_id, ch.name, ch.created_by_user_id, ch.created_at.ToMilliseconds(),
                      int(ch.visibility), event.seq, event.seq, occurred_ms),
                 )  # fmt: skip
-                conn.executemany(
-                    "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)",
-                    [(ch.channel_id, u) for u in ch.member_user_ids],
-                )
+                if created.rowcount:
+                    # Only on first application: a redelivered creation must not
+                    # bring back members who have left since.
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)",
+                        [(ch.channel_id, u) for u in ch.member_user_ids],
+                    )
             elif kind in ("member_joined", "member_left"):
                 row = conn.execute(
                     "SELECT membership_seq FROM channels WHERE channel_id = ?", (event.channel_id,)

@@ -23,7 +23,7 @@ async def main(cfg: CommandConfig) -> None:
     nc = await connect(list(cfg.nats_servers), name=f"command-{cfg.instance_id}", user=cfg.nats_user,
                        password=cfg.nats_password)  # fmt: skip
     command_store = await open_command(cfg.command_store)
-    metadata = await open_metadata(cfg.metadata_store)
+    metadata = await open_metadata(cfg.metadata_store, primary_reads=True)
     commands = Commands(
         nc=nc,
         command_store=command_store,

@@ -17,8 +17,9 @@ class WorkerConfig(CommonConfig):
     """DSN of the history store this worker writes."""
     metadata_store: str = ""
     """DSN of the metadata store to project channel/member/read-marker events into
-    (embedded backend outside the primary); empty: leave metadata alone (the
-    Command Service writes it, or the database replicates it)."""
+    (embedded backend outside the primary only); empty: leave metadata alone (the
+    Command Service writes it, and MongoDB replicates it — a worker must never be
+    a second writer of a ``mongodb://`` metadata store)."""
     stream: str = "EVENTS"
     """Stream to consume: EVENTS in the primary, the region's mirror elsewhere."""
     consumer_name: str = "worker-us-east"

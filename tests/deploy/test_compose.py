@@ -10,6 +10,7 @@ config loader.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -27,8 +28,7 @@ import yaml
 
 from mesh import compose, natsconf
 from mesh.auth import KeyDirectory, mint
-from mesh.config import CommonConfig, ConfigError
-from mesh.config import load as load_config
+from mesh.config import CommonConfig, ConfigError, load as load_config
 from mesh.nats import nats_server_binary
 from mesh.paths import repo_root
 from mesh.topology import Topology, load
@@ -162,8 +162,9 @@ def deployment(
     return topo, out
 
 
-def _doc(out: Path) -> dict[str, Any]:
-    data = yaml.safe_load((out / "docker-compose.yml").read_text())
+def _doc(out: Path, topo: Topology | None = None) -> dict[str, Any]:
+    name = compose.default_compose_name(topo) if topo else "docker-compose.yml"
+    data = yaml.safe_load((out / name).read_text())
     assert isinstance(data, dict)
     return data
 
@@ -172,18 +173,18 @@ def _doc(out: Path) -> dict[str, Any]:
 
 
 def test_compose_file_matches_the_compose_spec(deployment: tuple[Topology, Path]) -> None:
-    _, out = deployment
-    assert schema_errors(_doc(out)) == []
+    topo, out = deployment
+    assert schema_errors(_doc(out, topo)) == []
 
 
 def test_dependencies_healthchecks_volumes_and_images(deployment: tuple[Topology, Path]) -> None:
-    _, out = deployment
-    assert structure_problems(_doc(out)) == []
+    topo, out = deployment
+    assert structure_problems(_doc(out, topo)) == []
 
 
 def test_every_referenced_file_exists(deployment: tuple[Topology, Path]) -> None:
     topo, out = deployment
-    refs = referenced_files(_doc(out))
+    refs = referenced_files(_doc(out, topo))
     assert refs, "the compose file references no files"
     missing = sorted(
         ref for ref in refs if not (out / ref).is_file() and not (repo_root() / ref).is_file()
@@ -197,7 +198,7 @@ def test_every_referenced_file_exists(deployment: tuple[Topology, Path]) -> None
 
 def test_services_match_the_topology(deployment: tuple[Topology, Path]) -> None:
     topo, out = deployment
-    doc = _doc(out)
+    doc = _doc(out, topo)
     assert set(doc["services"]) == expected_services(topo)
     assert doc["x-chatmesh"]["regions"] == topo.region_names
     published = {name: spec["ports"] for name, spec in doc["services"].items() if "ports" in spec}
@@ -267,7 +268,7 @@ def test_nats_configs_pass_nats_server_check_with_the_secrets(
 
 def test_service_environments_load_as_service_configs(deployment: tuple[Topology, Path]) -> None:
     topo, out = deployment
-    doc = _doc(out)
+    doc = _doc(out, topo)
     perms = natsconf.service_permissions(topo)
     for name, spec in doc["services"].items():
         command = spec.get("command", [])
@@ -309,7 +310,7 @@ def test_service_environments_load_as_service_configs(deployment: tuple[Topology
 
 def test_data_stores_follow_the_regions(deployment: tuple[Topology, Path]) -> None:
     topo, out = deployment
-    doc = _doc(out)
+    doc = _doc(out, topo)
     for region in topo.region_names:
         env = doc["services"][f"cassandra-{region}"]["environment"]
         assert env["CASSANDRA_DC"] == region
@@ -469,13 +470,24 @@ async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_pat
         cmd = [sys.executable, "-m", "mesh.compose", "ensure-streams", str(streams)]
         # Twice: the job must be idempotent (compose re-runs it on every `up`).
         for _ in range(2):
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=repo_root())
-            assert result.returncode == 0, result.stderr
-        nc = await connect(mesh.nats_urls("eu"), name="check", user=admin.user, password=admin.password)
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                env=env,
+                cwd=repo_root(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+            assert proc.returncode == 0, stderr.decode()
+        nc = await connect(
+            mesh.nats_urls("eu"), name="check", user=admin.user, password=admin.password
+        )
         try:
             for config in json.loads(streams.read_text()):
                 info = await js_api(nc, f"$JS.API.STREAM.INFO.{config['name']}")
                 assert info["config"]["num_replicas"] == config["num_replicas"]
-                assert info["cluster"]["name"] == config["placement"]["tags"][0].removeprefix("region:")
+                assert info["cluster"]["name"] == config["placement"]["tags"][0].removeprefix(
+                    "region:"
+                )
         finally:
             await nc.drain()

@@ -21,7 +21,12 @@ def test_rendered_configs_pass_nats_server_config_check(name: str, tmp_path: Pat
     confs = [p for p in paths if p.suffix == ".conf"]
     assert len(confs) == sum(r.nats_nodes for r in topo.regions)
     for conf in confs:
-        result = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [nats_server_binary(), "-t", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.returncode == 0, f"{conf.name}: {result.stdout}{result.stderr}"
 
 
@@ -29,13 +34,17 @@ def test_durability_and_placement_policy() -> None:
     topo = load("ha")
     plans = example_nats_plans(topo)
     creds = natsconf.make_credentials(topo)
-    primary = json.loads(natsconf.render_server_conf(topo, plans["us-east"][0], creds).split("\n", 1)[1])
+    primary = json.loads(
+        natsconf.render_server_conf(topo, plans["us-east"][0], creds).split("\n", 1)[1]
+    )
     other = json.loads(natsconf.render_server_conf(topo, plans["eu"][0], creds).split("\n", 1)[1])
     assert primary["jetstream"]["sync_interval"] == "always"
     assert "sync_interval" not in other["jetstream"]  # mirrors re-sync from the primary
     assert primary["server_tags"] == ["region:us-east"]
     assert primary["gateway"]["advertise"] == natsconf.GATEWAY_ADVERTISE_SENTINEL
-    assert primary["jetstream"]["max_file_store"] > 0 and primary["jetstream"]["max_memory_store"] > 0
+    assert (
+        primary["jetstream"]["max_file_store"] > 0 and primary["jetstream"]["max_memory_store"] > 0
+    )
     events = natsconf.events_stream_config(topo)
     assert events["num_replicas"] == 3 and events["placement"] == {"tags": ["region:us-east"]}
     mirror = natsconf.mirror_stream_config(topo, "eu")

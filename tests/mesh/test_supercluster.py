@@ -74,7 +74,11 @@ async def test_interest_based_forwarding_keeps_local_subjects_local(three: Mesh)
     pub = await three.nats_client("us-east", user="bench")
     local = await _received(await three.nats_client("us-east", user="bench"), "bench.local.only")
     remote = await _received(await three.nats_client("eu", user="bench"), "bench.wanted.in.eu")
-    await eventually(lambda: _published_and_seen(pub, "bench.wanted.in.eu", remote), timeout=10, what="eu interest")
+    await eventually(
+        lambda: _published_and_seen(pub, "bench.wanted.in.eu", remote),
+        timeout=10,
+        what="eu interest",
+    )
     n = 500
 
     before = await _gateway_out_msgs(three, "us-east", "eu")
@@ -91,7 +95,9 @@ async def test_interest_based_forwarding_keeps_local_subjects_local(three: Mesh)
     await eventually(lambda: _count_at_least(remote, n), what="remote delivery")
     remote_delta = await _gateway_out_msgs(three, "us-east", "eu") - before
 
-    print(f"\ngateway us-east->eu messages: local-only subject {local_delta}, eu-interest subject {remote_delta}")
+    print(
+        f"\ngateway us-east->eu messages: local-only subject {local_delta}, eu-interest subject {remote_delta}"
+    )
     # The gateway's own counter: the eu-interest subject crossed n times; the
     # local subject (background JetStream/mirror traffic aside) did not cross.
     assert remote_delta >= n
@@ -116,7 +122,9 @@ async def _one_way_ms(pub: NATS, sub: NATS, subject: str, samples: int) -> list[
 
     await sub.subscribe(subject, cb=cb)
     await sub.flush()
-    await eventually(lambda: _probe(pub, subject, arrivals), timeout=10, what=f"interest in {subject}")
+    await eventually(
+        lambda: _probe(pub, subject, arrivals), timeout=10, what=f"interest in {subject}"
+    )
     result = []
     for _ in range(samples):
         sent = time.perf_counter()
@@ -164,14 +172,24 @@ async def test_gateways_only_use_the_link_proxies(three: Mesh) -> None:
             gw = await node.monitor("gatewayz")
             for dst, info in (gw.get("outbound_gateways") or {}).items():
                 port = info["connection"]["port"]
-                expected = {p.listen[1] for p in proxies.values() if p.src == src and p.dst == dst and "nats-gw" in p.name}
-                assert port in expected, f"{node.plan.server_name} -> {dst} bypasses the link proxy (port {port})"
+                expected = {
+                    p.listen[1]
+                    for p in proxies.values()
+                    if p.src == src and p.dst == dst and "nats-gw" in p.name
+                }
+                assert port in expected, (
+                    f"{node.plan.server_name} -> {dst} bypasses the link proxy (port {port})"
+                )
 
 
 async def test_cut_link_stops_delivery_and_heal_resumes_it(three: Mesh) -> None:
     pub = await three.nats_client("us-east", user="bench")
     inbox = await _received(await three.nats_client("eu", user="bench"), "bench.partition")
-    await eventually(lambda: _published_and_seen(pub, "bench.partition", inbox), timeout=10, what="initial delivery")
+    await eventually(
+        lambda: _published_and_seen(pub, "bench.partition", inbox),
+        timeout=10,
+        what="initial delivery",
+    )
     await three.wan.cut("us-east", "eu")
     try:
         inbox.clear()
@@ -179,13 +197,19 @@ async def test_cut_link_stops_delivery_and_heal_resumes_it(three: Mesh) -> None:
             await pub.publish("bench.partition", b"during-cut")
         await pub.flush()
         # Asia still hears us-east: the cut is one link, not the primary going dark.
-        asia_inbox = await _received(await three.nats_client("asia", user="bench"), "bench.partition.asia")
+        asia_inbox = await _received(
+            await three.nats_client("asia", user="bench"), "bench.partition.asia"
+        )
         await eventually(lambda: _published_and_seen(pub, "bench.partition.asia", asia_inbox), timeout=10,
                          what="us-east->asia during the eu cut")  # fmt: skip
         assert b"during-cut" not in inbox
     finally:
         await three.wan.heal("us-east", "eu")
-    await eventually(lambda: _published_and_seen(pub, "bench.partition", inbox), timeout=20, what="delivery after heal")
+    await eventually(
+        lambda: _published_and_seen(pub, "bench.partition", inbox),
+        timeout=20,
+        what="delivery after heal",
+    )
 
 
 async def test_mirror_catches_up_after_a_20s_partition(three: Mesh) -> None:
@@ -231,10 +255,19 @@ async def test_mirror_catches_up_after_a_20s_partition(three: Mesh) -> None:
     print(f"\nmirror caught up {len(sent)} messages {time.monotonic() - healed:.1f}s after healing")
     digest_src, digest_mirror = hashlib.sha256(), hashlib.sha256()
     for seq in range(1, len(sent) + 1):
-        for stream, digest, nc in (("PARTSRC", digest_src, admin), ("PARTSRC_EU", digest_mirror, eu_admin)):
-            msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=5)
+        for stream, digest, nc in (
+            ("PARTSRC", digest_src, admin),
+            ("PARTSRC_EU", digest_mirror, eu_admin),
+        ):
+            msg = await nc.request(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=5
+            )
             digest.update(msg.data)
-    assert digest_mirror.hexdigest() == digest_src.hexdigest() == hashlib.sha256(b"".join(sent)).hexdigest()
+    assert (
+        digest_mirror.hexdigest()
+        == digest_src.hexdigest()
+        == hashlib.sha256(b"".join(sent)).hexdigest()
+    )
 
 
 async def test_valkey_replica_serves_stale_reads_during_a_cut_and_catches_up(three: Mesh) -> None:
@@ -242,7 +275,9 @@ async def test_valkey_replica_serves_stale_reads_during_a_cut_and_catches_up(thr
     replica = valkey_async.Valkey.from_url(three.valkey["eu"].url)
     try:
         await primary.set("pres:test", "v1")
-        await eventually(lambda: _equals(replica, "pres:test", b"v1"), timeout=10, what="replication of v1")
+        await eventually(
+            lambda: _equals(replica, "pres:test", b"v1"), timeout=10, what="replication of v1"
+        )
         await three.wan.cut("us-east", "eu")
         try:
             await eventually(lambda: _link_down(three), timeout=30, what="replica noticing the cut")
@@ -250,7 +285,9 @@ async def test_valkey_replica_serves_stale_reads_during_a_cut_and_catches_up(thr
             assert await replica.get("pres:test") == b"v1"  # stale, but served
         finally:
             await three.wan.heal("us-east", "eu")
-        await eventually(lambda: _equals(replica, "pres:test", b"v2"), timeout=30, what="replica catch-up")
+        await eventually(
+            lambda: _equals(replica, "pres:test", b"v2"), timeout=30, what="replica catch-up"
+        )
         info = await three.valkey["eu"].replication_info()
         assert info["master_link_status"] == "up"
     finally:

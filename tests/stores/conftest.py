@@ -108,11 +108,6 @@ async def _mongo_dsn(fixtures: Mapping[str, Any]) -> AsyncIterator[str]:
         await client.close()
 
 
-_SQLITE_RESURRECTS = (
-    "SqliteMetadataStore.apply(channel_created) inserts the initial members even when the "
-    "channel already exists, so a redelivered channel_created re-adds members who left"
-)
-
 # ------------------------------------------------------------------------ registries
 
 COMMAND_BACKENDS: dict[str, Backend] = {
@@ -122,14 +117,7 @@ COMMAND_BACKENDS: dict[str, Backend] = {
     ),
 }
 METADATA_BACKENDS: dict[str, Backend] = {
-    "sqlite": Backend(
-        "sqlite",
-        _sqlite("metadata.db"),
-        requires=("tmp_path",),
-        known_failures={
-            "test_redelivered_channel_created_does_not_resurrect_members": _SQLITE_RESURRECTS
-        },
-    ),
+    "sqlite": Backend("sqlite", _sqlite("metadata.db"), requires=("tmp_path",)),
     "mongo": Backend(
         "mongo", _mongo_dsn, requires=("ferretdb_server",), marks=(pytest.mark.mongo,)
     ),

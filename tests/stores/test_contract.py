@@ -13,11 +13,16 @@ import dataclasses
 import random
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2, presence_pb2
+from mesh.errors import Unavailable
 from mesh.events import new_event
+from mesh.ferretdb import FerretDB
+from mesh.ports import allocate
 from mesh.stores import (
     UNREAD_CAP,
     CommandStore,
@@ -31,6 +36,7 @@ from mesh.stores import (
     open_history,
     open_metadata,
 )
+from mesh.stores.mongo import open_mongo_command, open_mongo_metadata
 
 T0 = 1_767_000_000_000
 """A fixed wall-clock origin (ms) so timestamps in assertions are exact."""
@@ -59,7 +65,7 @@ def created(
     seq: int = 1,
     name: str = "general",
     by: str = "alice",
-    visibility: channel_pb2.ChannelVisibility.ValueType = PUBLIC,
+    visibility: channel_pb2.ChannelVisibility = PUBLIC,
     at_ms: int | None = None,
 ) -> events_pb2.Event:
     event = _event(channel_id, seq, at_ms, by)
@@ -608,7 +614,10 @@ async def test_all_memberships_pages_by_channel_id(metadata_store: MetadataStore
     assert any(not m for _, _, m in expected)  # a channel without members is listed too
 
     pages, after = [], ""
-    while page := await metadata_store.all_memberships(after, limit=5):
+    for _ in range(len(ids) + 1):  # bounded: a backend that repeats a page must fail, not hang
+        page = await metadata_store.all_memberships(after, limit=5)
+        if not page:
+            break
         pages.append(page)
         after = page[-1][0]
     assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
@@ -896,7 +905,7 @@ async def test_large_channel_pages_completely_both_ways(history_store: HistorySt
     backwards: list[int] = []
     before: int | None = None  # first page: the newest
     pages = 0
-    while True:
+    for _ in range(n // 200 + 1):  # bounded: a repeated page must fail, not hang
         page = await history_store.history("ch_big", before_seq=before, limit=200)
         pages += 1
         assert page.last_seq == n + 1
@@ -911,7 +920,7 @@ async def test_large_channel_pages_completely_both_ways(history_store: HistorySt
 
     forwards: list[int] = []
     after = 0  # from the start
-    while True:
+    for _ in range(n // 200 + 1):
         page = await history_store.history("ch_big", after_seq=after, limit=200)
         forwards += seqs(page.messages)
         if not page.has_more:
@@ -939,3 +948,111 @@ async def test_history_store_survives_reopen(history_store: HistoryStore, histor
         assert await again.apply(events) == 0
     finally:
         await again.close()
+
+
+# ============================================== MongoDB-wire specifics (not contract)
+# How the MongoDB-wire stores lay out data and choose servers: what the contract
+# above cannot see, but production on a real replica set depends on.
+
+
+@pytest.mark.mongo
+async def test_mongo_layout_indexes_and_read_preferences(ferretdb_server: FerretDB) -> None:
+    base = f"{ferretdb_server.uri}layout?replicaSet=rs0&serverSelectionTimeoutMS=5000"
+    command = await open_mongo_command(f"{base}&readPreference=nearest")
+    nearest = await open_mongo_metadata(f"{base}&readPreference=nearest")
+    primary = await open_mongo_metadata(f"{base}&readPreference=nearest", read_preference="primary")
+    default = await open_mongo_metadata(base)
+    raw: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(base)
+    try:
+        assert nearest.read_preference.mongos_mode == "nearest"
+        assert primary.read_preference.mongos_mode == "primary"
+        assert default.read_preference.mongos_mode == "primary"
+        assert command.read_preference.mongos_mode == "primary"  # whatever the DSN says
+
+        await command.append(entry("ch_a", 3))
+        await command.append(entry("ch_a", 4, "send:alice:k"))
+        docs = await raw.layout.command_log.find({}, {"event": 0}).sort("_id", 1).to_list()
+        # The _id is the (channel, seq) pair, and a missing key is absent (not null),
+        # which the sparse unique index on real MongoDB needs.
+        assert docs == [
+            {
+                "_id": "ch_a:00000000000000000003",
+                "channel_id": "ch_a",
+                "seq": 3,
+                "published": False,
+            },
+            {
+                "_id": "ch_a:00000000000000000004",
+                "channel_id": "ch_a",
+                "seq": 4,
+                "published": False,
+                "idempotency_key": "send:alice:k",
+            },
+        ]
+        log_indexes = await raw.layout.command_log.index_information()
+        assert log_indexes["channel_seq"]["key"] == [("channel_id", 1), ("seq", 1)]
+        assert log_indexes["channel_seq"]["unique"] is True
+        assert log_indexes["idempotency_key"]["unique"] is True
+        assert log_indexes["unpublished"]["key"] == [
+            ("published", 1),
+            ("channel_id", 1),
+            ("seq", 1),
+        ]
+        member_indexes = await raw.layout.memberships.index_information()
+        assert member_indexes["by_channel"]["key"] == [
+            ("channel_id", 1),
+            ("member", 1),
+            ("user_id", 1),
+        ]
+        assert member_indexes["by_user"]["key"] == [
+            ("user_id", 1),
+            ("member", 1),
+            ("channel_id", 1),
+        ]
+        assert await raw.layout.schema.find().sort("_id", 1).to_list() == [
+            {"_id": "command", "version": 1},
+            {"_id": "metadata", "version": 1},
+        ]
+
+        await primary.apply(created("ch_a", ["alice", "bob"]))
+        await primary.apply(left("ch_a", 2, "bob"))
+        members = (
+            await raw.layout.memberships.find({}, {"_id": 1, "member": 1, "seq": 1})
+            .sort("_id", 1)
+            .to_list()
+        )
+        # A leave keeps a tombstone, so a redelivered older join cannot bring bob back.
+        assert members == [
+            {"_id": "ch_a:alice", "member": True, "seq": 1},
+            {"_id": "ch_a:bob", "member": False, "seq": 2},
+        ]
+        assert await nearest.members("ch_a") == (["alice"], 2)
+    finally:
+        for store in (command, nearest, primary, default):
+            await store.close()
+        await raw.drop_database("layout")
+        await raw.close()
+
+
+@pytest.mark.mongo
+async def test_mongo_refuses_a_schema_from_newer_code(ferretdb_server: FerretDB) -> None:
+    dsn = f"{ferretdb_server.uri}newer?replicaSet=rs0&serverSelectionTimeoutMS=5000"
+    raw: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(dsn)
+    try:
+        await raw.newer.schema.insert_one({"_id": "metadata", "version": 99})
+        with pytest.raises(RuntimeError, match="metadata schema in database 'newer' is version 99"):
+            await open_mongo_metadata(dsn)
+    finally:
+        await raw.drop_database("newer")
+        await raw.close()
+
+
+@pytest.mark.mongo
+async def test_mongo_unreachable_server_is_unavailable_within_the_timeout() -> None:
+    port = allocate("127.0.0.1")  # nothing listens there
+    dsn = f"mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        await open_mongo_command(dsn)
+    assert caught.value.reason == "BACKEND_UNAVAILABLE"
+    assert time.monotonic() - started < 5

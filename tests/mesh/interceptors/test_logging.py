@@ -1,0 +1,35 @@
+"""AccessLog: one line per RPC with method, caller, status and duration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import pytest
+
+from chatmesh.v1 import notification_service_pb2 as npb, query_service_pb2 as qpb
+from mesh.errors import NotFound
+from mesh.interceptors import AccessLog, ErrorMapper
+
+REQ = qpb.GetHistoryRequest(channel_id="ch_" + "a" * 26)
+
+
+async def test_one_line_per_rpc_with_status(serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    h = await serve([AccessLog("query"), ErrorMapper()])
+    with caplog.at_level(logging.INFO, logger="chatmesh.access"):
+        await h.query.GetHistory(REQ)
+
+        async def missing(request: Any, context: Any) -> Any:
+            raise NotFound("CHANNEL_NOT_FOUND", "gone")
+
+        h.script.unary = missing
+        with pytest.raises(grpc.aio.AioRpcError):
+            await h.query.GetHistory(REQ)
+        async for _ in h.notification.Subscribe(npb.SubscribeRequest()):
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "chatmesh.access"]
+    assert len(lines) == 3
+    assert lines[0].startswith("rpc /chatmesh.v1.QueryService/GetHistory service=query user=- code=OK")
+    assert "code=NOT_FOUND" in lines[1]
+    assert "/chatmesh.v1.NotificationService/Subscribe" in lines[2] and "items=2" in lines[2]

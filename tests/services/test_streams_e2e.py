@@ -1,0 +1,75 @@
+"""Stream behaviour users notice: heartbeats on idle streams, slow clients cut off alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from chatmesh.v1 import notification_service_pb2 as npb, notification_service_pb2_grpc as ngrpc
+from mesh.supervisor import Mesh
+from tests.helpers import Auth, status_details
+from tests.services.client import User
+
+pytestmark = pytest.mark.services
+
+
+async def test_idle_stream_gets_heartbeats(dev_mesh: Mesh, auth: Auth) -> None:
+    user = User(dev_mesh, auth, "idle-ivy", "eu")
+    try:
+        stream = await user.subscribe()
+        await stream.replayed()
+        started = time.monotonic()
+        item = await stream.next(timeout=10)
+        while not item.HasField("heartbeat"):  # her own "online" presence may come first
+            assert item.HasField("event") and item.event.HasField("presence_changed"), item
+            started = time.monotonic()
+            item = await stream.next(timeout=10)
+        assert item.heartbeat.timeout_ms == 6000  # three intervals of the test's 2 s
+        assert time.monotonic() - started < 6
+    finally:
+        await user.close()
+
+
+async def test_slow_client_is_disconnected_without_slowing_others(dev_mesh: Mesh, auth: Auth) -> None:
+    alice = User(dev_mesh, auth, "slow-alice", "us-east")
+    sloth = User(dev_mesh, auth, "slow-sloth", "eu")
+    quick = User(dev_mesh, auth, "slow-quick", "eu")
+    try:
+        channel = await alice.create_channel("slow", "slow-sloth", "slow-quick")
+        # The sloth opens a stream and never reads it: HTTP/2 flow control stops
+        # the server from writing, so its bounded queue fills up.
+        # A small, fixed HTTP/2 window (no BDP probing) so a client that does
+        # not read really stops the server's writes.
+        sloth_channel = grpc.aio.insecure_channel(
+            dev_mesh.endpoints["eu"]["grpc"]["notification"][0],
+            options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 20)],
+        )
+        sloth_call = ngrpc.NotificationServiceStub(sloth_channel).Subscribe(npb.SubscribeRequest(), metadata=sloth.md)
+        quick_stream = await quick.subscribe()
+        await quick_stream.replayed()
+        await asyncio.sleep(0)  # let the sloth's call start
+        text = "x" * 3900
+        sent = [(await alice.send(channel, f"{i} {text}")).message.seq for i in range(300)]
+        received = []
+        while len(received) < len(sent):
+            event = await quick_stream.next_event(20, kinds=("message_created",))
+            received.append(event.seq)
+        assert received == sent  # the quick reader got everything, in order
+        # Now the sloth reads: what was queued, then the disconnect with a clear status.
+        async def drain() -> None:
+            async for _ in sloth_call:
+                pass
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(drain(), 30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert status_details(info.value)[0] == "SLOW_CONSUMER"
+        assert "resume_from" in (info.value.details() or "")
+    finally:
+        await sloth_channel.close()
+        await alice.close()
+        await sloth.close()
+        await quick.close()
