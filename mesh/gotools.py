@@ -1,8 +1,9 @@
-"""Go programs the harness builds from the Go module proxy (Toxiproxy, FerretDB).
+"""Go programs the harness builds from the Go module proxy (Toxiproxy).
 
-Neither is published on PyPI, npm or Debian, so the harness builds the pinned
-release once per machine with ``go install`` into ``cache_dir()/bin`` and reuses
-it. A lock file keeps two processes (say, two pytest workers) from building at
+Toxiproxy's server is not published on PyPI, npm or Debian, so the harness
+builds the pinned release once per machine with ``go install`` into
+``cache_dir()/bin`` and reuses it. (FerretDB needs a patched module tree to
+build, so :mod:`mesh.ferretdb` does that itself.) A lock file keeps two processes (say, two pytest workers) from building at
 the same time.
 
 Example:
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from mesh.paths import cache_dir
 
-__all__ = ["FERRETDB", "TOXIPROXY", "GoTool", "GoToolError"]
+__all__ = ["TOXIPROXY", "GoTool", "GoToolError"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +119,3 @@ TOXIPROXY = GoTool(
     name="toxiproxy-server",
 )
 """Shopify's Toxiproxy: the TCP proxies that emulate the WAN between regions."""
-
-FERRETDB = GoTool(
-    package="github.com/FerretDB/FerretDB/cmd/ferretdb",
-    version="v1.24.2",
-    built_name="ferretdb",
-    name="ferretdb",
-)
-"""FerretDB 1.x (SQLite handler): the MongoDB wire-protocol server for tests."""
