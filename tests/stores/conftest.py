@@ -49,6 +49,7 @@ from mesh.stores import (
     open_history,
     open_metadata,
 )
+from tests.stores.cassandra_backend import cassandra_cluster, cassandra_dsn  # noqa: F401 - fixtures
 
 DsnFactory = Callable[[Mapping[str, Any]], AbstractAsyncContextManager[str]]
 """Takes the resolved fixtures a backend ``requires``; yields a fresh store's DSN."""
@@ -124,7 +125,9 @@ METADATA_BACKENDS: dict[str, Backend] = {
 }
 HISTORY_BACKENDS: dict[str, Backend] = {
     "sqlite": Backend("sqlite", _sqlite("history.db"), requires=("tmp_path",)),
-    # "cassandra": see the module docstring.
+    "cassandra": Backend(
+        "cassandra", cassandra_dsn, requires=("cassandra_cluster",), marks=(pytest.mark.cassandra,)
+    ),
 }
 
 
