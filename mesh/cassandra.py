@@ -72,6 +72,7 @@ from types import TracebackType
 
 from mesh.paths import cache_dir
 from mesh.ports import allocate
+from mesh.process import die_with_parent
 
 __all__ = [
     "CASSANDRA_VERSION",
@@ -1042,7 +1043,7 @@ class CassandraNode:
         with open(self.stdout_path, "ab") as out:  # noqa: ASYNC230
             # Own session: stop() signals the whole group, so nothing is left behind.
             self._proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *die_with_parent(argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

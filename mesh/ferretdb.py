@@ -54,6 +54,7 @@ from typing import Any
 
 from mesh.paths import cache_dir
 from mesh.ports import allocate
+from mesh.process import die_with_parent
 
 __all__ = [
     "FERRETDB_VERSION",
@@ -527,7 +528,7 @@ class FerretDB:
             self._log_offset = log.tell()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
-                    *args,
+                    *die_with_parent(args),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,

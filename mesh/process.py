@@ -23,14 +23,32 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ManagedProcess", "ProcessFailed", "wait_until"]
+__all__ = ["ManagedProcess", "ProcessFailed", "die_with_parent", "wait_until"]
 
 logger = logging.getLogger(__name__)
+
+
+_SETPRIV = shutil.which("setpriv")
+
+
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so the kernel SIGKILLs the process when the harness dies.
+
+    A killed pytest or supervisor (even by SIGKILL) then leaves no servers
+    behind. ``setpriv --pdeathsig`` (util-linux) sets the flag and execs the
+    program, so no Python runs between fork and exec (a ``preexec_fn`` would,
+    which is unsafe in a threaded parent). Without setpriv, ``argv`` unchanged.
+    """
+    if _SETPRIV is None or sys.platform != "linux":
+        return list(argv)
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
 class ProcessFailed(RuntimeError):
@@ -95,7 +113,7 @@ class ManagedProcess:
             log.flush()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
-                    *self.argv,
+                    *die_with_parent(self.argv),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mesh.auth import KeyDirectory
+from mesh.edge_plan import edges_hook
 from mesh.services_plan import ServiceSettings, services_hook
 from mesh.supervisor import Mesh
 from mesh.topology import load
@@ -26,6 +27,8 @@ TEST_SETTINGS = ServiceSettings(
     route_heartbeat=0.5,
     instance_timeout=3.0,
     resync_grace=0.3,
+    # Small per-stream buffers so a slow client overflows within a test.
+    extra={"notification": {"buffer_size": 256}},
 )
 
 
@@ -37,8 +40,8 @@ def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 async def dev_mesh(run_root: Path) -> AsyncIterator[Mesh]:
-    """The ``dev`` topology with every service, WAN latencies on."""
-    mesh = Mesh(load("dev"), run_root / "dev", hooks=[services_hook(TEST_SETTINGS)])
+    """The ``dev`` topology with every service and each region's edge, WAN latencies on."""
+    mesh = Mesh(load("dev"), run_root / "dev", hooks=[services_hook(TEST_SETTINGS), edges_hook()])
     async with mesh:
         yield mesh
 

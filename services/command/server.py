@@ -8,13 +8,13 @@ from typing import Any
 import grpc
 
 from chatmesh.v1 import command_service_pb2 as pb, command_service_pb2_grpc as pb_grpc
+from mesh.headers import ORIGIN_REGION
 from mesh.interceptors.auth import current_user
 from services.command.service import Commands
 
 __all__ = ["ORIGIN_HEADER", "CommandServicer"]
 
-ORIGIN_HEADER = "x-chatmesh-origin-region"
-"""Set by the regional edge to the region whose entry received the command."""
+ORIGIN_HEADER = ORIGIN_REGION
 _REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 

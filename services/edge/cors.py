@@ -116,8 +116,12 @@ class Cors:
             and header(scope, b"access-control-request-method") is not None
         )
         if not allowed:
-            logger.info("refused %s %s from origin %r", "preflight" if preflight else scope["method"],
-                        scope["path"], origin)  # fmt: skip
+            logger.info(
+                "refused %s %s from origin %r",
+                "preflight" if preflight else scope["method"],
+                scope["path"],
+                origin,
+            )
             await plain_response(
                 send, 403, f"origin {origin} is not allowed by this edge's CORS policy\n"
             )

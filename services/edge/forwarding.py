@@ -47,7 +47,7 @@ from google.protobuf.message import Message
 
 from mesh.auth import Identity, TokenVerifier
 from mesh.errors import DeadlineExceeded, NotFound, Unavailable
-from services.command.server import ORIGIN_HEADER
+from mesh.headers import ORIGIN_REGION as ORIGIN_HEADER
 
 __all__ = ["ROUTES", "BackendError", "Caller", "ChannelPool", "Forwarder"]
 

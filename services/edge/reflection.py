@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from connectrpc_grpcreflect import (  # type: ignore[import-untyped]
+from connectrpc_grpcreflect import (
     ServerReflectionAlphaASGIApplication,
     ServerReflectionAlphaService,
     ServerReflectionASGIApplication,

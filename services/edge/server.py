@@ -62,7 +62,7 @@ from mesh.auth import TokenVerifier
 from mesh.errors import ChatmeshError
 from mesh.interceptors.errors import rich_status
 from mesh.interceptors.metrics import RPC_DURATION, RPC_TOTAL
-from services.edge.asgi import ASGIApp, Receive, Scope, Send, plain_response
+from services.edge.asgi import ASGIApp, Receive, Scope, Send, header, plain_response
 from services.edge.config import EdgeConfig
 from services.edge.cors import Cors, OriginPolicy
 from services.edge.forwarding import ROUTES, BackendError, Forwarder
@@ -71,11 +71,15 @@ from services.edge.reflection import reflection_apps
 from services.edge.static import StaticFiles
 
 __all__ = [
+    "ERROR_FILES",
     "PUBLIC_FILES",
+    "DescriptorApp",
     "EdgeApp",
     "EdgeServer",
     "build_app",
     "forwarding_app",
+    "health_app",
+    "own_origins",
     "to_connect_error",
 ]
 
@@ -132,8 +136,11 @@ def to_connect_error(exc: BaseException, method: str = "") -> ConnectError:
                 logger.warning("unparsable grpc-status-details-bin from backend for %s", method)
         return ConnectError(_FROM_GRPC.get(exc.code, Code.UNKNOWN), exc.message, details)
     if isinstance(exc, ChatmeshError):
-        return ConnectError(Code[exc.code] if exc.code != "CANCELLED" else Code.CANCELED, exc.message,
-                            _details(rich_status(exc)))  # fmt: skip
+        return ConnectError(
+            Code[exc.code] if exc.code != "CANCELLED" else Code.CANCELED,
+            exc.message,
+            _details(rich_status(exc)),
+        )
     if isinstance(exc, TimeoutError):
         return ConnectError(Code.DEADLINE_EXCEEDED, "the call did not complete within its deadline")
     error_id = uuid.uuid4().hex[:12]
@@ -173,8 +180,12 @@ class _Call:
     def __enter__(self) -> _Call:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc is None:
             self._log("OK")
             return
@@ -337,6 +348,15 @@ def health_app(health: EdgeHealth) -> DescriptorApp:
 # -- the router -----------------------------------------------------------------------
 
 
+def _grpc_over_http1(scope: Scope) -> bool:
+    content_type = header(scope, b"content-type") or ""
+    return (
+        str(scope.get("http_version", "1.1")).startswith("1")
+        and content_type.startswith("application/grpc")
+        and not content_type.startswith("application/grpc-web")
+    )
+
+
 class EdgeApp:
     """Routes by gRPC service name to the connectrpc apps; other paths to the static files."""
 
@@ -365,7 +385,12 @@ class EdgeApp:
             return
         parts = scope["path"].split("/")
         app = self._services.get(parts[1]) if len(parts) == 3 else None
-        if app is not None:
+        if app is not None and _grpc_over_http1(scope):
+            # Native gRPC needs HTTP/2 trailers; say so instead of failing inside connectrpc.
+            await plain_response(
+                send, 505, "gRPC needs HTTP/2; over HTTP/1.1 use gRPC-Web or Connect\n"
+            )
+        elif app is not None:
             await app(scope, receive, send)
         elif self._static is not None and scope["method"] in ("GET", "HEAD"):
             await self._static(scope, receive, send)
@@ -514,14 +539,24 @@ class EdgeServer:
         async def started() -> None:
             if self.cfg.ready_file:
                 self._write_ready()
-            logger.info("edge %s serving gRPC (h2c), gRPC-Web and Connect on %s%s", self.cfg.region, self.address,
-                        f", static files from {self.cfg.static_dir}" if self.cfg.static_dir else "")  # fmt: skip
+            logger.info(
+                "edge %s serving gRPC (h2c), gRPC-Web and Connect on %s%s",
+                self.cfg.region,
+                self.address,
+                f", static files from {self.cfg.static_dir}" if self.cfg.static_dir else "",
+            )
 
         async def stopped() -> None:
             await self.forwarder.close()
 
-        app = build_app(self.cfg, self.forwarder, self.health, own_origins(host, port),
-                        on_startup=started, on_shutdown=stopped)  # fmt: skip
+        app = build_app(
+            self.cfg,
+            self.forwarder,
+            self.health,
+            own_origins(host, port),
+            on_startup=started,
+            on_shutdown=stopped,
+        )
         config = HypercornConfig()
         # hypercorn adopts the listening socket; ours lets go of the descriptor
         # so it is closed exactly once, by hypercorn.

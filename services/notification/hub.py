@@ -82,6 +82,8 @@ class Subscriber:
     """Per channel: events beyond a gap, waiting for the gap to be filled."""
     fills: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     closed_with: Exception | None = None
+    space: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by the stream's writer whenever it takes an item: catch-up waits on it."""
 
     # -- delivery -----------------------------------------------------------------
 
@@ -101,6 +103,31 @@ class Subscriber:
             DELIVERY_LATENCY.observe(
                 max(0.0, (now_ms() - event.occurred_at.ToMilliseconds()) / 1000)
             )
+
+    async def _wait_for_space(self) -> None:
+        """Backpressure for catch-up: waits until the client drains the queue below capacity.
+
+        Catch-up events we read from history must not count as the client being
+        slow; a client that stops reading is still cut off after a while.
+        """
+        deadline = time.monotonic() + self.hub.catchup_timeout
+        while self.queue.qsize() >= self.capacity and self.closed_with is None:
+            self.space.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                SLOW.inc()
+                self.close(ResourceExhausted(
+                    "SLOW_CONSUMER", "the stream stopped reading during catch-up; reconnect with resume_from"
+                ))  # fmt: skip
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.space.wait(), remaining)
+
+    async def advance_catchup(self, event: events_pb2.Event, source: str) -> None:
+        """:meth:`_advance` for events read from history, with backpressure."""
+        await self._wait_for_space()
+        if self.closed_with is None and event.seq == self.last.get(event.channel_id, -1) + 1:
+            self._advance(event, source)
 
     def _advance(self, event: events_pb2.Event, source: str) -> None:
         """Sends the channel event that directly follows what the client has."""
@@ -150,7 +177,16 @@ class Subscriber:
             self._advance(event, source)
             self._release(channel)
             return
-        self.pending.setdefault(channel, {})[event.seq] = event
+        held = self.pending.setdefault(channel, {})
+        if len(held) >= 2 * self.capacity:
+            # The gap has not been filled while this many newer events piled up:
+            # end the stream rather than hold unbounded memory; resuming loses nothing.
+            SLOW.inc()
+            self.close(ResourceExhausted(
+                "SLOW_CONSUMER", "too many events arrived while catching up; reconnect with resume_from"
+            ))  # fmt: skip
+            return
+        held[event.seq] = event
         if channel not in self.fills:
             self.fills[channel] = asyncio.create_task(self._fill(channel))
 
@@ -193,14 +229,14 @@ class Subscriber:
         finally:
             self.fills.pop(channel, None)
 
-    def deliver_history(self, events: list[events_pb2.Event]) -> None:
+    async def deliver_history(self, events: list[events_pb2.Event]) -> None:
         """Sends history events that follow ``last`` (catch-up after a sweep)."""
         for event in events:
             channel = event.channel_id
-            if channel not in self.last:
-                continue  # no longer on this stream (left)
+            if channel not in self.last or channel in self.fills:
+                continue  # left the channel, or a gap fill owns it now
             if event.seq == self.last[channel] + 1:
-                self._advance(self.hub.visible(event, self.user_id), "catchup")
+                await self.advance_catchup(self.hub.visible(event, self.user_id), "catchup")
             elif event.seq > self.last[channel] + 1:
                 break
         for channel in {e.channel_id for e in events}:
@@ -444,6 +480,10 @@ class Hub:
                 visible = stripped
             for sub in subs:
                 sub.offer(visible)
+        # Let the streams' writers run between deliveries: a backlog arriving in
+        # one burst (e.g. after a Fan-Out restart) must not fill queues before any
+        # client had a chance to read — that would look like slow clients.
+        await asyncio.sleep(0)
 
     # -- catch-up ----------------------------------------------------------------
 
@@ -468,7 +508,7 @@ class Hub:
                 if event.seq > target_seq or channel not in sub.last:
                     break
                 if event.seq == sub.last[channel] + 1:
-                    sub._advance(self.visible(event, sub.user_id), "gapfill")
+                    await sub.advance_catchup(self.visible(event, sub.user_id), "gapfill")
             if sub.last.get(channel) == before:
                 return False  # history has a hole where the gap is: nothing more to read
         return True
@@ -502,7 +542,7 @@ class Hub:
                         continue
                     events = await self.history.events_after(channel, last, self.replay_page)
                     if events:
-                        sub.deliver_history(events)
+                        await sub.deliver_history(events)
                         swept += len(events)
         GAPS.labels("sweep", "done").inc()
         logger.info("sweep to stream seq %d re-sent %d events", stream_seq, swept)
@@ -602,6 +642,7 @@ class Hub:
             while True:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), self.stream_heartbeat)
+                    sub.space.set()
                 except TimeoutError:
                     beat = pb.Heartbeat(timeout_ms=int(self.stream_heartbeat * 3000))
                     beat.server_time.FromMilliseconds(now_ms())

@@ -354,3 +354,11 @@ async def test_ha_topology_runs_r3_streams(run_root: Path) -> None:
         assert mirror["cluster"]["name"] == "eu" and mirror["config"]["num_replicas"] == 3
         routez = await mesh.nats_nodes["eu"][0].monitor("routez")
         assert len({r["remote_name"] for r in routez["routes"]}) == 2
+
+
+async def test_single_region_runs_a_standalone_jetstream(run_root: Path) -> None:
+    async with Mesh(load("single"), run_root / "single-infra") as mesh:
+        admin = await mesh.nats_client("us-east", user="admin")
+        info = await js_api(admin, "$JS.API.STREAM.INFO.EVENTS")
+        assert info["config"]["subjects"] == ["chatmesh.evt.>"]
+        assert mesh.wan.proxies == []  # nothing crosses a WAN

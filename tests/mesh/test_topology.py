@@ -10,7 +10,7 @@ from mesh.topology import TopologyError, builtin_names, load, parse
 
 
 def test_builtins_load_with_published_latencies() -> None:
-    assert {"dev", "three-regions", "ha"} <= set(builtin_names())
+    assert {"dev", "three-regions", "ha", "single"} <= set(builtin_names())
     dev = load("dev")
     assert dev.primary == "us-east" and dev.region_names == ["us-east", "eu"]
     assert dev.latency_ms("us-east", "eu") == 35 and dev.latency_ms("eu", "eu") == 0

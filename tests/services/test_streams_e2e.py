@@ -52,7 +52,7 @@ async def test_slow_client_is_disconnected_without_slowing_others(dev_mesh: Mesh
         await quick_stream.replayed()
         await asyncio.sleep(0)  # let the sloth's call start
         text = "x" * 3900
-        sent = [(await alice.send(channel, f"{i} {text}")).message.seq for i in range(300)]
+        sent = [(await alice.send(channel, f"{i} {text}")).message.seq for i in range(600)]
         received = []
         while len(received) < len(sent):
             event = await quick_stream.next_event(20, kinds=("message_created",))
