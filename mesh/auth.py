@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,10 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        # Clients send the same token on every call: remember verified ones (an
+        # ES256 verification costs ~0.2 ms of CPU per call otherwise).
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
+        self._cache_size = 4096
 
     def verify(self, token: str) -> Identity:
         """Checks signature, issuer, audience, expiry and subject.
@@ -216,6 +221,12 @@ class TokenVerifier:
         Raises:
             Unauthenticated: With reason TOKEN_EXPIRED or TOKEN_INVALID.
         """
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at + self._leeway > time.time():
+                self._verified.move_to_end(token)
+                return cached
+            del self._verified[token]
         try:
             claims = jwt.decode(
                 token,
@@ -233,7 +244,11 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not USER_ID_RE.match(sub):
             raise Unauthenticated("TOKEN_INVALID", "invalid token: 'sub' is not a valid user id")
-        return Identity(sub, float(claims["exp"]))
+        identity = Identity(sub, float(claims["exp"]))
+        self._verified[token] = identity
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return identity
 
     def verify_header(self, authorization: str | None) -> Identity:
         """:meth:`verify` on an ``authorization`` header value."""

@@ -30,7 +30,9 @@ __all__ = ["BearerAuth", "run_chat"]
 class _Details:
     """A ClientCallDetails with extra metadata (grpc's own type is not constructible)."""
 
-    def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str | bytes]]) -> None:
+    def __init__(
+        self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str | bytes]]
+    ) -> None:
         self.method = base.method
         self.timeout = base.timeout
         self.metadata = metadata

@@ -92,11 +92,15 @@ class CommandStore(Protocol):
         """Highest seq in the channel's log (0 if none)."""
         ...
 
-    async def append(self, entry: LogEntry) -> None:
-        """Appends an entry.
+    async def append(self, entry: LogEntry, message: MessageRecord | None = None) -> None:
+        """Appends an entry and, with it, the message record it creates or changes.
+
+        Both are written together (one durable commit where the backend allows),
+        so a message record never describes an entry the log does not have.
 
         Raises:
-            LogConflict: ``(channel_id, seq)`` or ``idempotency_key`` exists already.
+            LogConflict: ``(channel_id, seq)`` or ``idempotency_key`` exists already
+                (nothing is written).
         """
         ...
 
@@ -105,7 +109,11 @@ class CommandStore(Protocol):
         ...
 
     async def mark_published(self, channel_id: str, seq: int) -> None:
-        """Records that JetStream acknowledged the entry."""
+        """Records that JetStream acknowledged the entry.
+
+        Need not be durable: an entry wrongly left unpublished is published
+        again, and JetStream de-duplicates it.
+        """
         ...
 
     async def unpublished(self, limit: int = 1000, channel_id: str | None = None) -> list[LogEntry]:

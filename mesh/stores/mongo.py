@@ -633,8 +633,12 @@ class MongoCommandStore:
         return int(doc["seq"]) if doc else 0
 
     @_command_errors
-    async def append(self, entry: LogEntry) -> None:
-        """Appends an entry.
+    async def append(self, entry: LogEntry, message: MessageRecord | None = None) -> None:
+        """Appends an entry, then writes the message record it creates or changes.
+
+        Without transactions the two are separate writes, in this order: a crash
+        between them leaves a log entry whose record is missing, which the
+        Command Service's repair pass (re-projecting unpublished entries) writes.
 
         Raises:
             LogConflict: ``(channel_id, seq)`` or ``idempotency_key`` exists already.
@@ -657,6 +661,8 @@ class MongoCommandStore:
             raise LogConflict(
                 f"{entry.channel_id}:{entry.seq} or its idempotency key is taken: {exc}"
             ) from None
+        if message is not None:
+            await self.put_message(message)
 
     @_command_errors
     async def by_idempotency_key(self, key: str) -> LogEntry | None:

@@ -89,9 +89,21 @@ class SqliteCommandStore(_Db):
         ).fetchone()
         return int(row[0] or 0)
 
-    async def append(self, entry: LogEntry) -> None:
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        # Publish marks go through a second connection that does not fsync: one
+        # durable commit per command (the append) instead of two.
+        self._lazy = _connect(path, durable=False)
+
+    async def close(self) -> None:
+        self._lazy.close()
+        await super().close()
+
+    async def append(self, entry: LogEntry, message: MessageRecord | None = None) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.execute(
+            conn.execute(
                 "INSERT INTO command_log (channel_id, seq, event, idempotency_key, published) VALUES (?, ?, ?, ?, ?)",
                 (
                     entry.channel_id,
@@ -101,8 +113,15 @@ class SqliteCommandStore(_Db):
                     int(entry.published),
                 ),
             )
+            if message is not None:
+                self._put_message(message)
+            conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
             raise LogConflict(str(exc)) from None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     async def by_idempotency_key(self, key: str) -> LogEntry | None:
         row = self.conn.execute(
@@ -133,6 +152,9 @@ class SqliteCommandStore(_Db):
         return [LogEntry(r[0], r[1], r[2], r[3], False) for r in rows]
 
     async def put_message(self, record: MessageRecord) -> None:
+        self._put_message(record)
+
+    def _put_message(self, record: MessageRecord) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO message_index (message_id, channel_id, seq, sender_user_id, deleted, body) "
             "VALUES (?, ?, ?, ?, ?, ?)",

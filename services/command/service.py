@@ -140,8 +140,8 @@ class Commands:
         )
         await self.log.mark_published(channel_id, seq)
 
-    async def _project(self, event: events_pb2.Event) -> None:
-        await self.metadata.apply(event)
+    async def _message_record(self, event: events_pb2.Event) -> MessageRecord | None:
+        """The message-index record an event creates or changes (None for other events)."""
         kind = event.WhichOneof("payload")
         if kind in ("message_created", "message_edited"):
             m = (
@@ -149,33 +149,33 @@ class Commands:
                 if kind == "message_created"
                 else event.message_edited.message
             )
-            await self.log.put_message(
-                MessageRecord(
-                    m.message_id,
-                    m.channel_id,
-                    m.seq,
-                    m.sender_user_id,
-                    False,
-                    m.SerializeToString(),
-                )
+            return MessageRecord(
+                m.message_id, m.channel_id, m.seq, m.sender_user_id, False, m.SerializeToString()
             )
-        elif kind == "message_deleted":
+        if kind == "message_deleted":
             record = await self.log.message(event.message_deleted.message_id)
             if record is not None:
-                await self.log.put_message(
-                    MessageRecord(
-                        record.message_id,
-                        record.channel_id,
-                        record.seq,
-                        record.sender_user_id,
-                        True,
-                        b"",
-                    )
+                return MessageRecord(
+                    record.message_id,
+                    record.channel_id,
+                    record.seq,
+                    record.sender_user_id,
+                    True,
+                    b"",
                 )
+        return None
+
+    async def _project(self, event: events_pb2.Event, *, with_message: bool) -> None:
+        """Applies an event to the primary metadata (and, when repairing, the message index)."""
+        await self.metadata.apply(event)
+        if with_message:
+            record = await self._message_record(event)
+            if record is not None:
+                await self.log.put_message(record)
 
     async def _flush_channel(self, channel_id: str) -> None:
         for entry in await self.log.unpublished(channel_id=channel_id):
-            await self._project(events_pb2.Event.FromString(entry.event))
+            await self._project(events_pb2.Event.FromString(entry.event), with_message=True)
             await self._publish(entry.channel_id, entry.seq, entry.event)
 
     async def republish_pending(self) -> int:
@@ -213,8 +213,12 @@ class Commands:
                 seq = await self._next_seq(channel_id)
                 event = build(seq)
                 payload = event.SerializeToString()
+                record = await self._message_record(event)
                 try:
-                    await self.log.append(LogEntry(channel_id, seq, payload, idempotency_key))
+                    # One durable write: the log entry and the message record together.
+                    await self.log.append(
+                        LogEntry(channel_id, seq, payload, idempotency_key), record
+                    )
                     break
                 except LogConflict:
                     if idempotency_key is not None:
@@ -229,7 +233,7 @@ class Commands:
                             "BACKEND_UNAVAILABLE", "concurrent writers on this channel; retry"
                         ) from None
             self._last_seq[channel_id] = seq
-            await self._project(event)
+            await self._project(event, with_message=False)
             await self._publish(channel_id, seq, payload)
             return event, False
 

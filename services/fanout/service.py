@@ -170,7 +170,9 @@ class Fanout:
         ).SerializeToString()
 
     def _register(self, instance_id: str, region: str) -> int:
-        slot = self.table.add_instance(instance_id, region, Subjects.delivery(region, instance_id), self.epoch)
+        slot = self.table.add_instance(
+            instance_id, region, Subjects.delivery(region, instance_id), self.epoch
+        )
         self.table.instance(slot).last_seen = time.monotonic()
         return slot
 

@@ -353,7 +353,9 @@ async def test_wan_partition_then_heal_delivers_everything_exactly_once(
     before = [(await alice.send(channel, f"before {i}")).message.seq for i in range(5)]
     await _collect(stream, 5)
     await mesh.wan.cut("us-east", "eu")
-    during = [(await alice.send(channel, f"during {i}")).message.seq for i in range(20)]  # us-east keeps writing
+    during = [
+        (await alice.send(channel, f"during {i}")).message.seq for i in range(20)
+    ]  # us-east keeps writing
     await mesh.wan.heal("us-east", "eu")
     after = [(await alice.send(channel, f"after {i}")).message.seq for i in range(5)]
     events = await _collect(stream, 25, timeout=90)

@@ -33,7 +33,9 @@ async def test_idle_stream_gets_heartbeats(dev_mesh: Mesh, auth: Auth) -> None:
         await user.close()
 
 
-async def test_slow_client_is_disconnected_without_slowing_others(dev_mesh: Mesh, auth: Auth) -> None:
+async def test_slow_client_is_disconnected_without_slowing_others(
+    dev_mesh: Mesh, auth: Auth
+) -> None:
     alice = User(dev_mesh, auth, "slow-alice", "us-east")
     sloth = User(dev_mesh, auth, "slow-sloth", "eu")
     quick = User(dev_mesh, auth, "slow-quick", "eu")
@@ -47,7 +49,9 @@ async def test_slow_client_is_disconnected_without_slowing_others(dev_mesh: Mesh
             dev_mesh.endpoints["eu"]["grpc"]["notification"][0],
             options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 20)],
         )
-        sloth_call = ngrpc.NotificationServiceStub(sloth_channel).Subscribe(npb.SubscribeRequest(), metadata=sloth.md)
+        sloth_call = ngrpc.NotificationServiceStub(sloth_channel).Subscribe(
+            npb.SubscribeRequest(), metadata=sloth.md
+        )
         quick_stream = await quick.subscribe()
         await quick_stream.replayed()
         await asyncio.sleep(0)  # let the sloth's call start
@@ -58,6 +62,7 @@ async def test_slow_client_is_disconnected_without_slowing_others(dev_mesh: Mesh
             event = await quick_stream.next_event(20, kinds=("message_created",))
             received.append(event.seq)
         assert received == sent  # the quick reader got everything, in order
+
         # Now the sloth reads: what was queued, then the disconnect with a clear status.
         async def drain() -> None:
             async for _ in sloth_call:

@@ -37,7 +37,7 @@ class _Query(qgrpc.QueryServiceServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
 
-    async def GetHistory(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetHistory(self, request: Any, context: Any) -> Any:
         self.script.seen.append(request)
         if self.script.unary is not None:
             return await self.script.unary(request, context)
@@ -48,7 +48,7 @@ class _Notification(ngrpc.NotificationServiceServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
 
-    async def Subscribe(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def Subscribe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         for i in range(self.script.stream_items):
             yield npb.SubscribeResponse(replay_complete=npb.ReplayComplete(replayed_events=i))
         if self.script.stream_error is not None:
@@ -90,7 +90,9 @@ async def serve() -> AsyncIterator[Callable[[list[Any]], Awaitable[Harness]]]:
         servers.append(server)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         channels.append(channel)
-        return Harness(script, qgrpc.QueryServiceStub(channel), ngrpc.NotificationServiceStub(channel))
+        return Harness(
+            script, qgrpc.QueryServiceStub(channel), ngrpc.NotificationServiceStub(channel)
+        )
 
     yield start
     for channel in channels:

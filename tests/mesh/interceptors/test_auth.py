@@ -16,7 +16,9 @@ from tests.helpers import status_details
 CH = "ch_" + "a" * 26
 
 
-async def test_valid_token_passes_identity_to_the_handler(serve: Any, keys: KeyDirectory, verifier: TokenVerifier) -> None:
+async def test_valid_token_passes_identity_to_the_handler(
+    serve: Any, keys: KeyDirectory, verifier: TokenVerifier
+) -> None:
     h = await serve([ErrorMapper(), Authenticator(verifier)])
     seen: list[str] = []
 
@@ -25,7 +27,10 @@ async def test_valid_token_passes_identity_to_the_handler(serve: Any, keys: KeyD
         return qpb.GetHistoryResponse()
 
     h.script.unary = handler
-    await h.query.GetHistory(qpb.GetHistoryRequest(channel_id=CH), metadata=(("authorization", f"Bearer {mint(keys, 'alice')}"),))
+    await h.query.GetHistory(
+        qpb.GetHistoryRequest(channel_id=CH),
+        metadata=(("authorization", f"Bearer {mint(keys, 'alice')}"),),
+    )
     assert seen == ["alice"]
 
 
@@ -57,11 +62,15 @@ async def test_expired_token(serve: Any, keys: KeyDirectory, verifier: TokenVeri
     h = await serve([ErrorMapper(), Authenticator(verifier)])
     token = mint(keys, "alice", ttl_seconds=-120)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await h.query.GetHistory(qpb.GetHistoryRequest(channel_id=CH), metadata=(("authorization", f"Bearer {token}"),))
+        await h.query.GetHistory(
+            qpb.GetHistoryRequest(channel_id=CH), metadata=(("authorization", f"Bearer {token}"),)
+        )
     assert status_details(info.value)[0] == "TOKEN_EXPIRED"
 
 
 async def test_public_prefixes_skip_authentication(serve: Any, verifier: TokenVerifier) -> None:
-    h = await serve([ErrorMapper(), Authenticator(verifier, public_prefixes=("/chatmesh.v1.QueryService/",))])
+    h = await serve(
+        [ErrorMapper(), Authenticator(verifier, public_prefixes=("/chatmesh.v1.QueryService/",))]
+    )
     resp = await h.query.GetHistory(qpb.GetHistoryRequest(channel_id=CH))
     assert resp.last_seq == 7

@@ -19,12 +19,17 @@ REQ = qpb.GetHistoryRequest(channel_id="ch_" + "a" * 26)
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (NotFound("CHANNEL_NOT_FOUND", "no such channel", channel_id="ch_x"), grpc.StatusCode.NOT_FOUND),
+        (
+            NotFound("CHANNEL_NOT_FOUND", "no such channel", channel_id="ch_x"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
         (PermissionDenied("NOT_A_MEMBER", "not yours"), grpc.StatusCode.PERMISSION_DENIED),
         (Unavailable("BACKEND_UNAVAILABLE", "try again"), grpc.StatusCode.UNAVAILABLE),
     ],
 )
-async def test_domain_errors_map_to_their_status(serve: Any, error: Exception, code: grpc.StatusCode) -> None:
+async def test_domain_errors_map_to_their_status(
+    serve: Any, error: Exception, code: grpc.StatusCode
+) -> None:
     h = await serve([ErrorMapper()])
 
     async def fail(request: Any, context: Any) -> Any:
@@ -38,14 +43,19 @@ async def test_domain_errors_map_to_their_status(serve: Any, error: Exception, c
     assert status_details(info.value)[0] == error.reason  # type: ignore[attr-defined]
 
 
-async def test_internal_errors_are_masked_and_logged_with_the_same_id(serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_internal_errors_are_masked_and_logged_with_the_same_id(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     h = await serve([ErrorMapper()])
 
     async def boom(request: Any, context: Any) -> Any:
         raise KeyError("secret internal detail")
 
     h.script.unary = boom
-    with caplog.at_level(logging.ERROR, logger="mesh.interceptors.errors"), pytest.raises(grpc.aio.AioRpcError) as info:
+    with (
+        caplog.at_level(logging.ERROR, logger="mesh.interceptors.errors"),
+        pytest.raises(grpc.aio.AioRpcError) as info,
+    ):
         await h.query.GetHistory(REQ)
     assert info.value.code() == grpc.StatusCode.INTERNAL
     details = info.value.details() or ""
@@ -62,4 +72,7 @@ async def test_stream_errors_after_items(serve: Any) -> None:
         async for item in h.notification.Subscribe(npb.SubscribeRequest()):
             items.append(item)
     assert len(items) == 2
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and status_details(info.value)[0] == "SHUTTING_DOWN"
+    assert (
+        info.value.code() == grpc.StatusCode.UNAVAILABLE
+        and status_details(info.value)[0] == "SHUTTING_DOWN"
+    )

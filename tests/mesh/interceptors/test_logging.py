@@ -30,6 +30,8 @@ async def test_one_line_per_rpc_with_status(serve: Any, caplog: pytest.LogCaptur
             pass
     lines = [r.getMessage() for r in caplog.records if r.name == "chatmesh.access"]
     assert len(lines) == 3
-    assert lines[0].startswith("rpc /chatmesh.v1.QueryService/GetHistory service=query user=- code=OK")
+    assert lines[0].startswith(
+        "rpc /chatmesh.v1.QueryService/GetHistory service=query user=- code=OK"
+    )
     assert "code=NOT_FOUND" in lines[1]
     assert "/chatmesh.v1.NotificationService/Subscribe" in lines[2] and "items=2" in lines[2]

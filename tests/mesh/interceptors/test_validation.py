@@ -29,7 +29,10 @@ async def test_streams_are_validated_too(serve: Any) -> None:
         async for _ in h.notification.Subscribe(npb.SubscribeRequest(resume_from={"bad": -1})):
             pass
     _, fields = status_details(info.value)
-    assert ('resume_from["bad"]', "string.pattern") in fields and ('resume_from["bad"]', "int64.gte") in fields
+    assert ('resume_from["bad"]', "string.pattern") in fields and (
+        'resume_from["bad"]',
+        "int64.gte",
+    ) in fields
 
 
 async def test_valid_request_passes(serve: Any) -> None:
