@@ -235,8 +235,12 @@ class Fanout:
                     "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
                     inst.instance_id, inst.region, len(inst.users), len(orphans),
                 )  # fmt: skip
-                for user in orphans:
+                for i, user in enumerate(orphans):
                     await self._announce_offline(user)
+                    if i % 100 == 99:
+                        await asyncio.sleep(
+                            0
+                        )  # a dropped instance may hold thousands: stay responsive
             self._gauges()
 
     async def _announce_offline(self, user_id: str) -> None:

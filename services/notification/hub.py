@@ -299,6 +299,10 @@ class Hub:
         self.expected_seq = 0
         self.shutting_down = False
         self._route_lock = asyncio.Lock()
+        self._pending_routes: dict[str, bool] = {}
+        """User -> routed (True) or not, waiting for the next RouteUpdate."""
+        self._route_waiters: list[asyncio.Future[None]] = []
+        self._route_flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -360,19 +364,46 @@ class Hub:
         )
 
     async def _route_change(self, added: list[str], removed: list[str]) -> None:
+        """Queues a route change; returns once a RouteUpdate carrying it was answered.
+
+        Changes that arrive while an update is in flight travel together in the
+        next one, so opening N streams costs one Fan-Out round trip per batch
+        instead of N serialized round trips (70-146 ms each outside the primary).
+        """
+        for user in added:
+            self._pending_routes[user] = True
+        for user in removed:
+            self._pending_routes[user] = False
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._route_waiters.append(done)
+        if self._route_flusher is None or self._route_flusher.done():
+            self._route_flusher = asyncio.create_task(self._flush_routes())
+        await asyncio.shield(done)
+
+    async def _flush_routes(self) -> None:
         async with self._route_lock:
-            self.version += 1
-            update = routing_pb2.RouteUpdate(
-                instance_id=self.instance_id, region=self.region, version=self.version,
-                added_user_ids=added, removed_user_ids=removed,
-            )  # fmt: skip
-            ack = await self._request(
-                Subjects.route_update(self.region, self.instance_id), update.SerializeToString()
-            )
-            if ack is not None:
-                self._check_ack(ack)
-                if ack.resync_needed:
-                    await self._send_snapshot()
+            while self._route_waiters:
+                pending, self._pending_routes = self._pending_routes, {}
+                waiters, self._route_waiters = self._route_waiters, []
+                try:
+                    self.version += 1
+                    update = routing_pb2.RouteUpdate(
+                        instance_id=self.instance_id, region=self.region, version=self.version,
+                        added_user_ids=[u for u, on in pending.items() if on],
+                        removed_user_ids=[u for u, on in pending.items() if not on],
+                    )  # fmt: skip
+                    ack = await self._request(
+                        Subjects.route_update(self.region, self.instance_id),
+                        update.SerializeToString(),
+                    )
+                    if ack is not None:
+                        self._check_ack(ack)
+                        if ack.resync_needed:
+                            await self._send_snapshot()
+                finally:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
 
     async def _on_resync(self, msg: Msg) -> None:
         async with self._route_lock:
