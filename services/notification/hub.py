@@ -608,11 +608,14 @@ class Hub:
         subs.append(sub)
         STREAMS.inc()
         if len(subs) == 1:
-            await self._route_change([sub.user_id], [])
-            # Presence goes to the primary Valkey across the WAN: not on the stream's critical path.
+            # Presence goes to the primary Valkey across the WAN: not on the stream's
+            # critical path, and not queued behind the route registration either
+            # (each is a WAN round trip from a secondary region; in parallel they
+            # cost one). The user's own "online" event may then race their route.
             task = asyncio.create_task(self._presence_change(sub.user_id, True))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            await self._route_change([sub.user_id], [])
 
     async def _detach(self, sub: Subscriber) -> None:
         STREAMS.dec()
