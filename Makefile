@@ -19,12 +19,13 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 
 include mk/gen.mk
+include mk/web.mk
 
 .PHONY: help install up down status logs test test-fast lint fmt bench tools chromium clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +35,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed $(NODE_STAMP) ## Install Python and npm dependencies (idempotent)
 
-tools: $(VENV)/.installed ## Build the Go tools once per machine (Toxiproxy, FerretDB)
+tools: $(VENV)/.installed ## Fetch/build the servers once per machine (Toxiproxy, FerretDB, Cassandra jars)
 	$(PY) -c "from mesh.gotools import TOXIPROXY; print(TOXIPROXY.ensure())"
 	$(PY) -m mesh.ferretdb build
+	$(PY) -c "from mesh.cassandra import ensure_jars; print(ensure_jars())"
 
-up: install tools ## Start a two-region mesh (TOPOLOGY=dev) in the background on embedded stores
+up: install tools web ## Start a two-region mesh (TOPOLOGY=dev) in the background on embedded stores
 	$(BIN)/chatmesh up --topology $(TOPOLOGY)
 
 down: ## Stop the mesh started by `make up`
@@ -53,13 +55,13 @@ logs: ## Follow the running mesh's logs
 chromium: ## Install Debian's Chromium for the browser tests (needs root)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: install tools ## Run the whole test suite against real servers
+test: install tools web chromium ## Run the whole test suite against real servers (browser included)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install ## Unit tests only (no servers)
 	$(PY) -m pytest -m "not mesh and not services and not cassandra and not mongo and not browser" $(PYTEST_ARGS)
 
-lint: install lint-proto ## buf lint + breaking, ruff, mypy --strict
+lint: install lint-proto web-typecheck ## buf lint + breaking, ruff, mypy --strict, tsc --noEmit
 	$(BIN)/ruff check mesh services tools tests
 	$(BIN)/ruff format --check mesh services tools tests
 	$(BIN)/mypy

@@ -82,6 +82,8 @@ class ServiceProcess:
         )
         self.address: str | None = None
         self.metrics: str | None = None
+        self.info: dict[str, Any] = {}
+        """The process's ready file (its bound addresses)."""
 
     async def start(self, timeout: float = 60.0) -> None:
         """Starts the process and waits until it serves (health SERVING)."""
@@ -99,6 +101,7 @@ class ServiceProcess:
                     return False
             self.address = info["grpc"]
             self.metrics = info.get("metrics")
+            self.info = info
             return True
 
         await wait_until(ready, timeout=timeout, what=self.name, alive=self.process.check_alive)
@@ -107,6 +110,10 @@ class ServiceProcess:
             self.config["grpc_listen"] = self.address
             if self.metrics:
                 self.config["metrics_listen"] = self.metrics.split("//", 1)[1].split("/", 1)[0]
+            if self.info.get("http") and self.config.get("http_listen", "127.0.0.1:0").endswith(
+                ":0"
+            ):
+                self.config["http_listen"] = self.info["http"].split("//", 1)[1]
             self.conf_path.write_text(json.dumps(self.config, indent=2))
 
     async def stop(self) -> None:

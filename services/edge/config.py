@@ -14,11 +14,16 @@ DEFAULT_CORS_ORIGINS: tuple[str, ...] = ("http://localhost:*",)
 
 @dataclass(frozen=True)
 class EdgeConfig(CommonConfig):
-    """Settings of a region's public edge (one port: gRPC over h2c, gRPC-Web and Connect).
+    """Settings of a region's public edge.
 
-    ``grpc_listen`` is the edge's single listener; it speaks HTTP/1.1 and
-    HTTP/2 (prior knowledge and ``Upgrade: h2c``) on the same port.
+    Two listeners, one edge: ``grpc_listen`` serves native gRPC through gRPC's C
+    core (SDKs, grpcurl, services: the fast path); ``http_listen`` serves
+    gRPC-Web, Connect and gRPC over HTTP/1.1 and HTTP/2 (prior knowledge and
+    ``Upgrade: h2c``) for browsers, plus the web client's static files.
     """
+
+    http_listen: str = "127.0.0.1:0"
+    """host:port of the HTTP listener (gRPC-Web, Connect, h2c gRPC, static files)."""
 
     command_backend: str = "127.0.0.1:50051"
     """host:port of the primary's Command Service as reached from this region (a WAN link outside the primary)."""
@@ -37,3 +42,11 @@ class EdgeConfig(CommonConfig):
     """Directory whose files (the web client) are served under ``/``; empty: none."""
     max_concurrent_streams: int = 1000
     """HTTP/2 streams one client connection may open at once."""
+    edges_file: str = ""
+    """JSON file (``{"edges": [{"region", "url", "primary"}]}``) listing every region's edge,
+    served to the web client as part of ``GET /config.json``; the harness writes it once all
+    edges are up. Empty: the page only knows this edge."""
+    dev_token_keys: str = ""
+    """DEVELOPMENT ONLY. Key directory (``jwt-private.pem``) with which ``GET /dev/token?user=NAME``
+    mints a token for anyone who asks. Empty (the default, and always in production): the
+    endpoint does not exist. Refused unless ``grpc_listen`` is a loopback address."""

@@ -9,7 +9,8 @@ gRPC-Web (HTTP/1.1 and HTTP/2) and Connect on a single port:
 * ``/grpc.health.v1.Health/*``: the edge's own health (:mod:`services.edge.health`);
 * ``/grpc.reflection.v1{,alpha}.ServerReflection/*``: reflection of the public
   services (:mod:`services.edge.reflection`); health and reflection need no token;
-* anything else: the web client's static files if ``static_dir`` is set, else 404.
+* anything else: the web client (:mod:`services.edge.webclient`: ``/config.json``,
+  the dev-only ``/dev/token``, and the static files if ``static_dir`` is set), else 404.
 
 All of it sits behind :class:`~services.edge.cors.Cors`. This module is also
 the one place where errors become wire statuses (:func:`to_connect_error`):
@@ -66,9 +67,11 @@ from services.edge.asgi import ASGIApp, Receive, Scope, Send, header, plain_resp
 from services.edge.config import EdgeConfig
 from services.edge.cors import Cors, OriginPolicy
 from services.edge.forwarding import ROUTES, BackendError, Forwarder
+from services.edge.grpcproxy import GrpcProxy
 from services.edge.health import EdgeHealth
 from services.edge.reflection import reflection_apps
 from services.edge.static import StaticFiles
+from services.edge.webclient import WebClientApp, check_dev_token
 
 __all__ = [
     "ERROR_FILES",
@@ -451,9 +454,12 @@ def build_app(
     services[_HEALTH.full_name] = health_app(health)
     # The error detail types too, so grpcurl can print the details of a status.
     services.update(reflection_apps([*PUBLIC_FILES, health_pb2.DESCRIPTOR, *ERROR_FILES]))
+    own = list(origins)
     static = StaticFiles(Path(cfg.static_dir)) if cfg.static_dir else None
-    router = EdgeApp(services, static, on_startup=on_startup, on_shutdown=on_shutdown)
-    return Cors(router, OriginPolicy([*origins, *cfg.cors_origins]), max_age=cfg.cors_max_age)
+    # /config.json and the dev-only /dev/token sit in front of the static files.
+    web = WebClientApp.from_config(cfg, static, own)
+    router = EdgeApp(services, web, on_startup=on_startup, on_shutdown=on_shutdown)
+    return Cors(router, OriginPolicy([*own, *cfg.cors_origins]), max_age=cfg.cors_max_age)
 
 
 # -- the process ----------------------------------------------------------------------
@@ -478,10 +484,12 @@ class EdgeServer:
         """Prepares the edge (nothing is bound until :meth:`run_until_signal`).
 
         Raises:
-            ValueError: No JWT public key, or a backend kind without an address.
+            ValueError: No JWT public key, a backend kind without an address, or a
+            dev token key on a non-loopback listener.
         """
         if not cfg.jwt_public_key:
             raise ValueError("edge: jwt_public_key is required")
+        check_dev_token(cfg)
         self.cfg = cfg
         verifier = TokenVerifier(
             Path(cfg.jwt_public_key).read_bytes(), issuer=cfg.jwt_issuer, audience=cfg.jwt_audience
@@ -498,7 +506,10 @@ class EdgeServer:
             default_timeout=cfg.default_timeout,
         )
         self.health = EdgeHealth([*ROUTES])
+        self._verifier = verifier
+        self.grpc: GrpcProxy | None = None  # grpc.aio objects belong to the running loop
         self.address: str | None = None
+        self.grpc_address: str | None = None
         self.metrics_port: int | None = None
         self._stopping = asyncio.Event()
 
@@ -513,7 +524,7 @@ class EdgeServer:
             "service": "edge",
             "region": self.cfg.region,
             "pid": os.getpid(),
-            "grpc": self.address,
+            "grpc": self.grpc_address,
             "http": f"http://{self.address}",
             "metrics": f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port else None,
         }
@@ -528,7 +539,10 @@ class EdgeServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopping.set)
-        sock = _listen(self.cfg.grpc_listen)
+        self.grpc = GrpcProxy(self.cfg, self._verifier)
+        grpc_port = await self.grpc.start(self.cfg.grpc_listen)
+        self.grpc_address = f"{self.cfg.grpc_listen.rpartition(':')[0]}:{grpc_port}"
+        sock = _listen(self.cfg.http_listen)
         host, port = sock.getsockname()[:2]
         self.address = f"{host}:{port}"
         if self.cfg.metrics_listen:
@@ -540,14 +554,17 @@ class EdgeServer:
             if self.cfg.ready_file:
                 self._write_ready()
             logger.info(
-                "edge %s serving gRPC (h2c), gRPC-Web and Connect on %s%s",
+                "edge %s serving gRPC on %s; gRPC-Web, Connect and h2c gRPC on %s%s",
                 self.cfg.region,
+                self.grpc_address,
                 self.address,
                 f", static files from {self.cfg.static_dir}" if self.cfg.static_dir else "",
             )
 
         async def stopped() -> None:
             await self.forwarder.close()
+            if self.grpc is not None:
+                await self.grpc.stop(self.cfg.shutdown_grace)
 
         app = build_app(
             self.cfg,
@@ -562,6 +579,11 @@ class EdgeServer:
         # so it is closed exactly once, by hypercorn.
         config.bind = [f"fd://{sock.detach()}"]
         config.h2_max_concurrent_streams = self.cfg.max_concurrent_streams
+        # hypercorn closes an HTTP/2 connection after keep_alive_max_requests
+        # (default 1000) requests; frames the client already sent then hit a
+        # CLOSED h2 connection (PROTOCOL_ERROR GOAWAY) and every call in flight on
+        # it fails. gRPC clients keep one connection for hours: no such limit.
+        config.keep_alive_max_requests = 2**62
         config.graceful_timeout = self.cfg.shutdown_grace
         config.accesslog = None  # one line per RPC comes from _Call
         config.errorlog = logging.getLogger("hypercorn.error")
