@@ -226,6 +226,11 @@ def _print_status(state: dict[str, Any], rd: Path) -> None:
 def _print_howto(state: dict[str, Any], rd: Path) -> None:
     regions = list(state["regions"])
     other = regions[1] if len(regions) > 1 else regions[0]
+    pages = [f"  {r}: {info['web']}" for r, info in state["regions"].items() if info.get("web")]
+    if pages:
+        typer.echo(
+            "\nChat in a browser (one tab per region, pick a user name):\n" + "\n".join(pages)
+        )
     typer.echo(
         "\nChat from two terminals:\n"
         f"  terminal 1:  chatmesh chat alice --region {regions[0]} --with bob\n"

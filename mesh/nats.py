@@ -15,9 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +61,56 @@ def nats_server_binary() -> str:
     return found
 
 
+@functools.cache
+def resolve_gateways_by_name() -> bool:
+    """Whether NATS servers can get a private /etc/hosts (a mount namespace: needs root).
+
+    See :meth:`mesh.supervisor.Mesh._launch_nats`: with it, gateway URLs are names
+    each region resolves to its own link proxy; without it, explicit per-pair
+    proxy URLs plus an unusable advertise address (exact for two regions).
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None or shutil.which("mount") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "--", "true"],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    if probe.returncode != 0:
+        logger.warning(
+            "no mount namespaces here (%s); gateway gossip may bypass link proxies with 3+ regions",
+            probe.stderr.decode(errors="replace").strip(),
+        )
+    return probe.returncode == 0
+
+
 class NatsNode:
     """One nats-server process."""
 
-    def __init__(self, plan: NatsNodePlan, conf_path: Path, log_path: Path) -> None:
-        """Prepares the node; its config must already be written at ``conf_path``."""
+    def __init__(
+        self, plan: NatsNodePlan, conf_path: Path, log_path: Path, *, hosts_file: Path | None = None
+    ) -> None:
+        """Prepares the node; its config must already be written at ``conf_path``.
+
+        Args:
+            plan: The node's ports and peers.
+            conf_path: Its config file.
+            log_path: Where its output goes.
+            hosts_file: An /etc/hosts the server sees instead of the machine's (in
+                its own mount namespace), mapping gateway names to this region's proxies.
+        """
         self.plan = plan
         self.conf_path = conf_path
-        self.process = ManagedProcess(
-            plan.server_name, [nats_server_binary(), "-c", str(conf_path)], log_path
-        )
+        argv = [nats_server_binary(), "-c", str(conf_path)]
+        if hosts_file is not None:
+            command = " ".join(shlex.quote(a) for a in argv)
+            argv = [
+                "unshare", "--mount", "--propagation", "private", "--",
+                "sh", "-c", f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts && exec {command}",
+            ]  # fmt: skip
+        self.process = ManagedProcess(plan.server_name, argv, log_path)
         self._http = httpx.AsyncClient(base_url=plan.monitor_url, timeout=2.0)
 
     async def start(self) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from mesh import natsconf
-from mesh.nats import NatsNode, connect, ensure_stream
+from mesh.nats import NatsNode, connect, ensure_stream, resolve_gateways_by_name
 from mesh.natsconf import Credentials, NatsNodePlan
 from mesh.ports import allocate
 from mesh.process import ManagedProcess
@@ -78,6 +78,7 @@ class Mesh:
         self.wan = Wan(topology, self.toxiproxy)
         self.nats_nodes: dict[str, list[NatsNode]] = {}
         self.valkey: dict[str, ValkeyServer] = {}
+        self._gateway_hosts: dict[str, list[str]] = {}
         self.valkey_primary_via: dict[str, tuple[str, int]] = {}
         """Per region: address of the Valkey primary as reached from that region."""
         self.processes: dict[str, ManagedProcess] = {}
@@ -160,17 +161,45 @@ class Mesh:
             r.name: [(allocate(), allocate(), allocate(), allocate()) for _ in range(r.nats_nodes)]
             for r in topo.regions
         }
-        # Gateway proxies: one per (dialling region, remote node).
-        gateway_urls: dict[str, dict[str, list[str]]] = {r: {} for r in topo.region_names}
-        for src in topo.region_names:
-            for dst in topo.region_names:
-                if src == dst:
-                    continue
-                urls = []
-                for j, (_, _, _, gw_port) in enumerate(ports[dst], start=1):
-                    proxy = await self.wan.proxy(src, dst, f"nats-gw-{j}", ("127.0.0.1", gw_port))
-                    urls.append(f"nats://{proxy.address}")
-                gateway_urls[src][dst] = urls
+        # Gateway proxies: one per (dialling region, remote node). NATS gossips
+        # every gateway URL it knows to the other gateways (implicit discovery),
+        # so with three or more regions a server would learn another region's
+        # proxy URL and dial through it. Where the machine allows it, each region's
+        # servers therefore see the *same* URL, a name (gw-<region>-<n>.chatmesh),
+        # that resolves to their own proxy in their own mount namespace's
+        # /etc/hosts; gossip then carries nothing a server could misuse.
+        by_name = resolve_gateways_by_name()
+        names = topo.region_names
+        gateway_urls: dict[str, dict[str, list[str]]] = {r: {} for r in names}
+        advertise: dict[str, list[str]] = {r: [] for r in names}
+        self._gateway_hosts = {r: [] for r in names}
+        for dst in names:
+            for j, (_, _, _, gw_port) in enumerate(ports[dst], start=1):
+                shared_port = allocate() if by_name else 0
+                name = f"gw-{dst}-{j}.chatmesh"
+                advertise[dst].append(
+                    f"{name}:{shared_port}" if by_name else natsconf.GATEWAY_ADVERTISE_SENTINEL
+                )
+                for src in names:
+                    if src == dst:
+                        continue
+                    if by_name:
+                        ip = f"127.{60 + names.index(src)}.{names.index(dst) + 1}.{j}"
+                        proxy = await self.wan.proxy(
+                            src,
+                            dst,
+                            f"nats-gw-{j}",
+                            ("127.0.0.1", gw_port),
+                            listen=(ip, shared_port),
+                        )
+                        self._gateway_hosts[src].append(f"{ip} {name}")
+                        url = f"nats://{name}:{shared_port}"
+                    else:
+                        proxy = await self.wan.proxy(
+                            src, dst, f"nats-gw-{j}", ("127.0.0.1", gw_port)
+                        )
+                        url = f"nats://{proxy.address}"
+                    gateway_urls[src].setdefault(dst, []).append(url)
         for reg in topo.regions:
             region_plans = []
             for i, (client, http, cluster, gateway) in enumerate(ports[reg.name], start=1):
@@ -193,17 +222,34 @@ class Mesh:
                         store_dir=str(self.run_dir / "data" / f"nats-{reg.name}-{i}"),
                         routes=routes,
                         gateways=gateway_urls[reg.name],
+                        gateway_advertise=advertise[reg.name][i - 1],
                     )
                 )
             plans[reg.name] = region_plans
         for region, region_plans in plans.items():
+            hosts_file: Path | None = None
+            if by_name:
+                hosts_file = self.run_dir / "conf" / f"hosts-{region}"
+                etc_hosts = Path("/etc/hosts")
+                base = etc_hosts.read_text() if etc_hosts.exists() else ""  # noqa: ASYNC240 - tiny, once
+                hosts_file.write_text(
+                    base.rstrip("\n")
+                    + f"\n# chatmesh gateway names as region {region} sees them\n"
+                    + "\n".join(self._gateway_hosts[region])
+                    + "\n"
+                )
             nodes = []
             for plan in region_plans:
                 conf = self.run_dir / "conf" / f"nats-{plan.server_name}.conf"
                 conf.write_text(natsconf.render_server_conf(topo, plan, self.credentials))
                 os.chmod(conf, 0o600)
                 nodes.append(
-                    NatsNode(plan, conf, self.run_dir / "logs" / f"nats-{plan.server_name}.log")
+                    NatsNode(
+                        plan,
+                        conf,
+                        self.run_dir / "logs" / f"nats-{plan.server_name}.log",
+                        hosts_file=hosts_file,
+                    )
                 )
             self.nats_nodes[region] = nodes
         all_nodes = [n for nodes in self.nats_nodes.values() for n in nodes]

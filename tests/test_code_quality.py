@@ -14,7 +14,9 @@ CODE = ["mesh", "services", "tools", "tests"]
 
 
 def _run(argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_ruff_check() -> None:

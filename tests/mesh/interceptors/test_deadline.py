@@ -41,6 +41,6 @@ async def test_client_deadline_is_visible_for_propagation(serve: Any) -> None:
 
     h.script.unary = record
     await h.query.GetHistory(REQ, timeout=1.5)
-    assert 0.5 < budgets[0] <= 1.5
+    assert 0.5 < budgets[0] <= 1.6  # grpc rounds the wire timeout up a little
     await h.query.GetHistory(REQ)
     assert 5 < budgets[1] <= 10
