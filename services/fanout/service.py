@@ -221,8 +221,12 @@ class Fanout:
             )
 
     async def _expire_loop(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(self.instance_timeout / 4)
+            rounds += 1
+            if rounds % 20 == 1:  # the size estimate walks the table: not every round
+                TABLE_BYTES.set(self.table.estimated_bytes())
             cutoff = time.monotonic() - self.instance_timeout
             for inst in self.table.instances():
                 if inst.last_seen >= cutoff:
