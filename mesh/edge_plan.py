@@ -113,6 +113,8 @@ def edges_hook(settings: EdgeSettings | None = None) -> ServiceHook:
         mesh.on_stop(stop_all)
         await asyncio.gather(*(edge.start() for edge in edges))
         for edge in edges:
+            edge.watch()
+        for edge in edges:
             assert edge.address is not None
             endpoint: dict[str, Any] = {"grpc": edge.address, "http": edge.info["http"]}
             if edge.metrics:

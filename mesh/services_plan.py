@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from mesh.process import ManagedProcess, wait_until
 from mesh.supervisor import Mesh, ServiceHook
 
 __all__ = ["ServiceProcess", "ServiceSettings", "services_hook"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class ServiceProcess:
         env = {
             "PYTHONPATH": os.pathsep.join([str(root), str(root / "gen" / "python")]),
             "PYTHONUNBUFFERED": "1",
+            # A crash in a C extension prints every thread's Python stack to the log.
+            "PYTHONFAULTHANDLER": "1",
         }
         self.process = ManagedProcess(
             self.name,
@@ -84,9 +89,14 @@ class ServiceProcess:
         self.metrics: str | None = None
         self.info: dict[str, Any] = {}
         """The process's ready file (its bound addresses)."""
+        self.crashes = 0
+        """Unexpected exits the watchdog restarted."""
+        self._expected_exit = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
         """Starts the process and waits until it serves (health SERVING)."""
+        self._expected_exit = False
         self.ready_path.unlink(missing_ok=True)
         await self.process.start()
 
@@ -118,15 +128,46 @@ class ServiceProcess:
 
     async def stop(self) -> None:
         """Stops the process (SIGTERM, then SIGKILL)."""
+        self._expected_exit = True
         await self.process.stop(timeout=15)
 
     async def kill(self) -> None:
-        """Kills the process at once, as a crash would."""
+        """Kills the process at once, as a crash would (the watchdog leaves it down)."""
+        self._expected_exit = True
         await self.process.kill()
 
     async def restart(self, timeout: float = 60.0) -> None:
         """Starts the process again with the same config (after stop or kill)."""
         await self.start(timeout)
+
+    def watch(self) -> None:
+        """Restarts the process if it dies unexpectedly, as a process supervisor would.
+
+        A service that crashes (a bug in a C extension, an out-of-memory kill) comes
+        back on its pinned ports; clients reconnect and resume, and the log says it
+        crashed. Exits caused by :meth:`stop` or :meth:`kill` are left alone.
+        """
+        self._expected_exit = False
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+
+    async def _watch(self) -> None:
+        while True:
+            status = await self.process.wait()
+            if self._expected_exit:
+                return
+            self.crashes += 1
+            logger.error("%s exited unexpectedly (status %s, crash #%d); restarting it. Log: %s",
+                         self.name, status, self.crashes, self.process.log_path)  # fmt: skip
+            if self.crashes > 5:
+                logger.error("%s keeps crashing; leaving it down", self.name)
+                return
+            try:
+                await self.start()
+            except Exception:  # reported; the next crash (if any) tries again
+                logger.exception("restarting %s failed", self.name)
+                return
+            self._expected_exit = False
 
 
 def _dsns(mesh: Mesh, region: str) -> dict[str, str]:
@@ -232,6 +273,8 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
 
         mesh.on_stop(stop_all)
         await asyncio.gather(*(proc.start() for proc in procs))
+        for proc in procs:
+            proc.watch()
 
         # Endpoints per region; secondaries reach the Command Service across the WAN.
         command = mesh.services[f"command-{primary}"]

@@ -51,8 +51,27 @@ class Stream:
             self.done.set()
 
     async def next(self, timeout: float = 10.0) -> npb.SubscribeResponse:
-        """The next item (event, heartbeat or replay_complete)."""
-        return await asyncio.wait_for(self.items.get(), timeout)
+        """The next item (event, heartbeat or replay_complete).
+
+        Raises:
+            grpc.aio.AioRpcError: The stream ended with an error (surfaced at once,
+                not as a timeout).
+            TimeoutError: Nothing arrived within ``timeout``.
+        """
+        get = asyncio.ensure_future(self.items.get())
+        ended = asyncio.ensure_future(self.done.wait())
+        finished, _ = await asyncio.wait(
+            {get, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        ended.cancel()
+        if get in finished:
+            return get.result()
+        get.cancel()
+        if self.done.is_set() and self.items.empty():
+            if self.error is not None:
+                raise self.error
+            raise AssertionError("the stream ended")
+        raise TimeoutError(f"no stream item within {timeout}s")
 
     async def next_event(
         self, timeout: float = 10.0, *, kinds: tuple[str, ...] | None = None

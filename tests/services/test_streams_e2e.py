@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal as signals
 import time
 
 import grpc
 import pytest
 
-from chatmesh.v1 import notification_service_pb2 as npb, notification_service_pb2_grpc as ngrpc
+from chatmesh.v1 import (
+    notification_service_pb2 as npb,
+    notification_service_pb2_grpc as ngrpc,
+    query_service_pb2 as qpb,
+)
 from mesh.supervisor import Mesh
-from tests.helpers import Auth, status_details
+from tests.helpers import Auth, eventually, status_details
 from tests.services.client import User
 
 pytestmark = pytest.mark.services
@@ -78,3 +84,23 @@ async def test_slow_client_is_disconnected_without_slowing_others(
         await alice.close()
         await sloth.close()
         await quick.close()
+
+
+async def test_a_crashed_service_is_restarted_by_the_harness(dev_mesh: Mesh, auth: Auth) -> None:
+    query = dev_mesh.services["query-eu"]
+    before = query.crashes
+    os.kill(query.process.pid, signals.SIGSEGV)  # as a crash in a C extension would
+    user = User(dev_mesh, auth, "crash-cora", "eu")
+    try:
+
+        async def answers() -> bool:
+            resp = await user.query.GetPresence(
+                qpb.GetPresenceRequest(user_ids=["crash-cora"]), metadata=user.md
+            )
+            return len(resp.presences) == 1
+
+        await eventually(answers, timeout=30, what="query-eu back after the crash")
+        assert query.crashes == before + 1
+        assert "Fatal Python error: Segmentation fault" in query.process.log_path.read_text()
+    finally:
+        await user.close()
