@@ -21,6 +21,8 @@ from mesh.supervisor import Mesh
 from mesh.topology import load
 from tests.helpers import Auth
 
+pytest_plugins = ["tests.socket_leaks"]
+
 # Service timers shortened so tests observe heartbeats and expiry quickly.
 TEST_SETTINGS = ServiceSettings(
     stream_heartbeat=2.0,

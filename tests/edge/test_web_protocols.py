@@ -128,8 +128,19 @@ async def test_connect_unary_and_stream(
 ) -> None:
     channel = await create_channel(eu_command, auth, "con-dee", "connect")
     headers = {"authorization": f"Bearer {mint(auth.keys, 'con-dee')}"}
-    commands = CommandServiceClient(eu_edge.http, protocol=ProtocolType.CONNECT)
-    notifications = NotificationServiceClient(eu_edge.http, protocol=ProtocolType.CONNECT)
+    async with (
+        CommandServiceClient(eu_edge.http, protocol=ProtocolType.CONNECT) as commands,
+        NotificationServiceClient(eu_edge.http, protocol=ProtocolType.CONNECT) as notifications,
+    ):
+        await _connect_round_trip(commands, notifications, channel, headers)
+
+
+async def _connect_round_trip(
+    commands: CommandServiceClient,
+    notifications: NotificationServiceClient,
+    channel: str,
+    headers: dict[str, str],
+) -> None:
     sent = await commands.send_message(
         cpb.SendMessageRequest(
             channel_id=channel, text="over connect", client_msg_id=uuid.uuid4().hex
@@ -466,11 +477,11 @@ async def test_error_details_survive_the_edge(
     assert details == backend_status
 
     # Connect through the edge: the same details, as typed JSON.
-    commands = CommandServiceClient(eu_edge.http, protocol=ProtocolType.CONNECT)
-    with pytest.raises(ConnectError) as via_connect:
-        await commands.send_message(
-            bad, headers={"authorization": f"Bearer {mint(auth.keys, 'err-ida')}"}
-        )
+    async with CommandServiceClient(eu_edge.http, protocol=ProtocolType.CONNECT) as commands:
+        with pytest.raises(ConnectError) as via_connect:
+            await commands.send_message(
+                bad, headers={"authorization": f"Bearer {mint(auth.keys, 'err-ida')}"}
+            )
     assert via_connect.value.code == Code.INVALID_ARGUMENT
     assert via_connect.value.message == info.value.details()
     assert [(d.type_name, d.message_bytes) for d in via_connect.value.details] == [
