@@ -9,6 +9,7 @@ before they end (``wan_guard``).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +35,28 @@ TEST_SETTINGS = ServiceSettings(
 )
 
 
+INTENDED_CRASHES: Counter[str] = Counter()
+"""Crashes a test caused on purpose, by service name; any other crash fails the run."""
+
+
+def assert_no_unexpected_crashes(mesh: Mesh) -> None:
+    """Fails if a service died while the tests ran, even though the harness restarted it.
+
+    The watchdog keeps a crashed service coming back so one crash does not fail every
+    later test; this makes sure the crash itself is still seen (its log holds the
+    faulthandler stack of every thread).
+    """
+    crashed = {
+        name: svc.crashes - INTENDED_CRASHES[name]
+        for name, svc in mesh.services.items()
+        if svc.crashes > INTENDED_CRASHES[name]
+    }
+    assert not crashed, (
+        f"services crashed and were restarted during the tests: {crashed}; "
+        f"see 'Fatal Python error' in {mesh.run_dir / 'logs'}"
+    )
+
+
 @pytest.fixture(scope="session")
 def run_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A per-session directory for mesh run dirs (kept on failure for the logs)."""
@@ -46,6 +69,7 @@ async def dev_mesh(run_root: Path) -> AsyncIterator[Mesh]:
     mesh = Mesh(load("dev"), run_root / "dev", hooks=[services_hook(TEST_SETTINGS), edges_hook()])
     async with mesh:
         yield mesh
+        assert_no_unexpected_crashes(mesh)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,12 @@
 
 ``rpc /chatmesh.v1.CommandService/SendMessage user=alice code=OK 1.8ms peer=ipv4:…``
 (streams add ``items=N``). The only place RPCs are logged.
+
+The peer is read when the call starts, never when it ends: ``context.peer()`` calls
+into gRPC core on the call itself, and after a client cancels a stream that call can
+already be gone. Reading it in the ``finally`` of a cancelled ``Subscribe`` crashed
+grpcio 1.85 with a NULL dereference in ``cygrpc`` (SIGSEGV, found through the
+harness's faulthandler output); ``code()`` and the identity are plain Python state.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ __all__ = ["AccessLog"]
 logger = logging.getLogger("chatmesh.access")
 
 
+def _peer(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's address, read while the call is alive (``-`` if it already ended)."""
+    if context.cancelled() or context.done():
+        return "-"
+    return str(context.peer())
+
+
 class AccessLog(Interceptor):
     """Logs method, caller, status, duration and peer of each call."""
 
@@ -28,8 +41,8 @@ class AccessLog(Interceptor):
         """Args: service names the server in each line."""
         self._service = service
 
-    def _log(self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float,
-             exc: BaseException | None, items: int | None = None) -> None:  # fmt: skip
+    def _log(self, method: str, context: grpc.aio.ServicerContext[Any, Any], peer: str,
+             started: float, exc: BaseException | None, items: int | None = None) -> None:  # fmt: skip
         code = status_code_of(context, exc)
         level = (
             logging.WARNING
@@ -48,7 +61,7 @@ class AccessLog(Interceptor):
             code.name,
             (time.perf_counter() - started) * 1000,
             "" if items is None else f" items={items}",
-            context.peer(),
+            peer,
         )
 
     async def unary(
@@ -59,6 +72,7 @@ class AccessLog(Interceptor):
         call_next: NextUnary,
     ) -> Any:
         started = time.perf_counter()
+        peer = _peer(context)
         exc: BaseException | None = None
         try:
             return await call_next(request, context)
@@ -66,7 +80,7 @@ class AccessLog(Interceptor):
             exc = e
             raise
         finally:
-            self._log(method, context, started, exc)
+            self._log(method, context, peer, started, exc)
 
     async def stream(
         self,
@@ -76,6 +90,7 @@ class AccessLog(Interceptor):
         call_next: NextStream,
     ) -> AsyncIterator[Any]:
         started = time.perf_counter()
+        peer = _peer(context)
         items = 0
         exc: BaseException | None = None
         try:
@@ -86,4 +101,4 @@ class AccessLog(Interceptor):
             exc = e
             raise
         finally:
-            self._log(method, context, started, exc, items)
+            self._log(method, context, peer, started, exc, items)

@@ -16,6 +16,7 @@ from chatmesh.v1 import (
     query_service_pb2 as qpb,
 )
 from mesh.supervisor import Mesh
+from tests.conftest import INTENDED_CRASHES
 from tests.helpers import Auth, eventually, status_details
 from tests.services.client import User
 
@@ -89,6 +90,7 @@ async def test_slow_client_is_disconnected_without_slowing_others(
 async def test_a_crashed_service_is_restarted_by_the_harness(dev_mesh: Mesh, auth: Auth) -> None:
     query = dev_mesh.services["query-eu"]
     before = query.crashes
+    INTENDED_CRASHES[query.name] += 1
     os.kill(query.process.pid, signals.SIGSEGV)  # as a crash in a C extension would
     user = User(dev_mesh, auth, "crash-cora", "eu")
     try:

@@ -31,7 +31,7 @@ from mesh.production_stores import ProductionStores, production_stores_hook, pro
 from mesh.services_plan import services_hook
 from mesh.supervisor import Mesh
 from mesh.topology import load
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import TEST_SETTINGS, assert_no_unexpected_crashes
 from tests.helpers import Auth, eventually, percentile
 from tests.services.client import User
 from tests.services.test_chat_e2e import (  # noqa: F401 - collected here, on production stores
@@ -76,6 +76,7 @@ async def production(run_root: Path) -> AsyncIterator[tuple[Mesh, ProductionStor
             + (f", ferretdb {stores.ferretdb.rss_bytes() // 2**20} MiB" if stores.ferretdb else "")
         )
         yield mesh, stores
+        assert_no_unexpected_crashes(mesh)
         rss = {region: node.rss_kib() for region, node in stores.nodes.items()}
         print(
             "\ncassandra RSS at the end: "

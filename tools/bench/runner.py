@@ -230,6 +230,13 @@ async def run_topology(
             result["scenarios"][scenario] = scenario_result
             print_scenario(console, name, scenario, scenario_result)
             save()
+        crashed = {n: s.crashes for n, s in mesh.services.items() if s.crashes}
+        result["service_crashes"] = crashed
+        if crashed:
+            ctx.note(
+                f"services crashed and were restarted by the harness: {crashed} "
+                "(see 'Fatal Python error' in their logs)"
+            )
     finally:
         with console.status(f"{name}: stopping load generators and the mesh"):
             await sc.close_quietly(gens)

@@ -6,6 +6,7 @@ server, channel and interceptor are the real thing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ class Script:
     unary: Callable[[Any, Any], Awaitable[Any]] | None = None
     stream_items: int = 2
     stream_error: Exception | None = None
+    stream_hold: bool = False
+    """After the items, keep the stream open until the client cancels it."""
     seen: list[Any] = field(default_factory=list)
 
 
@@ -53,6 +56,8 @@ class _Notification(ngrpc.NotificationServiceServicer):
             yield npb.SubscribeResponse(replay_complete=npb.ReplayComplete(replayed_events=i))
         if self.script.stream_error is not None:
             raise self.script.stream_error
+        if self.script.stream_hold:
+            await asyncio.Event().wait()
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from typing import Any
 
 import grpc
@@ -35,3 +37,32 @@ async def test_one_line_per_rpc_with_status(serve: Any, caplog: pytest.LogCaptur
     )
     assert "code=NOT_FOUND" in lines[1]
     assert "/chatmesh.v1.NotificationService/Subscribe" in lines[2] and "items=2" in lines[2]
+
+
+async def test_a_stream_the_client_cancels_is_logged_once_with_its_peer(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The peer is read when the call starts: reading it from gRPC core after a
+    # cancellation is what crashed services (SIGSEGV in cygrpc); see logging.py.
+    h = await serve([AccessLog("notification")])
+    h.script.stream_hold = True
+    with caplog.at_level(logging.INFO, logger="chatmesh.access"):
+        for _ in range(20):
+            call = h.notification.Subscribe(npb.SubscribeRequest())
+            await call.read()
+            await call.read()
+            call.cancel()
+        await h.query.GetHistory(REQ)  # the server still serves
+
+        def lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name == "chatmesh.access"]
+
+        async with asyncio.timeout(10):
+            while sum("Subscribe" in line for line in lines()) < 20:
+                await asyncio.sleep(0.01)
+    streams = [line for line in lines() if "Subscribe" in line]
+    assert len(streams) == 20
+    for line in streams:
+        assert re.search(r"code=CANCELLED [0-9.]+ms items=2 peer=ipv4:127\.0\.0\.1:\d+$", line), (
+            line
+        )
