@@ -200,6 +200,36 @@ _UNAVAILABLE_ERRORS: Final = (
 )
 
 
+# ------------------------------------------------------------------------- driver bridge
+
+
+def rows_of(future: ResponseFuture, loop: asyncio.AbstractEventLoop) -> asyncio.Future[list[Row]]:
+    """An asyncio future (on ``loop``) for the rows of a driver ``ResponseFuture``.
+
+    The driver calls back on its own event-loop thread; the result crosses over with
+    ``call_soon_threadsafe``. A caller that stopped waiting (cancelled, timed out) is
+    left alone.
+    """
+    done: asyncio.Future[list[Row]] = loop.create_future()
+
+    def settle(rows: list[Row] | None, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(rows or [])
+
+    def ok(rows: Any) -> None:
+        loop.call_soon_threadsafe(settle, list(rows or ()), None)
+
+    def failed(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(settle, None, exc)
+
+    future.add_callbacks(ok, failed)
+    return done
+
+
 # ------------------------------------------------------------------------------ DSN
 
 
@@ -438,28 +468,11 @@ class _Cql:
             bound.consistency_level = consistency
             # Every write carries its own timestamp, so a retry writes the same cells.
             bound.is_idempotent = True
-            done: asyncio.Future[list[Row]] = loop.create_future()
-
-            def settle(rows: list[Row] | None, exc: BaseException | None) -> None:
-                if done.done():  # the caller was cancelled or timed out
-                    return
-                if exc is not None:
-                    done.set_exception(exc)
-                else:
-                    done.set_result(rows or [])
-
-            # Both callbacks run on the driver's event-loop thread.
-            def ok(rows: Any) -> None:
-                loop.call_soon_threadsafe(settle, list(rows or ()), None)
-
-            def failed(exc: BaseException) -> None:
-                loop.call_soon_threadsafe(settle, None, exc)
-
             try:
-                future: ResponseFuture = self.session.execute_async(
-                    bound, timeout=self.settings.request_timeout
+                done = rows_of(
+                    self.session.execute_async(bound, timeout=self.settings.request_timeout),
+                    loop,
                 )
-                future.add_callbacks(ok, failed)
                 # The driver enforces request_timeout; the margin only guards against a
                 # callback that never comes (a driver bug must not hang a handler).
                 async with asyncio.timeout(self.settings.request_timeout + 5.0):

@@ -48,6 +48,7 @@ from mesh.cassandra import (
 )
 from mesh.gotools import TOXIPROXY
 from mesh.ports import allocate
+from mesh.stores.cassandra import rows_of
 from tests.helpers import eventually
 
 logger = logging.getLogger(__name__)
@@ -107,29 +108,10 @@ class Toxiproxy:
 
 async def run(session: Session, query: str, params: tuple[Any, ...], cl: int) -> list[Any]:
     """Runs one CQL statement on the driver's libev thread, awaited from asyncio."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[list[Any]] = loop.create_future()
-
-    def resolve(rows: list[Any] | None, exc: BaseException | None) -> None:
-        if done.done():  # the wait_for below gave up already
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            done.set_result(rows or [])
-
-    # The driver calls back on its own event-loop thread.
-    def ok(rows: Any) -> None:
-        loop.call_soon_threadsafe(resolve, list(rows or []), None)
-
-    def failed(exc: BaseException) -> None:
-        loop.call_soon_threadsafe(resolve, None, exc)
-
     future: ResponseFuture = session.execute_async(
         SimpleStatement(query, consistency_level=cl), params
     )
-    future.add_callbacks(ok, failed)
-    return await asyncio.wait_for(done, timeout=30)
+    return await asyncio.wait_for(rows_of(future, asyncio.get_running_loop()), timeout=30)
 
 
 def connect(spec: CassandraNodeSpec) -> tuple[Cluster, Session]:

@@ -252,9 +252,11 @@ async def _presence(user: User, who: str, status: int) -> bool:
     return resp.presences[0].status == status
 
 
-async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(
-    dev_mesh: Mesh, users: dict[str, User]
+async def crashes_lose_and_duplicate_nothing(
+    mesh: Mesh, users: dict[str, User], crash: tuple[str, ...]
 ) -> None:
+    """alice sends while each service in ``crash`` is killed and restarted in turn; bob
+    (eu) receives every message exactly once, and eu history holds them all."""
     alice, bob = users["alice"], users["bob"]
     channel = await alice.create_channel("crashes", "bob")
     stream = await bob.subscribe()
@@ -270,12 +272,10 @@ async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(
 
     task = asyncio.create_task(sender())
     await eventually(lambda: _async_true(len(sent) >= 10), what="sends before the crash")
-    fanout = dev_mesh.services["fanout-us-east"]
-    await fanout.kill()
-    await fanout.restart()
-    worker = dev_mesh.services["worker-eu"]
-    await worker.kill()
-    await worker.restart()
+    for name in crash:
+        service = mesh.services[name]
+        await service.kill()
+        await service.restart()
     await eventually(
         lambda: _async_true(len(sent) >= 60), timeout=30, what="sends after the restarts"
     )
@@ -292,6 +292,12 @@ async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(
     history = await bob.all_history(channel, page=200, forward=True)
     assert [m.seq for m in history] == sent
     await stream.close()
+
+
+async def test_fanout_and_worker_crashes_lose_and_duplicate_nothing(
+    dev_mesh: Mesh, users: dict[str, User]
+) -> None:
+    await crashes_lose_and_duplicate_nothing(dev_mesh, users, ("fanout-us-east", "worker-eu"))
 
 
 async def test_delivery_latency_by_path(dev_mesh: Mesh, auth: Auth) -> None:

@@ -35,9 +35,8 @@ from tests.conftest import TEST_SETTINGS, assert_no_unexpected_crashes
 from tests.helpers import Auth, eventually, percentile
 from tests.services.client import User
 from tests.services.test_chat_e2e import (  # noqa: F401 - collected here, on production stores
-    _collect,
     _history_reaches,
-    _message_seqs,
+    crashes_lose_and_duplicate_nothing,
     test_edits_deletes_membership_typing_and_presence_reach_the_other_region,
     test_idempotent_retries_yield_one_message_even_across_restart,
     test_resume_replays_exactly_what_was_missed_then_goes_live,
@@ -122,39 +121,7 @@ async def test_primary_worker_crash_loses_and_duplicates_nothing(
     users: dict[str, User],  # noqa: F811 - the imported fixture
 ) -> None:
     """test_chat_e2e's crash test, with the one worker this mode has (the primary's)."""
-    alice, bob = users["alice"], users["bob"]
-    channel = await alice.create_channel("crashes", "bob")
-    stream = await bob.subscribe()
-    await stream.replayed()
-    sent: list[int] = []
-    stop = asyncio.Event()
-
-    async def sender() -> None:
-        i = 0
-        while not stop.is_set() or i < 30:
-            sent.append((await alice.send(channel, f"c{i}")).message.seq)
-            i += 1
-
-    task = asyncio.create_task(sender())
-    await eventually(lambda: _true(len(sent) >= 10), what="sends before the crash")
-    for name in ("fanout-us-east", "worker-us-east"):
-        service = dev_mesh.services[name]
-        await service.kill()
-        await service.restart()
-    await eventually(lambda: _true(len(sent) >= 60), timeout=30, what="sends after the restarts")
-    stop.set()
-    await task
-    events = await _collect(stream, len(sent), timeout=60)
-    assert _message_seqs(events) == sent
-    await eventually(
-        lambda: _history_reaches(bob, channel, sent[-1]), timeout=30, what="eu history complete"
-    )
-    assert [m.seq for m in await bob.all_history(channel, page=200, forward=True)] == sent
-    await stream.close()
-
-
-async def _true(value: bool) -> bool:
-    return value
+    await crashes_lose_and_duplicate_nothing(dev_mesh, users, ("fanout-us-east", "worker-us-east"))
 
 
 async def _eu_sees(user: User, channel: str, seq: int) -> bool:

@@ -31,18 +31,10 @@ _keyspaces = iter(range(1, 1_000_000))
 async def history_dsn(
     cassandra_cluster: CassandraTestCluster,
 ) -> AsyncIterator[str]:
-    """The contract keyspace, emptied (overrides the conftest's per-backend fixture)."""
+    """The contract keyspace, emptied (overrides the conftest's per-backend fixture, so the
+    conftest's ``history_store`` opens Cassandra here)."""
     async with cassandra_dsn({"cassandra_cluster": cassandra_cluster}) as dsn:
         yield dsn
-
-
-@pytest.fixture
-async def history_store(history_dsn: str) -> AsyncIterator[HistoryStore]:
-    store = await open_history(history_dsn)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # ---------------------------------------------------------------- seq-range partitions

@@ -32,6 +32,9 @@ def test_a_saturated_machine_is_sustained_but_not_a_measurement(busy: float) -> 
     res = phase(busy)
     assert res.sustained and not res.measurable
     assert f"saturated ({busy:.0f}% of 2 cores busy)" in res.measurement_problems()
+    record = res.record()  # what results.json keeps of the attempt
+    assert (record["sustained"], record["machine_cpu_percent"]) == (True, busy)
+    assert record["problems"] == res.measurement_problems()
 
 
 def test_every_reason_is_named() -> None:

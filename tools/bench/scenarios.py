@@ -386,6 +386,17 @@ class LoadResult:
             )
         return "; ".join(out)
 
+    def record(self) -> dict[str, Any]:
+        """What results.json keeps of a probe or delivery attempt."""
+        return {
+            "rate": self.rate,
+            "sustained": self.sustained,
+            "machine_cpu_percent": self.cpu.machine_percent,
+            "problems": self.measurement_problems(),
+            "delivered_ratio": round(self.delivered_ratio, 4),
+            "errors": self.errors,
+        }
+
     def deliveries_per_s(self) -> float:
         """Deliveries received per second of sending."""
         return self.received / self.seconds if self.seconds else 0.0
@@ -592,6 +603,11 @@ async def run_floor(ctx: Context) -> dict[str, Any]:
 # -- 1. delivery latency under load ------------------------------------------------------------
 
 
+def _halved(plan: Plan, rate: float) -> float:
+    """The next, lower rate to try after ``rate`` was not measurable."""
+    return max(plan.min_rate, round(rate / 2, 1))
+
+
 async def run_delivery(ctx: Context) -> dict[str, Any]:
     """Send->receive latency per path at a steady rate (scaled down if unsustainable)."""
     plan = ctx.plan
@@ -599,18 +615,10 @@ async def run_delivery(ctx: Context) -> dict[str, Any]:
     probes = []
     for attempt in range(6):
         probe = await run_load(ctx, f"p{attempt}", rate, plan.probe_s, "delivery probe")
-        probes.append(
-            {
-                "rate": rate,
-                "sustained": probe.sustained,
-                "machine_cpu_percent": probe.cpu.machine_percent,
-                "problems": probe.measurement_problems(),
-                "delivered_ratio": round(probe.delivered_ratio, 4),
-            }
-        )
+        probes.append(probe.record())
         if probe.measurable or rate <= plan.min_rate:
             break
-        new_rate = max(plan.min_rate, round(rate / 2, 1))
+        new_rate = _halved(plan, rate)
         ctx.note(
             f"scaled down: delivery rate {rate:g} -> {new_rate:g} msg/s "
             f"(not measurable on this machine: {probe.measurement_problems()})"
@@ -621,19 +629,10 @@ async def run_delivery(ctx: Context) -> dict[str, Any]:
     attempts: list[dict[str, Any]] = []
     for attempt in range(3):
         res = await run_load(ctx, f"d{attempt}", rate, plan.delivery_s, "delivery")
-        attempts.append(
-            {
-                "rate": rate,
-                "sustained": res.sustained,
-                "machine_cpu_percent": res.cpu.machine_percent,
-                "problems": res.measurement_problems(),
-                "delivered_ratio": round(res.delivered_ratio, 4),
-                "errors": res.errors,
-            }
-        )
+        attempts.append(res.record())
         if res.measurable or rate <= plan.min_rate:
             break
-        new_rate = max(plan.min_rate, round(rate / 2, 1))
+        new_rate = _halved(plan, rate)
         ctx.note(
             f"scaled down: the {plan.delivery_s:g} s delivery phase at {rate:g} msg/s was not "
             f"measurable ({res.measurement_problems()}); measuring again at {new_rate:g} msg/s"
