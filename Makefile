@@ -36,9 +36,9 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed $(NODE_STAMP) ## Install Python and npm dependencies (idempotent)
 
 tools: $(VENV)/.installed ## Fetch/build the servers once per machine (Toxiproxy, FerretDB, Cassandra jars)
-	$(PY) -c "from mesh.gotools import TOXIPROXY; print(TOXIPROXY.ensure())"
-	$(PY) -m mesh.ferretdb build
-	$(PY) -c "from mesh.cassandra import ensure_jars; print(ensure_jars())"
+	$(PY) -c "from mesh.harness.servers.gotools import TOXIPROXY; print(TOXIPROXY.ensure())"
+	$(PY) -m mesh.harness.servers.ferretdb build
+	$(PY) -c "from mesh.harness.servers.cassandra import ensure_jars; print(ensure_jars())"
 
 up: install tools web ## Start a two-region mesh (TOPOLOGY=dev) in the background on embedded stores
 	$(BIN)/chatmesh up --topology $(TOPOLOGY)
@@ -61,10 +61,11 @@ test: install tools web chromium ## Run the whole test suite against real server
 test-fast: install ## Unit tests only (no servers)
 	$(PY) -m pytest -m "not mesh and not services and not cassandra and not mongo and not browser" $(PYTEST_ARGS)
 
-lint: install lint-proto web-typecheck ## buf lint + breaking, ruff, mypy --strict, tsc --noEmit
+lint: install lint-proto web-typecheck ## buf lint + breaking, ruff, mypy --strict, the import contract, tsc --noEmit
 	$(BIN)/ruff check mesh services tools tests
 	$(BIN)/ruff format --check mesh services tools tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: install ## Format the Python code
 	$(BIN)/ruff format mesh services tools tests
@@ -77,8 +78,8 @@ clean: down ## Remove build outputs and the run directory (keeps the venv and ca
 	rm -rf build .run bench-results test-results .pytest_cache .mypy_cache .ruff_cache
 
 compose-config: $(VENV)/.installed ## Generate docker-compose files, deploy/$(TOPOLOGY)/ and git-ignored secrets
-	$(PY) -m mesh.compose generate --topology $(TOPOLOGY)
-	$(PY) -m mesh.compose secrets --topology $(TOPOLOGY)
+	$(PY) -m mesh.deploy.compose generate --topology $(TOPOLOGY)
+	$(PY) -m mesh.deploy.compose secrets --topology $(TOPOLOGY)
 
 compose-check: $(VENV)/.installed ## Fail if the committed compose/Envoy/NATS files are stale
-	$(PY) -m mesh.compose generate --check
+	$(PY) -m mesh.deploy.compose generate --check

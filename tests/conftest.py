@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mesh.auth import KeyDirectory
-from mesh.edge_plan import edges_hook
-from mesh.services_plan import ServiceSettings, services_hook
-from mesh.supervisor import Mesh
+from mesh.core.auth import KeyDirectory
+from mesh.harness.edges import edges_hook
+from mesh.harness.services import ServiceSettings, services_hook
+from mesh.harness.supervisor import Mesh
 from mesh.topology import load
 from tests.helpers import Auth
 

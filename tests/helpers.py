@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from mesh.auth import KeyDirectory, mint
+from mesh.core.auth import KeyDirectory, mint
 
 T = TypeVar("T")
 

@@ -38,3 +38,9 @@ def test_mypy_strict() -> None:
 def test_buf_lint_and_breaking() -> None:
     result = _run([sys.executable, "-m", "tools.gen", "--lint"])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_contract() -> None:
+    """Runtime code never imports the harness, deploy generators or CLI (pyproject's contracts)."""
+    result = _run([str(BIN / "lint-imports")])
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -105,7 +105,7 @@ Choices, and why:
 * **Asynchronous.** The driver's ``execute_async`` futures complete on its libev
   thread and are handed to the asyncio loop with ``call_soon_threadsafe``; only
   connecting, preparing and schema changes (start-up) run in a worker thread.
-* **Errors.** Timeouts and unreachable replicas raise :class:`mesh.errors.Unavailable`
+* **Errors.** Timeouts and unreachable replicas raise :class:`mesh.core.errors.Unavailable`
   ``BACKEND_UNAVAILABLE`` (the caller may retry); anything else propagates.
 
 Example:
@@ -156,7 +156,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy
 from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, tuple_factory
 
 from chatmesh.v1 import events_pb2, message_pb2
-from mesh.errors import Unavailable
+from mesh.core.errors import Unavailable
 from mesh.stores.base import UNREAD_CAP, HistoryPage
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Production runs a MongoDB replica set: the primary in the primary region, secondaries
 in the others (ADR-010). Tests and the local "production stores" mode run FerretDB
-v1.24.2 on SQLite (:mod:`mesh.ferretdb`). The code here is written for MongoDB and
+v1.24.2 on SQLite (:mod:`mesh.harness.servers.ferretdb`). The code here is written for MongoDB and
 restricted to what FerretDB also does correctly.
 
 Documents (a string ``_id`` everywhere: on MongoDB the cheapest lookup, and
@@ -73,7 +73,7 @@ Choices, and why:
   ``connectTimeoutMS`` 5 s and ``socketTimeoutMS`` 15 s (a DSN may set ``timeoutMS``
   instead, for one deadline per operation, retries included). Losing the server (no
   primary, network errors, timeouts) raises
-  :class:`mesh.errors.Unavailable` ``BACKEND_UNAVAILABLE``; other server errors
+  :class:`mesh.core.errors.Unavailable` ``BACKEND_UNAVAILABLE``; other server errors
   propagate unchanged.
 * **Schema step at open**: a versioned list of migrations (index creation, which is
   idempotent) recorded in ``schema``. A store whose schema is current opens without
@@ -138,7 +138,7 @@ from pymongo.read_preferences import (
 )
 
 from chatmesh.v1 import channel_pb2, events_pb2
-from mesh.errors import Unavailable
+from mesh.core.errors import Unavailable
 from mesh.stores.base import LogConflict, LogEntry, MessageRecord
 
 __all__ = [

@@ -8,9 +8,9 @@ import logging
 import sys
 
 from chatmesh.v1 import command_service_pb2_grpc as pb_grpc
-from mesh import config as config_mod
-from mesh.grpcserver import GrpcServer, configure_logging
-from mesh.nats import connect
+from mesh.bus.connection import connect
+from mesh.core import config as config_mod
+from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_command, open_metadata
 from services.command.config import CommandConfig
 from services.command.server import CommandServicer

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from chatmesh.v1 import command_service_pb2 as pb, command_service_pb2_grpc as pb_grpc
-from mesh.headers import ORIGIN_REGION
-from mesh.interceptors.auth import current_user
+from mesh.core.headers import ORIGIN_REGION
+from mesh.rpc.interceptors.auth import current_user
 from services.command.service import Commands
 
 __all__ = ["ORIGIN_HEADER", "CommandServicer"]

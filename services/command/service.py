@@ -20,7 +20,7 @@ or the periodic republisher: steps 4 and 5 are idempotent, and the event bytes
 come from the log, so a retry publishes the very same event.
 
 This module knows nothing of gRPC: it takes request messages and the caller's
-id, and raises :mod:`mesh.errors` exceptions.
+id, and raises :mod:`mesh.core.errors` exceptions.
 """
 
 from __future__ import annotations
@@ -34,11 +34,17 @@ from collections.abc import Callable
 from nats.aio.client import Client as NATS
 
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
-from mesh import ids
-from mesh.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, Unavailable
-from mesh.eventbus import publish_event
-from mesh.events import new_event, now_ms
-from mesh.natsconf import EVENTS_STREAM, Subjects
+from mesh.bus.eventbus import publish_event
+from mesh.bus.subjects import EVENTS_STREAM, Subjects
+from mesh.core import ids
+from mesh.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from mesh.core.events import new_event, now_ms
 from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
 
 __all__ = ["Commands"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from mesh import config as config_mod
-from mesh.grpcserver import configure_logging
+from mesh.core import config as config_mod
+from mesh.rpc.server import configure_logging
 from services.edge.config import EdgeConfig
 from services.edge.server import EdgeServer
 

@@ -45,9 +45,9 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from mesh.auth import Identity, TokenVerifier
-from mesh.errors import DeadlineExceeded, NotFound, Unavailable
-from mesh.headers import ORIGIN_REGION as ORIGIN_HEADER
+from mesh.core.auth import Identity, TokenVerifier
+from mesh.core.errors import DeadlineExceeded, NotFound, Unavailable
+from mesh.core.headers import ORIGIN_REGION as ORIGIN_HEADER
 
 __all__ = ["ROUTES", "BackendError", "Caller", "ChannelPool", "Forwarder"]
 
@@ -112,7 +112,7 @@ def _client_options() -> list[tuple[str, Any]]:
         # subchannel between channels with equal arguments, defeating the pool.
         ("grpc.use_local_subchannel_pool", 1),
         # Notice a dead backend (or WAN link) on idle streams; within what the
-        # services allow (mesh.grpcserver: min ping interval 5 s).
+        # services allow (mesh.rpc.server: min ping interval 5 s).
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -26,11 +26,11 @@ from grpc_health.v1 import _async as health_aio, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chatmesh.v1 import command_service_pb2, notification_service_pb2, query_service_pb2
-from mesh.auth import TokenVerifier
-from mesh.grpcserver import server_options
-from mesh.headers import AUTHORIZATION, ORIGIN_REGION
-from mesh.interceptors import AccessLog, Authenticator, Deadlines, ErrorMapper, Metrics
-from mesh.interceptors.deadline import remaining
+from mesh.core.auth import TokenVerifier
+from mesh.core.headers import AUTHORIZATION, ORIGIN_REGION
+from mesh.rpc.interceptors import AccessLog, Authenticator, Deadlines, ErrorMapper, Metrics
+from mesh.rpc.interceptors.deadline import remaining
+from mesh.rpc.server import server_options
 from services.edge.config import EdgeConfig
 
 __all__ = ["PUBLIC_SERVICES", "GrpcProxy"]

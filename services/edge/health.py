@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Iterable
 
 from grpc_health.v1 import health_pb2
 
-from mesh.errors import NotFound
+from mesh.core.errors import NotFound
 
 __all__ = ["EdgeHealth"]
 

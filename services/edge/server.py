@@ -15,8 +15,8 @@ gRPC-Web (HTTP/1.1 and HTTP/2) and Connect on a single port:
 All of it sits behind :class:`~services.edge.cors.Cors`. This module is also
 the one place where errors become wire statuses (:func:`to_connect_error`):
 a backend's status is relayed with the same code, message and details;
-an edge-side :class:`~mesh.errors.ChatmeshError` gets the same rich status the
-services' error interceptor produces (:func:`mesh.interceptors.errors.rich_status`);
+an edge-side :class:`~mesh.core.errors.ChatmeshError` gets the same rich status the
+services' error interceptor produces (:func:`mesh.rpc.interceptors.errors.rich_status`);
 anything else is INTERNAL, masked, and logged with an id. One access-log line
 and the standard RPC metrics (``service="edge"``) per call.
 
@@ -59,10 +59,10 @@ from prometheus_client import start_http_server
 from protobuf.wkt import Any as AnyPb
 
 from chatmesh.v1 import command_service_pb2, errors_pb2, notification_service_pb2, query_service_pb2
-from mesh.auth import TokenVerifier
-from mesh.errors import ChatmeshError
-from mesh.interceptors.errors import rich_status
-from mesh.interceptors.metrics import RPC_DURATION, RPC_TOTAL
+from mesh.core.auth import TokenVerifier
+from mesh.core.errors import ChatmeshError
+from mesh.rpc.interceptors.errors import rich_status
+from mesh.rpc.interceptors.metrics import RPC_DURATION, RPC_TOTAL
 from services.edge.asgi import ASGIApp, Receive, Scope, Send, header, plain_response
 from services.edge.config import EdgeConfig
 from services.edge.cors import Cors, OriginPolicy

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from mesh.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, USER_ID_RE, KeyDirectory, mint
+from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, USER_ID_RE, KeyDirectory, mint
 from services.edge.asgi import ASGIApp, Receive, Scope, Send, header, plain_response
 from services.edge.config import EdgeConfig
 

@@ -6,9 +6,9 @@ import asyncio
 import sys
 
 from chatmesh.v1 import fanout_service_pb2_grpc as pb_grpc
-from mesh import config as config_mod
-from mesh.grpcserver import GrpcServer, configure_logging
-from mesh.nats import connect
+from mesh.bus.connection import connect
+from mesh.core import config as config_mod
+from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_metadata
 from services.fanout.config import FanoutConfig
 from services.fanout.server import FanoutServicer

@@ -32,10 +32,10 @@ from prometheus_client import Counter, Gauge
 
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, presence_pb2
-from mesh import ids
-from mesh.eventbus import PullConsumer, StreamMsg
-from mesh.events import new_event
-from mesh.natsconf import EVENTS_STREAM, Subjects
+from mesh.bus.eventbus import PullConsumer, StreamMsg
+from mesh.bus.subjects import EVENTS_STREAM, Subjects
+from mesh.core import ids
+from mesh.core.events import new_event
 from mesh.stores import MetadataStore
 from services.fanout.table import RoutingTable
 

@@ -6,9 +6,9 @@ import asyncio
 import sys
 
 from chatmesh.v1 import notification_service_pb2_grpc as pb_grpc
-from mesh import config as config_mod, ids
-from mesh.grpcserver import GrpcServer, configure_logging
-from mesh.nats import connect
+from mesh.bus.connection import connect
+from mesh.core import config as config_mod, ids
+from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
 from mesh.stores.presence import PresenceStore
 from services.notification.config import NotificationConfig

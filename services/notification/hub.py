@@ -39,9 +39,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, notification_service_pb2 as pb, presence_pb2
-from mesh.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
-from mesh.events import new_event, now_ms
-from mesh.natsconf import Subjects
+from mesh.bus.subjects import Subjects
+from mesh.core.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from mesh.core.events import new_event, now_ms
 from mesh.stores import HistoryStore, MetadataStore
 from mesh.stores.presence import PresenceStore
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from chatmesh.v1 import notification_service_pb2 as pb, notification_service_pb2_grpc as pb_grpc
-from mesh.interceptors.auth import current_user
+from mesh.rpc.interceptors.auth import current_user
 from services.notification.hub import Hub
 
 __all__ = ["NotificationServicer"]

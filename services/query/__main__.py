@@ -6,8 +6,8 @@ import asyncio
 import sys
 
 from chatmesh.v1 import query_service_pb2_grpc as pb_grpc
-from mesh import config as config_mod
-from mesh.grpcserver import GrpcServer, configure_logging
+from mesh.core import config as config_mod
+from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
 from mesh.stores.presence import PresenceStore
 from services.query.config import QueryConfig

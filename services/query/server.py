@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatmesh.v1 import query_service_pb2 as pb, query_service_pb2_grpc as pb_grpc
-from mesh.interceptors.auth import current_user
+from mesh.rpc.interceptors.auth import current_user
 from services.query.service import Queries
 
 __all__ = ["QueryServicer"]

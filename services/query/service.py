@@ -7,7 +7,7 @@ answering from what it has.
 from __future__ import annotations
 
 from chatmesh.v1 import channel_pb2, message_pb2, query_service_pb2 as pb
-from mesh.errors import NotFound, PermissionDenied
+from mesh.core.errors import NotFound, PermissionDenied
 from mesh.stores import HistoryStore, MetadataStore
 from mesh.stores.presence import PresenceStore
 

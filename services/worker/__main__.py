@@ -7,10 +7,10 @@ import contextlib
 import logging
 import sys
 
-from mesh import config as config_mod
-from mesh.eventbus import PullConsumer
-from mesh.grpcserver import GrpcServer, configure_logging
-from mesh.nats import connect
+from mesh.bus.connection import connect
+from mesh.bus.eventbus import PullConsumer
+from mesh.core import config as config_mod
+from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
 from services.worker.config import WorkerConfig
 from services.worker.service import Projector

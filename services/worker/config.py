@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.config import CommonConfig
+from mesh.core.config import CommonConfig
 
 __all__ = ["WorkerConfig"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.paths import repo_root
+from mesh.harness.paths import repo_root
 
 CHROMIUM = os.environ.get("CHATMESH_CHROMIUM", "/usr/bin/chromium")
 """Debian's Chromium (``make chromium``); ``npx playwright install`` cannot download here."""

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from mesh.paths import repo_root
-from mesh.supervisor import Mesh
+from mesh.harness.paths import repo_root
+from mesh.harness.supervisor import Mesh
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 

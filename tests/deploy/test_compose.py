@@ -26,11 +26,12 @@ import jwt
 import pytest
 import yaml
 
-from mesh import compose, natsconf
-from mesh.auth import KeyDirectory, mint
-from mesh.config import CommonConfig, ConfigError, load as load_config
-from mesh.nats import nats_server_binary
-from mesh.paths import repo_root
+from mesh.core.auth import KeyDirectory, mint
+from mesh.core.config import CommonConfig, ConfigError, load as load_config
+from mesh.deploy import compose
+from mesh.deploy.nats import service_permissions
+from mesh.harness.nats import nats_server_binary
+from mesh.harness.paths import repo_root
 from mesh.topology import Topology, load
 from services.command.config import CommandConfig
 from services.fanout.config import FanoutConfig
@@ -191,7 +192,7 @@ def test_every_referenced_file_exists(deployment: tuple[Topology, Path]) -> None
     )
     assert missing == []
     # Secrets are referenced only from the git-ignored folder and are exactly
-    # what `mesh.compose secrets` creates.
+    # what `mesh.deploy.compose secrets` creates.
     secret_refs = {r for r in refs if r.startswith(f"deploy/{topo.name}/secrets/")}
     assert secret_refs == set(compose.secret_files(topo))
 
@@ -235,7 +236,7 @@ def test_nats_clusters_and_gateways_match_the_topology(deployment: tuple[Topolog
             assert set(users) == set(compose.nats_users(topo))
             # Every password is an environment reference, never a literal.
             assert all(u["password"].startswith("<NATS_PW_") for u in users.values())
-            assert users["command"]["permissions"] == natsconf.service_permissions(topo)["command"]
+            assert users["command"]["permissions"] == service_permissions(topo)["command"]
 
 
 def test_nats_configs_pass_nats_server_check_with_the_secrets(
@@ -269,7 +270,7 @@ def test_nats_configs_pass_nats_server_check_with_the_secrets(
 def test_service_environments_load_as_service_configs(deployment: tuple[Topology, Path]) -> None:
     topo, out = deployment
     doc = _doc(out, topo)
-    perms = natsconf.service_permissions(topo)
+    perms = service_permissions(topo)
     for name, spec in doc["services"].items():
         command = spec.get("command", [])
         kind = command[-1].removeprefix("services.") if command[:2] == ["python", "-m"] else None
@@ -280,7 +281,7 @@ def test_service_environments_load_as_service_configs(deployment: tuple[Topology
         for path in spec["env_file"]:
             env.update(env_file(out / path))
         fields = {f"CHATMESH_{f.upper()}" for f in cls.__dataclass_fields__}
-        # mesh.config ignores unknown variables, so a misspelt one would be silently dropped.
+        # mesh.core.config ignores unknown variables, so a misspelt one would be silently dropped.
         assert {k for k in env if k.startswith("CHATMESH_")} <= fields, name
         try:
             cfg = load_config(cls, env=env)
@@ -432,7 +433,15 @@ def test_committed_compose_file_is_valid() -> None:
 def test_check_mode_fails_on_drift(tmp_path: Path) -> None:
     topo = load("dev")
     compose.write_compose(topo, tmp_path)
-    cmd = [sys.executable, "-m", "mesh.compose", "generate", "--check", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mesh.deploy.compose",
+        "generate",
+        "--check",
+        "--out",
+        str(tmp_path),
+    ]
     fresh = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=repo_root())
     assert fresh.returncode == 0, fresh.stderr
     conf = tmp_path / "deploy/dev/envoy/envoy-eu.yaml"
@@ -452,9 +461,9 @@ def test_check_mode_fails_on_drift(tmp_path: Path) -> None:
 
 @pytest.mark.mesh
 async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_path: Path) -> None:
-    """The init job's code path (`python -m mesh.compose ensure-streams`) against real NATS."""
-    from mesh.nats import connect, js_api
-    from mesh.supervisor import Mesh
+    """The init job's code path (`python -m mesh.bus.streams`) against real NATS."""
+    from mesh.bus.connection import connect, js_api
+    from mesh.harness.supervisor import Mesh
 
     topo = load("dev")
     streams = tmp_path / "streams.json"
@@ -467,7 +476,7 @@ async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_pat
             "CHATMESH_NATS_USER": admin.user,
             "CHATMESH_NATS_PASSWORD": admin.password,
         }
-        cmd = [sys.executable, "-m", "mesh.compose", "ensure-streams", str(streams)]
+        cmd = [sys.executable, "-m", "mesh.bus.streams", str(streams)]
         # Twice: the job must be idempotent (compose re-runs it on every `up`).
         for _ in range(2):
             proc = await asyncio.create_subprocess_exec(

@@ -26,9 +26,9 @@ from google.protobuf import (
     message_factory,
 )
 
-from mesh import envoy as edge
-from mesh.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
-from mesh.paths import repo_root
+from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from mesh.deploy import envoy as edge
+from mesh.harness.paths import repo_root
 from mesh.topology import Topology, load
 from services.notification.config import NotificationConfig
 

@@ -18,7 +18,7 @@ import pytest
 from google.rpc import status_pb2
 
 from chatmesh.v1 import command_service_pb2 as cpb, command_service_pb2_grpc as cgrpc
-from mesh.supervisor import Mesh
+from mesh.harness.supervisor import Mesh
 from tests.helpers import Auth
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from chatmesh.v1 import command_service_pb2 as cpb, command_service_pb2_grpc as cgrpc
-from mesh.auth import mint
+from mesh.core.auth import mint
 from tests.edge.conftest import Edge, create_channel
 from tests.helpers import Auth
 

@@ -31,8 +31,8 @@ from chatmesh.v1 import (
 from chatmesh.v1.command_service_connect import CommandServiceClient
 from chatmesh.v1.notification_service_connect import NotificationServiceClient
 from chatmesh.v1.query_service_connect import QueryServiceClient
-from mesh.auth import KeyDirectory, mint
-from mesh.supervisor import Mesh
+from mesh.core.auth import KeyDirectory, mint
+from mesh.harness.supervisor import Mesh
 from tests.edge.conftest import (
     Edge,
     GrpcWebReader,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mesh.auth import KeyDirectory, TokenVerifier
+from mesh.core.auth import KeyDirectory, TokenVerifier
 from services.edge.config import EdgeConfig
 from services.edge.static import StaticFiles
 from services.edge.webclient import DEV_TOKEN_TTL, WebClientApp, check_dev_token

@@ -27,9 +27,9 @@ from chatmesh.v1 import (
     query_service_pb2 as qpb,
     query_service_pb2_grpc as qgrpc,
 )
-from mesh.auth import mint
-from mesh.paths import repo_root
-from mesh.supervisor import Mesh
+from mesh.core.auth import mint
+from mesh.harness.paths import repo_root
+from mesh.harness.supervisor import Mesh
 from tests.helpers import Auth, eventually
 
 pytestmark = [pytest.mark.services]

@@ -19,7 +19,7 @@ from chatmesh.v1 import (
     query_service_pb2 as qpb,
     query_service_pb2_grpc as qgrpc,
 )
-from mesh.supervisor import Mesh
+from mesh.harness.supervisor import Mesh
 from tests.helpers import Auth
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from chatmesh.v1 import command_service_pb2 as cpb, presence_pb2, query_service_pb2 as qpb
-from mesh.supervisor import Mesh
+from mesh.harness.supervisor import Mesh
 from tests.helpers import Auth, eventually, percentile
 from tests.services.client import Stream, User
 

@@ -14,8 +14,8 @@ from chatmesh.v1 import (
     notification_service_pb2 as npb,
     query_service_pb2 as qpb,
 )
-from mesh.auth import KeyDirectory, mint
-from mesh.supervisor import Mesh
+from mesh.core.auth import KeyDirectory, mint
+from mesh.harness.supervisor import Mesh
 from tests.helpers import Auth, eventually, status_details
 from tests.services.client import User
 

@@ -15,7 +15,7 @@ from chatmesh.v1 import (
     notification_service_pb2_grpc as ngrpc,
     query_service_pb2 as qpb,
 )
-from mesh.supervisor import Mesh
+from mesh.harness.supervisor import Mesh
 from tests.conftest import INTENDED_CRASHES
 from tests.helpers import Auth, eventually, status_details
 from tests.services.client import User

@@ -1,7 +1,7 @@
 """The Cassandra history backend of the store contract suite.
 
 One single-node Cassandra 5.0 (DC ``dc1``) per test session, started through the same
-harness as the mesh (:mod:`mesh.cassandra`). The keyspace is created once with the
+harness as the mesh (:mod:`mesh.harness.servers.cassandra`). The keyspace is created once with the
 store's own migrations; each test gets it empty again (``TRUNCATE`` of the store's
 tables, ~0.3 s, against ~2 s for a keyspace per test).
 
@@ -32,7 +32,7 @@ import pytest
 from cassandra.cluster import Cluster, Session
 from cassandra.io.libevreactor import LibevConnection
 
-from mesh.cassandra import CassandraNode, ensure_jars, plan_cluster
+from mesh.harness.servers.cassandra import CassandraNode, ensure_jars, plan_cluster
 from mesh.stores.cassandra import open_cassandra_history
 
 KEYSPACE = "contract"

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from mesh.ferretdb import FerretDB, ensure_ferretdb
+from mesh.harness.servers.ferretdb import FerretDB, ensure_ferretdb
 from mesh.stores import (
     CommandStore,
     HistoryStore,

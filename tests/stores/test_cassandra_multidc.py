@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh.auth import KeyDirectory
-from mesh.daemon import default_hooks
-from mesh.production_stores import ProductionStores, production_stores_hook, proxy_latencies
-from mesh.services_plan import services_hook
-from mesh.supervisor import Mesh
+from mesh.core.auth import KeyDirectory
+from mesh.harness.daemon import default_hooks
+from mesh.harness.production_stores import ProductionStores, production_stores_hook, proxy_latencies
+from mesh.harness.services import services_hook
+from mesh.harness.supervisor import Mesh
 from mesh.topology import load
 from tests.conftest import TEST_SETTINGS, assert_no_unexpected_crashes
 from tests.helpers import Auth, eventually, percentile

@@ -19,10 +19,10 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2, presence_pb2
-from mesh.errors import Unavailable
-from mesh.events import new_event
-from mesh.ferretdb import FerretDB
-from mesh.ports import allocate
+from mesh.core.errors import Unavailable
+from mesh.core.events import new_event
+from mesh.harness.ports import allocate
+from mesh.harness.servers.ferretdb import FerretDB
 from mesh.stores import (
     UNREAD_CAP,
     CommandStore,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh.errors import Unavailable
+from mesh.core.errors import Unavailable
 from mesh.stores import HistoryPage, HistoryStore, open_history
 from mesh.stores.cassandra import BUCKET_SIZE, SCHEMA_VERSION, open_cassandra_history, parse_dsn
 from tests.stores.cassandra_backend import CassandraTestCluster, cassandra_dsn

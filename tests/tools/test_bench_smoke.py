@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mesh.paths import repo_root
+from mesh.harness.paths import repo_root
 from tools.bench.plan import SCENARIOS
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mesh.paths import repo_root
+from mesh.harness.paths import repo_root
 from tools.bench.plan import FULL, QUICK, SCENARIOS
 from tools.bench.procstat import CpuSampler, machine_info
 from tools.bench.report import print_summary, targets, write_docs

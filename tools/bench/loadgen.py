@@ -61,9 +61,9 @@ from chatmesh.v1 import (
     query_service_pb2 as qpb,
     query_service_pb2_grpc as qgrpc,
 )
-from mesh.auth import KeyDirectory, mint
-from mesh.nats import connect
-from mesh.natsconf import Subjects
+from mesh.bus.connection import connect
+from mesh.bus.subjects import Subjects
+from mesh.core.auth import KeyDirectory, mint
 
 __all__ = ["LoadGen", "main"]
 

@@ -1,7 +1,7 @@
 """Runs the selected scenarios on one topology: mesh up, generators up, scenarios, all down.
 
 The mesh is started through the same harness ``chatmesh up`` uses
-(:class:`mesh.supervisor.Mesh` with :func:`mesh.daemon.default_hooks`: stores,
+(:class:`mesh.harness.supervisor.Mesh` with :func:`mesh.harness.daemon.default_hooks`: stores,
 services, and the edges when that module exists), in a fresh run directory
 under the results directory. Whatever happens (errors, Ctrl-C, SIGTERM),
 generators are closed and the mesh is stopped; afterwards only the run's logs
@@ -26,9 +26,9 @@ from typing import Any
 
 from rich.console import Console
 
-from mesh.daemon import default_hooks
-from mesh.paths import repo_root
-from mesh.supervisor import Mesh
+from mesh.harness.daemon import default_hooks
+from mesh.harness.paths import repo_root
+from mesh.harness.supervisor import Mesh
 from mesh.topology import Topology, load
 from tools.bench import scenarios as sc
 from tools.bench.plan import Plan
@@ -50,8 +50,8 @@ def describe_topology(topology: Topology) -> dict[str, Any]:
 
 def versions() -> dict[str, Any]:
     """Versions of everything measured: Python, libraries, nats-server, Toxiproxy, chatmesh."""
-    from mesh.gotools import TOXIPROXY
-    from mesh.nats import nats_server_binary
+    from mesh.harness.nats import nats_server_binary
+    from mesh.harness.servers.gotools import TOXIPROXY
 
     def dist(name: str) -> str:
         try:
@@ -260,7 +260,7 @@ async def run_production_history(
     Returns:
         ``{"status": "ok", "history": ...}`` or ``{"status": "skipped", "reason": ...}``.
     """
-    if importlib.util.find_spec("mesh.production_stores") is None:
+    if importlib.util.find_spec("mesh.harness.production_stores") is None:
         reason = "mesh/production_stores.py does not exist yet (the production-stores harness)"
         if required:
             raise RuntimeError(f"--stores production: {reason}")

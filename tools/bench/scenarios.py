@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chatmesh.v1 import fanout_service_pb2 as fpb, fanout_service_pb2_grpc as fgrpc
-from mesh.supervisor import Mesh
+from mesh.harness.supervisor import Mesh
 from tools.bench import profiling
 from tools.bench.plan import Plan, Population, population
 from tools.bench.procstat import CpuSampler, CpuUsage, rss_bytes

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from mesh.paths import repo_root
+from mesh.harness.paths import repo_root
 
 __all__ = ["LoadGenError", "LoadGenProcess"]
 

@@ -1,0 +1,86 @@
+"""Every NATS subject and stream name chatmesh uses: the bus's vocabulary.
+
+Services import these names; the deployment generators (:mod:`mesh.deploy.nats`)
+derive permissions from them. ``docs/subjects.md`` explains the design in prose.
+
+Example:
+    >>> Subjects.channel_events("ch_0123")
+    'chatmesh.evt.ch.ch_0123'
+    >>> Subjects.delivery("eu", "n-eu-1-ab12")
+    'chatmesh.dlv.eu.n-eu-1-ab12'
+    >>> mirror_stream_name("us-west")
+    'EVENTS_US_WEST'
+"""
+
+from __future__ import annotations
+
+__all__ = ["EVENTS_STREAM", "Subjects", "mirror_stream_name"]
+
+EVENTS_STREAM = "EVENTS"
+"""The durable channel event log, placed in the primary region."""
+
+
+class Subjects:
+    """Every NATS subject chatmesh uses (all under ``chatmesh.``)."""
+
+    EVENTS_ALL = "chatmesh.evt.>"
+    """Stored in EVENTS: channel events and user events."""
+    TYPING_ALL = "chatmesh.eph.typing.>"
+    """Typing indicators (core NATS, never stored) to the Fan-Out Service."""
+    PRESENCE_ALL = "chatmesh.eph.presence.>"
+    """Presence changes (core NATS) to the Fan-Out Service."""
+    DELIVERY_ALL = "chatmesh.dlv.>"
+    """Per-instance deliveries from the Fan-Out Service."""
+    ROUTE_UPDATE_ALL = "chatmesh.route.update.>"
+    """Notification instance -> Fan-Out: route changes (request/reply)."""
+    ROUTE_SNAPSHOT_ALL = "chatmesh.route.snapshot.>"
+    """Notification instance -> Fan-Out: full route sets (request/reply)."""
+    ROUTE_HEARTBEAT_ALL = "chatmesh.route.hb.>"
+    """Notification instance liveness."""
+    ROUTE_RESYNC = "chatmesh.route.resync"
+    """Fan-Out -> every instance: send me your full route set."""
+
+    @staticmethod
+    def channel_events(channel_id: str) -> str:
+        """Subject of a channel's durable events."""
+        return f"chatmesh.evt.ch.{channel_id}"
+
+    @staticmethod
+    def user_events(user_id: str) -> str:
+        """Subject of a user's durable events (read markers)."""
+        return f"chatmesh.evt.user.{user_id}"
+
+    @staticmethod
+    def typing(channel_id: str) -> str:
+        """Subject of a channel's typing indicators."""
+        return f"chatmesh.eph.typing.{channel_id}"
+
+    @staticmethod
+    def presence(user_id: str) -> str:
+        """Subject of a user's presence changes."""
+        return f"chatmesh.eph.presence.{user_id}"
+
+    @staticmethod
+    def delivery(region: str, instance_id: str) -> str:
+        """Subject a notification instance receives its deliveries on."""
+        return f"chatmesh.dlv.{region}.{instance_id}"
+
+    @staticmethod
+    def route_update(region: str, instance_id: str) -> str:
+        """Subject of an instance's route updates."""
+        return f"chatmesh.route.update.{region}.{instance_id}"
+
+    @staticmethod
+    def route_snapshot(region: str, instance_id: str) -> str:
+        """Subject of an instance's full route sets."""
+        return f"chatmesh.route.snapshot.{region}.{instance_id}"
+
+    @staticmethod
+    def route_heartbeat(region: str, instance_id: str) -> str:
+        """Subject of an instance's heartbeats."""
+        return f"chatmesh.route.hb.{region}.{instance_id}"
+
+
+def mirror_stream_name(region: str) -> str:
+    """Name of a secondary region's mirror of EVENTS (``EVENTS_EU``, ``EVENTS_US_WEST``)."""
+    return f"{EVENTS_STREAM}_{region.upper().replace('-', '_')}"

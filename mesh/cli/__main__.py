@@ -1,0 +1,5 @@
+"""``python -m mesh.cli``: the chatmesh command."""
+
+from mesh.cli.main import main
+
+main()

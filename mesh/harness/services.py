@@ -1,0 +1,307 @@
+"""Starting chatmesh's own services on top of the infrastructure.
+
+:func:`services_hook` returns a :data:`~mesh.harness.supervisor.ServiceHook` that writes
+one JSON config per process (under ``conf/``), starts the processes, and waits
+for each to be really ready: its ready file names its bound gRPC port and the
+gRPC health check answers SERVING. Per region:
+
+* primary: Command, Fan-Out, Worker (EVENTS), Query, Notification x N
+* others: Worker (the region's mirror), Query, Notification x N
+
+Clients in a secondary region reach the primary's Command Service through a
+WAN link proxy, so commands pay the real cross-region latency.
+
+Example:
+    >>> async def demo(topology, run_dir) -> None:  # doctest: +SKIP
+    ...     async with Mesh(topology, run_dir, hooks=[services_hook()]) as mesh:
+    ...         print(mesh.state()["regions"]["eu"]["grpc"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
+from mesh.core.auth import KeyDirectory
+from mesh.harness.paths import repo_root
+from mesh.harness.process import ManagedProcess, wait_until
+from mesh.harness.supervisor import Mesh, ServiceHook
+
+__all__ = ["ServiceProcess", "ServiceSettings", "services_hook"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Knobs the harness passes to every service (tests shorten the timers)."""
+
+    stream_heartbeat: float = 15.0
+    route_heartbeat: float = 1.0
+    instance_timeout: float = 5.0
+    resync_grace: float = 1.0
+    log_level: str = "INFO"
+    access_log: bool = True
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per service kind (``notification`` ...): extra config keys."""
+
+
+class ServiceProcess:
+    """A chatmesh service process with its config file and readiness check."""
+
+    def __init__(
+        self, mesh: Mesh, kind: str, region: str, index: int, config: dict[str, Any]
+    ) -> None:
+        self.kind = kind
+        self.region = region
+        self.name = f"{kind}-{region}" + (f"-{index}" if kind == "notification" else "")
+        self.conf_path = mesh.run_dir / "conf" / f"{self.name}.json"
+        self.ready_path = mesh.run_dir / "data" / f"{self.name}.ready.json"
+        config = {**config, "ready_file": str(self.ready_path), "region": region,
+                  "primary_region": mesh.topology.primary}  # fmt: skip
+        self.config = config
+        self.conf_path.write_text(json.dumps(config, indent=2))
+        os.chmod(self.conf_path, 0o600)
+        root = repo_root()
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(root), str(root / "gen" / "python")]),
+            "PYTHONUNBUFFERED": "1",
+            # A crash in a C extension prints every thread's Python stack to the log.
+            "PYTHONFAULTHANDLER": "1",
+        }
+        self.process = ManagedProcess(
+            self.name,
+            [sys.executable, "-m", f"services.{kind}", str(self.conf_path)],
+            mesh.run_dir / "logs" / f"{self.name}.log",
+            env=env,
+            cwd=root,
+        )
+        self.address: str | None = None
+        self.metrics: str | None = None
+        self.info: dict[str, Any] = {}
+        """The process's ready file (its bound addresses)."""
+        self.crashes = 0
+        """Unexpected exits the watchdog restarted."""
+        self._expected_exit = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Starts the process and waits until it serves (health SERVING)."""
+        self._expected_exit = False
+        self.ready_path.unlink(missing_ok=True)
+        await self.process.start()
+
+        async def ready() -> bool:
+            if not self.ready_path.exists():
+                return False
+            info = json.loads(self.ready_path.read_text())
+            async with grpc.aio.insecure_channel(info["grpc"]) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if resp.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+            self.address = info["grpc"]
+            self.metrics = info.get("metrics")
+            self.info = info
+            return True
+
+        await wait_until(ready, timeout=timeout, what=self.name, alive=self.process.check_alive)
+        # Pin the ports it got, so a restart comes back where clients look for it.
+        if self.address and self.config.get("grpc_listen", "127.0.0.1:0").endswith(":0"):
+            self.config["grpc_listen"] = self.address
+            if self.metrics:
+                self.config["metrics_listen"] = self.metrics.split("//", 1)[1].split("/", 1)[0]
+            if self.info.get("http") and self.config.get("http_listen", "127.0.0.1:0").endswith(
+                ":0"
+            ):
+                self.config["http_listen"] = self.info["http"].split("//", 1)[1]
+            self.conf_path.write_text(json.dumps(self.config, indent=2))
+
+    async def stop(self) -> None:
+        """Stops the process (SIGTERM, then SIGKILL)."""
+        self._expected_exit = True
+        await self.process.stop(timeout=15)
+
+    async def kill(self) -> None:
+        """Kills the process at once, as a crash would (the watchdog leaves it down)."""
+        self._expected_exit = True
+        await self.process.kill()
+
+    async def restart(self, timeout: float = 60.0) -> None:
+        """Starts the process again with the same config (after stop or kill)."""
+        await self.start(timeout)
+
+    def watch(self) -> None:
+        """Restarts the process if it dies unexpectedly, as a process supervisor would.
+
+        A service that crashes (a bug in a C extension, an out-of-memory kill) comes
+        back on its pinned ports; clients reconnect and resume, and the log says it
+        crashed. Exits caused by :meth:`stop` or :meth:`kill` are left alone.
+        """
+        self._expected_exit = False
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+
+    async def _watch(self) -> None:
+        while True:
+            status = await self.process.wait()
+            if self._expected_exit:
+                return
+            self.crashes += 1
+            logger.error("%s exited unexpectedly (status %s, crash #%d); restarting it. Log: %s",
+                         self.name, status, self.crashes, self.process.log_path)  # fmt: skip
+            if self.crashes > 5:
+                logger.error("%s keeps crashing; leaving it down", self.name)
+                return
+            try:
+                await self.start()
+            except Exception:  # reported; the next crash (if any) tries again
+                logger.exception("restarting %s failed", self.name)
+                return
+            self._expected_exit = False
+
+
+def _dsns(mesh: Mesh, region: str) -> dict[str, str]:
+    data = mesh.run_dir / "data" / region
+    data.mkdir(parents=True, exist_ok=True)
+    stores = mesh.extra_state.get("stores_dsn", {}).get(region)
+    if stores:
+        return dict(stores)
+    return {
+        "history": f"sqlite://{data / 'history.db'}",
+        "metadata": f"sqlite://{data / 'metadata.db'}",
+        "command": f"sqlite://{data / 'command.db'}",
+    }
+
+
+def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
+    """The hook that starts every service of the topology and records their endpoints."""
+    cfg = settings or ServiceSettings()
+
+    async def start(mesh: Mesh) -> None:
+        topo = mesh.topology
+        keys = KeyDirectory(mesh.run_dir / "keys")
+        keys.ensure()
+        mesh.extra_state["jwt_public_key"] = str(keys.public_key_path)
+        mesh.extra_state["jwt_private_key"] = str(keys.private_key_path)
+        embedded = topo.stores.backend == "embedded"
+        common = {
+            "jwt_public_key": str(keys.public_key_path),
+            "log_level": cfg.log_level,
+            "access_log": cfg.access_log,
+        }
+
+        def nats(region: str, user: str) -> dict[str, Any]:
+            creds = mesh.credentials[user]
+            return {
+                "nats_servers": mesh.nats_urls(region),
+                "nats_user": creds.user,
+                "nats_password": creds.password,
+            }
+
+        procs: list[ServiceProcess] = []
+
+        def add(kind: str, region: str, config: dict[str, Any], index: int = 1) -> ServiceProcess:
+            proc = ServiceProcess(
+                mesh, kind, region, index, {**common, **config, **cfg.extra.get(kind, {})}
+            )
+            procs.append(proc)
+            mesh.processes[proc.name] = proc.process
+            mesh.services[proc.name] = proc
+            return proc
+
+        primary = topo.primary
+        p = _dsns(mesh, primary)
+        add(
+            "command",
+            primary,
+            {
+                **nats(primary, "command"),
+                "command_store": p["command"],
+                "metadata_store": p["metadata"],
+            },
+        )
+        add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
+                                "instance_timeout": cfg.instance_timeout, "resync_grace": cfg.resync_grace})  # fmt: skip
+        for region in topo.region_names:
+            d = _dsns(mesh, region)
+            is_primary = region == primary
+            worker: dict[str, Any] = {
+                **nats(region, f"worker-{region}"),
+                "history_store": d["history"],
+                "stream": EVENTS_STREAM if is_primary else mirror_stream_name(region),
+                "consumer_name": f"worker-{region}",
+            }
+            if embedded and not is_primary:
+                worker["metadata_store"] = d["metadata"]
+            if embedded or is_primary:
+                add("worker", region, worker)
+            valkey_local = mesh.valkey[region].url
+            via = mesh.valkey_primary_via[region]
+            add("query", region, {"history_store": d["history"], "metadata_store": d["metadata"],
+                                  "valkey_replica": valkey_local})  # fmt: skip
+            for i in range(1, topo.region(region).notification_instances + 1):
+                add(
+                    "notification",
+                    region,
+                    {
+                        **nats(region, f"notification-{region}"),
+                        "instance_id": f"n-{region}-{i}",
+                        "history_store": d["history"],
+                        "metadata_store": d["metadata"],
+                        "valkey_primary": f"redis://{via[0]}:{via[1]}/0",
+                        "valkey_replica": valkey_local,
+                        "stream_heartbeat": cfg.stream_heartbeat,
+                        "route_heartbeat": cfg.route_heartbeat,
+                    },
+                    index=i,
+                )
+
+        async def stop_all() -> None:
+            await asyncio.gather(*(proc.stop() for proc in procs), return_exceptions=True)
+
+        mesh.on_stop(stop_all)
+        await asyncio.gather(*(proc.start() for proc in procs))
+        for proc in procs:
+            proc.watch()
+
+        # Endpoints per region; secondaries reach the Command Service across the WAN.
+        command = mesh.services[f"command-{primary}"]
+        assert command.address is not None
+        host, port = command.address.rsplit(":", 1)
+        for region in topo.region_names:
+            if region == primary:
+                command_addr = command.address
+            else:
+                proxy = await mesh.wan.proxy(region, primary, "command-grpc", (host, int(port)))
+                command_addr = proxy.address
+            grpc_endpoints: dict[str, Any] = {
+                "command": command_addr,
+                "query": mesh.services[f"query-{region}"].address,
+                "notification": [
+                    mesh.services[f"notification-{region}-{i}"].address
+                    for i in range(1, topo.region(region).notification_instances + 1)
+                ],
+            }
+            if region == primary:
+                grpc_endpoints["fanout"] = mesh.services[f"fanout-{primary}"].address
+            mesh.endpoints[region]["grpc"] = grpc_endpoints
+            mesh.endpoints[region]["metrics"] = {
+                name: proc.metrics for name, proc in mesh.services.items() if proc.region == region
+            }
+
+    return start
+
+
+def service_names(mesh: Mesh) -> list[str]:
+    """Names of the running service processes."""
+    return sorted(mesh.services)

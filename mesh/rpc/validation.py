@@ -1,0 +1,61 @@
+"""Request validation with the protovalidate rules written in the contract.
+
+Example:
+    >>> from chatmesh.v1 import command_service_pb2 as pb
+    >>> try:
+    ...     validate(pb.SendMessageRequest(channel_id="x", text="hi", client_msg_id="k"))
+    ... except InvalidArgument as exc:
+    ...     print(exc.violations[0].field, exc.violations[0].rule_id)
+    channel_id string.pattern
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import protovalidate
+from google.protobuf.message import Message
+
+from mesh.core.errors import FieldViolation, InvalidArgument
+
+__all__ = ["validate", "violations_of"]
+
+_validator = protovalidate.Validator()
+
+
+def _path(violation: Any) -> str:
+    parts: list[str] = []
+    field_path = violation.proto.field
+    if field_path is None:
+        return ""  # a message-level rule
+    for element in field_path.elements:
+        name = element.field_name
+        sub = element.subscript
+        if sub is None:
+            parts.append(name)
+            continue
+        # protovalidate's FieldPathElement.subscript is a oneof: index, bool_key,
+        # int_key, uint_key or string_key.
+        value = getattr(sub, "value", sub)
+        kind = getattr(sub, "field", "")
+        rendered = f'"{value}"' if kind == "string_key" or isinstance(value, str) else str(value)
+        parts.append(f"{name}[{rendered}]")
+    return ".".join(parts)
+
+
+def violations_of(message: Message) -> list[FieldViolation]:
+    """Every rule ``message`` breaks (empty if it is valid)."""
+    try:
+        found = _validator.collect_violations(message)
+    except protovalidate.CompilationError as exc:  # a broken rule in our contract
+        raise RuntimeError(
+            f"validation rules of {message.DESCRIPTOR.full_name} do not compile: {exc}"
+        ) from exc
+    return [FieldViolation(_path(v), v.proto.rule_id, v.proto.message) for v in found]
+
+
+def validate(message: Message) -> None:
+    """Raises InvalidArgument naming every broken field and rule."""
+    violations = violations_of(message)
+    if violations:
+        raise InvalidArgument(violations)

@@ -1,0 +1,405 @@
+"""The topology file: the one description of a deployment's regions and WAN.
+
+Everything region-shaped (NATS configs, link proxies, Valkey replicas, Envoy
+bootstraps, docker-compose) is generated from a :class:`Topology`. The file is
+TOML; ``docs/topology.md`` documents every key, and :func:`load` reports every
+problem at once, each with the key it concerns.
+
+Example:
+    >>> from mesh.topology import load
+    >>> topo = load("dev")
+    >>> topo.primary, [r.name for r in topo.regions]
+    ('us-east', ['us-east', 'eu'])
+    >>> topo.latency_ms("eu", "us-east")
+    35
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BUILTIN_DIR",
+    "Link",
+    "NatsSettings",
+    "Region",
+    "StoreSettings",
+    "Topology",
+    "TopologyError",
+    "builtin_names",
+    "load",
+    "parse",
+]
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+_REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+_DURATION_RE = re.compile(r"^\d+(ms|s|m|h)$")
+_SIZE_RE = re.compile(r"^\d+(B|KB|MB|GB|TB)$")
+
+
+class TopologyError(ValueError):
+    """A topology file is missing, unreadable or invalid.
+
+    Attributes:
+        source: The file (or name) that was loaded.
+        problems: Every problem found, each naming the key it concerns.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid topology {source}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region of the deployment."""
+
+    name: str
+    """Region name: lowercase letters, digits and dashes (used in NATS subjects and server names)."""
+    nats_nodes: int = 1
+    """NATS servers in the region's cluster (1 to 5). ADR-010 runs 3 in production."""
+    notification_instances: int = 1
+    """Notification Service processes in the region (1 to 8)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """The emulated WAN between two regions."""
+
+    a: str
+    """One end (the name that sorts first)."""
+    b: str
+    """The other end."""
+    latency_ms: int
+    """One-way delay added in each direction, in milliseconds (RTT = 2 x latency_ms)."""
+    jitter_ms: int = 0
+    """Random +/- variation of the delay, in milliseconds (at most latency_ms)."""
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """JetStream policy of the super-cluster."""
+
+    sync_interval_primary: str = "always"
+    """fsync policy of the primary region's servers, which hold the EVENTS stream.
+
+    ``always`` fsyncs every write before acknowledging it: an acknowledged event
+    survives power loss (Jepsen, NATS 2.12.1, Dec 2025, showed the default 2 min
+    interval losing acknowledged writes). A duration such as ``2m`` trades that
+    for throughput; ``default`` leaves the server's default.
+    """
+    sync_interval_other: str = "default"
+    """fsync policy of the other regions' servers. They hold mirrors that re-sync
+    from the primary after a crash, so the server default is safe there."""
+    events_replicas: int = 1
+    """Replicas of the EVENTS stream and its regional mirrors (1 or 3; at most nats_nodes)."""
+    events_max_age: str = "168h"
+    """How long the EVENTS stream keeps events (history lives in the history store)."""
+    duplicate_window: str = "10m"
+    """JetStream de-duplication window for ``Nats-Msg-Id``; a retry within it is a no-op."""
+    max_memory_store: str = "256MB"
+    """JetStream memory store limit per server."""
+    max_file_store: str = "4GB"
+    """JetStream file store limit per server."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Which data stores the services use."""
+
+    backend: str = "embedded"
+    """``embedded`` (SQLite per region, fed from the regional event mirror; needs
+    nothing installed) or ``production`` (Cassandra multi-DC history + MongoDB-wire
+    metadata)."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated deployment description."""
+
+    name: str
+    """Short name, shown by ``chatmesh status``."""
+    primary: str
+    """The region that takes writes (Command Service, Fan-Out Service, stream leaders)."""
+    regions: tuple[Region, ...]
+    """All regions, the primary included, in file order."""
+    links: tuple[Link, ...]
+    """One link per pair of regions."""
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    """JetStream policy."""
+    stores: StoreSettings = field(default_factory=StoreSettings)
+    """Data store selection."""
+
+    def region(self, name: str) -> Region:
+        """Returns the region called ``name``.
+
+        Raises:
+            KeyError: No such region.
+        """
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise KeyError(name)
+
+    @property
+    def region_names(self) -> list[str]:
+        """Names of all regions, primary first."""
+        return [self.primary] + [r.name for r in self.regions if r.name != self.primary]
+
+    @property
+    def secondaries(self) -> list[str]:
+        """Names of the non-primary regions."""
+        return [r.name for r in self.regions if r.name != self.primary]
+
+    def link(self, a: str, b: str) -> Link:
+        """Returns the link between regions ``a`` and ``b`` (in either order).
+
+        Raises:
+            KeyError: ``a == b`` or no such link.
+        """
+        lo, hi = sorted((a, b))
+        for link in self.links:
+            if (link.a, link.b) == (lo, hi):
+                return link
+        raise KeyError(f"{a}<->{b}")
+
+    def latency_ms(self, a: str, b: str) -> int:
+        """One-way latency between two regions; 0 within a region."""
+        return 0 if a == b else self.link(a, b).latency_ms
+
+    def describe(self) -> str:
+        """A human summary of what this topology starts."""
+        lines = [f"topology {self.name!r}: primary {self.primary}, stores {self.stores.backend}"]
+        for region in self.regions:
+            role = "primary" if region.name == self.primary else "secondary"
+            lines.append(
+                f"  region {region.name} ({role}): {region.nats_nodes} NATS node(s), "
+                f"{region.notification_instances} notification instance(s)"
+            )
+        for link in self.links:
+            jitter = f" +/-{link.jitter_ms} ms" if link.jitter_ms else ""
+            lines.append(
+                f"  link {link.a} <-> {link.b}: {link.latency_ms} ms one-way{jitter} "
+                f"({2 * link.latency_ms} ms RTT)"
+            )
+        n = self.nats
+        lines.append(
+            f"  JetStream: EVENTS R{n.events_replicas}, fsync primary={n.sync_interval_primary} "
+            f"other={n.sync_interval_other}, dedup window {n.duplicate_window}"
+        )
+        return "\n".join(lines)
+
+
+def builtin_names() -> list[str]:
+    """Names of the topologies shipped with chatmesh."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+
+
+def load(source: str | Path) -> Topology:
+    """Loads and validates a topology from a path or a built-in name.
+
+    Args:
+        source: A path to a TOML file, or a built-in name such as ``dev``.
+
+    Raises:
+        TopologyError: The file is missing, not TOML, or invalid.
+    """
+    path = Path(source)
+    if not path.exists() and (BUILTIN_DIR / f"{source}.toml").exists():
+        path = BUILTIN_DIR / f"{source}.toml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        known = ", ".join(builtin_names())
+        raise TopologyError(
+            str(source), [f"cannot read it ({exc.strerror}); built-in topologies: {known}"]
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse(data, source=str(path))
+
+
+def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
+    """Validates already-parsed topology data.
+
+    Raises:
+        TopologyError: With every problem found.
+    """
+    problems: list[str] = []
+    _unknown(data, {"name", "primary", "region", "link", "nats", "stores"}, "", problems)
+
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("name: required, a non-empty string")
+        name = "?"
+
+    regions: list[Region] = []
+    raw_regions = data.get("region")
+    if not isinstance(raw_regions, list) or not raw_regions:
+        problems.append("region: at least one [[region]] table is required")
+        raw_regions = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_regions):
+        where = f"region[{i}]"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        _unknown(raw, {"name", "nats_nodes", "notification_instances"}, where, problems)
+        rname = raw.get("name")
+        if not isinstance(rname, str) or not _REGION_RE.match(rname):
+            problems.append(
+                f"{where}.name: {rname!r} must be 2-32 lowercase letters, digits or dashes, "
+                "starting with a letter"
+            )
+            continue
+        if rname in seen:
+            problems.append(f"{where}.name: region {rname!r} is declared twice")
+            continue
+        seen.add(rname)
+        nodes = _int(raw, "nats_nodes", 1, 1, 5, f"region {rname}", problems)
+        instances = _int(raw, "notification_instances", 1, 1, 8, f"region {rname}", problems)
+        regions.append(Region(rname, nodes, instances))
+
+    primary = data.get("primary")
+    if not isinstance(primary, str) or primary not in seen:
+        problems.append(f"primary: {primary!r} must name one of the regions {sorted(seen)}")
+        primary = regions[0].name if regions else "?"
+
+    links: list[Link] = []
+    pairs: set[tuple[str, str]] = set()
+    raw_links = data.get("link", [])
+    if not isinstance(raw_links, list):
+        problems.append("link: must be an array of [[link]] tables")
+        raw_links = []
+    for i, raw in enumerate(raw_links):
+        where = f"link[{i}]"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        _unknown(raw, {"regions", "latency_ms", "jitter_ms"}, where, problems)
+        ends = raw.get("regions")
+        if (
+            not isinstance(ends, list)
+            or len(ends) != 2
+            or not all(isinstance(e, str) for e in ends)
+            or ends[0] == ends[1]
+        ):
+            problems.append(f"{where}.regions: must be two different region names")
+            continue
+        unknown = [e for e in ends if e not in seen]
+        if unknown:
+            problems.append(f"{where}.regions: unknown region(s) {unknown}")
+            continue
+        lo, hi = sorted(ends)
+        if (lo, hi) in pairs:
+            problems.append(f"{where}: the link {lo}<->{hi} is declared twice")
+            continue
+        pairs.add((lo, hi))
+        label = f"link {lo}<->{hi}"
+        if "latency_ms" not in raw:
+            problems.append(f"{label}.latency_ms: required (one-way delay in ms)")
+        latency = _int(raw, "latency_ms", 0, 0, 5000, label, problems)
+        jitter = _int(raw, "jitter_ms", 0, 0, 5000, label, problems)
+        if jitter > latency:
+            problems.append(f"{label}.jitter_ms: {jitter} exceeds latency_ms {latency}")
+        links.append(Link(lo, hi, latency, jitter))
+    for lo, hi in combinations(sorted(seen), 2):
+        if (lo, hi) not in pairs:
+            problems.append(
+                f"link: missing [[link]] between {lo!r} and {hi!r} (every pair needs one)"
+            )
+
+    nats = _nats(data.get("nats", {}), problems)
+    primary_region = next((r for r in regions if r.name == primary), None)
+    if primary_region and nats.events_replicas > primary_region.nats_nodes:
+        problems.append(
+            f"nats.events_replicas: {nats.events_replicas} exceeds the primary's "
+            f"nats_nodes ({primary_region.nats_nodes})"
+        )
+    for region in regions:
+        if nats.events_replicas > region.nats_nodes:
+            problems.append(
+                f"nats.events_replicas: region {region.name} has {region.nats_nodes} node(s), "
+                f"too few for R{nats.events_replicas} mirrors"
+            )
+
+    stores = _stores(data.get("stores", {}), problems)
+
+    if problems:
+        raise TopologyError(source, problems)
+    return Topology(str(name), str(primary), tuple(regions), tuple(links), nats, stores)
+
+
+def _nats(raw: Any, problems: list[str]) -> NatsSettings:
+    if not isinstance(raw, dict):
+        problems.append("nats: must be a table")
+        return NatsSettings()
+    defaults = NatsSettings()
+    _unknown(raw, set(NatsSettings.__dataclass_fields__), "nats", problems)
+    values: dict[str, Any] = {}
+    for key in ("sync_interval_primary", "sync_interval_other"):
+        value = raw.get(key, getattr(defaults, key))
+        if not isinstance(value, str) or not (
+            value in ("always", "default") or _DURATION_RE.match(value)
+        ):
+            problems.append(
+                f"nats.{key}: {value!r} must be 'always', 'default' or a duration like '2m'"
+            )
+        else:
+            values[key] = value
+    for key in ("events_max_age", "duplicate_window"):
+        value = raw.get(key, getattr(defaults, key))
+        if not isinstance(value, str) or not _DURATION_RE.match(value):
+            problems.append(f"nats.{key}: {value!r} must be a duration like '10m' or '168h'")
+        else:
+            values[key] = value
+    for key in ("max_memory_store", "max_file_store"):
+        value = raw.get(key, getattr(defaults, key))
+        if not isinstance(value, str) or not _SIZE_RE.match(value):
+            problems.append(f"nats.{key}: {value!r} must be a size like '256MB'")
+        else:
+            values[key] = value
+    replicas = raw.get("events_replicas", defaults.events_replicas)
+    if replicas not in (1, 3) or isinstance(replicas, bool):
+        problems.append(f"nats.events_replicas: {replicas!r} must be 1 or 3")
+    else:
+        values["events_replicas"] = replicas
+    return NatsSettings(**values)
+
+
+def _stores(raw: Any, problems: list[str]) -> StoreSettings:
+    if not isinstance(raw, dict):
+        problems.append("stores: must be a table")
+        return StoreSettings()
+    _unknown(raw, {"backend"}, "stores", problems)
+    backend = raw.get("backend", "embedded")
+    if backend not in ("embedded", "production"):
+        problems.append(f"stores.backend: {backend!r} must be 'embedded' or 'production'")
+        backend = "embedded"
+    return StoreSettings(backend)
+
+
+def _int(
+    raw: dict[str, Any], key: str, default: int, lo: int, hi: int, where: str, problems: list[str]
+) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        problems.append(f"{where}.{key}: {value!r} must be an integer from {lo} to {hi}")
+        return default
+    return value
+
+
+def _unknown(raw: dict[str, Any], allowed: set[str], where: str, problems: list[str]) -> None:
+    for key in sorted(set(raw) - allowed):
+        prefix = f"{where}." if where else ""
+        problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
