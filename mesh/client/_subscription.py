@@ -53,6 +53,10 @@ class Subscription:
     Attributes:
         positions: The last seq yielded per channel (the next ``resume_from``).
         reconnects: How many times the stream was opened again.
+        duplicates: Events dropped as at or below their channel's position. The server
+            never sends those (it replays strictly after ``resume_from``), so a count
+            above 0 is worth a log line; tests assert it stays 0.
+        gaps: Events that arrived beyond their channel's next seq.
         last_error: Why the most recent connection ended (None: none has).
     """
 
@@ -76,6 +80,8 @@ class Subscription:
         """
         self.positions = ResumePositions(resume_from)
         self.reconnects = 0
+        self.duplicates = 0
+        self.gaps = 0
         self.last_error: ChatmeshError | None = None
         self._open = open_stream
         self._retry = retry
@@ -127,8 +133,10 @@ class Subscription:
                         event = item.event
                         verdict = self.positions.admit(event.channel_id, event.seq)
                         if verdict is Verdict.DUPLICATE:
+                            self.duplicates += 1
                             continue
                         if verdict is Verdict.GAP:
+                            self.gaps += 1
                             async for filled in self._on_gap(item):
                                 yield filled
                             continue

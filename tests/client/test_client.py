@@ -203,7 +203,7 @@ async def test_subscription_resumes_after_unavailable_without_duplicates(serve: 
         await subscription.close()
     requests = [dict(c.request.resume_from) for c in server.script.of("Subscribe")]
     assert requests == [{other: 5}, {other: 5, CH: 2}]
-    assert subscription.reconnects == 1
+    assert subscription.reconnects == 1 and subscription.duplicates == 1
     assert isinstance(subscription.last_error, Unavailable)
     assert subscription.last_error.reason == "SHUTTING_DOWN"
 
@@ -304,5 +304,5 @@ async def test_a_gap_is_logged_and_delivered(
         with caplog.at_level(logging.WARNING, logger="mesh.client"):
             assert await _seqs(subscription, 2) == [1, 4]
         await subscription.close()
-    assert subscription.positions.get(CH) == 4
+    assert subscription.positions.get(CH) == 4 and subscription.gaps == 1
     assert any("gap in" in r.getMessage() for r in caplog.records)
