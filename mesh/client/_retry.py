@@ -53,8 +53,8 @@ class RetryPolicy:
 
     @classmethod
     def none(cls) -> RetryPolicy:
-        """One attempt, no retries (benchmarks count failures instead of hiding them)."""
-        return cls(max_attempts=1)
+        """One attempt, as long as the call's timeout (benchmarks count failures, not hide them)."""
+        return cls(max_attempts=1, attempt_timeout=None)
 
     def backoff_cap(self, retry: int) -> float:
         """Upper bound of the wait before retry number ``retry`` (1 = the first retry)."""
