@@ -6,7 +6,8 @@ module imports):
 
 * runtime: ``services/`` and the runtime packages; ``[project.dependencies]``, the set
   the service image installs;
-* harness: ``mesh.harness``, ``mesh.deploy``, ``mesh.cli``; plus the ``harness`` extra;
+* harness: ``mesh.client``, ``mesh.harness``, ``mesh.deploy``, ``mesh.cli``; plus the
+  ``harness`` extra;
 * dev: ``tools/`` and ``tests/``; plus the ``dev`` extra.
 
 Third-party modules are mapped to the distribution that installed their file
@@ -44,7 +45,7 @@ FIRST_PARTY = {
 """Top-level first-party packages -> the import root holding them."""
 
 RUNTIME_ROOTS = ["services", "mesh/core", "mesh/topology", "mesh/bus", "mesh/rpc", "mesh/stores"]
-HARNESS_ROOTS = ["mesh/harness", "mesh/deploy", "mesh/cli", "mesh/__init__.py"]
+HARNESS_ROOTS = ["mesh/client", "mesh/harness", "mesh/deploy", "mesh/cli", "mesh/__init__.py"]
 DEV_ROOTS = ["tools", "tests"]
 
 
