@@ -152,9 +152,11 @@ def up(
     run_dir: RunDir = None,
 ) -> None:
     """Start the mesh in the background and wait until it is ready."""
+    from mesh.harness.prepare import PrepareError, prepare, steps_for
+
     rd = _run_dir(run_dir)
     try:
-        load(topology)
+        topo = load(topology)
     except TopologyError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -165,6 +167,13 @@ def up(
             err=True,
         )
         raise typer.Exit(1)
+    # Build or fetch what this store backend runs in the foreground, with progress
+    # lines, so the readiness wait below measures the mesh, not a first-time build.
+    try:
+        prepare(steps_for(stores or topo.stores.backend), echo=typer.echo)
+    except PrepareError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     (rd / STATE_FILE).unlink(missing_ok=True)
     (rd / "failed.json").unlink(missing_ok=True)
     log = rd / "supervisor.log"

@@ -145,10 +145,9 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
         await eventually(
             lambda: _eu_sees(bob, channel, first.seq), timeout=15, what="replicated to eu"
         )
+        # Printed only: that replication crosses the link shows below, where cutting
+        # it keeps eu's DC from seeing new writes.
         replicated = time.monotonic() - sent_at
-        # The write had to cross the 35 ms link proxy into eu's DC (the Command Service
-        # may answer after the worker wrote, so count from before the send).
-        assert replicated >= 0.035
 
         await dev_mesh.wan.cut("us-east", "eu")
         try:
@@ -157,13 +156,11 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
             assert [m.seq for m in us.messages] == [first.seq] + [m.seq for m in during]
             # eu answers from its own DC, without the new messages, for as long as we
             # look (the hinted writes cannot cross a cut link).
-            watch_until = time.monotonic() + 3.0
-            answers = 0
-            while time.monotonic() < watch_until:
+            answers = 30
+            for _ in range(answers):
                 page = await bob.history(channel)
                 assert [m.seq for m in page.messages] == [first.seq]
                 assert page.last_seq == first.seq < us.last_seq
-                answers += 1
         finally:
             await dev_mesh.wan.heal("us-east", "eu")
         healed_at = time.monotonic()

@@ -41,6 +41,7 @@ async def test_client_deadline_is_visible_for_propagation(serve: Any) -> None:
 
     h.script.unary = record
     await h.query.GetHistory(REQ, timeout=1.5)
-    assert 0.5 < budgets[0] <= 1.6  # grpc rounds the wire timeout up a little
     await h.query.GetHistory(REQ)
-    assert 5 < budgets[1] <= 10
+    # Which deadline applied, not how fast the call was: the client's (grpc rounds the
+    # wire timeout up a little), then the server default, which is longer.
+    assert 0 < budgets[0] <= 1.6 < budgets[1] <= 10
