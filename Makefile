@@ -30,7 +30,7 @@ help: ## Show this help
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,harness]"
 	@touch $@
 
 install: $(VENV)/.installed $(NODE_STAMP) ## Install Python and npm dependencies (idempotent)
