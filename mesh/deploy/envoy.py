@@ -28,11 +28,11 @@ optionally over TLS (ALPN ``h2`` and ``http/1.1``). Routes:
 
 HTTP filters, in order, and why that order:
 
-1. ``cors`` answers preflights from allowed origins;
-2. ``rbac`` refuses what no upstream should see: a request from a browser
-   origin that is not allowed, more than one ``authorization`` header, and the
-   Connect JSON codec (the services speak protobuf only, and Envoy's bridge does
-   not transcode codecs);
+1. ``rbac`` refuses what no upstream should see: a request (preflight or not)
+   from a browser origin that is not allowed (403), more than one
+   ``authorization`` header, and the Connect JSON codec (the services speak
+   protobuf only, and Envoy's bridge does not transcode codecs);
+2. ``cors`` answers preflights from allowed origins;
 3. ``set_filter_state`` notes the client's protocol (its ``content-type`` and
    ``connect-protocol-version``) before the bridges rewrite them, so local
    replies can be written in the client's protocol (see below);
@@ -927,7 +927,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
         max_age="7200",
         # Tokens travel in the authorization header, never in cookies.
         allow_credentials=False,
-        # A preflight from a foreign origin is refused by rbac (403), not forwarded.
+        # Preflights from foreign origins were refused by rbac already.
         forward_not_matching_preflights=False,
     )
 
@@ -1013,11 +1013,11 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             ],
         },
         http_filters=[
+            {"name": "envoy.filters.http.rbac", "typed_config": _rbac(plan.cors_origins)},
             {
                 "name": "envoy.filters.http.cors",
                 "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
             },
-            {"name": "envoy.filters.http.rbac", "typed_config": _rbac(plan.cors_origins)},
             {
                 "name": "envoy.filters.http.set_filter_state",
                 "typed_config": _typed(

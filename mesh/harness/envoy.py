@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -53,19 +56,46 @@ def envoy_binary() -> Path:
     return path
 
 
-def validate_config(path: Path, *, timeout: float = 60.0) -> str:
-    """Runs ``envoy --mode validate -c PATH``; returns its output.
+def validate_config(
+    path: Path, *, mounts: Mapping[str, Path] | None = None, timeout: float = 60.0
+) -> str:
+    """Runs the real ``envoy --mode validate -c PATH``; returns its output.
+
+    Envoy checks the whole bootstrap, files included (certificates, the JWKS).
+    A production bootstrap names container paths (``/etc/chatmesh/jwks.json``);
+    ``mounts`` maps such paths to real files, which Envoy then sees at exactly
+    those paths in a private mount namespace (an overlay over ``/etc``, so the
+    machine's ``/etc`` is never written): the bootstrap is validated unedited.
+
+    Args:
+        path: The bootstrap (YAML or JSON).
+        mounts: Container path (under ``/etc/``) -> file to show there.
+        timeout: Seconds before giving up.
 
     Raises:
         ValueError: Envoy rejects the bootstrap (the message quotes its output).
     """
-    proc = subprocess.run(
-        [str(envoy_binary()), "--mode", "validate", "--disable-hot-restart", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    argv = [str(envoy_binary()), "--mode", "validate", "--disable-hot-restart", "-c", str(path)]
+    with tempfile.TemporaryDirectory(prefix="envoy-validate-") as scratch:
+        if mounts:
+            script = [
+                f"mount -t overlay overlay -o lowerdir=/etc,upperdir={scratch}/upper,"
+                f"workdir={scratch}/work /etc"
+            ]
+            for target, source in mounts.items():
+                if not target.startswith("/etc/"):
+                    raise ValueError(f"mount target {target!r} is not under /etc/")
+                t = shlex.quote(target)
+                script += [
+                    f"mkdir -p $(dirname {t})",
+                    f"touch {t}",
+                    f"mount --bind -o ro {shlex.quote(str(source))} {t}",
+                ]
+            script.append("exec " + " ".join(shlex.quote(a) for a in argv))
+            (Path(scratch) / "upper").mkdir()
+            (Path(scratch) / "work").mkdir()
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", "\n".join(script)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise ValueError(f"envoy rejected {path}:\n{output[-4000:]}")
