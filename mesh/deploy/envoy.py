@@ -28,14 +28,15 @@ optionally over TLS (ALPN ``h2`` and ``http/1.1``). Routes:
 
 HTTP filters, in order, and why that order:
 
-1. ``rbac`` refuses what no upstream should see: a request (preflight or not)
+1. ``set_filter_state`` notes the client's protocol (its ``content-type`` and
+   ``connect-protocol-version``) before anything can refuse the request or the
+   bridges rewrite them, so local replies are written in the client's protocol
+   (see below);
+2. ``rbac`` refuses what no upstream should see: a request (preflight or not)
    from a browser origin that is not allowed (403), more than one
    ``authorization`` header, and the Connect JSON codec (the services speak
    protobuf only, and Envoy's bridge does not transcode codecs);
-2. ``cors`` answers preflights from allowed origins;
-3. ``set_filter_state`` notes the client's protocol (its ``content-type`` and
-   ``connect-protocol-version``) before the bridges rewrite them, so local
-   replies can be written in the client's protocol (see below);
+3. ``cors`` answers preflights from allowed origins;
 4. ``header_mutation`` removes every client-supplied ``x-chatmesh-*`` header
    (:data:`mesh.core.headers.INTERNAL_PREFIX`); routes then add the edge's own;
 5. ``jwt_authn`` verifies the same ES256 tokens as the services, from a local
@@ -1013,11 +1014,6 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             ],
         },
         http_filters=[
-            {"name": "envoy.filters.http.rbac", "typed_config": _rbac(plan.cors_origins)},
-            {
-                "name": "envoy.filters.http.cors",
-                "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
-            },
             {
                 "name": "envoy.filters.http.set_filter_state",
                 "typed_config": _typed(
@@ -1036,6 +1032,11 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
                         )
                     ],
                 ),
+            },
+            {"name": "envoy.filters.http.rbac", "typed_config": _rbac(plan.cors_origins)},
+            {
+                "name": "envoy.filters.http.cors",
+                "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
             },
             {
                 "name": "envoy.filters.http.header_mutation",

@@ -94,7 +94,16 @@ def validate_config(
             script.append("exec " + " ".join(shlex.quote(a) for a in argv))
             (Path(scratch) / "upper").mkdir()
             (Path(scratch) / "work").mkdir()
-            argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", "\n".join(script)]
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-ec",
+                "\n".join(script),
+            ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:

@@ -490,11 +490,11 @@ def test_jwt_is_required_exactly_on_the_public_services(name: str, region: str) 
 @pytest.mark.parametrize(("name", "region"), CASES)
 def test_filter_order(name: str, region: str) -> None:
     assert list(_filters(_compose(name, region))) == [
-        # Refusals first: nothing a foreign origin sends reaches anything else.
+        # Notes the client's protocol, so refusals are written in it.
+        "envoy.filters.http.set_filter_state",
+        # Refusals next: nothing a foreign origin sends reaches anything else.
         "envoy.filters.http.rbac",
         "envoy.filters.http.cors",
-        # Notes the client's protocol before the bridges rewrite it.
-        "envoy.filters.http.set_filter_state",
         # Internal headers go before anything could read them.
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.jwt_authn",
