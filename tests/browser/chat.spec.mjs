@@ -1,7 +1,8 @@
 // Two people chatting through the web page in real headless Chromium.
 //
 // Run by tests/browser/test_web_chat.py (which starts the mesh):
-//   node tests/browser/chat.spec.mjs '{"usWeb": "...", "euWeb": "...", "outDir": "...", "chromium": "/usr/bin/chromium"}'
+//   node tests/browser/chat.spec.mjs '{"usWeb": "...", "euWeb": "...", "outDir": "...", "chromium": "/usr/bin/chromium", "spkiPin": null}'
+// With HTTPS edges, Node's own fetch calls need NODE_EXTRA_CA_CERTS=<the mesh's CA file>.
 // Prints one JSON object on stdout ({"ok": true, "checks": {...}, "steps": [...], ...})
 // and exits 0 only if every check passed. Every wait is bounded; the whole
 // scenario has a hard deadline.
@@ -10,7 +11,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const opts = JSON.parse(process.argv[2] ?? "{}");
-const { usWeb, euWeb, outDir, chromium: executablePath = "/usr/bin/chromium" } = opts;
+const { usWeb, euWeb, outDir, chromium: executablePath = "/usr/bin/chromium", spkiPin = null } = opts;
 const WAIT_MS = opts.waitMs ?? 20_000;
 const DEADLINE_MS = opts.deadlineMs ?? 150_000;
 
@@ -179,6 +180,9 @@ try {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // TLS edges (`chatmesh up --tls`): trust exactly the edge certificate's key
+      // (its SPKI hash); every other certificate error still fails the page.
+      ...(spkiPin ? [`--ignore-certificate-errors-spki-list=${spkiPin}`] : []),
     ],
   });
   result.browserVersion = browser.version();
