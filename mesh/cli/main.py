@@ -86,6 +86,17 @@ def version() -> None:
         with contextlib.suppress(metadata.PackageNotFoundError):
             typer.echo(f"{dist} {metadata.version(dist)}")
     typer.echo(f"toxiproxy {TOXIPROXY.version} (built on first use)")
+    try:
+        from mesh.harness.envoy import envoy_binary
+
+        envoy = subprocess.run(
+            [str(envoy_binary()), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        envoy = f"envoy unavailable ({exc})"
+    # "<path>  version: <sha>/1.39.3/Clean/RELEASE/BoringSSL"
+    release = envoy.partition("version:")[2].strip().split("/")
+    typer.echo(f"envoy {release[1]}" if len(release) > 1 else envoy)
 
 
 @app.command()
