@@ -342,9 +342,13 @@ def chat(
     channel: Annotated[
         str | None, typer.Option(help="Channel id to talk in (default: your newest).")
     ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="PEM file of the CA to trust: talk TLS to the edge with it."),
+    ] = None,
     run_dir: RunDir = None,
 ) -> None:
-    """Chat in a terminal through the generated Python SDK (type a line to send, /quit to leave)."""
+    """Chat in a terminal through the Python client, mesh.client (type a line to send, /quit to leave)."""
     from mesh.cli.chat import run_chat
 
     rd = _run_dir(run_dir)
@@ -353,7 +357,13 @@ def chat(
         typer.echo("no mesh running; start one with `make up`", err=True)
         raise typer.Exit(1)
     code = run_chat(
-        state, rd, user=user, region=region, with_users=with_users or [], channel_id=channel
+        state,
+        rd,
+        user=user,
+        region=region,
+        with_users=with_users or [],
+        channel_id=channel,
+        ca_file=ca_file,
     )
     raise typer.Exit(code)
 

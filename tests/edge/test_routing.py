@@ -23,6 +23,7 @@ from chatmesh.v1 import (
 from mesh.core.auth import mint
 from mesh.core.headers import ORIGIN_REGION
 from mesh.harness.supervisor import Mesh
+from mesh.rpc.status import from_rpc_error
 from tests.edge.conftest import (
     Edge,
     GrpcWebReader,
@@ -31,7 +32,7 @@ from tests.edge.conftest import (
     grpc_web_headers,
     grpc_web_status,
 )
-from tests.helpers import Auth, eventually, status_details
+from tests.helpers import Auth, eventually
 
 pytestmark = pytest.mark.services
 
@@ -179,7 +180,7 @@ async def test_two_authorization_headers_are_refused_at_the_edge(
             )
     assert two.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "exactly one" in (two.value.details() or "")
-    assert status_details(two.value)[0] == "TOKEN_INVALID"
+    assert from_rpc_error(two.value).reason == "TOKEN_INVALID"
     # gRPC-Web over HTTP/1.1: the same refusal, in a gRPC-Web trailer.
     resp = await http.post(
         f"{eu_edge.http}/chatmesh.v1.CommandService/CreateChannel",

@@ -32,6 +32,7 @@ from chatmesh.v1.notification_service_connect import NotificationServiceClient
 from chatmesh.v1.query_service_connect import QueryServiceClient
 from mesh.core.auth import KeyDirectory, mint
 from mesh.harness.supervisor import Mesh
+from mesh.rpc.status import from_rpc_error
 from tests.edge.conftest import (
     Edge,
     GrpcWebReader,
@@ -40,7 +41,7 @@ from tests.edge.conftest import (
     grpc_web_headers,
     grpc_web_status,
 )
-from tests.helpers import Auth, eventually, status_details
+from tests.helpers import Auth, eventually
 
 pytestmark = pytest.mark.services
 
@@ -382,7 +383,7 @@ async def test_missing_and_bad_tokens_stop_at_the_edge(
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await cgrpc.CommandServiceStub(native).SendMessage(request, metadata=md, timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
-        assert status_details(err.value)[0] == reason, name
+        assert from_rpc_error(err.value).reason == reason, name
     # None of them reached the Command Service across the WAN.
     assert await _command_unauthenticated_count(http, dev_mesh) == before
 
