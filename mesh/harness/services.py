@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
 from mesh.core.auth import KeyDirectory
 from mesh.harness.paths import repo_root
-from mesh.harness.process import ManagedProcess, wait_until
+from mesh.harness.process import ManagedProcess, Supervised, wait_until
 from mesh.harness.supervisor import Mesh, ServiceHook
 
 __all__ = ["ServiceProcess", "ServiceSettings", "services_hook"]
@@ -55,12 +55,13 @@ class ServiceSettings:
     """Per service kind (``notification`` ...): extra config keys."""
 
 
-class ServiceProcess:
-    """A chatmesh service process with its config file and readiness check."""
+class ServiceProcess(Supervised):
+    """A chatmesh service process with its config file and readiness check (supervised)."""
 
     def __init__(
         self, mesh: Mesh, kind: str, region: str, index: int, config: dict[str, Any]
     ) -> None:
+        super().__init__()
         self.kind = kind
         self.region = region
         self.name = f"{kind}-{region}" + (f"-{index}" if kind == "notification" else "")
@@ -89,10 +90,6 @@ class ServiceProcess:
         self.metrics: str | None = None
         self.info: dict[str, Any] = {}
         """The process's ready file (its bound addresses)."""
-        self.crashes = 0
-        """Unexpected exits the watchdog restarted."""
-        self._expected_exit = False
-        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
         """Starts the process and waits until it serves (health SERVING)."""
@@ -125,49 +122,6 @@ class ServiceProcess:
             ):
                 self.config["http_listen"] = self.info["http"].split("//", 1)[1]
             self.conf_path.write_text(json.dumps(self.config, indent=2))
-
-    async def stop(self) -> None:
-        """Stops the process (SIGTERM, then SIGKILL)."""
-        self._expected_exit = True
-        await self.process.stop(timeout=15)
-
-    async def kill(self) -> None:
-        """Kills the process at once, as a crash would (the watchdog leaves it down)."""
-        self._expected_exit = True
-        await self.process.kill()
-
-    async def restart(self, timeout: float = 60.0) -> None:
-        """Starts the process again with the same config (after stop or kill)."""
-        await self.start(timeout)
-
-    def watch(self) -> None:
-        """Restarts the process if it dies unexpectedly, as a process supervisor would.
-
-        A service that crashes (a bug in a C extension, an out-of-memory kill) comes
-        back on its pinned ports; clients reconnect and resume, and the log says it
-        crashed. Exits caused by :meth:`stop` or :meth:`kill` are left alone.
-        """
-        self._expected_exit = False
-        if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
-
-    async def _watch(self) -> None:
-        while True:
-            status = await self.process.wait()
-            if self._expected_exit:
-                return
-            self.crashes += 1
-            logger.error("%s exited unexpectedly (status %s, crash #%d); restarting it. Log: %s",
-                         self.name, status, self.crashes, self.process.log_path)  # fmt: skip
-            if self.crashes > 5:
-                logger.error("%s keeps crashing; leaving it down", self.name)
-                return
-            try:
-                await self.start()
-            except Exception:  # reported; the next crash (if any) tries again
-                logger.exception("restarting %s failed", self.name)
-                return
-            self._expected_exit = False
 
 
 def _dsns(mesh: Mesh, region: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 // Two people chatting through the web page in real headless Chromium.
 //
 // Run by tests/browser/test_web_chat.py (which starts the mesh):
-//   node tests/browser/chat.spec.mjs '{"usWeb": "...", "euWeb": "...", "outDir": "...", "chromium": "/usr/bin/chromium"}'
+//   node tests/browser/chat.spec.mjs '{"usWeb": "...", "euWeb": "...", "outDir": "...", "chromium": "/usr/bin/chromium", "spkiPin": null}'
+// With HTTPS edges, Node's own fetch calls need NODE_EXTRA_CA_CERTS=<the mesh's CA file>.
 // Prints one JSON object on stdout ({"ok": true, "checks": {...}, "steps": [...], ...})
 // and exits 0 only if every check passed. Every wait is bounded; the whole
 // scenario has a hard deadline.
@@ -10,7 +11,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const opts = JSON.parse(process.argv[2] ?? "{}");
-const { usWeb, euWeb, outDir, chromium: executablePath = "/usr/bin/chromium" } = opts;
+const { usWeb, euWeb, outDir, chromium: executablePath = "/usr/bin/chromium", spkiPin = null } = opts;
 const WAIT_MS = opts.waitMs ?? 20_000;
 const DEADLINE_MS = opts.deadlineMs ?? 150_000;
 
@@ -89,7 +90,62 @@ async function waitPresence(page, user, status) {
   await until(`${user} ${status}`, async () => (await presenceOf(page, user).getAttribute("data-presence")) === status);
 }
 
-/** Polls the eu edge (Connect protocol, JSON) until its history holds `seq`: the region has replicated it. */
+// Protobuf wire format, just enough for one request and one field of its response:
+// the edge speaks Connect with the binary codec (the services speak protobuf only).
+function varint(n) {
+  const out = [];
+  let v = BigInt(n);
+  do {
+    let byte = Number(v & 0x7fn);
+    v >>= 7n;
+    if (v > 0n) byte |= 0x80;
+    out.push(byte);
+  } while (v > 0n);
+  return out;
+}
+
+function readVarint(bytes, at) {
+  let value = 0n;
+  let shift = 0n;
+  for (;;) {
+    const byte = bytes[at++];
+    value |= BigInt(byte & 0x7f) << shift;
+    shift += 7n;
+    if (!(byte & 0x80)) return [value, at];
+  }
+}
+
+/** GetHistoryRequest{channel_id: 1, limit: 4} as bytes. */
+function encodeGetHistory(channelId, limit) {
+  const id = new TextEncoder().encode(channelId);
+  return new Uint8Array([0x0a, ...varint(id.length), ...id, 0x20, ...varint(limit)]);
+}
+
+/** GetHistoryResponse.last_seq (field 3, varint) from its bytes (0 when absent). */
+function decodeLastSeq(bytes) {
+  let at = 0;
+  let last = 0n;
+  while (at < bytes.length) {
+    let key;
+    [key, at] = readVarint(bytes, at);
+    const field = key >> 3n;
+    const wire = Number(key & 7n);
+    if (wire === 0) {
+      let value;
+      [value, at] = readVarint(bytes, at);
+      if (field === 3n) last = value;
+    } else if (wire === 2) {
+      let length;
+      [length, at] = readVarint(bytes, at);
+      at += Number(length);
+    } else {
+      throw new Error(`unexpected wire type ${wire}`);
+    }
+  }
+  return last;
+}
+
+/** Polls the eu edge (Connect protocol, binary) until its history holds `seq`: the region has replicated it. */
 async function waitRegionHas(web, user, channelId, seq) {
   const base = new URL(web).origin;
   const { token } = await (await fetch(`${base}/dev/token?user=${user}`)).json();
@@ -97,14 +153,13 @@ async function waitRegionHas(web, user, channelId, seq) {
     const resp = await fetch(`${base}/chatmesh.v1.QueryService/GetHistory`, {
       method: "POST",
       headers: {
-        "content-type": "application/json",
+        "content-type": "application/proto",
         "connect-protocol-version": "1",
         authorization: `Bearer ${token}`,
       },
-      body: JSON.stringify({ channelId, limit: 10 }),
+      body: encodeGetHistory(channelId, 10),
     });
-    const body = await resp.json();
-    return resp.ok && BigInt(body.lastSeq ?? "0") >= BigInt(seq);
+    return resp.ok && decodeLastSeq(new Uint8Array(await resp.arrayBuffer())) >= BigInt(seq);
   });
 }
 
@@ -125,6 +180,9 @@ try {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // TLS edges (`chatmesh up --tls`): trust exactly the edge certificate's key
+      // (its SPKI hash); every other certificate error still fails the page.
+      ...(spkiPin ? [`--ignore-certificate-errors-spki-list=${spkiPin}`] : []),
     ],
   });
   result.browserVersion = browser.version();

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ SPEC = Path(__file__).with_name("chat.spec.mjs")
 SCENARIO_TIMEOUT = 180.0
 
 
-async def _run_spec(node: str, options: dict[str, Any]) -> tuple[int, str, str]:
+async def _run_spec(
+    node: str, options: dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     # Asynchronously: the mesh's WAN link proxies run on this event loop, so a
     # blocking subprocess call would stall every command entering through eu.
     proc = await asyncio.create_subprocess_exec(
@@ -38,6 +41,7 @@ async def _run_spec(node: str, options: dict[str, Any]) -> tuple[int, str, str]:
         cwd=repo_root(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), SCENARIO_TIMEOUT)
@@ -49,17 +53,23 @@ async def _run_spec(node: str, options: dict[str, Any]) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_two_people_chat_across_regions_in_chromium(
-    chromium: str, node: str, web_bundle: Path, dev_mesh: Mesh
+async def run_chat_scenario(
+    chromium: str,
+    node: str,
+    mesh: Mesh,
+    *,
+    name: str = "browser",
+    spki_pin: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
-    # Tools first (chromium, node, the bundle): a missing one fails before the mesh starts.
-    us_web = dev_mesh.endpoints["us-east"].get("web")
-    eu_web = dev_mesh.endpoints["eu"].get("web")
+    """Runs chat.spec.mjs against ``mesh``'s two edges and checks its report."""  # fmt: skip
+    us_web = mesh.endpoints["us-east"].get("web")
+    eu_web = mesh.endpoints["eu"].get("web")
     assert us_web and eu_web, "the edges do not serve web/ (web/index.html missing?)"
-    out_dir = repo_root() / "test-results" / "browser"
-    code, out, err = await _run_spec(
-        node, {"usWeb": us_web, "euWeb": eu_web, "outDir": str(out_dir), "chromium": chromium}
-    )
+    out_dir = repo_root() / "test-results" / name
+    options = {"usWeb": us_web, "euWeb": eu_web, "outDir": str(out_dir), "chromium": chromium,
+               "spkiPin": spki_pin}  # fmt: skip
+    code, out, err = await _run_spec(node, options, env)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     assert lines, f"no JSON report (exit {code}); stdout:\n{out}\nstderr:\n{err}"
     report = json.loads(lines[-1])
@@ -70,7 +80,7 @@ async def test_two_people_chat_across_regions_in_chromium(
     )
 
     checks = report["checks"]
-    for name in (
+    for check in (
         "alice sees bob online",
         "bob sees alice typing",
         "bob gets alice's message once",
@@ -82,8 +92,8 @@ async def test_two_people_chat_across_regions_in_chromium(
         "bob sees 1 unread in the new channel",
         "alice sees bob offline after his browser context closed",
     ):
-        value = checks.get(name)
-        assert value is True or (isinstance(value, dict) and value.get("ok") is True), name
+        value = checks.get(check)
+        assert value is True or (isinstance(value, dict) and value.get("ok") is True), check
     # Exactly the two missed messages were replayed when bob came back.
     assert [r["region"] for r in report["resume"]["replays"]] == ["eu"]
     assert int(report["resume"]["replays"][0]["replayed"]) == 2
@@ -92,6 +102,13 @@ async def test_two_people_chat_across_regions_in_chromium(
     )
     for who in ("alice", "bob"):
         assert _is_png(Path(report["screenshots"][who])), who
+
+
+async def test_two_people_chat_across_regions_in_chromium(
+    chromium: str, node: str, web_bundle: Path, dev_mesh: Mesh
+) -> None:
+    # Tools first (chromium, node, the bundle): a missing one fails before the mesh starts.
+    await run_chat_scenario(chromium, node, dev_mesh)
 
 
 def _is_png(path: Path) -> bool:

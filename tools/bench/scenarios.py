@@ -687,6 +687,16 @@ async def run_delivery(ctx: Context) -> dict[str, Any]:
         "delivered_ratio": round(res.delivered_ratio, 4),
         "send_errors": sum(res.errors.values()),
     }
+    edge = edge_cpu(res.cpu, res.deliveries_per_s())
+    summary.update(edge)
+    same = paths.get(path_key(ctx.primary, ctx.primary), {}).get("latency", {})
+    ctx.console.print(
+        f"  edges: {edge['edge_cpu_percent_of_one_core']}% of a core at "
+        f"{summary['deliveries_per_s']:g} deliveries/s = "
+        f"{edge['edge_cpu_percent_per_1000_deliveries_per_s']}% per 1,000 deliveries/s "
+        f"({', '.join(f'{n} {p}%' for n, p in edge['edge_cpu_by_process'].items()) or 'no edge'}); "
+        f"same-region delivery p50 / p99 {same.get('p50_ms')} / {same.get('p99_ms')} ms"
+    )
     for region, ack in res.ack_by_region.items():
         summary[f"SendMessage ack from {region} p50_ms"] = ack.get("p50_ms")
         summary[f"SendMessage ack from {region} p99_ms"] = ack.get("p99_ms")
@@ -710,6 +720,7 @@ async def run_delivery(ctx: Context) -> dict[str, Any]:
         "send_ack": res.ack,
         "send_ack_by_region": res.ack_by_region,
         "cpu": _cpu_json(res.cpu),
+        "edge_cpu": edge,
         "paths": paths,
         "summary": summary,
         "pngs": pngs,
@@ -719,9 +730,29 @@ async def run_delivery(ctx: Context) -> dict[str, Any]:
 # -- 2. throughput ceiling -------------------------------------------------------------------------
 
 
+def edge_cpu(cpu: CpuUsage, deliveries_per_s: float) -> dict[str, Any]:
+    """The edges' (Envoy processes') CPU during a phase, and per 1,000 deliveries/s.
+
+    Every delivery crosses its region's edge once (the stream to the client),
+    and every send once (the command), so this is what the edge costs per unit
+    of the mesh's work, summed over the regions' edges.
+    """
+    per_edge = {n: p for n, p in cpu.per_process.items() if n.startswith("envoy-")}
+    total = sum(per_edge.values())
+    per_1000 = total / (deliveries_per_s / 1000) if deliveries_per_s > 0 else None
+    return {
+        "edge_cpu_percent_of_one_core": round(total, 1),
+        "edge_cpu_by_process": {n: round(p, 1) for n, p in sorted(per_edge.items())},
+        "edge_cpu_percent_per_1000_deliveries_per_s": None
+        if per_1000 is None
+        else round(per_1000, 1),
+    }
+
+
 def _chatmesh_services(ctx: Context, cpu: CpuUsage) -> list[tuple[str, float]]:
     """Busiest first: the chatmesh (Python) service processes, which py-spy can profile."""
-    return [(n, p) for n, p in cpu.top(len(cpu.per_process)) if n in ctx.mesh.services]
+    python = {n for n, svc in ctx.mesh.services.items() if getattr(svc, "kind", "") != "envoy"}
+    return [(n, p) for n, p in cpu.top(len(cpu.per_process)) if n in python]
 
 
 async def run_throughput(ctx: Context) -> dict[str, Any]:

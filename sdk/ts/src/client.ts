@@ -13,7 +13,13 @@
  * chat.subscribe({ onEvent: (e) => console.log(e.payload.case, e.seq) }, { signal: ctl.signal });
  * ```
  */
-import { createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
+import {
+  createClient,
+  type CallOptions,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { Channel, ChannelSummary } from "../../../gen/ts/chatmesh/v1/channel_pb.js";
 import { ChannelVisibility } from "../../../gen/ts/chatmesh/v1/channel_pb.js";
@@ -46,6 +52,19 @@ export interface ChatClientOptions {
   readonly backoff?: BackoffOptions;
   /** A fetch implementation (default: the global one). */
   readonly fetch?: typeof globalThis.fetch;
+  /**
+   * Builds the transport instead of the default (gRPC-Web over `fetch`). In
+   * Node, an edge with a development CA (`chatmesh up --tls`) is reached with
+   * `@connectrpc/connect-node`'s gRPC-Web transport and `nodeOptions: { ca }`
+   * (see README: TLS), keeping the given interceptors (they add the token).
+   */
+  readonly transport?: (init: TransportInit) => Transport;
+}
+
+/** What {@link ChatClientOptions.transport} is given. */
+export interface TransportInit {
+  readonly baseUrl: string;
+  readonly interceptors: Interceptor[];
 }
 
 /** Per-call options of the helpers. */
@@ -145,11 +164,13 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     req.header.set("authorization", `Bearer ${await options.token()}`);
     return next(req);
   };
-  const transport = createGrpcWebTransport({
-    baseUrl: options.baseUrl,
-    interceptors: [auth],
-    ...(options.fetch ? { fetch: options.fetch } : {}),
-  });
+  const transport = options.transport
+    ? options.transport({ baseUrl: options.baseUrl, interceptors: [auth] })
+    : createGrpcWebTransport({
+        baseUrl: options.baseUrl,
+        interceptors: [auth],
+        ...(options.fetch ? { fetch: options.fetch } : {}),
+      });
   const command = createClient(CommandService, transport);
   const query = createClient(QueryService, transport);
   const notification = createClient(NotificationService, transport);

@@ -16,6 +16,7 @@ export type {
   HistoryPage,
   HistoryQuery,
   SentMessage,
+  TransportInit,
 } from "./client.js";
 export { subscribeWithResume, tokenSubject } from "./subscribe.js";
 export type { StreamState, SubscribeHandlers, SubscribeOptions, Subscription } from "./subscribe.js";

@@ -1,13 +1,20 @@
 // Follows one user's event stream with @chatmesh/client in Node, printing one
 // JSON line per callback, until stdin closes (then it aborts and exits 0).
-// Driven by tests/sdk/test_ts_client.py against a real edge:
-//   node sdk/ts/test/follow.mjs '{"baseUrl": "http://127.0.0.1:P", "token": "..."}'
-// Needs the Node bundle: `npm run bundle:node -w @chatmesh/client`.
+// Driven by tests/sdk/test_ts_client.py and tests/browser/test_tls.py against a real edge:
+//   node sdk/ts/test/follow.mjs '{"baseUrl": "http://127.0.0.1:P", "token": "...", "caFile": null}'
+// With caFile (an edge started with `chatmesh up --tls`), it trusts that CA through
+// @connectrpc/connect-node's transport. Needs the Node bundle: `npm run bundle:node -w @chatmesh/client`.
+import { readFileSync } from "node:fs";
+import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { createChatClient } from "../../../build/sdk-ts/index.mjs";
 
-const { baseUrl, token, resumeFrom = {} } = JSON.parse(process.argv[2]);
+const { baseUrl, token, resumeFrom = {}, caFile = null } = JSON.parse(process.argv[2]);
 const print = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
-const chat = createChatClient({ baseUrl, token: () => token });
+const transport = caFile
+  ? ({ baseUrl: url, interceptors }) =>
+      createGrpcWebTransport({ baseUrl: url, interceptors, httpVersion: "1.1", nodeOptions: { ca: readFileSync(caFile) } })
+  : undefined;
+const chat = createChatClient({ baseUrl, token: () => token, ...(transport ? { transport } : {}) });
 const stop = new AbortController();
 const sub = chat.subscribe(
   {

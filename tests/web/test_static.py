@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.edge.static import StaticFiles
+from services.web.static import StaticFiles
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import mimetypes
 from pathlib import Path
 from urllib.parse import unquote
 
-from services.edge.asgi import Receive, Scope, Send, plain_response
+from services.web.asgi import Receive, Scope, Send, plain_response
 
 __all__ = ["CONTENT_TYPES", "StaticFiles"]
 
