@@ -113,6 +113,7 @@ async def test_a_batch_is_handed_over_in_stream_order_and_acked_once_after_the_h
     assert bus.log == ["handled [1, 2, 3]", "ack 3"]
     assert recorder.floor_seen == [0]
     assert bus.consumers[(EVENTS_STREAM, DURABLE)].ack_floor == 3
+    assert bus.direct_gets == [], "nothing was missing: no direct reads"
 
 
 async def test_redeliveries_at_or_below_the_last_handed_seq_are_dropped(
@@ -205,15 +206,17 @@ async def test_heartbeats_keep_the_request_and_an_ended_request_is_reissued(
 ) -> None:
     run = Running(bus, recorder, floor=0)
     await run.start()
-    await bus.deliver_status(EVENTS_STREAM, DURABLE, "100")
-    await bus.deliver_status(EVENTS_STREAM, DURABLE, "408")  # request expired
-    await until(lambda: len(bus.pulls) == 2, "a new pull request")
+    await bus.deliver_status(EVENTS_STREAM, DURABLE, "100")  # idle heartbeat
     await bus.deliver(EVENTS_STREAM, DURABLE, [1])
     await until(lambda: "ack 1" in bus.log, "1")
-    await run.stop()
+    assert len(bus.pulls) == 1, "an idle heartbeat must not end the pull request"
 
-    assert len(bus.pulls) == 2, "an idle heartbeat must not end the pull request"
-    assert recorder.batches == [[1]]
+    await bus.deliver_status(EVENTS_STREAM, DURABLE, "408")  # request expired
+    await until(lambda: len(bus.pulls) == 2, "a new pull request")
+    await bus.deliver(EVENTS_STREAM, DURABLE, [2])
+    await until(lambda: "ack 2" in bus.log, "2")
+    await run.stop()
+    assert recorder.batches == [[1], [2]] and len(bus.pulls) == 2
 
 
 async def test_ensure_creates_the_durable_consumer_unless_it_exists(recorder: Recorder) -> None:

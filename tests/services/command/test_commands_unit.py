@@ -133,6 +133,18 @@ async def test_a_retry_with_the_same_key_returns_the_logged_message_and_publishe
     assert await _channel(commands) == ch and [s for s, _ in env.stream(ch)] == [1, 2, 3]
 
 
+async def test_a_retry_is_answered_from_the_log_even_after_the_sender_left(
+    env: Env, commands: Commands
+) -> None:
+    ch = await _channel(commands)
+    first = await commands.send_message("bob", _send(ch, "k1", "bye soon"), ORIGIN)
+    await commands.leave_channel("bob", pb.LeaveChannelRequest(channel_id=ch), ORIGIN)
+    # The first answer was lost; the retry must get it, not NOT_A_MEMBER.
+    again = await commands.send_message("bob", _send(ch, "k1", "bye soon"), ORIGIN)
+    assert again.duplicate and again.message == first.message
+    assert [s for s, _ in env.stream(ch)] == [1, 2, 3]
+
+
 async def test_a_key_reused_for_a_different_message_is_already_exists(
     env: Env, commands: Commands
 ) -> None:
@@ -256,6 +268,29 @@ async def test_a_concurrent_retry_that_logged_first_is_returned_as_a_duplicate(e
 
     assert ours.duplicate and ours.message == raced[0].message
     assert [s for s, _ in env.stream(ch)] == [1, 2] and env.texts(ch) == ["hello"]
+
+
+async def test_a_concurrent_retry_that_logged_first_but_did_not_publish_is_published(
+    env: Env,
+) -> None:
+    log, metadata = await env.stores()
+    other = await env.commands(log, metadata)
+    ch = await _channel(other)
+    raced: list[Exception] = []
+
+    async def other_writer_first(entry: LogEntry) -> None:
+        # The other process logs the same send, then its publish fails.
+        if not raced:
+            env.bus.fail_publishes = 1
+            with pytest.raises(Unavailable) as err:
+                await other.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+            raced.append(err.value)
+
+    racing = await env.commands(_Log(log, other_writer_first), metadata)  # type: ignore[arg-type]
+    ours = await racing.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+
+    assert raced and ours.duplicate and ours.message.seq == 2
+    assert env.texts(ch) == ["hello"] and await log.unpublished() == []
 
 
 async def test_writers_that_keep_conflicting_get_unavailable_and_publish_nothing(env: Env) -> None:

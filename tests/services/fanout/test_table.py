@@ -115,6 +115,8 @@ def test_user_audience_follows_membership_changes() -> None:
     table.add_member("ch_2", "dave", seq=3)
     assert peers("dave") == ["alice", "dave"]
     assert table.knows_channel("ch_2") and not table.knows_channel("ch_3")
+    table.set_members("ch_1", ["bob"], seq=2)  # a snapshot without alice
+    assert peers("alice") == ["alice", "dave"] and peers("bob") == ["bob"]
 
 
 def test_channel_audience_extra_users_are_included() -> None:

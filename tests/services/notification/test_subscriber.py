@@ -159,6 +159,53 @@ async def test_events_beyond_a_gap_wait_until_history_fills_it(
     assert queued(sub) == [("ch_a", 6)]
 
 
+async def test_events_beyond_a_second_gap_wait_for_that_gap_too(
+    hub: Hub, history: HistoryStore
+) -> None:
+    await history.apply([msg("ch_a", s) for s in (1, 2, 3)], stream_seq=3)
+    sub = live(hub, last={"ch_a": 1})
+    sub.offer(msg("ch_a", 4))
+    sub.offer(msg("ch_a", 6))  # 5 is missing as well
+    await until(lambda: sorted(sub.pending.get("ch_a", {})) == [6], "the first gap filled")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert queued(sub) == [("ch_a", 2), ("ch_a", 3), ("ch_a", 4)]
+
+    await history.apply([msg("ch_a", 5)], stream_seq=5)
+    await until(lambda: not sub.pending, "the second gap filled")
+    assert queued(sub) == [("ch_a", 5), ("ch_a", 6)]
+
+
+async def test_a_catchup_waiting_for_the_client_does_not_resend_what_live_sent_meanwhile(
+    hub: Hub,
+) -> None:
+    sub = live(hub, capacity=2, last={"ch_a": 1, "ch_b": 0})
+    sub.offer(msg("ch_b", 1))
+    sub.offer(msg("ch_b", 2))  # the buffer is full
+    sweep = asyncio.create_task(sub.deliver_history([msg("ch_a", 2), msg("ch_a", 3)]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not sweep.done(), "the catch-up waits for room"
+
+    sent = []
+
+    def client_reads_one() -> None:
+        item = sub.queue.get_nowait()
+        assert isinstance(item, pb.SubscribeResponse)
+        sent.append((item.event.channel_id, item.event.seq))
+        sub.space.set()
+
+    client_reads_one()
+    sub.offer(msg("ch_a", 2))  # live delivery takes the room first
+    for _ in range(5):
+        await asyncio.sleep(0)
+    client_reads_one()
+    await asyncio.wait_for(sweep, 5)
+    sent += queued(sub)
+    assert sent == [("ch_b", 1), ("ch_b", 2), ("ch_a", 2), ("ch_a", 3)]
+    assert sub.closed_with is None
+
+
 async def test_a_gap_history_never_fills_is_skipped_after_the_catchup_timeout(
     hub: Hub, history: HistoryStore
 ) -> None:
@@ -254,7 +301,7 @@ async def test_too_many_events_during_replay_end_the_stream(hub: Hub) -> None:
 async def test_lost_deliveries_are_swept_from_history_without_repeats(
     bus: FakeBus, hub: Hub, history: HistoryStore
 ) -> None:
-    sub = live(hub, last={"ch_a": 1})
+    sub = live(hub, last={"ch_a": 1, "ch_b": 0})
     hub.users[USER] = [sub]
 
     async def deliver(instance_seq: int, event: events_pb2.Event, stream_seq: int) -> None:
@@ -266,13 +313,9 @@ async def test_lost_deliveries_are_swept_from_history_without_repeats(
         await bus.settle()
 
     await deliver(1, msg("ch_a", 2), 2)
-    # Deliveries 2 and 3 (ch_a 3 and ch_b 1) were lost on the link; 4 arrives.
-    await history.apply(
-        [msg("ch_a", 2), msg("ch_a", 3), msg("ch_a", 4), msg("ch_b", 1)], stream_seq=5
-    )
-    await deliver(4, msg("ch_a", 4), 5)
-    await until(
-        lambda: hub._sweeping is not None and hub._sweeping.done() and not sub.fills, "the sweep"
-    )
-    assert queued(sub) == [("ch_a", 2), ("ch_a", 3), ("ch_a", 4)]
-    assert hub.expected_seq == 5
+    # Delivery 2 (ch_a 3) was lost on the link; nothing later in ch_a would reveal the gap.
+    await history.apply([msg("ch_a", 2), msg("ch_a", 3), msg("ch_b", 1)], stream_seq=4)
+    await deliver(3, msg("ch_b", 1), 4)
+    await until(lambda: hub._sweeping is not None and hub._sweeping.done(), "the sweep")
+    assert queued(sub) == [("ch_a", 2), ("ch_b", 1), ("ch_a", 3)]
+    assert hub.expected_seq == 4
