@@ -41,7 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
 from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
 
-__all__ = ["PullConsumer", "StreamMsg", "stream_seq_of"]
+__all__ = ["PullConsumer", "stream_seq_of"]
 
 logger = logging.getLogger(__name__)
 
