@@ -1,10 +1,12 @@
 # chatmesh: one task runner for people and CI. `make help` lists the targets.
 #
-# Everything a target needs is installed by the target itself: the Python venv
-# (pyproject.toml), npm packages (package-lock.json), Toxiproxy and FerretDB
-# (built once per machine from the Go module proxy into ~/.cache/chatmesh),
-# Cassandra jars (Maven Central, same cache) and Chromium (Debian) for the
-# browser test.
+# Everything a target needs is installed by the target itself, and no more: the
+# Python venv (pyproject.toml; `up` installs the runtime and the harness extra,
+# the developer targets the dev extra), npm packages (package-lock.json),
+# Toxiproxy (built once per machine from the Go module proxy into
+# ~/.cache/chatmesh), and for the production stores that `test` and `bench` run,
+# FerretDB (same) and the Cassandra jars (Maven Central, same cache); Chromium
+# (Debian) for the browser test.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -21,26 +23,37 @@ PYTEST_ARGS ?=
 include mk/gen.mk
 include mk/web.mk
 
-.PHONY: help install up down status logs test test-fast lint fmt bench tools chromium clean
+.PHONY: help install install-harness up down status logs test test-fast lint fmt bench tools toxiproxy chromium clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
+# Two stamps: the harness set (`make up`) and the whole dev set (everything else);
+# installing the dev set satisfies the harness one too.
+$(VENV)/.installed-harness: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[harness]"
+	@touch $@
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	@touch $@
+	@touch $@ $(VENV)/.installed-harness
 
-install: $(VENV)/.installed $(NODE_STAMP) ## Install Python and npm dependencies (idempotent)
+install: $(VENV)/.installed $(NODE_STAMP) ## Install every Python (dev extra) and npm dependency (idempotent)
 
-tools: $(VENV)/.installed ## Fetch/build the servers once per machine (Toxiproxy, FerretDB, Cassandra jars)
-	$(PY) -c "from mesh.harness.servers.gotools import TOXIPROXY; print(TOXIPROXY.ensure())"
-	$(PY) -m mesh.harness.servers.ferretdb build
-	$(PY) -c "from mesh.harness.servers.cassandra import ensure_jars; print(ensure_jars())"
+install-harness: $(VENV)/.installed-harness $(NODE_STAMP) ## Install only what `make up` runs (runtime + harness extra, npm)
 
-up: install tools web ## Start a two-region mesh (TOPOLOGY=dev) in the background on embedded stores
+toxiproxy: $(VENV)/.installed-harness ## Build Toxiproxy once per machine (the WAN links of every mesh)
+	$(PY) -m mesh.harness.prepare toxiproxy
+
+tools: $(VENV)/.installed ## Fetch/build every server once per machine (Toxiproxy, FerretDB, Cassandra jars)
+	$(PY) -m mesh.harness.prepare toxiproxy ferretdb cassandra
+
+up: install-harness toxiproxy web ## Start a two-region mesh (TOPOLOGY=dev) in the background on embedded stores
 	$(BIN)/chatmesh up --topology $(TOPOLOGY)
 
 down: ## Stop the mesh started by `make up`

@@ -1,4 +1,8 @@
-"""Test helpers: polling instead of sleeping, and small gRPC client conveniences."""
+"""Test helpers: polling instead of sleeping, token minting.
+
+Status parsing lives in :mod:`mesh.rpc.status` (``from_rpc_error``); tests use it
+rather than a copy of their own.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-import grpc
 
 from mesh.core.auth import KeyDirectory, mint
 
@@ -55,25 +57,3 @@ class Auth:
     def md(self, user: str, **claims: Any) -> tuple[tuple[str, str], ...]:
         """gRPC metadata carrying a fresh token for ``user``."""
         return (("authorization", f"Bearer {mint(self.keys, user, **claims)}"),)
-
-
-def status_details(err: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
-    """``(ErrorInfo.reason, [(field, rule_id), ...])`` from an error's rich status."""
-    from google.rpc import error_details_pb2, status_pb2
-
-    raw = dict(err.trailing_metadata() or ()).get("grpc-status-details-bin")
-    if raw is None:
-        return "", []
-    status = status_pb2.Status.FromString(raw)
-    reason = ""
-    fields: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [(v.field, v.reason) for v in bad.field_violations]
-    return reason, fields

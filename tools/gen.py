@@ -1,27 +1,37 @@
 """Regenerates ``gen/`` from ``proto/``: what ``make gen``, ``make gen-check`` and ``make lint-proto`` run.
 
+The contracts import ``buf/validate/validate.proto``, which no registry reachable from
+our machines serves as source. The installed ``protovalidate`` package carries the
+file's compiled descriptor, and protoc takes imports as descriptors
+(``--descriptor_set_in``), so nothing is printed or committed: protoc compiles
+``proto/`` against that descriptor into an image, and buf lints, checks and
+generates from the image (buf takes images as inputs; it has no way to take an
+import as a descriptor while it compiles a directory).
+
 Generation (``python -m tools.gen``):
 
-1. ``tools.protodeps`` prints ``buf/validate/validate.proto`` into ``build/protodeps``
-   (imported by the contracts, not committed).
-2. ``buf lint`` over the workspace (``buf.yaml``).
-3. ``buf generate`` (``buf.gen.yaml``) into a scratch directory: ``_pb2.py``/``.pyi``,
-   ``_pb2_grpc.py`` and ``_connect.py`` into ``gen/python``, the betterproto2 SDK into
-   ``gen/sdk-python/chatmesh_sdk``, TypeScript into ``gen/ts``.
-4. Plain protoc (from grpcio-tools) writes ``buf/validate/validate_pb2.py`` and ``.pyi`` into
-   ``gen/python`` from ``build/protodeps``, so the ``_pb2`` modules' imports resolve.
-5. ``__init__.py`` in every ``gen/python`` package and ``py.typed`` at its top-level
+1. ``build/proto/validate.binpb``: a ``FileDescriptorSet`` of validate.proto and its
+   imports, taken from the installed ``protovalidate`` (:func:`validate_descriptor_set`).
+2. ``build/proto/chatmesh.binpb``: protoc (from grpcio-tools) compiles every file under
+   ``proto/`` against it, with imports and source info (comments), into an image.
+3. ``buf lint`` over the image's ``chatmesh/`` files (rules from ``buf.yaml``).
+4. ``buf generate`` (``buf.gen.yaml``, input: the image) into a scratch directory:
+   ``_pb2.py``/``.pyi``, ``_pb2_grpc.py`` and ``_connect.py`` into ``gen/python``, the
+   betterproto2 SDK into ``gen/sdk-python/chatmesh_sdk``, TypeScript into ``gen/ts``.
+5. protoc writes ``buf/validate/validate_pb2.py`` and ``.pyi`` into ``gen/python`` from the
+   descriptor set, so the ``_pb2`` modules' imports resolve.
+6. ``__init__.py`` in every ``gen/python`` package and ``py.typed`` at its top-level
    packages, so ``gen/python`` works as an import root with nothing rewritten.
-6. The scratch tree replaces ``gen/``: changed files are rewritten, stale ones deleted,
+7. The scratch tree replaces ``gen/``: changed files are rewritten, stale ones deleted,
    unchanged ones left alone. A failed step leaves ``gen/`` as it was.
 
-``--check`` runs steps 1-5 and compares instead of replacing: it exits 1 and lists every
+``--check`` runs steps 1-6 and compares instead of replacing: it exits 1 and lists every
 file that differs, is missing or is stale. It needs no git history, so it works on a fresh
 clone and on uncommitted trees alike.
 
-``--lint`` runs step 1, ``buf lint`` and ``buf breaking`` against the ``proto/`` of a git
-ref (``main`` by default), skipping the latter with a message when the ref or its
-``proto/`` does not exist yet.
+``--lint`` runs steps 1-3 and ``buf breaking`` against the ``proto/`` of a git ref
+(``main`` by default, compiled the same way), skipping the latter with a message when the
+ref or its ``proto/`` does not exist yet.
 
 Example:
     From the repository root, with the venv and ``node_modules`` installed::
@@ -46,21 +56,25 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tools.protodeps import VALIDATE_PROTO, write_deps
+from google.protobuf import descriptor_pb2
 
 __all__ = [
+    "BUILD_DIR",
     "GEN_DIR",
-    "PROTODEPS_DIR",
     "REPO",
+    "VALIDATE_PROTO",
     "GenError",
     "TreeDiff",
     "breaking",
+    "build_image",
     "diff_trees",
     "generate",
     "lint",
     "main",
     "sync_tree",
+    "validate_descriptor_set",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,8 +85,16 @@ REPO = Path(__file__).resolve().parent.parent
 GEN_DIR = "gen"
 """Generated, committed code, relative to the checkout."""
 
-PROTODEPS_DIR = "build/protodeps"
-"""Where ``tools.protodeps`` writes imports that are not committed (``buf.yaml`` names it)."""
+BUILD_DIR = "build/proto"
+"""Generation's intermediate files (not committed): the descriptor set and the image."""
+
+VALIDATE_PROTO = "buf/validate/validate.proto"
+"""The import path chatmesh's contracts use for protovalidate's annotations."""
+
+_VALIDATE_SET = f"{BUILD_DIR}/validate.binpb"
+_IMAGE = f"{BUILD_DIR}/chatmesh.binpb"
+_OWN_FILES = "chatmesh"
+"""Our files in an image (``buf --path``): the rest are imports."""
 
 PYTHON_OUT = f"{GEN_DIR}/python"
 """The import root of the google.protobuf / grpcio / connectrpc modules."""
@@ -167,21 +189,103 @@ def _require_node_plugin(root: Path) -> None:
         raise GenError(f"{plugin} is missing: run `make node-deps` (npm ci) first")
 
 
-def _protodeps(root: Path) -> None:
-    write_deps(root / PROTODEPS_DIR)
+def validate_descriptor_set() -> bytes:
+    """``buf/validate/validate.proto`` and its imports as a serialized ``FileDescriptorSet``.
+
+    Taken from the installed ``protovalidate`` (its generated ``validate_pb`` module, through
+    the protobuf-py runtime's ``DescFile.proto``), dependencies first, so the contracts
+    compile against exactly the rules the validator enforces. Each file gets an empty
+    ``source_code_info``: the descriptor has no comments, and plugins (betterproto2) expect
+    the field to be there.
+    """
+    from protovalidate._gen.buf.validate import validate_pb
+
+    files: list[descriptor_pb2.FileDescriptorProto] = []
+    seen: set[str] = set()
+
+    def visit(desc_file: Any) -> None:
+        if desc_file.name in seen:
+            return
+        seen.add(desc_file.name)
+        for dep in desc_file.dependencies:
+            visit(dep)
+        proto = descriptor_pb2.FileDescriptorProto.FromString(desc_file.proto.to_binary())
+        proto.source_code_info.SetInParent()
+        files.append(proto)
+
+    visit(validate_pb.desc())
+    if files[-1].name != VALIDATE_PROTO:
+        raise GenError(f"protovalidate embeds {files[-1].name!r}, not {VALIDATE_PROTO!r}")
+    return descriptor_pb2.FileDescriptorSet(file=files).SerializeToString(deterministic=True)
+
+
+def _write_validate_set(root: Path) -> Path:
+    target = root / _VALIDATE_SET
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = validate_descriptor_set()
+    if not target.exists() or target.read_bytes() != data:
+        # Write-then-rename so a concurrent protoc run never reads half a file.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
+
+
+def build_image(root: Path, proto_dir: Path, out: Path) -> Path:
+    """Compiles every ``.proto`` under ``proto_dir`` into an image buf can read.
+
+    protoc resolves ``buf/validate/validate.proto`` from the descriptor set (step 1) and
+    the well-known types from grpcio-tools' bundled sources.
+
+    Args:
+        root: The checkout (where ``build/proto`` is).
+        proto_dir: The contracts' root (the checkout's ``proto/``, or a ref's copy).
+        out: The image to write (a ``FileDescriptorSet`` with imports and source info).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        GenError: If protoc rejects the contracts (its errors are in the message).
+    """
+    validate_set = _write_validate_set(root)
+    protos = sorted(p.relative_to(proto_dir).as_posix() for p in proto_dir.rglob("*.proto"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(
+        f"protoc {proto_dir.name}/ -> image",
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"--descriptor_set_in={validate_set}",
+            f"-I{proto_dir}",
+            "--include_imports",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            *protos,
+        ],
+        cwd=root,
+        timeout=_PROTOC_TIMEOUT_S,
+    )
+    return out
 
 
 def lint(root: Path = REPO) -> None:
-    """Writes ``build/protodeps`` and runs ``buf lint`` over the workspace.
+    """Builds the image of ``proto/`` and runs ``buf lint`` over chatmesh's files in it.
 
     Args:
-        root: The checkout holding ``buf.yaml``.
+        root: The checkout holding ``proto/`` and ``buf.yaml``.
 
     Raises:
-        GenError: If buf reports lint errors (they are in the message).
+        GenError: If protoc or buf reports errors (they are in the message).
     """
-    _protodeps(root)
-    _run("buf lint", [_buf(), "lint"], cwd=root, timeout=_BUF_TIMEOUT_S)
+    image = build_image(root, root / "proto", root / _IMAGE)
+    _run(
+        "buf lint",
+        [_buf(), "lint", image, "--path", _OWN_FILES, "--config", "buf.yaml"],
+        cwd=root,
+        timeout=_BUF_TIMEOUT_S,
+    )
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -194,9 +298,9 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 def breaking(root: Path = REPO, against_ref: str = "main") -> bool:
     """Runs ``buf breaking`` of the working tree against ``proto/`` at ``against_ref``.
 
-    The ref's ``proto/`` is extracted (``git archive``) next to a copy of the current
-    ``buf.yaml`` and ``build/protodeps``, because ``build/protodeps`` is not committed and a
-    ``.git#branch=`` input could not resolve the ``buf/validate`` import.
+    The ref's ``proto/`` is extracted (``git archive``) and compiled into an image the same
+    way as the working tree's (:func:`build_image`); the working tree's image must exist
+    (:func:`lint` writes it).
 
     Args:
         root: The checkout (a git work tree) holding ``buf.yaml``.
@@ -226,11 +330,20 @@ def breaking(root: Path = REPO, against_ref: str = "main") -> bool:
         base = Path(scratch)
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(base, filter="data")
-        shutil.copytree(root / PROTODEPS_DIR, base / PROTODEPS_DIR)
-        shutil.copy2(root / "buf.yaml", base / "buf.yaml")
+        against = build_image(root, base / "proto", base / "against.binpb")
         _run(
             f"buf breaking against {against_ref}",
-            [_buf(), "breaking", "--against", base, "--exclude-imports"],
+            [
+                _buf(),
+                "breaking",
+                root / _IMAGE,
+                "--against",
+                against,
+                "--path",
+                _OWN_FILES,
+                "--config",
+                "buf.yaml",
+            ],
             cwd=root,
             timeout=_BUF_TIMEOUT_S,
         )
@@ -238,7 +351,7 @@ def breaking(root: Path = REPO, against_ref: str = "main") -> bool:
 
 
 def generate(root: Path, out: Path) -> None:
-    """Generates the whole ``gen/`` tree of ``root`` into ``out/gen`` (steps 1-5).
+    """Generates the whole ``gen/`` tree of ``root`` into ``out/gen`` (steps 1-6).
 
     Args:
         root: The checkout holding ``proto/``, ``buf.yaml``, ``buf.gen.yaml`` and
@@ -258,15 +371,15 @@ def generate(root: Path, out: Path) -> None:
     )
     python_out = out / PYTHON_OUT
     python_out.mkdir(parents=True, exist_ok=True)
-    # validate_pb2 comes from protoc over the printed source, not from buf's
-    # include_imports, so it is exactly what `protoc -I build/protodeps` gives everyone.
+    # validate_pb2 straight from the descriptor set, as `protoc --descriptor_set_in` gives
+    # it to everyone (buf generate covers our files only; TS gets it through include_imports).
     _run(
         "protoc buf/validate",
         [
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            f"-I{root / PROTODEPS_DIR}",
+            f"--descriptor_set_in={root / _VALIDATE_SET}",
             f"--python_out={python_out}",
             f"--pyi_out={python_out}",
             VALIDATE_PROTO,

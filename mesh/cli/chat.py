@@ -1,8 +1,11 @@
-"""``chatmesh chat``: a terminal chat client built on the generated Python SDK.
+"""``chatmesh chat``: a terminal chat client built on :mod:`mesh.client`.
 
-It is also the smallest complete example of using ``chatmesh_sdk``: a grpcio
-channel with a bearer-token interceptor, the SDK stubs, and a Subscribe stream
-resumed with ``resume_from`` after a reconnect.
+It is also the smallest complete example of an application on the client layer:
+one :class:`~mesh.client.ChatClient` per regional edge (from the harness state,
+TLS when the edge says so or ``--ca-file`` is given), a refreshable token, the
+channel's recent history, then a :class:`~mesh.client.Subscription` resumed from
+the history's last seq, which reconnects by itself; sends are retried with one
+``client_msg_id`` each, and refusals arrive as typed errors.
 
 Example:
     >>> # chatmesh chat alice --region us-east --with bob      (terminal 1)
@@ -11,105 +14,162 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TextIO
 
-import grpc
-
-from chatmesh_sdk.chatmesh import v1 as sdk
+from chatmesh.v1 import events_pb2, presence_pb2
+from mesh.client import ChatClient, Subscription
 from mesh.core.auth import KeyDirectory, mint
+from mesh.core.errors import ChatmeshError
 
-__all__ = ["BearerAuth", "run_chat"]
+__all__ = ["describe", "run_chat"]
 
-
-class _Details:
-    """A ClientCallDetails with extra metadata (grpc's own type is not constructible)."""
-
-    def __init__(
-        self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str | bytes]]
-    ) -> None:
-        self.method = base.method
-        self.timeout = base.timeout
-        self.metadata = metadata
-        self.credentials = base.credentials
-        self.wait_for_ready = getattr(base, "wait_for_ready", None)
-        self.compression = getattr(base, "compression", None)
+_TOKEN_REFRESH_S = 3600.0
+"""Mint a new token after this long (tokens live 24 h)."""
 
 
-if TYPE_CHECKING:  # generic in the stubs only
-    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
-else:
-    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
-    _UnaryStream = grpc.UnaryStreamClientInterceptor
+def _token_provider(keys: KeyDirectory, user: str) -> Callable[[], str]:
+    """A provider that mints ``user``'s token and renews it every hour."""
+    token, minted = "", 0.0
+
+    def provide() -> str:
+        nonlocal token, minted
+        if not token or time.monotonic() - minted > _TOKEN_REFRESH_S:
+            token, minted = mint(keys, user), time.monotonic()
+        return token
+
+    return provide
 
 
-class BearerAuth(_UnaryUnary, _UnaryStream):
-    """Adds ``authorization: Bearer <token>`` to every call (the SDK stubs take no metadata)."""
-
-    def __init__(self, token: Callable[[], str]) -> None:
-        """Args: token returns the current token (so it can be refreshed)."""
-        self._token = token
-
-    def _details(self, details: grpc.ClientCallDetails) -> _Details:
-        metadata = [*list(details.metadata or []), ("authorization", f"Bearer {self._token()}")]
-        return _Details(details, metadata)
-
-    def intercept_unary_unary(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-
-def _endpoints(state: dict[str, Any], region: str) -> tuple[str, str, str]:
-    info = state["regions"][region]
-    edge = info.get("edge") or {}
-    if edge.get("grpc"):
-        return edge["grpc"], edge["grpc"], edge["grpc"]
-    grpc_eps = info["grpc"]
-    return grpc_eps["command"], grpc_eps["query"], grpc_eps["notification"][0]
-
-
-def _say(text: str) -> None:
-    sys.stdout.write(f"\r{text}\n> ")
-    sys.stdout.flush()
-
-
-def _describe(event: sdk.Event, me: str) -> str | None:
-    if event.message_created is not None and event.message_created.message is not None:
+def describe(event: events_pb2.Event, me: str) -> str | None:
+    """One terminal line for an event (None: nothing worth showing)."""
+    kind = event.WhichOneof("payload")
+    if kind == "message_created":
         m = event.message_created.message
         return f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {m.text}"
-    if event.message_edited is not None and event.message_edited.message is not None:
+    if kind == "message_edited":
         m = event.message_edited.message
         return f"[{m.seq}] {m.sender_user_id} edited: {m.text}"
-    if event.message_deleted is not None:
+    if kind == "message_deleted":
         return f"[{event.message_deleted.message_seq}] (deleted)"
-    if event.member_joined is not None:
+    if kind == "member_joined":
         return f"* {event.member_joined.user_id} joined"
-    if event.member_left is not None:
+    if kind == "member_left":
         return f"* {event.member_left.user_id} left"
-    if event.channel_created is not None and event.channel_created.channel is not None:
+    if kind == "channel_created":
         ch = event.channel_created.channel
         return f"* channel {ch.name!r} ({ch.channel_id}) with {', '.join(ch.member_user_ids)}"
-    if event.typing_changed is not None and event.typing_changed.user_id != me:
+    if kind == "typing_changed" and event.typing_changed.user_id != me:
         return (
             f"* {event.typing_changed.user_id} is typing…" if event.typing_changed.typing else None
         )
-    if event.presence_changed is not None and event.presence_changed.presence is not None:
+    if kind == "presence_changed":
         p = event.presence_changed.presence
-        status = "online" if p.status == sdk.PresenceStatus.ONLINE else "offline"
+        status = "online" if p.status == presence_pb2.PRESENCE_STATUS_ONLINE else "offline"
         return f"* {p.user_id} is {status}"
     return None
+
+
+class _Terminal:
+    """Lines from stdin (read by a daemon thread, so a pending read never blocks exit)."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+        self.stdout = stdout
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            for line in stdin:
+                loop.call_soon_threadsafe(self._lines.put_nowait, line)
+            loop.call_soon_threadsafe(self._lines.put_nowait, None)
+
+        threading.Thread(target=read, name="chat-stdin", daemon=True).start()
+
+    async def line(self) -> str | None:
+        """The next input line, None at end of input."""
+        return await self._lines.get()
+
+    def say(self, text: str) -> None:
+        """Prints a line above the prompt."""
+        self.stdout.write(f"\r{text}\n> ")
+        self.stdout.flush()
+
+
+async def _listen(subscription: Subscription, term: _Terminal, me: str, channel_id: str) -> None:
+    shown_reconnects = 0
+    try:
+        async for item in subscription.responses():
+            kind = item.WhichOneof("kind")
+            if kind == "replay_complete" and subscription.reconnects > shown_reconnects:
+                shown_reconnects = subscription.reconnects
+                term.say(
+                    f"(reconnected; resumed from seq {subscription.positions.get(channel_id)})"
+                )
+            elif kind == "event" and item.event.channel_id in ("", channel_id):
+                line = describe(item.event, me)
+                if line:
+                    term.say(line)
+    except ChatmeshError as exc:
+        term.say(f"(stream ended: {exc.code} {exc.reason}: {exc.message})")
+
+
+async def _chat(
+    edge: dict[str, Any],
+    keys: KeyDirectory,
+    *,
+    user: str,
+    region: str,
+    with_users: list[str],
+    channel_id: str | None,
+    stdin: TextIO,
+    stdout: TextIO,
+) -> int:
+    term = _Terminal(stdin, stdout)
+
+    def out(text: str) -> None:
+        stdout.write(text + "\n")
+        stdout.flush()
+
+    async with ChatClient.from_edge(edge, token=_token_provider(keys, user)) as client:
+        if with_users:
+            created = await client.create_channel(", ".join([user, *with_users]), with_users)
+            channel_id = created.channel.channel_id
+        if channel_id is None:
+            out("waiting for a channel (ask someone to `chatmesh chat THEM --with YOU`)...")
+            while channel_id is None:
+                listed = await client.list_channels()
+                if listed.channels:
+                    channel_id = listed.channels[0].channel.channel_id
+                else:
+                    await asyncio.sleep(0.5)
+        history = await client.get_history(channel_id, limit=20)
+        out(f"{user} in {region}, channel {channel_id} — type to send, /quit to leave")
+        for m in history.messages:
+            text = "(deleted)" if m.deleted else m.text
+            out(f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {text}")
+        last_seq = max([history.last_seq, *(m.seq for m in history.messages)])
+        subscription = client.subscribe({channel_id: last_seq})
+        listener = asyncio.create_task(_listen(subscription, term, user, channel_id))
+        stdout.write("> ")
+        stdout.flush()
+        while (line := await term.line()) is not None:
+            text = line.strip()
+            if text in ("/quit", "/exit"):
+                break
+            if not text:
+                continue
+            try:
+                await client.send_message(channel_id, text)
+            except ChatmeshError as exc:
+                term.say(f"(not sent: {exc.code} {exc.reason}: {exc.message})")
+        await subscription.close()
+        await listener
+    return 0
 
 
 def run_chat(
@@ -120,97 +180,49 @@ def run_chat(
     region: str | None,
     with_users: list[str],
     channel_id: str | None,
+    ca_file: Path | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
 ) -> int:
-    """Runs the interactive client until /quit or end of input; returns an exit status."""
+    """Runs the interactive client until /quit or end of input; returns an exit status.
+
+    Args:
+        state: The harness state (``chatmesh status --json``).
+        run_dir: The mesh's run directory (its ``keys/`` mint the token).
+        user: Who chats.
+        region: Whose edge to use (default: the primary).
+        with_users: Create a channel with these users first.
+        channel_id: Talk in this channel (default: the newest, or the one created).
+        ca_file: PEM of the CA to trust; implies TLS to the edge.
+        stdin: Input lines (default ``sys.stdin``).
+        stdout: Output (default ``sys.stdout``).
+    """
     region = region or state["primary"]
     if region not in state["regions"]:
         print(f"unknown region {region!r}; regions: {', '.join(state['regions'])}", file=sys.stderr)
         return 2
-    keys = KeyDirectory(run_dir / "keys")
-    token = mint(keys, user)
-    auth = BearerAuth(lambda: token)
-    cmd_addr, query_addr, notif_addr = _endpoints(state, region)
-    channels = [
-        grpc.intercept_channel(grpc.insecure_channel(a), auth)
-        for a in (cmd_addr, query_addr, notif_addr)
-    ]
-    commands = sdk.CommandServiceStub(channels[0])
-    queries = sdk.QueryServiceStub(channels[1])
-    notifications = sdk.NotificationServiceStub(channels[2])
+    edge = state["regions"][region].get("edge")
+    if not edge or not edge.get("grpc"):
+        print(f"region {region!r} has no edge in this mesh's state", file=sys.stderr)
+        return 2
+    edge = dict(edge)
+    if ca_file is not None:
+        edge.update(tls=True, ca_file=str(ca_file))
     try:
-        if with_users:
-            created = commands.create_channel(
-                sdk.CreateChannelRequest(
-                    name=", ".join([user, *with_users]), member_user_ids=with_users
-                )
+        return asyncio.run(
+            _chat(
+                edge,
+                KeyDirectory(run_dir / "keys"),
+                user=user,
+                region=region,
+                with_users=with_users,
+                channel_id=channel_id,
+                stdin=stdin or sys.stdin,
+                stdout=stdout or sys.stdout,
             )
-            assert created.channel is not None
-            channel_id = created.channel.channel_id
-        if channel_id is None:
-            print("waiting for a channel (ask someone to `chatmesh chat THEM --with YOU`)...")
-            while channel_id is None:
-                listed = queries.list_channels(sdk.ListChannelsRequest())
-                if listed.channels and listed.channels[0].channel is not None:
-                    channel_id = listed.channels[0].channel.channel_id
-                else:
-                    time.sleep(0.5)
-        history = queries.get_history(sdk.GetHistoryRequest(channel_id=channel_id, limit=20))
-        print(f"{user} in {region}, channel {channel_id} — type to send, /quit to leave")
-        last_seq = 0
-        for m in history.messages:
-            print(
-                f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {'(deleted)' if m.deleted else m.text}"
-            )
-            last_seq = max(last_seq, m.seq)
-        last_seq = max(last_seq, history.last_seq)
-        stop = threading.Event()
-        resume = {channel_id: last_seq}
-
-        def listen() -> None:
-            while not stop.is_set():
-                try:
-                    stream: Iterator[sdk.SubscribeResponse] = notifications.subscribe(
-                        sdk.SubscribeRequest(resume_from=dict(resume))
-                    )
-                    for item in stream:
-                        if item.event is None:
-                            continue
-                        if item.event.channel_id == channel_id and item.event.seq:
-                            resume[channel_id] = item.event.seq
-                        line = _describe(item.event, user)
-                        if line and (
-                            not item.event.channel_id or item.event.channel_id == channel_id
-                        ):
-                            _say(line)
-                except grpc.RpcError as exc:
-                    if stop.is_set():
-                        return
-                    _say(f"(stream ended: {exc.code().name}; reconnecting)")
-                    time.sleep(1)
-
-        thread = threading.Thread(target=listen, daemon=True)
-        thread.start()
-        sys.stdout.write("> ")
-        sys.stdout.flush()
-        for line in sys.stdin:
-            text = line.strip()
-            if text in ("/quit", "/exit"):
-                break
-            if not text:
-                continue
-            try:
-                commands.send_message(
-                    sdk.SendMessageRequest(
-                        channel_id=channel_id, text=text, client_msg_id=uuid.uuid4().hex
-                    )
-                )
-            except grpc.RpcError as exc:
-                _say(f"(not sent: {exc.code().name}: {exc.details()})")
-        stop.set()
-        return 0
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        )
+    except ChatmeshError as exc:
+        print(f"error: {exc.code} {exc.reason}: {exc.message}", file=sys.stderr)
         return 1
-    finally:
-        for ch in channels:
-            ch.close()
+    except KeyboardInterrupt:
+        return 130

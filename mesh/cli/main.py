@@ -152,9 +152,11 @@ def up(
     run_dir: RunDir = None,
 ) -> None:
     """Start the mesh in the background and wait until it is ready."""
+    from mesh.harness.prepare import PrepareError, prepare, steps_for
+
     rd = _run_dir(run_dir)
     try:
-        load(topology)
+        topo = load(topology)
     except TopologyError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -165,6 +167,13 @@ def up(
             err=True,
         )
         raise typer.Exit(1)
+    # Build or fetch what this store backend runs in the foreground, with progress
+    # lines, so the readiness wait below measures the mesh, not a first-time build.
+    try:
+        prepare(steps_for(stores or topo.stores.backend), echo=typer.echo)
+    except PrepareError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     (rd / STATE_FILE).unlink(missing_ok=True)
     (rd / "failed.json").unlink(missing_ok=True)
     log = rd / "supervisor.log"
@@ -315,9 +324,13 @@ def chat(
     channel: Annotated[
         str | None, typer.Option(help="Channel id to talk in (default: your newest).")
     ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="PEM file of the CA to trust: talk TLS to the edge with it."),
+    ] = None,
     run_dir: RunDir = None,
 ) -> None:
-    """Chat in a terminal through the generated Python SDK (type a line to send, /quit to leave)."""
+    """Chat in a terminal through the Python client, mesh.client (type a line to send, /quit to leave)."""
     from mesh.cli.chat import run_chat
 
     rd = _run_dir(run_dir)
@@ -326,7 +339,13 @@ def chat(
         typer.echo("no mesh running; start one with `make up`", err=True)
         raise typer.Exit(1)
     code = run_chat(
-        state, rd, user=user, region=region, with_users=with_users or [], channel_id=channel
+        state,
+        rd,
+        user=user,
+        region=region,
+        with_users=with_users or [],
+        channel_id=channel,
+        ca_file=ca_file,
     )
     raise typer.Exit(code)
 

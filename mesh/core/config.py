@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import types
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["CommonConfig", "ConfigError", "describe", "load"]
+__all__ = ["CommonConfig", "ConfigError", "load"]
 
 T = TypeVar("T", bound="CommonConfig")
 
@@ -140,28 +139,3 @@ def load(
         if env_value is not None:
             values[key] = _convert(f"CHATMESH_{key.upper()}", env_value, hints[key])
     return cls(**values)
-
-
-def describe(cls: type[CommonConfig]) -> list[tuple[str, str, str]]:
-    """``(name, default, docstring)`` of every field, for ``--help``-style listings and docs."""
-    import ast
-    import inspect
-
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(inspect.getsource(klass))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in itertools.pairwise(body):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant)
-            ):
-                docs[node.target.id] = str(nxt.value.value)
-    return [(f.name, repr(f.default), docs.get(f.name, "")) for f in dataclasses.fields(cls)]

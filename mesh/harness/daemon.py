@@ -18,6 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
+from mesh.harness.edges import edges_hook
 from mesh.harness.services import ServiceSettings, services_hook
 from mesh.harness.supervisor import Mesh, ServiceHook
 from mesh.topology import load
@@ -38,12 +39,7 @@ def default_hooks(stores: str, settings: ServiceSettings | None = None) -> list[
 
         hooks.append(production_stores_hook())
     hooks.append(services_hook(settings))
-    try:
-        from mesh.harness.edges import edges_hook
-    except ImportError:  # the edge arrives with its own module
-        pass
-    else:
-        hooks.append(edges_hook())
+    hooks.append(edges_hook())
     return hooks
 
 

@@ -300,8 +300,3 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
             }
 
     return start
-
-
-def service_names(mesh: Mesh) -> list[str]:
-    """Names of the running service processes."""
-    return sorted(mesh.services)

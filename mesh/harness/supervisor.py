@@ -292,11 +292,6 @@ class Mesh:
         """Client URLs (without credentials) of a region's NATS nodes."""
         return [n.plan.client_url for n in self.nats_nodes[region]]
 
-    def nats_url(self, region: str, user: str = "admin") -> str:
-        """Comma-separated client URLs of a region with ``user``'s credentials embedded."""
-        creds = self.credentials[user]
-        return ",".join(creds.url(u) for u in self.nats_urls(region))
-
     async def nats_client(
         self, region: str, *, user: str = "admin", name: str | None = None
     ) -> NATS:

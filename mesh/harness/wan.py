@@ -136,6 +136,35 @@ class Toxiproxy:
                     },
                 )
 
+    async def add_toxic(
+        self, name: str, toxic: str, kind: str, stream: str, attributes: dict[str, Any]
+    ) -> None:
+        """Adds toxic ``toxic`` of type ``kind`` (``timeout``, ``latency`` ...) to one direction.
+
+        Args:
+            name: The proxy.
+            toxic: A name for the toxic (to remove it later).
+            kind: Toxiproxy's toxic type.
+            stream: ``upstream`` (towards the listener) or ``downstream`` (back to the dialler).
+            attributes: The type's attributes (``{"timeout": 0}``: drop all data, keep the
+                connection open).
+        """
+        await self._call(
+            "POST",
+            f"/proxies/{name}/toxics",
+            {
+                "name": toxic,
+                "type": kind,
+                "stream": stream,
+                "toxicity": 1.0,
+                "attributes": attributes,
+            },
+        )
+
+    async def remove_toxic(self, name: str, toxic: str) -> None:
+        """Removes a toxic added by :meth:`add_toxic`."""
+        await self._call("DELETE", f"/proxies/{name}/toxics/{toxic}")
+
     async def proxies(self) -> dict[str, Any]:
         """The server's view of every proxy (for ``chatmesh status``)."""
         result: dict[str, Any] = await self._call("GET", "/proxies")

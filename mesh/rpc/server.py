@@ -196,12 +196,8 @@ class GrpcServer:
             except Exception:
                 logger.exception("shutdown hook failed")
 
-    def request_stop(self) -> None:
-        """Asks :meth:`run_until_signal` to stop (as SIGTERM does)."""
-        self._stopping.set()
-
     async def run_until_signal(self) -> None:
-        """Starts, serves until SIGTERM/SIGINT (or :meth:`request_stop`), then stops."""
+        """Starts, serves until SIGTERM/SIGINT, then stops."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -16,8 +16,8 @@ All of it sits behind :class:`~services.edge.cors.Cors`. This module is also
 the one place where errors become wire statuses (:func:`to_connect_error`):
 a backend's status is relayed with the same code, message and details;
 an edge-side :class:`~mesh.core.errors.ChatmeshError` gets the same rich status the
-services' error interceptor produces (:func:`mesh.rpc.interceptors.errors.rich_status`);
-anything else is INTERNAL, masked, and logged with an id. One access-log line
+services' error interceptor produces (:func:`mesh.rpc.status.to_status`);
+anything else is INTERNAL, masked, and logged with an id (:func:`mesh.rpc.status.mask_internal`). One access-log line
 and the standard RPC metrics (``service="edge"``) per call.
 
 Example:
@@ -35,7 +35,6 @@ import os
 import signal
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -61,8 +60,8 @@ from protobuf.wkt import Any as AnyPb
 from chatmesh.v1 import command_service_pb2, errors_pb2, notification_service_pb2, query_service_pb2
 from mesh.core.auth import TokenVerifier
 from mesh.core.errors import ChatmeshError
-from mesh.rpc.interceptors.errors import rich_status
 from mesh.rpc.interceptors.metrics import RPC_DURATION, RPC_TOTAL
+from mesh.rpc.status import mask_internal, to_status
 from services.edge.asgi import ASGIApp, Receive, Scope, Send, header, plain_response
 from services.edge.config import EdgeConfig
 from services.edge.cors import Cors, OriginPolicy
@@ -142,15 +141,12 @@ def to_connect_error(exc: BaseException, method: str = "") -> ConnectError:
         return ConnectError(
             Code[exc.code] if exc.code != "CANCELLED" else Code.CANCELED,
             exc.message,
-            _details(rich_status(exc)),
+            _details(to_status(exc)),
         )
     if isinstance(exc, TimeoutError):
         return ConnectError(Code.DEADLINE_EXCEEDED, "the call did not complete within its deadline")
-    error_id = uuid.uuid4().hex[:12]
-    logger.error("internal error id=%s in %s", error_id, method, exc_info=exc)
-    internal = ChatmeshError("INTERNAL", f"internal error (id={error_id})")
-    internal.code = "INTERNAL"
-    return ConnectError(Code.INTERNAL, internal.message, _details(rich_status(internal)))
+    internal = mask_internal(exc, method)
+    return ConnectError(Code.INTERNAL, internal.message, _details(to_status(internal)))
 
 
 # -- per-call bookkeeping ---------------------------------------------------------------

@@ -28,7 +28,7 @@ from chatmesh.v1 import (
     notification_service_pb2,
     query_service_pb2,
 )
-from tools.protodeps import write_deps
+from tools.gen import validate_descriptor_set
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOC_TIMEOUT_S = 60
@@ -202,7 +202,8 @@ class Comments:
 def comments(tmp_path_factory: pytest.TempPathFactory) -> Comments:
     """Compiles proto/ with source info using the venv's protoc and collects comments."""
     scratch = tmp_path_factory.mktemp("contract-source")
-    write_deps(scratch / "deps")
+    validate_set = scratch / "validate.binpb"
+    validate_set.write_bytes(validate_descriptor_set())
     protos = sorted(
         p.relative_to(REPO / "proto").as_posix() for p in (REPO / "proto").rglob("*.proto")
     )
@@ -212,8 +213,8 @@ def comments(tmp_path_factory: pytest.TempPathFactory) -> Comments:
             sys.executable,
             "-m",
             "grpc_tools.protoc",
+            f"--descriptor_set_in={validate_set}",
             f"-I{REPO / 'proto'}",
-            f"-I{scratch / 'deps'}",
             "--include_source_info",
             f"--descriptor_set_out={out}",
             *protos,

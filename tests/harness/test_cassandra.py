@@ -3,10 +3,11 @@
 What a user of a multi-region chat would notice, checked against real processes:
 
 * a message written in us-east at LOCAL_QUORUM shows up in eu (LOCAL_ONE);
-* inter-DC traffic really crosses the link proxy: a latency toxic slows a write that
-  needs an eu ack (EACH_QUORUM) but not a LOCAL_QUORUM one;
-* with the link cut, both regions keep accepting writes while the other region does
-  not see them; after the heal, hinted handoff makes both regions converge.
+* inter-DC traffic really crosses the link proxy: with the proxies disabled the DCs
+  convict each other, a write that needs an eu ack (EACH_QUORUM) is refused while
+  LOCAL_QUORUM writes go on, and neither region sees the other's writes; after the
+  heal, hinted handoff makes both regions converge. (The write latency with a
+  latency toxic on the link is logged, not asserted: figures are the benchmark's.)
 
 The Toxiproxy client below is deliberately minimal (one proxy *towards each node*,
 see ``mesh.harness.servers.cassandra``); ``mesh/wan.py`` is meant to replace it.
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, Unavailable
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
     ExecutionProfile,
+    NoHostAvailable,
     ResponseFuture,
     Session,
 )
@@ -239,7 +241,7 @@ async def test_two_dcs_replicate_partition_and_converge(
             "hello from us-east"
         )
 
-        # 2. The link is real: with latency on the link, a write that waits for an eu
+        # 2. A figure, logged: with latency on the link, a write that waits for an eu
         # ack pays the round trip; a local one does not. Cassandra's internode
         # connections are one-way (a node sends on connections it opened itself), so
         # the delay must be on each proxy's *upstream* stream, towards its node: a
@@ -262,13 +264,14 @@ async def test_two_dcs_replicate_partition_and_converge(
             await run(us_session, insert, ("lobby", msg_id, "timed"), cl)
             return (time.monotonic() - t0) * 1000
 
-        # Best of three: the EACH_QUORUM bound is physical (the ack cannot beat the
-        # toxic), and the best LOCAL_QUORUM run filters a GC pause on a busy box.
         local_ms = min([await write_ms(100 + i, ConsistencyLevel.LOCAL_QUORUM) for i in range(3)])
         global_ms = min([await write_ms(200 + i, ConsistencyLevel.EACH_QUORUM) for i in range(3)])
-        logger.info("write latency: LOCAL_QUORUM %.0f ms, EACH_QUORUM %.0f ms", local_ms, global_ms)
-        assert global_ms >= 2 * WAN_LATENCY_MS
-        assert local_ms < WAN_LATENCY_MS
+        logger.info(
+            "write latency with %d ms on the link: LOCAL_QUORUM %.0f ms, EACH_QUORUM %.0f ms",
+            WAN_LATENCY_MS,
+            local_ms,
+            global_ms,
+        )
         for node in (us, eu):
             await proxy.call("DELETE", f"/proxies/{node.spec.name}/toxics/wan")
 
@@ -288,6 +291,10 @@ async def test_two_dcs_replicate_partition_and_converge(
         assert await body_of(us_session, "lobby", 11) is None
         assert await body_of(us_session, "lobby", 10) == "us during cut"
         assert await body_of(eu_session, "lobby", 11) == "eu during cut"
+        # The ack of eu's replica can only come through the link: refused while it is cut.
+        with pytest.raises((Unavailable, NoHostAvailable)) as refused:
+            await run(us_session, insert, ("lobby", 12, "needs eu"), ConsistencyLevel.EACH_QUORUM)
+        logger.info("EACH_QUORUM during the cut: %r", refused.value)
 
         # 4. Heal: hinted handoff replays the writes each side missed.
         us_log, eu_log = us.log_size(), eu.log_size()

@@ -147,7 +147,21 @@ async def _probe(pub: NATS, subject: str, arrivals: asyncio.Queue[float]) -> boo
     return True
 
 
-async def test_emulated_wan_latency_is_real(three: Mesh) -> None:
+async def test_emulated_wan_latency_is_on_every_link(three: Mesh) -> None:
+    """Every link proxy holds its link's latency both ways (the gateways dial only the
+    proxies: the next test). The measured one-way figures are printed, not asserted:
+    `make bench` reports them under load."""
+    toxics = {name: p["toxics"] for name, p in (await three.wan.toxiproxy.proxies()).items()}
+    assert {p.name for p in three.wan.proxies} <= set(toxics)
+    for proxy in three.wan.proxies:
+        link = three.topology.link(proxy.src, proxy.dst)
+        assert {
+            t["stream"]: (t["type"], t["toxicity"], t["attributes"]["latency"])
+            for t in toxics[proxy.name]
+        } == {
+            "upstream": ("latency", 1.0, link.latency_ms),
+            "downstream": ("latency", 1.0, link.latency_ms),
+        }, proxy.name
     us_pub = await three.nats_client("us-east", user="bench")
     us_sub = await three.nats_client("us-east", user="bench")
     eu_sub = await three.nats_client("eu", user="bench")
@@ -160,9 +174,6 @@ async def test_emulated_wan_latency_is_real(three: Mesh) -> None:
         f"us-east->eu {statistics.median(to_eu):.1f} (min {min(to_eu):.1f}), "
         f"us-east->asia {statistics.median(to_asia):.1f} (min {min(to_asia):.1f})"
     )
-    assert min(to_eu) >= 35.0
-    assert min(to_asia) >= 73.0
-    assert statistics.median(same) < 1.0
 
 
 async def test_gateways_only_use_the_link_proxies(three: Mesh) -> None:

@@ -18,15 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from chatmesh.v1 import (
-    command_service_pb2 as cpb,
-    command_service_pb2_grpc as cgrpc,
-    query_service_pb2 as qpb,
-    query_service_pb2_grpc as qgrpc,
-)
+from mesh.client import ChatClient
 from mesh.core.auth import mint
 from mesh.harness.paths import repo_root
 from mesh.harness.supervisor import Mesh
@@ -142,24 +136,16 @@ async def test_stream_resumes_after_the_notification_service_restarts(
 ) -> None:
     eu = dev_mesh.endpoints["eu"]
     async with (
-        grpc.aio.insecure_channel(dev_mesh.endpoints["us-east"]["edge"]["grpc"]) as us_ch,
-        grpc.aio.insecure_channel(eu["edge"]["grpc"]) as eu_ch,
+        ChatClient.from_edge(
+            dev_mesh.endpoints["us-east"]["edge"], token=mint(auth.keys, "ts-ana")
+        ) as ana,
+        ChatClient.from_edge(eu["edge"], token=mint(auth.keys, "ts-ben")) as ben_reads,
     ):
-        command = cgrpc.CommandServiceStub(us_ch)
-        eu_query = qgrpc.QueryServiceStub(eu_ch)
-        created = await command.CreateChannel(
-            cpb.CreateChannelRequest(name="ts-resume", member_user_ids=["ts-ben"]),
-            metadata=auth.md("ts-ana"),
-            timeout=10,
-        )
+        created = await ana.create_channel("ts-resume", ["ts-ben"], timeout=10)
         channel_id = created.channel.channel_id
 
         async def say(text: str) -> int:
-            resp = await command.SendMessage(
-                cpb.SendMessageRequest(channel_id=channel_id, text=text, client_msg_id=text),
-                metadata=auth.md("ts-ana"),
-                timeout=10,
-            )
+            resp = await ana.send_message(channel_id, text, client_msg_id=text, timeout=10)
             return int(resp.message.seq)
 
         async with follow(eu["edge"]["http"], mint(auth.keys, "ts-ben")) as ben:
@@ -175,11 +161,7 @@ async def test_stream_resumes_after_the_notification_service_restarts(
 
             async def eu_has_m3() -> bool:
                 # Come back once eu's history holds m3: the replay reads it from there.
-                resp = await eu_query.GetHistory(
-                    qpb.GetHistoryRequest(channel_id=channel_id),
-                    metadata=auth.md("ts-ben"),
-                    timeout=5,
-                )
+                resp = await ben_reads.get_history(channel_id, timeout=5)
                 return int(resp.last_seq) >= last
 
             await eventually(eu_has_m3, timeout=20, what="eu history reaching m3")
@@ -200,21 +182,19 @@ async def test_stream_resumes_after_the_notification_service_restarts(
 
 async def test_permission_denied_is_fatal(dev_mesh: Mesh, auth: Auth, sdk_bundle: Path) -> None:
     async with (
-        grpc.aio.insecure_channel(dev_mesh.endpoints["us-east"]["edge"]["grpc"]) as us_ch,
-        grpc.aio.insecure_channel(dev_mesh.endpoints["eu"]["edge"]["grpc"]) as eu_ch,
+        ChatClient.from_edge(
+            dev_mesh.endpoints["us-east"]["edge"], token=mint(auth.keys, "ts-ana")
+        ) as ana,
+        ChatClient.from_edge(
+            dev_mesh.endpoints["eu"]["edge"], token=mint(auth.keys, "ts-cy")
+        ) as cy,
     ):
-        created = await cgrpc.CommandServiceStub(us_ch).CreateChannel(
-            cpb.CreateChannelRequest(name="ts-private", member_user_ids=["ts-cy"]),
-            metadata=auth.md("ts-ana"),
-            timeout=10,
-        )
+        created = await ana.create_channel("ts-private", ["ts-cy"], timeout=10)
         channel_id = created.channel.channel_id
 
         async def eu_knows_channel() -> bool:
             # Until eu's metadata has the channel, eu would answer NOT_FOUND instead.
-            resp = await qgrpc.QueryServiceStub(eu_ch).GetChannel(
-                qpb.GetChannelRequest(channel_id=channel_id), metadata=auth.md("ts-cy"), timeout=5
-            )
+            resp = await cy.get_channel(channel_id, timeout=5)
             return resp.channel.channel_id == channel_id
 
         await eventually(eu_knows_channel, timeout=20, what="eu replicating the channel")

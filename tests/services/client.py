@@ -1,49 +1,50 @@
-"""A small gRPC test client: one user in one region, speaking the public API."""
+"""The end-to-end tests' user: one user in one region, entering through that region's edge.
+
+A thin test wrapper over :class:`mesh.client.ChatClient` (the client applications
+use): it adds a background reader per stream, so tests can wait for the next item
+with a timeout, and holds every stream to the server's contract of no duplicate
+and no out-of-order event (the client drops such events; the tests count them).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-import uuid
 from typing import Any
 
-import grpc
-
 from chatmesh.v1 import (
+    channel_pb2,
     command_service_pb2 as cpb,
-    command_service_pb2_grpc as cgrpc,
     events_pb2,
     notification_service_pb2 as npb,
-    notification_service_pb2_grpc as ngrpc,
     query_service_pb2 as qpb,
-    query_service_pb2_grpc as qgrpc,
 )
+from mesh.client import ChatClient, Subscription
+from mesh.core.auth import mint
+from mesh.core.errors import ChatmeshError
 from mesh.harness.supervisor import Mesh
 from tests.helpers import Auth
 
 
 class Stream:
-    """A Subscribe stream read in the background into a queue of items."""
+    """A Subscribe stream (auto-resuming) read in the background into a queue of items."""
 
-    def __init__(self, call: Any) -> None:
-        self.call = call
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
         self.items: asyncio.Queue[npb.SubscribeResponse] = asyncio.Queue()
         self.arrivals: list[tuple[float, events_pb2.Event]] = []
-        self.error: grpc.aio.AioRpcError | None = None
+        self.error: ChatmeshError | None = None
         self.done = asyncio.Event()
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
-            while True:
-                item = await self.call.read()
-                if item is grpc.aio.EOF:
-                    return
+            async for item in self.subscription.responses():
                 if item.HasField("event"):
                     self.arrivals.append((time.perf_counter(), item.event))
                 self.items.put_nowait(item)
-        except grpc.aio.AioRpcError as exc:
+        except ChatmeshError as exc:
             self.error = exc
         except asyncio.CancelledError:
             pass
@@ -54,8 +55,8 @@ class Stream:
         """The next item (event, heartbeat or replay_complete).
 
         Raises:
-            grpc.aio.AioRpcError: The stream ended with an error (surfaced at once,
-                not as a timeout).
+            ChatmeshError: The stream ended with an error it does not resume from
+                (surfaced at once, not as a timeout).
             TimeoutError: Nothing arrived within ``timeout``.
         """
         get = asyncio.ensure_future(self.items.get())
@@ -64,6 +65,7 @@ class Stream:
             {get, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         ended.cancel()
+        assert self.subscription.duplicates == 0, "the server sent a duplicate or older event"
         if get in finished:
             return get.result()
         get.cancel()
@@ -96,66 +98,41 @@ class Stream:
                 events.append(item.event)
 
     async def close(self) -> None:
-        """Cancels the call and stops reading."""
-        self.call.cancel()
+        """Ends the subscription and stops reading."""
+        await self.subscription.close()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
 
 class User:
-    """A user connected to one region's endpoints."""
+    """A user connected to one region's edge, as an application would be."""
 
     def __init__(self, mesh: Mesh, auth: Auth, user_id: str, region: str) -> None:
         self.user_id = user_id
         self.region = region
         self.auth = auth
-        eps = mesh.endpoints[region]["grpc"]
-        self._channels = [
-            grpc.aio.insecure_channel(eps["command"]),
-            grpc.aio.insecure_channel(eps["query"]),
-            grpc.aio.insecure_channel(eps["notification"][0]),
-        ]
-        self.command = cgrpc.CommandServiceStub(self._channels[0])
-        self.query = qgrpc.QueryServiceStub(self._channels[1])
-        self.notification = ngrpc.NotificationServiceStub(self._channels[2])
+        self.client = ChatClient.from_edge(
+            mesh.endpoints[region]["edge"], token=mint(auth.keys, user_id)
+        )
         self.streams: list[Stream] = []
 
-    @property
-    def md(self) -> tuple[tuple[str, str], ...]:
-        """Call metadata with a fresh token."""
-        return self.auth.md(self.user_id)
-
     async def create_channel(self, name: str, *members: str, public: bool = False) -> str:
-        from chatmesh.v1 import channel_pb2
-
         visibility = (
             channel_pb2.CHANNEL_VISIBILITY_PUBLIC
             if public
             else channel_pb2.CHANNEL_VISIBILITY_PRIVATE
         )
-        resp = await self.command.CreateChannel(
-            cpb.CreateChannelRequest(
-                name=name, member_user_ids=list(members), visibility=visibility
-            ),
-            metadata=self.md,
-        )
+        resp = await self.client.create_channel(name, members, visibility=visibility)
         return str(resp.channel.channel_id)
 
     async def send(
         self, channel_id: str, text: str, key: str | None = None
     ) -> cpb.SendMessageResponse:
-        return await self.command.SendMessage(
-            cpb.SendMessageRequest(
-                channel_id=channel_id, text=text, client_msg_id=key or uuid.uuid4().hex
-            ),
-            metadata=self.md,
-        )
+        return await self.client.send_message(channel_id, text, client_msg_id=key)
 
     async def history(self, channel_id: str, **kw: Any) -> qpb.GetHistoryResponse:
-        return await self.query.GetHistory(
-            qpb.GetHistoryRequest(channel_id=channel_id, **kw), metadata=self.md
-        )
+        return await self.client.get_history(channel_id, **kw)
 
     async def all_history(
         self, channel_id: str, *, page: int = 50, forward: bool = False
@@ -183,17 +160,13 @@ class User:
             before = resp.messages[0].seq
 
     async def subscribe(
-        self, resume_from: dict[str, int] | None = None, *, wait_replay: bool = True
+        self, resume_from: dict[str, int] | None = None, *, reconnect: bool = True
     ) -> Stream:
-        call = self.notification.Subscribe(
-            npb.SubscribeRequest(resume_from=resume_from or {}), metadata=self.md
-        )
-        stream = Stream(call)
+        stream = Stream(self.client.subscribe(resume_from, reconnect=reconnect))
         self.streams.append(stream)
         return stream
 
     async def close(self) -> None:
         for stream in self.streams:
             await stream.close()
-        for channel in self._channels:
-            await channel.close()
+        await self.client.close()

@@ -1,4 +1,8 @@
-"""Bad input, bad tokens and trespassers get the right status and leave no trace (issue 4)."""
+"""Bad input, bad tokens and trespassers get the right status and leave no trace (issue 4).
+
+Calls enter through the region's edge with :class:`mesh.client.ChatClient`, so each
+failure is seen as applications see it: the typed error the status maps back to.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,21 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from chatmesh.v1 import (
-    command_service_pb2 as cpb,
-    notification_service_pb2 as npb,
-    query_service_pb2 as qpb,
-)
+from chatmesh.v1 import command_service_pb2 as cpb, query_service_pb2 as qpb
+from mesh.client import Subscription
 from mesh.core.auth import KeyDirectory, mint
+from mesh.core.errors import (
+    ChatmeshError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from mesh.harness.supervisor import Mesh
-from tests.helpers import Auth, eventually, status_details
+from tests.helpers import Auth, eventually
 from tests.services.client import User
 
 pytestmark = pytest.mark.services
@@ -33,21 +41,23 @@ async def trio(dev_mesh: Mesh, auth: Auth) -> AsyncIterator[tuple[User, User, st
     await carol.close()
 
 
-async def _code(call: object) -> tuple[grpc.StatusCode, str, list[tuple[str, str]], str]:
+async def _code(call: object) -> tuple[type[ChatmeshError], str, list[tuple[str, str]], str]:
+    """The error class, reason, (field, rule) violations and message a call fails with."""
     try:
         await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        reason, fields = status_details(err)
-        return err.code(), reason, fields, err.details() or ""
+    except ChatmeshError as err:
+        fields = [(v.field, v.rule_id) for v in getattr(err, "violations", [])]
+        assert err.code == type(err).code  # the class is the status code
+        return type(err), err.reason, fields, err.message
     raise AssertionError("the call succeeded")
 
 
-async def _stream_code(stream_call: object) -> tuple[grpc.StatusCode, str]:
+async def _stream_code(subscription: Subscription) -> tuple[type[ChatmeshError], str]:
     try:
-        async for _ in stream_call:  # type: ignore[attr-defined]
+        async for _ in subscription:
             pass
-    except grpc.aio.AioRpcError as err:
-        return err.code(), status_details(err)[0]
+    except ChatmeshError as err:
+        return type(err), err.reason
     raise AssertionError("the stream ended without an error")
 
 
@@ -56,21 +66,17 @@ async def test_non_members_are_denied_everywhere(trio: tuple[User, User, str]) -
 
     async def denied_in_eu() -> bool:  # once eu's replica knows the channel
         code, reason, _, _ = await _code(carol.history(channel))
-        return (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_MEMBER")
+        return (code, reason) == (PermissionDenied, "NOT_A_MEMBER")
 
     await eventually(denied_in_eu, what="PERMISSION_DENIED from eu")
     code, reason, _, _ = await _code(carol.send(channel, "let me in"))
-    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_MEMBER")
-    call = carol.notification.Subscribe(
-        npb.SubscribeRequest(resume_from={channel: 0}), metadata=carol.md
-    )
-    assert await _stream_code(call) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_A_MEMBER")
-    code, reason, _, _ = await _code(
-        carol.command.JoinChannel(cpb.JoinChannelRequest(channel_id=channel), metadata=carol.md)
-    )
-    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "CHANNEL_PRIVATE")
+    assert (code, reason) == (PermissionDenied, "NOT_A_MEMBER")
+    subscription = carol.client.subscribe({channel: 0})
+    assert await _stream_code(subscription) == (PermissionDenied, "NOT_A_MEMBER")
+    code, reason, _, _ = await _code(carol.client.join_channel(channel))
+    assert (code, reason) == (PermissionDenied, "CHANNEL_PRIVATE")
     code, reason, _, _ = await _code(carol.history("ch_" + "0" * 26))
-    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "CHANNEL_NOT_FOUND")
+    assert (code, reason) == (NotFound, "CHANNEL_NOT_FOUND")
     history = await alice.history(channel)
     assert [m.text for m in history.messages] == ["secret"]
 
@@ -100,18 +106,19 @@ async def test_missing_forged_and_expired_tokens_are_unauthenticated(
             "TOKEN_INVALID",
         ),
     }
+    anonymous = alice.client.with_token(None)  # the metadata below is all it sends
     for name, (metadata, reason) in cases.items():
         for call in (
-            alice.query.GetHistory(request, metadata=metadata),
-            alice.command.SendMessage(
+            anonymous.get_history(request, metadata=metadata),
+            anonymous.send_message(
                 cpb.SendMessageRequest(channel_id=channel, text="x", client_msg_id=f"tok-{name}"),
                 metadata=metadata,
             ),
         ):
             code, got_reason, _, _ = await _code(call)
-            assert (code, got_reason) == (grpc.StatusCode.UNAUTHENTICATED, reason), name
-        stream = alice.notification.Subscribe(npb.SubscribeRequest(), metadata=metadata)
-        assert await _stream_code(stream) == (grpc.StatusCode.UNAUTHENTICATED, reason), name
+            assert (code, got_reason) == (Unauthenticated, reason), name
+        stream = anonymous.subscribe(metadata=metadata)
+        assert await _stream_code(stream) == (Unauthenticated, reason), name
     history = await alice.history(channel)
     assert [m.text for m in history.messages] == ["secret"]
 
@@ -120,110 +127,93 @@ async def test_every_validation_rule_answers_invalid_argument_naming_the_field(
     trio: tuple[User, User, str],
 ) -> None:
     alice, _, channel = trio
-    md = alice.md
-    c, q = alice.command, alice.query
+    c = alice.client
     cases = [
         (
-            c.SendMessage(
-                cpb.SendMessageRequest(channel_id=channel, text="", client_msg_id="v1"), metadata=md
-            ),
+            c.send_message(cpb.SendMessageRequest(channel_id=channel, text="", client_msg_id="v1")),
             "text",
             "string.min_len",
         ),
         (
-            c.SendMessage(
-                cpb.SendMessageRequest(channel_id=channel, text="x" * 4001, client_msg_id="v2"),
-                metadata=md,
+            c.send_message(
+                cpb.SendMessageRequest(channel_id=channel, text="x" * 4001, client_msg_id="v2")
             ),
             "text",
             "string.max_len",
         ),
         (
-            c.SendMessage(
-                cpb.SendMessageRequest(channel_id=channel, text="   \n", client_msg_id="v3"),
-                metadata=md,
+            c.send_message(
+                cpb.SendMessageRequest(channel_id=channel, text="   \n", client_msg_id="v3")
             ),
             "text",
             "text.not_blank",
         ),
         (
-            c.SendMessage(
-                cpb.SendMessageRequest(channel_id="nope", text="hi", client_msg_id="v4"),
-                metadata=md,
+            c.send_message(
+                cpb.SendMessageRequest(channel_id="nope", text="hi", client_msg_id="v4")
             ),
             "channel_id",
             "string.pattern",
         ),
         (
-            c.SendMessage(
-                cpb.SendMessageRequest(channel_id=channel, text="hi", client_msg_id=""), metadata=md
-            ),
+            # An explicit empty key: a request message's empty key would be filled in.
+            c.send_message(channel, "hi", client_msg_id=""),
             "client_msg_id",
             "string.pattern",
         ),
         (
-            c.CreateChannel(cpb.CreateChannelRequest(name="", member_user_ids=["x"]), metadata=md),
+            c.create_channel(cpb.CreateChannelRequest(name="", member_user_ids=["x"])),
             "name",
             "string.min_len",
         ),
         (
-            c.CreateChannel(
-                cpb.CreateChannelRequest(name="n", member_user_ids=["a", "a"]), metadata=md
-            ),
+            c.create_channel(cpb.CreateChannelRequest(name="n", member_user_ids=["a", "a"])),
             "member_user_ids",
             "repeated.unique",
         ),
         (
-            c.CreateChannel(
-                cpb.CreateChannelRequest(name="n", member_user_ids=["bad.id"]), metadata=md
-            ),
+            c.create_channel(cpb.CreateChannelRequest(name="n", member_user_ids=["bad.id"])),
             "member_user_ids[0]",
             "string.pattern",
         ),
         (
-            c.MarkRead(cpb.MarkReadRequest(channel_id=channel, seq=-1), metadata=md),
+            c.mark_read(cpb.MarkReadRequest(channel_id=channel, seq=-1)),
             "seq",
             "int64.gte",
         ),
         (
-            c.EditMessage(
-                cpb.EditMessageRequest(channel_id=channel, message_id="m", text="t"), metadata=md
-            ),
+            c.edit_message(cpb.EditMessageRequest(channel_id=channel, message_id="m", text="t")),
             "message_id",
             "string.pattern",
         ),
         (
-            q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, limit=0), metadata=md),
+            c.get_history(qpb.GetHistoryRequest(channel_id=channel, limit=0)),
             "limit",
             "int32.gte_lte",
         ),
         (
-            q.GetHistory(qpb.GetHistoryRequest(channel_id=channel, limit=201), metadata=md),
+            c.get_history(qpb.GetHistoryRequest(channel_id=channel, limit=201)),
             "limit",
             "int32.gte_lte",
         ),
         (
-            q.GetHistory(
-                qpb.GetHistoryRequest(channel_id=channel, before_seq=5, after_seq=4), metadata=md
-            ),
+            c.get_history(qpb.GetHistoryRequest(channel_id=channel, before_seq=5, after_seq=4)),
             "",
             "history.bounds_order",
         ),
         (
-            q.GetPresence(qpb.GetPresenceRequest(user_ids=[]), metadata=md),
+            c.get_presence(qpb.GetPresenceRequest(user_ids=[])),
             "user_ids",
             "repeated.min_items",
         ),
     ]
     for call, field, rule in cases:
         code, reason, fields, message = await _code(call)
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and reason == "INVALID_FIELD", (field, rule)
+        assert code is InvalidArgument and reason == "INVALID_FIELD", (field, rule)
         assert (field, rule) in fields, (field, rule, fields)
         assert rule in message and (field in message if field else True)
-    stream = alice.notification.Subscribe(
-        npb.SubscribeRequest(resume_from={"not-a-channel": 0}), metadata=md
-    )
-    assert await _stream_code(stream) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    stream = alice.client.subscribe({"not-a-channel": 0})
+    assert await _stream_code(stream) == (InvalidArgument, "INVALID_FIELD")
     history = await alice.history(channel)
     assert [m.text for m in history.messages] == ["secret"], "rejected input left no trace"
 
@@ -233,34 +223,15 @@ async def test_edit_rules(trio: tuple[User, User, str], dev_mesh: Mesh, auth: Au
     bob = User(dev_mesh, auth, "err-bob", "eu")
     try:
         msg = (await alice.send(channel, "mine")).message
+        code, reason, _, _ = await _code(bob.client.edit_message(channel, msg.message_id, "yours"))
+        assert (code, reason) == (PermissionDenied, "NOT_THE_AUTHOR")
+        await alice.client.delete_message(channel, msg.message_id)
+        await alice.client.delete_message(channel, msg.message_id)  # deleting twice succeeds
         code, reason, _, _ = await _code(
-            bob.command.EditMessage(
-                cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="yours"),
-                metadata=bob.md,
-            )
+            alice.client.edit_message(channel, msg.message_id, "again")
         )
-        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_THE_AUTHOR")
-        await alice.command.DeleteMessage(
-            cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id),
-            metadata=alice.md,
-        )
-        await alice.command.DeleteMessage(
-            cpb.DeleteMessageRequest(channel_id=channel, message_id=msg.message_id),
-            metadata=alice.md,
-        )
-        code, reason, _, _ = await _code(
-            alice.command.EditMessage(
-                cpb.EditMessageRequest(channel_id=channel, message_id=msg.message_id, text="again"),
-                metadata=alice.md,
-            )
-        )
-        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MESSAGE_DELETED")
-        code, reason, _, _ = await _code(
-            alice.command.EditMessage(
-                cpb.EditMessageRequest(channel_id=channel, message_id="msg_" + "0" * 26, text="x"),
-                metadata=alice.md,
-            )
-        )
-        assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND")
+        assert (code, reason) == (FailedPrecondition, "MESSAGE_DELETED")
+        code, reason, _, _ = await _code(alice.client.edit_message(channel, "msg_" + "0" * 26, "x"))
+        assert (code, reason) == (NotFound, "MESSAGE_NOT_FOUND")
     finally:
         await bob.close()

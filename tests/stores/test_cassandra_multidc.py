@@ -7,7 +7,8 @@ reads eu's DC at LOCAL_ONE (the primary's worker is the only writer), never from
 us-east's DC.
 
 * the key end-to-end flows of ``tests/services/test_chat_e2e.py`` (imported and run
-  against this mesh: the fixtures ``dev_mesh`` and ``auth`` are overridden here);
+  against this mesh, through its edges: the fixtures ``dev_mesh`` and ``auth`` are
+  overridden here);
 * replication: a message sent in us-east becomes readable in eu;
 * partition: with the us-east <-> eu link cut, eu keeps answering with what it has
   while us-east has newer messages; after the heal eu converges (hinted handoff);
@@ -27,6 +28,7 @@ import pytest
 
 from mesh.core.auth import KeyDirectory
 from mesh.harness.daemon import default_hooks
+from mesh.harness.edges import edges_hook
 from mesh.harness.production_stores import ProductionStores, production_stores_hook, proxy_latencies
 from mesh.harness.services import services_hook
 from mesh.harness.supervisor import Mesh
@@ -61,7 +63,9 @@ async def production(run_root: Path) -> AsyncIterator[tuple[Mesh, ProductionStor
         base, stores=dataclasses.replace(base.stores, backend="production")
     )
     stores = production_stores_hook()
-    mesh = Mesh(topology, run_root / "production", hooks=[stores, services_hook(TEST_SETTINGS)])
+    # Edges too: the users of the imported e2e tests enter through them, as on the embedded mesh.
+    hooks = [stores, services_hook(TEST_SETTINGS), edges_hook()]
+    mesh = Mesh(topology, run_root / "production", hooks=hooks)
     started = time.monotonic()
     async with mesh:
         rss = {region: node.rss_kib() for region, node in stores.nodes.items()}
@@ -141,10 +145,9 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
         await eventually(
             lambda: _eu_sees(bob, channel, first.seq), timeout=15, what="replicated to eu"
         )
+        # Printed only: that replication crosses the link shows below, where cutting
+        # it keeps eu's DC from seeing new writes.
         replicated = time.monotonic() - sent_at
-        # The write had to cross the 35 ms link proxy into eu's DC (the Command Service
-        # may answer after the worker wrote, so count from before the send).
-        assert replicated >= 0.035
 
         await dev_mesh.wan.cut("us-east", "eu")
         try:
@@ -153,13 +156,11 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
             assert [m.seq for m in us.messages] == [first.seq] + [m.seq for m in during]
             # eu answers from its own DC, without the new messages, for as long as we
             # look (the hinted writes cannot cross a cut link).
-            watch_until = time.monotonic() + 3.0
-            answers = 0
-            while time.monotonic() < watch_until:
+            answers = 30
+            for _ in range(answers):
                 page = await bob.history(channel)
                 assert [m.seq for m in page.messages] == [first.seq]
                 assert page.last_seq == first.seq < us.last_seq
-                answers += 1
         finally:
             await dev_mesh.wan.heal("us-east", "eu")
         healed_at = time.monotonic()

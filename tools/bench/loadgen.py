@@ -4,8 +4,10 @@ The orchestrator (:mod:`tools.bench.runner`) starts one of these per region, eac
 with its own asyncio loop and grpc.aio / nats-py clients, so the clients never
 share an event loop (or a GIL) with the orchestrator or with each other. A
 generator speaks chatmesh's public gRPC API through its region's entry (the
-edge when the mesh has one, else the services directly), bare NATS for the
-floor measurement, and the Fan-Out Service's operator API for route lookups.
+edge when the mesh has one, else the services directly) with :mod:`mesh.client`
+(its connections, tokens and typed errors; no retries: a benchmark counts failures
+instead of hiding them), bare NATS for the floor measurement, and the Fan-Out
+Service's operator API for route lookups.
 
 Protocol: JSON lines. The orchestrator writes ``{"id": 1, "cmd": "send",
 "args": {...}}`` to stdin; the generator answers ``{"id": 1, "ok": true,
@@ -38,7 +40,6 @@ import random
 import sqlite3
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,19 +52,16 @@ from nats.aio.msg import Msg
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import (
     channel_pb2,
-    command_service_pb2 as cpb,
-    command_service_pb2_grpc as cgrpc,
     fanout_service_pb2 as fpb,
     fanout_service_pb2_grpc as fgrpc,
-    notification_service_pb2 as npb,
-    notification_service_pb2_grpc as ngrpc,
     presence_pb2,
     query_service_pb2 as qpb,
-    query_service_pb2_grpc as qgrpc,
 )
 from mesh.bus.connection import connect
 from mesh.bus.subjects import Subjects
+from mesh.client import ChatClient, RetryPolicy, Subscription
 from mesh.core.auth import KeyDirectory, mint
+from mesh.core.errors import ChatmeshError
 
 __all__ = ["LoadGen", "main"]
 
@@ -71,6 +69,10 @@ logger = logging.getLogger("tools.bench.loadgen")
 
 STREAMS_PER_CONNECTION = 200
 """Subscribe streams per HTTP/2 connection (the edge allows 1000 per connection)."""
+UNARY_CONNECTIONS = 2
+"""Connections per target for unary calls: one would be a single HTTP/2 connection
+whose framing becomes the bottleneck."""
+NO_RETRY = RetryPolicy.none()
 
 Handler = Callable[[dict[str, Any], "Reporter"], Awaitable[dict[str, Any]]]
 
@@ -114,7 +116,7 @@ class BenchStream:
     """One Subscribe stream, read in the background."""
 
     user: str
-    call: Any
+    subscription: Subscription
     ready: asyncio.Future[int]
     task: asyncio.Task[None] | None = None
     error: str | None = None
@@ -151,10 +153,13 @@ class LoadGen:
     out: Any = field(default=None)
     region: str = ""
     keys: KeyDirectory | None = None
-    tokens: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
-    unary: dict[str, list[grpc.aio.Channel]] = field(default_factory=dict)
-    """Target address -> a small pool of connections for unary calls."""
-    stream_channels: list[grpc.aio.Channel] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
+    unary: dict[str, ChatClient] = field(default_factory=dict)
+    """Target address -> a client on a small pool of connections for unary calls."""
+    users: dict[tuple[str, str], ChatClient] = field(default_factory=dict)
+    """(target, user) -> that user's client on the target's pooled connections."""
+    stream_clients: list[ChatClient] = field(default_factory=list)
+    """One client (one connection) per STREAMS_PER_CONNECTION streams."""
     notification_targets: list[str] = field(default_factory=list)
     command_target: str = ""
     query_target: str = ""
@@ -170,7 +175,6 @@ class LoadGen:
     fakes: list[FakeInstance] = field(default_factory=list)
     fake_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _opened_streams: int = 0
-    _unary_turn: int = 0
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -179,36 +183,41 @@ class LoadGen:
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self.out.flush()
 
-    def md(self, user: str) -> tuple[tuple[str, str], ...]:
-        """Call metadata with ``user``'s token (minted once per user)."""
-        md = self.tokens.get(user)
-        if md is None:
+    def token(self, user: str) -> str:
+        """``user``'s token (minted once per user)."""
+        token = self.tokens.get(user)
+        if token is None:
             assert self.keys is not None, "init first"
-            md = (("authorization", f"Bearer {mint(self.keys, user)}"),)
-            self.tokens[user] = md
-        return md
+            token = self.tokens[user] = mint(self.keys, user)
+        return token
 
-    def _unary_channel(self, target: str) -> grpc.aio.Channel:
-        self._unary_turn += 1
-        pool = self.unary[target]
-        return pool[self._unary_turn % len(pool)]
+    def _user(self, target: str, user: str) -> ChatClient:
+        # Created once per (target, user): a call costs a dict lookup, no new channel.
+        client = self.users.get((target, user))
+        if client is None:
+            client = self.users[target, user] = self.unary[target].with_token(self.token(user))
+        return client
 
-    def command(self) -> Any:
-        """A CommandService stub on one of the pooled channels."""
-        return _stub(cgrpc.CommandServiceStub, self._unary_channel(self.command_target))
+    def command(self, user: str) -> ChatClient:
+        """``user``'s client for CommandService calls (on the pooled connections)."""
+        return self._user(self.command_target, user)
 
-    def query(self) -> Any:
-        """A QueryService stub on one of the pooled channels."""
-        return _stub(qgrpc.QueryServiceStub, self._unary_channel(self.query_target))
+    def query(self, user: str) -> ChatClient:
+        """``user``'s client for QueryService calls (on the pooled connections)."""
+        return self._user(self.query_target, user)
 
-    def _stream_channel(self) -> grpc.aio.Channel:
+    def _stream_client(self, user: str) -> ChatClient:
         index = self._opened_streams // STREAMS_PER_CONNECTION
-        while index >= len(self.stream_channels):
-            n = len(self.stream_channels)
+        while index >= len(self.stream_clients):
+            n = len(self.stream_clients)
             target = self.notification_targets[n % len(self.notification_targets)]
-            self.stream_channels.append(grpc.aio.insecure_channel(target, _channel_options()))
+            self.stream_clients.append(
+                ChatClient(
+                    target, retry=NO_RETRY, stream_retry=NO_RETRY, options=_channel_options()
+                )
+            )
         self._opened_streams += 1
-        return self.stream_channels[index]
+        return self.stream_clients[index].with_token(self.token(user))
 
     # -- commands: set-up ----------------------------------------------------------------
 
@@ -219,10 +228,10 @@ class LoadGen:
         self.command_target = args["command"]
         self.query_target = args["query"]
         self.notification_targets = list(args["notification"])
-        # Unary calls ride a small pool of connections: one per target is a
-        # single HTTP/2 connection whose framing would then be the bottleneck.
         self.unary = {
-            t: [grpc.aio.insecure_channel(t, _channel_options()) for _ in range(2)]
+            t: ChatClient(
+                t, retry=NO_RETRY, connections=UNARY_CONNECTIONS, options=_channel_options()
+            )
             for t in {self.command_target, self.query_target}
         }
         return {"pid": os.getpid()}
@@ -239,13 +248,10 @@ class LoadGen:
             async with sem:
                 creator = spec["creator"]
                 members = [m for m in spec["members"] if m != creator]
-                resp = await self.command().CreateChannel(
-                    cpb.CreateChannelRequest(
-                        name=spec["name"],
-                        member_user_ids=members,
-                        visibility=channel_pb2.CHANNEL_VISIBILITY_PRIVATE,
-                    ),
-                    metadata=self.md(creator),
+                resp = await self.command(creator).create_channel(
+                    spec["name"],
+                    members,
+                    visibility=channel_pb2.CHANNEL_VISIBILITY_PRIVATE,
                     timeout=30,
                 )
                 ids[i] = str(resp.channel.channel_id)
@@ -257,10 +263,13 @@ class LoadGen:
         return {"channel_ids": ids}
 
     async def _open(self, user: str, timeout: float) -> BenchStream:
-        stub = _stub(ngrpc.NotificationServiceStub, self._stream_channel())
-        call = stub.Subscribe(npb.SubscribeRequest(), metadata=self.md(user))
+        # No reconnects (a stream that ends is counted by stream_health) and no
+        # heartbeat watchdog (one timer task per stream would cost the generator CPU).
+        subscription = self._stream_client(user).subscribe(
+            reconnect=False, heartbeat_watchdog=False
+        )
         loop = asyncio.get_running_loop()
-        stream = BenchStream(user, call, loop.create_future())
+        stream = BenchStream(user, subscription, loop.create_future())
         stream.task = asyncio.create_task(self._read(stream))
         try:
             await asyncio.wait_for(asyncio.shield(stream.ready), timeout)
@@ -272,7 +281,7 @@ class LoadGen:
     async def _read(self, stream: BenchStream) -> None:
         record = self._record
         try:
-            async for item in stream.call:
+            async for item in stream.subscription.responses():
                 now = time.monotonic_ns()  # first: the receive time of this item
                 kind = item.WhichOneof("kind")
                 if kind == "event":
@@ -284,9 +293,10 @@ class LoadGen:
                     stream.events += 1
                 elif kind == "replay_complete" and not stream.ready.done():
                     stream.ready.set_result(now)
-            stream.error = "EOF"
-        except grpc.aio.AioRpcError as exc:
-            stream.error = exc.code().name
+            if not stream.subscription.closed():
+                stream.error = "EOF"
+        except ChatmeshError as exc:
+            stream.error = exc.code
         except asyncio.CancelledError:
             pass
         finally:
@@ -305,7 +315,7 @@ class LoadGen:
         self.received[phase] = self.received.get(phase, 0) + 1
 
     async def _close_stream(self, stream: BenchStream) -> None:
-        stream.call.cancel()
+        await stream.subscription.close()
         if stream.task is not None:
             stream.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -415,15 +425,9 @@ class LoadGen:
             t0 = time.monotonic_ns()
             text = f"bench {phase} {region} {t0} {n}"
             try:
-                await self.command().SendMessage(
-                    cpb.SendMessageRequest(
-                        channel_id=channel, text=text, client_msg_id=uuid.uuid4().hex
-                    ),
-                    metadata=self.md(user),
-                    timeout=timeout,
-                )
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                await self.command(user).send_message(channel, text, timeout=timeout)
+            except ChatmeshError as exc:
+                errors[exc.code] = errors.get(exc.code, 0) + 1
                 return
             ack_us.append((time.monotonic_ns() - t0) // 1000)
             ok_by_channel[channel] = ok_by_channel.get(channel, 0) + 1
@@ -490,14 +494,8 @@ class LoadGen:
             for start in range(0, count, 5):
                 batch = await asyncio.gather(
                     *(
-                        self.command().SendMessage(
-                            cpb.SendMessageRequest(
-                                channel_id=channel,
-                                text=f"history message {i} " + "x" * 80,
-                                client_msg_id=uuid.uuid4().hex,
-                            ),
-                            metadata=self.md(user),
-                            timeout=30,
+                        self.command(user).send_message(
+                            channel, f"history message {i} " + "x" * 80, timeout=30
                         )
                         for i in range(start, min(count, start + 5))
                     )
@@ -517,11 +515,7 @@ class LoadGen:
         while True:
             behind = 0
             for channel, seq in want.items():
-                resp = await self.query().GetHistory(
-                    qpb.GetHistoryRequest(channel_id=channel, limit=1),
-                    metadata=self.md(user),
-                    timeout=10,
-                )
+                resp = await self.query(user).get_history(channel, limit=1, timeout=10)
                 if int(resp.last_seq) < seq:
                     behind += 1
             if not behind:
@@ -550,13 +544,9 @@ class LoadGen:
                 issued += 1
                 t0 = time.monotonic_ns()
                 try:
-                    resp = await self.query().GetHistory(
-                        qpb.GetHistoryRequest(channel_id=channel, limit=limit),
-                        metadata=self.md(user),
-                        timeout=10,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    resp = await self.query(user).get_history(channel, limit=limit, timeout=10)
+                except ChatmeshError as exc:
+                    errors[exc.code] = errors.get(exc.code, 0) + 1
                     continue
                 latencies.append((time.monotonic_ns() - t0) // 1000)
                 sizes.append(len(resp.messages))
@@ -590,11 +580,11 @@ class LoadGen:
             req = qpb.GetPresenceRequest(user_ids=[user])
             while True:
                 try:
-                    resp = await self.query().GetPresence(req, metadata=self.md(viewer), timeout=10)
-                except grpc.aio.AioRpcError as exc:
+                    resp = await self.query(viewer).get_presence(req, timeout=10)
+                except ChatmeshError as exc:
                     # A failed poll is counted and the polling goes on: one lost
                     # call must not lose the sample (the error count is reported).
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    errors[exc.code] = errors.get(exc.code, 0) + 1
                     if time.monotonic() > deadline:
                         return {"seen_ns": None, "polls": polls, "errors": errors}
                     await asyncio.sleep(poll)
@@ -630,7 +620,7 @@ class LoadGen:
     async def cmd_presence_open(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
         """Opens ``user``'s first stream; returns when the call started and when it was ready."""
         user = str(args["user"])
-        self.md(user)  # mint before taking the start time
+        self.token(user)  # mint before taking the start time
         t0 = time.monotonic_ns()
         stream = await self._open(user, timeout=30)
         self.streams[user] = stream
@@ -910,9 +900,9 @@ class LoadGen:
         for stream in list(self.streams.values()):
             await self._close_stream(stream)
         self.streams.clear()
-        for channel in [*(c for pool in self.unary.values() for c in pool), *self.stream_channels]:
+        for client in [*self.unary.values(), *self.stream_clients]:
             with contextlib.suppress(Exception):
-                await channel.close(None)
+                await client.close()
         if self.nats is not None:
             with contextlib.suppress(Exception):
                 await self.nats.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import random
 import time
@@ -104,7 +103,6 @@ class Context:
     entry: str
     """``edge`` or ``direct``: how clients reached the mesh."""
     notes: list[str]
-    cpu_names: dict[str, int] = field(default_factory=dict)
     pop: Population | None = None
     channel_ids: list[str] = field(default_factory=list)
     streaming: set[str] = field(default_factory=set)
@@ -113,7 +111,6 @@ class Context:
     setup: dict[str, Any] = field(default_factory=dict)
     floor: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     """Floor latencies: mode (direct/via) -> path key -> us (for the ratio and CDFs)."""
-    delivery_samples: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def regions(self) -> list[str]:
@@ -643,7 +640,6 @@ async def run_delivery(ctx: Context) -> dict[str, Any]:
             f"delivery phase at {rate:g} msg/s was not a fair measurement: "
             f"{res.measurement_problems()}"
         )
-    ctx.delivery_samples = res.samples
     paths: dict[str, Any] = {}
     pngs = []
     for src in ctx.regions:
@@ -1225,11 +1221,6 @@ async def run_routing(ctx: Context) -> dict[str, Any]:
         "summary": summary,
         "pngs": [png] if png else [],
     }
-
-
-def finite(value: Any) -> bool:
-    """True for a real, finite number."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 async def close_quietly(gens: dict[str, LoadGenProcess]) -> None:

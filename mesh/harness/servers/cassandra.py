@@ -82,6 +82,7 @@ __all__ = [
     "CassandraNodeSpec",
     "allocate_storage_port",
     "build_command",
+    "cached_jars",
     "cql_ping",
     "cql_query",
     "ensure_jars",
@@ -218,6 +219,22 @@ def _file_lock(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+_COMPLETE_MARKER = ".complete"
+
+
+def cached_jars(cache: Path | None = None, *, version: str = CASSANDRA_VERSION) -> Path | None:
+    """Returns the folder of Cassandra's jars if they are fetched already, else None.
+
+    Never fetches (see :func:`ensure_jars`).
+
+    Args:
+        cache: Cache root; defaults to :func:`mesh.harness.paths.cache_dir`.
+        version: ``cassandra-all`` version.
+    """
+    root = (cache or cache_dir()) / f"cassandra-{version}"
+    return root / "lib" if (root / _COMPLETE_MARKER).exists() else None
+
+
 def ensure_jars(
     cache: Path | None = None,
     *,
@@ -245,7 +262,7 @@ def ensure_jars(
     """
     root = (cache or cache_dir()) / f"cassandra-{version}"
     lib = root / "lib"
-    marker = root / ".complete"
+    marker = root / _COMPLETE_MARKER
     if marker.exists():
         return lib
     root.mkdir(parents=True, exist_ok=True)
@@ -382,11 +399,6 @@ class CassandraNodeSpec:
     peer seeds are unreachable (other region down or cut off) waits this long in the
     gossip shadow round. Short is safe here because every node is a seed and none
     bootstraps; raise it for clusters with bootstrapping (non-seed) nodes."""
-    jmx_port: int | None = None
-    """Local-only JMX port (127.0.0.1) for :meth:`CassandraNode.nodetool`; None = no JMX.
-
-    Without JMX there is no nodetool, hence no ``repair``: needed after a partition
-    longer than ``max_hint_window`` (3 h), when hints are no longer kept."""
     extra_jvm_options: tuple[str, ...] = field(default_factory=tuple)
     """Appended after the generated JVM flags (e.g. ``-XX:TieredStopAtLevel=1``)."""
 
@@ -596,18 +608,6 @@ def _logback(spec: CassandraNodeSpec) -> str:
 """
 
 
-_LOGBACK_TOOLS = """<?xml version="1.0" encoding="UTF-8"?>
-<!-- Rendered by mesh/harness/servers/cassandra.py: nodetool logs warnings to stderr only. -->
-<configuration scan="false">
-  <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
-    <target>System.err</target>
-    <encoder><pattern>%-5level %date{HH:mm:ss.SSS} %msg%n</pattern></encoder>
-  </appender>
-  <root level="WARN"><appender-ref ref="STDERR"/></root>
-</configuration>
-"""
-
-
 def _jvm_options(spec: CassandraNodeSpec) -> list[str]:
     conf = spec.conf_dir
     options = [
@@ -650,14 +650,8 @@ def _jvm_options(spec: CassandraNodeSpec) -> list[str]:
         f"-Dlogback.configurationFile={conf / 'logback.xml'}",
         f"-Dcassandra-rackdc.properties=file://{conf / 'cassandra-rackdc.properties'}",
     ]
-    if spec.jmx_port is not None:
-        # cassandra-env.sh's LOCAL_JMX=yes: bound to loopback, no authentication.
-        options += [
-            f"-Dcassandra.jmx.local.port={spec.jmx_port}",
-            "-Djava.rmi.server.hostname=127.0.0.1",
-        ]
-    # Otherwise neither cassandra.jmx.local.port nor .remote.port is set and the
-    # daemon opens no JMX port at all (nothing to collide, nothing to secure).
+    # Neither cassandra.jmx.local.port nor .remote.port is set: the daemon opens no JMX
+    # port at all (nothing to collide, nothing to secure; so no nodetool either).
     options.extend(spec.extra_jvm_options)
     return options
 
@@ -670,14 +664,13 @@ def render_config(spec: CassandraNodeSpec) -> dict[str, str]:
 
     Returns:
         File name -> content for ``cassandra.yaml``, ``cassandra-rackdc.properties``,
-        ``logback.xml``, ``logback-tools.xml`` (nodetool) and ``jvm.options`` (one JVM flag per line; the classpath and
+        ``logback.xml`` and ``jvm.options`` (one JVM flag per line; the classpath and
         the jamm agent are added by :func:`build_command`).
     """
     return {
         "cassandra.yaml": _yaml(spec),
         "cassandra-rackdc.properties": _rackdc(spec),
         "logback.xml": _logback(spec),
-        "logback-tools.xml": _LOGBACK_TOOLS,
         "jvm.options": "\n".join(_jvm_options(spec)) + "\n",
     }
 
@@ -1216,60 +1209,6 @@ class CassandraNode:
         """
         state = "UP" if up else "DOWN"
         return await self.wait_log(f"/{peer.endpoint} is now {state}", timeout, offset=offset)
-
-    async def nodetool(self, *args: str, timeout: float = 120.0) -> str:
-        """Runs ``nodetool`` (``org.apache.cassandra.tools.NodeTool``) against this node.
-
-        Needs ``spec.jmx_port``. Example: ``await node.nodetool("repair", "chat")``.
-
-        Args:
-            *args: nodetool command and arguments.
-            timeout: Bound in seconds (nodetool's own JVM start takes ~1-2 s).
-
-        Returns:
-            nodetool's standard output.
-
-        Raises:
-            CassandraError: No JMX port configured, nodetool failed or timed out.
-        """
-        if self.spec.jmx_port is None:
-            raise CassandraError(f"{self.spec.name}: nodetool needs spec.jmx_port")
-        lib = self._lib if self._lib is not None else await asyncio.to_thread(ensure_jars)
-        argv = [
-            self._java or find_java(),
-            "-Xmx128m",
-            # The tool loads the same classes (FileUtils, ...) as the daemon.
-            *_JPMS_FLAGS,
-            # nodetool keeps a history file under ~/.cassandra: keep it in data_dir.
-            f"-Duser.home={self.spec.data_dir}",
-            "-cp",
-            f"{lib}/*",
-            # nodetool logs through logback too; keep its stdout for the answer.
-            f"-Dlogback.configurationFile={self.spec.conf_dir / 'logback-tools.xml'}",
-            "org.apache.cassandra.tools.NodeTool",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.spec.jmx_port),
-            *args,
-        ]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
-            raise CassandraError(f"nodetool {' '.join(args)} timed out after {timeout}s") from exc
-        if proc.returncode != 0:
-            raise CassandraError(
-                f"nodetool {' '.join(args)} failed ({proc.returncode}): {err.decode()[-2000:]}"
-            )
-        return out.decode()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stops the daemon: SIGTERM to its process group, SIGKILL after ``timeout``.

@@ -62,6 +62,7 @@ __all__ = [
     "FerretDB",
     "FerretDBBuildError",
     "FerretDBError",
+    "cached_ferretdb",
     "ensure_ferretdb",
     "wire_ping",
 ]
@@ -112,12 +113,10 @@ def ensure_ferretdb(cache: Path | None = None) -> Path:
             failed or timed out, another build held the lock for too long, or the
             built binary does not report the pinned version.
     """
-    root = cache if cache is not None else cache_dir()
-    bin_dir = root / "bin"
-    target = bin_dir / f"ferretdb-{FERRETDB_VERSION}"
+    target = _binary_path(cache)
     if _is_executable(target):
         return target
-
+    bin_dir = target.parent
     bin_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(bin_dir / f".ferretdb-{FERRETDB_VERSION}.lock", _LOCK_WAIT_S):
         # Another process may have finished the build while we waited for the lock.
@@ -131,6 +130,21 @@ def ensure_ferretdb(cache: Path | None = None) -> Path:
             os.replace(built, target)
         logger.info("built %s in %.1f s", target, time.monotonic() - started)
     return target
+
+
+def cached_ferretdb(cache: Path | None = None) -> Path | None:
+    """Returns the FerretDB binary if it is built already, else None (never builds).
+
+    Args:
+        cache: The per-machine cache root; defaults to :func:`mesh.harness.paths.cache_dir`.
+    """
+    target = _binary_path(cache)
+    return target if _is_executable(target) else None
+
+
+def _binary_path(cache: Path | None) -> Path:
+    root = cache if cache is not None else cache_dir()
+    return root / "bin" / f"ferretdb-{FERRETDB_VERSION}"
 
 
 def _is_executable(path: Path) -> bool:
@@ -441,12 +455,6 @@ class FerretDB:
     def uri(self) -> str:
         """Connection string without options, e.g. ``mongodb://127.0.0.1:40123/``."""
         return f"mongodb://{self.address}/"
-
-    @property
-    def debug_url(self) -> str:
-        """Base URL of the debug handler, e.g. ``http://127.0.0.1:40124/debug/metrics``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.debug_port}/debug"
 
     @property
     def pid(self) -> int | None:

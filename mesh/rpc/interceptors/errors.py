@@ -1,77 +1,36 @@
-"""Error mapping: the one place domain errors become gRPC statuses.
+"""Error mapping: the interceptor where domain errors become gRPC statuses.
 
 A :class:`~mesh.core.errors.ChatmeshError` becomes its status code with the message,
-plus ``grpc-status-details-bin`` trailing metadata holding a ``google.rpc.Status``
-with ``ErrorInfo{reason, domain: "chatmesh.dev", metadata}`` and, for invalid
-input, ``BadRequest`` with one violation per field. Any other exception is an
-internal error: logged in full with a fresh id, and masked for the client as
+plus ``grpc-status-details-bin`` trailing metadata holding the ``google.rpc.Status``
+that :func:`mesh.rpc.status.to_status` builds (ErrorInfo, BadRequest, RetryInfo).
+Any other exception is an internal error (:func:`mesh.rpc.status.mask_internal`):
+logged in full with a fresh id, and masked for the client as
 ``INTERNAL: internal error (id=…)`` so the two can be matched.
 
 Example:
-    >>> from mesh.core.errors import NotFound
-    >>> status = rich_status(NotFound("CHANNEL_NOT_FOUND", "no such channel"))
-    >>> status.code
-    5
+    >>> server = grpc.aio.server(interceptors=[ErrorMapper()])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from mesh.core.errors import DOMAIN, ChatmeshError, InvalidArgument
+from mesh.core.errors import ChatmeshError
 from mesh.rpc.interceptors._base import Interceptor, NextStream, NextUnary
+from mesh.rpc.status import grpc_code, mask_internal, trailing_metadata
 
-__all__ = ["ErrorMapper", "grpc_code", "rich_status"]
-
-logger = logging.getLogger(__name__)
-
-
-def grpc_code(err: ChatmeshError) -> grpc.StatusCode:
-    """The gRPC status code of a domain error."""
-    return grpc.StatusCode[err.code]
-
-
-def rich_status(err: ChatmeshError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` (with ErrorInfo and, if any, BadRequest) of a domain error."""
-    status = status_pb2.Status(code=getattr(code_pb2, err.code), message=err.message)
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
-    status.details.add().Pack(info)
-    if isinstance(err, InvalidArgument):
-        bad = error_details_pb2.BadRequest()
-        for v in err.violations:
-            bad.field_violations.add(
-                field=v.field, description=f"{v.description} [{v.rule_id}]", reason=v.rule_id
-            )
-        status.details.add().Pack(bad)
-    return status
+__all__ = ["ErrorMapper"]
 
 
 async def _abort(
     context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
 ) -> NoReturn:
-    if isinstance(exc, ChatmeshError):
-        status = rich_status(exc)
-        await context.abort(
-            grpc_code(exc),
-            exc.message,
-            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-        )
-    error_id = uuid.uuid4().hex[:12]
-    logger.error("internal error id=%s in %s", error_id, method, exc_info=exc)
-    internal = ChatmeshError("INTERNAL", f"internal error (id={error_id})")
-    internal.code = "INTERNAL"
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        internal.message,
-        trailing_metadata=(("grpc-status-details-bin", rich_status(internal).SerializeToString()),),
-    )
+    err = exc if isinstance(exc, ChatmeshError) else mask_internal(exc, method)
+    await context.abort(grpc_code(err), err.message, trailing_metadata=trailing_metadata(err))
     raise AssertionError("unreachable")  # context.abort always raises
 
 

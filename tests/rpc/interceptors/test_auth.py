@@ -11,7 +11,7 @@ from chatmesh.v1 import notification_service_pb2 as npb, query_service_pb2 as qp
 from mesh.core.auth import KeyDirectory, TokenVerifier, mint
 from mesh.rpc.interceptors import Authenticator, ErrorMapper
 from mesh.rpc.interceptors.auth import current_user
-from tests.helpers import status_details
+from mesh.rpc.status import from_rpc_error
 
 CH = "ch_" + "a" * 26
 
@@ -49,7 +49,7 @@ async def test_bad_tokens_never_reach_the_handler(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await h.query.GetHistory(qpb.GetHistoryRequest(channel_id=CH), metadata=metadata)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert status_details(info.value)[0] == reason
+    assert from_rpc_error(info.value).reason == reason
     assert h.script.seen == []
     stream = h.notification.Subscribe(npb.SubscribeRequest(), metadata=metadata)
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -65,7 +65,7 @@ async def test_expired_token(serve: Any, keys: KeyDirectory, verifier: TokenVeri
         await h.query.GetHistory(
             qpb.GetHistoryRequest(channel_id=CH), metadata=(("authorization", f"Bearer {token}"),)
         )
-    assert status_details(info.value)[0] == "TOKEN_EXPIRED"
+    assert from_rpc_error(info.value).reason == "TOKEN_EXPIRED"
 
 
 async def test_public_prefixes_skip_authentication(serve: Any, verifier: TokenVerifier) -> None:

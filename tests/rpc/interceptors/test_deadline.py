@@ -11,7 +11,7 @@ import pytest
 from chatmesh.v1 import query_service_pb2 as qpb
 from mesh.rpc.interceptors import Deadlines, ErrorMapper
 from mesh.rpc.interceptors.deadline import remaining
-from tests.helpers import status_details
+from mesh.rpc.status import from_rpc_error
 
 REQ = qpb.GetHistoryRequest(channel_id="ch_" + "a" * 26)
 
@@ -28,7 +28,7 @@ async def test_server_default_deadline_ends_slow_calls(serve: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await h.query.GetHistory(REQ)  # no client deadline
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert status_details(info.value)[0] == "DEADLINE_EXCEEDED"
+    assert from_rpc_error(info.value).reason == "DEADLINE_EXCEEDED"
 
 
 async def test_client_deadline_is_visible_for_propagation(serve: Any) -> None:
@@ -41,6 +41,7 @@ async def test_client_deadline_is_visible_for_propagation(serve: Any) -> None:
 
     h.script.unary = record
     await h.query.GetHistory(REQ, timeout=1.5)
-    assert 0.5 < budgets[0] <= 1.6  # grpc rounds the wire timeout up a little
     await h.query.GetHistory(REQ)
-    assert 5 < budgets[1] <= 10
+    # Which deadline applied, not how fast the call was: the client's (grpc rounds the
+    # wire timeout up a little), then the server default, which is longer.
+    assert 0 < budgets[0] <= 1.6 < budgets[1] <= 10

@@ -11,7 +11,7 @@ import pytest
 from chatmesh.v1 import notification_service_pb2 as npb, query_service_pb2 as qpb
 from mesh.core.errors import NotFound, PermissionDenied, Unavailable
 from mesh.rpc.interceptors import ErrorMapper
-from tests.helpers import status_details
+from mesh.rpc.status import from_rpc_error
 
 REQ = qpb.GetHistoryRequest(channel_id="ch_" + "a" * 26)
 
@@ -40,7 +40,7 @@ async def test_domain_errors_map_to_their_status(
         await h.query.GetHistory(REQ)
     assert info.value.code() == code
     assert info.value.details() == str(error)
-    assert status_details(info.value)[0] == error.reason  # type: ignore[attr-defined]
+    assert from_rpc_error(info.value).reason == error.reason  # type: ignore[attr-defined]
 
 
 async def test_internal_errors_are_masked_and_logged_with_the_same_id(
@@ -53,7 +53,7 @@ async def test_internal_errors_are_masked_and_logged_with_the_same_id(
 
     h.script.unary = boom
     with (
-        caplog.at_level(logging.ERROR, logger="mesh.rpc.interceptors.errors"),
+        caplog.at_level(logging.ERROR, logger="mesh.rpc.status"),
         pytest.raises(grpc.aio.AioRpcError) as info,
     ):
         await h.query.GetHistory(REQ)
@@ -74,5 +74,5 @@ async def test_stream_errors_after_items(serve: Any) -> None:
     assert len(items) == 2
     assert (
         info.value.code() == grpc.StatusCode.UNAVAILABLE
-        and status_details(info.value)[0] == "SHUTTING_DOWN"
+        and from_rpc_error(info.value).reason == "SHUTTING_DOWN"
     )

@@ -214,6 +214,16 @@ class ErrorReason(betterproto2.Enum):
     default for calls without one) passed before it completed.
     """
 
+    METHOD_NOT_FOUND = 19
+    """
+    NOT_FOUND: the edge serves no such method (not a public RPC of chatmesh).
+    """
+
+    SERVICE_NOT_FOUND = 20
+    """
+    NOT_FOUND: a health check named a service this server does not serve.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -236,6 +246,8 @@ class ErrorReason(betterproto2.Enum):
             16: "ERROR_REASON_INTERNAL",
             17: "ERROR_REASON_SHUTTING_DOWN",
             18: "ERROR_REASON_DEADLINE_EXCEEDED",
+            19: "ERROR_REASON_METHOD_NOT_FOUND",
+            20: "ERROR_REASON_SERVICE_NOT_FOUND",
         }
 
     @classmethod
@@ -260,6 +272,8 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_INTERNAL": 16,
             "ERROR_REASON_SHUTTING_DOWN": 17,
             "ERROR_REASON_DEADLINE_EXCEEDED": 18,
+            "ERROR_REASON_METHOD_NOT_FOUND": 19,
+            "ERROR_REASON_SERVICE_NOT_FOUND": 20,
         }
 
 

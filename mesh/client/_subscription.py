@@ -1,0 +1,251 @@
+"""A Subscribe stream that survives reconnects: resume by position, no duplicates.
+
+:class:`Subscription` opens ``NotificationService.Subscribe`` with the positions it
+holds (:class:`~mesh.client._positions.ResumePositions`), yields what arrives, and
+when the stream ends in a way :func:`~mesh.client._retry.resumable` accepts (a
+restart, a slow-consumer cut, a dead connection), waits with the client's backoff
+and opens it again with ``resume_from`` = the last seq it yielded per channel.
+Events at or below a channel's position are dropped, so the seam between two
+connections shows neither a gap the server could fill nor a duplicate.
+
+A stream whose heartbeat promised an item every ``timeout_ms`` and then fell
+silent is presumed dead (a proxy or the network lost it without a reset) and
+reconnected the same way.
+
+Gaps: an event beyond a channel's next seq goes through :meth:`Subscription._on_gap`,
+the one place that decides what to do about events the server could not deliver
+(today: log and deliver what arrived; issue 12: fetch the missing range with
+GetHistory and yield it first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from chatmesh.v1 import events_pb2, notification_service_pb2 as npb
+from mesh.client._positions import ResumePositions, Verdict
+from mesh.client._retry import Budget, RetryPolicy, resumable
+from mesh.core.errors import ChatmeshError, Unavailable
+from mesh.rpc.status import from_rpc_error
+
+__all__ = ["OpenStream", "Subscription"]
+
+logger = logging.getLogger("mesh.client")
+
+OpenStream = Callable[[dict[str, int]], Awaitable[Any]]
+"""Opens one Subscribe call with the given ``resume_from`` (a ``grpc.aio.UnaryStreamCall``)."""
+
+
+class Subscription:
+    """The caller's event stream, reconnected and resumed automatically.
+
+    ``async for event in subscription`` yields channel and ephemeral events;
+    :meth:`responses` yields every stream item (events, heartbeats, replay_complete,
+    which follows every (re)connection's replay). Iterate one of them, once.
+
+    Attributes:
+        positions: The last seq yielded per channel (the next ``resume_from``).
+        reconnects: How many times the stream was opened again.
+        duplicates: Events dropped as at or below their channel's position. The server
+            never sends those (it replays strictly after ``resume_from``), so a count
+            above 0 is worth a log line; tests assert it stays 0.
+        gaps: Events that arrived beyond their channel's next seq.
+        last_error: Why the most recent connection ended (None: none has).
+    """
+
+    def __init__(
+        self,
+        open_stream: OpenStream,
+        resume_from: Mapping[str, int] | None = None,
+        *,
+        retry: RetryPolicy,
+        reconnect: bool = True,
+        heartbeat_watchdog: bool = True,
+    ) -> None:
+        """Prepares the subscription; nothing is sent until iteration starts.
+
+        Args:
+            open_stream: Opens one call (the client supplies it, with auth metadata).
+            resume_from: Channel -> last seq the caller has; replayed from there.
+            retry: Backoff and budget between reconnects (reset once a connection delivers).
+            reconnect: False: the first ending is final (an error is raised as is).
+            heartbeat_watchdog: Reconnect a stream silent for longer than its heartbeat promised.
+        """
+        self.positions = ResumePositions(resume_from)
+        self.reconnects = 0
+        self.duplicates = 0
+        self.gaps = 0
+        self.last_error: ChatmeshError | None = None
+        self._open = open_stream
+        self._retry = retry
+        self._reconnect = reconnect
+        self._watchdog_enabled = heartbeat_watchdog
+        self._call: Any = None
+        self._closed = False
+        self._stale = False
+        self._last_seen = 0.0
+        self._dead_after: float | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- iteration -------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[events_pb2.Event]:
+        return self.events()
+
+    async def events(self) -> AsyncIterator[events_pb2.Event]:
+        """Every event, de-duplicated across reconnects."""
+        async for item in self.responses():
+            if item.WhichOneof("kind") == "event":
+                yield item.event
+
+    async def responses(self) -> AsyncIterator[npb.SubscribeResponse]:
+        """Every stream item: events (de-duplicated), heartbeats, replay_complete.
+
+        Raises:
+            ChatmeshError: The stream ended with an error that is not resumable
+                (e.g. :class:`~mesh.core.errors.PermissionDenied` for a channel in
+                ``resume_from``), or reconnecting used up the retry budget.
+        """
+        if self._started:
+            raise RuntimeError("a Subscription can be iterated once")
+        self._started = True
+        loop = asyncio.get_running_loop()
+        budget: Budget | None = None
+        while not self.closed():
+            call = await self._open(self.positions.snapshot())
+            self._call, self._stale, self._last_seen = call, False, loop.time()
+            err: ChatmeshError | None = None
+            cause: BaseException | None = None
+            try:
+                async for item in call:
+                    self._last_seen = loop.time()
+                    budget = None  # this connection works: a later failure starts afresh
+                    kind = item.WhichOneof("kind")
+                    if kind == "event":
+                        event = item.event
+                        verdict = self.positions.admit(event.channel_id, event.seq)
+                        if verdict is Verdict.DUPLICATE:
+                            self.duplicates += 1
+                            continue
+                        if verdict is Verdict.GAP:
+                            self.gaps += 1
+                            async for filled in self._on_gap(item):
+                                yield filled
+                            continue
+                    elif kind == "heartbeat" and self._watchdog_enabled:
+                        self._arm_watchdog(call, item.heartbeat.timeout_ms / 1000)
+                    yield item
+            except grpc.aio.AioRpcError as exc:
+                err, cause = from_rpc_error(exc), exc
+            except asyncio.CancelledError:
+                # Ours to handle only when we cancelled the call (close, watchdog),
+                # never when the task iterating us is being cancelled.
+                task = asyncio.current_task()
+                if (task is not None and task.cancelling()) or not (self._stale or self._closed):
+                    raise
+                if not self._closed:
+                    err = Unavailable(
+                        "UNSPECIFIED",
+                        f"nothing arrived within {self._dead_after}s of the last item; "
+                        "the connection is presumed dead",
+                    )
+            finally:
+                self._disarm_watchdog()
+                call.cancel()
+            if self.closed():
+                return
+            self.last_error = err
+            if not (self._reconnect and resumable(err)):
+                if err is None:
+                    return
+                raise err from cause
+            if budget is None:
+                budget = Budget(self._retry)
+                budget.start_attempt()  # the connection that just ended
+            wait = budget.next_wait(server_delay=err.retry_delay if err else None)
+            if wait is None:
+                if err is None:
+                    err = Unavailable("UNSPECIFIED", "the stream kept ending; retry budget spent")
+                raise err from cause
+            logger.info(
+                "subscription ended (%s); reconnecting in %.2fs with %d positions",
+                f"{err.code} {err.reason}" if err else "end of stream",
+                wait,
+                len(self.positions),
+            )
+            await asyncio.sleep(wait)
+            budget.start_attempt()
+            self.reconnects += 1
+
+    async def _on_gap(self, item: npb.SubscribeResponse) -> AsyncIterator[npb.SubscribeResponse]:
+        """Handles an event beyond its channel's next seq: the one place for gap policy.
+
+        Today it delivers what arrived (the position has moved past the gap). Issue 12
+        adds the server's explicit gap notice; filling the range from
+        ``QueryService.GetHistory`` before yielding ``item`` belongs here.
+        """
+        event = item.event
+        logger.warning(
+            "gap in %s: got seq %d without the events before it", event.channel_id, event.seq
+        )
+        yield item
+
+    # -- heartbeat watchdog -----------------------------------------------------------
+
+    def _arm_watchdog(self, call: Any, dead_after: float) -> None:
+        if dead_after <= 0:
+            return
+        self._dead_after = dead_after
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(call))
+
+    def _disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    async def _watch(self, call: Any) -> None:
+        # One timer per stream that wakes when the stream could first be stale,
+        # instead of a timeout around every read (the read loop stays cheap).
+        loop = asyncio.get_running_loop()
+        while True:
+            assert self._dead_after is not None
+            idle = loop.time() - self._last_seen
+            if idle >= self._dead_after:
+                self._stale = True
+                call.cancel()
+                return
+            await asyncio.sleep(self._dead_after - idle)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Ends the subscription: the current call is cancelled and iteration stops."""
+        self._closed = True
+        self._disarm_watchdog()
+        if self._call is not None:
+            self._call.cancel()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await self.close()
