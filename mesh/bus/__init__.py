@@ -1,7 +1,11 @@
-"""The event bus: NATS connection, subject and stream names, durable publish and consume.
+"""The event bus: NATS connection, subject and stream names, the bus interfaces, consuming.
 
-* :mod:`mesh.bus.connection` — ``connect`` with chatmesh's defaults, the JetStream API call;
+* :mod:`mesh.bus.connection` — ``connect`` with chatmesh's defaults;
 * :mod:`mesh.bus.subjects` — every subject and stream name (the bus's vocabulary);
 * :mod:`mesh.bus.streams` — stream definitions from the topology, ``ensure_stream``;
-* :mod:`mesh.bus.eventbus` — ``publish_event`` (acked, de-duplicated) and ``PullConsumer``.
+* :mod:`mesh.bus.interfaces` — the Protocols domain code takes: ``Bus`` (core NATS),
+  ``EventPublisher`` (acked, de-duplicated publishes), ``JetStream`` (direct reads,
+  durable consumers);
+* :mod:`mesh.bus.natsbus` — ``NatsBus``, those Protocols over one nats-py client;
+* :mod:`mesh.bus.eventbus` — ``PullConsumer`` (in order, no gaps, no repeats).
 """

@@ -1,32 +1,25 @@
-"""Connecting to NATS with chatmesh's defaults, and the JetStream API's error type.
+"""Connecting to NATS with chatmesh's defaults.
+
+JetStream calls go through nats-py's own API (``nc.jetstream()``, ``nc.jsm()``);
+services wrap the connection in :class:`mesh.bus.natsbus.NatsBus`.
 
 Example:
     >>> async def demo() -> None:  # doctest: +SKIP
     ...     nc = await connect(["nats://127.0.0.1:4222"], name="demo", user="u", password="p")
-    ...     info = await js_api(nc, "$JS.API.STREAM.INFO.EVENTS")
+    ...     info = await nc.jsm().stream_info("EVENTS")
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
-__all__ = ["JetStreamError", "connect", "js_api"]
+__all__ = ["connect"]
 
 logger = logging.getLogger(__name__)
-
-
-class JetStreamError(RuntimeError):
-    """A JetStream API call returned an error."""
-
-    def __init__(self, code: int, err_code: int, description: str) -> None:
-        self.code = code
-        self.err_code = err_code
-        super().__init__(f"JetStream error {code}/{err_code}: {description}")
 
 
 async def connect(servers: str | list[str], *, name: str, **kwargs: Any) -> NATS:
@@ -56,22 +49,3 @@ async def connect(servers: str | list[str], *, name: str, **kwargs: Any) -> NATS
     }
     options.update(kwargs)
     return await nats.connect(servers, **options)
-
-
-async def js_api(
-    nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 10.0
-) -> dict[str, Any]:
-    """Calls a JetStream API subject and returns the JSON response.
-
-    Raises:
-        JetStreamError: The response carries an error.
-    """
-    payload = json.dumps(body).encode() if body is not None else b""
-    msg = await nc.request(subject, payload, timeout=timeout)
-    data: dict[str, Any] = json.loads(msg.data)
-    if "error" in data:
-        err = data["error"]
-        raise JetStreamError(
-            int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description"))
-        )
-    return data

@@ -1,9 +1,4 @@
-"""Events on NATS: durable publishing and low-latency JetStream consumption.
-
-:func:`publish_event` puts an event into the EVENTS stream with a
-``Nats-Msg-Id`` so a retried publish within the duplicate window is stored once,
-and returns only after JetStream acknowledged it (durably, given the stream's
-fsync policy).
+"""Low-latency, gap-free consumption of a JetStream stream: :class:`PullConsumer`.
 
 :class:`PullConsumer` drives a durable pull consumer the way the Go client's
 ``Consume()`` does: it keeps pull requests outstanding and hands over messages
@@ -18,14 +13,19 @@ unacknowledged ones only after ``ack_wait`` — so an ack-all on a new message
 would silently acknowledge events nobody processed. The consumer therefore
 tracks the last stream sequence it handed over (starting from the durable's
 ack floor), drops anything at or below it, and reads any hole directly from the
-stream (``$JS.API.DIRECT.GET``) before handing over what follows.
+stream (:meth:`~mesh.bus.interfaces.JetStream.get_msg`, a direct get) before
+handing over what follows.
+
+It works over the :mod:`mesh.bus.interfaces` Protocols (a :class:`NatsBus`
+in production), so these rules have unit tests without a server.
 
 Example:
     >>> async def demo(nc) -> None:  # doctest: +SKIP
-    ...     async def handle(msgs: list[Msg]) -> None:
+    ...     async def handle(msgs: list[StreamMsg]) -> None:
     ...         for m in msgs:
     ...             print(m.data)
-    ...     consumer = PullConsumer(nc, "EVENTS", "fanout", handle)
+    ...     bus = NatsBus(nc)
+    ...     consumer = PullConsumer(bus, bus, "EVENTS", "fanout", handle)
     ...     await consumer.ensure()
     ...     await consumer.run()
 """
@@ -36,100 +36,27 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.errors import APIError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
-from mesh.bus.connection import JetStreamError, js_api
-from mesh.core.errors import Unavailable
+from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
 
-__all__ = ["PubAck", "PullConsumer", "StreamMsg", "publish_event", "stream_seq_of"]
+__all__ = ["PullConsumer", "stream_seq_of"]
 
 logger = logging.getLogger(__name__)
 
 
-class PubAck:
-    """JetStream's acknowledgement of a publish."""
-
-    __slots__ = ("duplicate", "seq", "stream")
-
-    def __init__(self, stream: str, seq: int, duplicate: bool) -> None:
-        self.stream = stream
-        self.seq = seq
-        self.duplicate = duplicate
-
-
-async def publish_event(
-    nc: NATS,
-    subject: str,
-    payload: bytes,
-    msg_id: str,
-    *,
-    timeout: float = 5.0,
-    expected_stream: str = "EVENTS",
-) -> PubAck:
-    """Publishes to a stream subject and waits for JetStream's ack.
-
-    Args:
-        nc: A connected client whose user may publish on ``subject``.
-        subject: A subject the stream captures.
-        payload: The serialized event.
-        msg_id: The de-duplication id (``Nats-Msg-Id``).
-        timeout: Seconds to wait for the ack.
-        expected_stream: Fail if another stream captured the subject.
-
-    Raises:
-        Unavailable: No ack in time, or JetStream refused the message.
-    """
-    headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": expected_stream}
-    try:
-        reply = await nc.request(subject, payload, timeout=timeout, headers=headers)
-    except TimeoutError:
-        raise Unavailable(
-            "BACKEND_UNAVAILABLE", "the event stream did not acknowledge in time; retry"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - no responders, connection closed ...
-        raise Unavailable(
-            "BACKEND_UNAVAILABLE", f"the event stream is unavailable ({type(exc).__name__}); retry"
-        ) from None
-    data = json.loads(reply.data or b"{}")
-    if "error" in data:
-        raise Unavailable(
-            "BACKEND_UNAVAILABLE",
-            f"the event stream refused the event: {data['error'].get('description')}",
-        )
-    return PubAck(
-        str(data.get("stream")), int(data.get("seq", 0)), bool(data.get("duplicate", False))
-    )
-
-
-def stream_seq_of(msg: Msg) -> int:
-    """The stream sequence of a JetStream message (parsed from its ack subject)."""
+def stream_seq_of(msg: Message) -> int:
+    """The stream sequence of a JetStream delivery (0 for any other message)."""
     try:
         return int(msg.metadata.sequence.stream)
     except Exception:  # noqa: BLE001 - not a JetStream message
         return 0
 
 
-class StreamMsg:
-    """One stream message as handlers see it."""
-
-    __slots__ = ("data", "stream_seq", "subject")
-
-    def __init__(self, data: bytes, stream_seq: int, subject: str) -> None:
-        self.data = data
-        self.stream_seq = stream_seq
-        self.subject = subject
-
-
-def _status(msg: Msg) -> str | None:
-    headers = msg.headers or {}
-    status = headers.get("Status")
-    if status is None and not msg.data and msg.header is not None:
-        status = msg.header.get("Status")
-    return status
+def _status(msg: Message) -> str | None:
+    """The status of a status message (heartbeat, request ended); None for a real message."""
+    return (msg.headers or {}).get("Status")
 
 
 class PullConsumer:
@@ -137,7 +64,8 @@ class PullConsumer:
 
     def __init__(
         self,
-        nc: NATS,
+        bus: Bus,
+        jetstream: JetStream,
         stream: str,
         durable: str,
         handler: Callable[[list[StreamMsg]], Awaitable[None]],
@@ -152,7 +80,9 @@ class PullConsumer:
         """Describes the consumer.
 
         Args:
-            nc: Connection whose user may use the consumer API.
+            bus: Core NATS (pull requests, the inbox they answer on, acks), with a
+                user that may use the consumer API.
+            jetstream: Consumer info and creation, direct reads of the stream.
             stream: Stream to consume.
             durable: Durable consumer name (its position survives restarts).
             handler: Called with each batch, in stream order without gaps or
@@ -165,7 +95,8 @@ class PullConsumer:
             idle_heartbeat: Server heartbeat interval of a pull request.
             expires: Lifetime of one pull request.
         """
-        self.nc = nc
+        self.bus = bus
+        self.jetstream = jetstream
         self.stream = stream
         self.durable = durable
         self.handler = handler
@@ -179,43 +110,38 @@ class PullConsumer:
         self.last_stream_seq = 0
         self._stopped = asyncio.Event()
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> ConsumerConfig:
         """The consumer's JetStream configuration."""
-        cfg: dict[str, Any] = {
-            "durable_name": self.durable,
-            "deliver_policy": "all",
-            "ack_policy": "all",
-            "ack_wait": int(self.ack_wait * 1e9),
-            "max_deliver": -1,
-            "max_ack_pending": self.max_ack_pending,
-            "max_waiting": 16,
-            "replay_policy": "instant",
-        }
-        if self.filter_subject:
-            cfg["filter_subject"] = self.filter_subject
-        return cfg
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=self.max_ack_pending,
+            max_waiting=16,
+            replay_policy=ReplayPolicy.INSTANT,
+            filter_subject=self.filter_subject,
+        )
 
-    async def ensure(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Creates the durable consumer unless it exists; returns its info."""
+    async def ensure(self, timeout: float = 30.0) -> None:
+        """Creates the durable consumer unless it exists.
+
+        Retries until ``timeout`` while JetStream cannot answer yet (no meta
+        leader, the stream's peers still starting).
+        """
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
-                return await js_api(
-                    self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5
-                )
-            except JetStreamError as exc:
-                if exc.err_code != 10014:  # consumer not found
-                    logger.info("consumer %s/%s info: %s", self.stream, self.durable, exc)
-            except (TimeoutError, APIError) as exc:
+                if await self.jetstream.ack_floor(self.stream, self.durable) is not None:
+                    return
+            except Exception as exc:  # noqa: BLE001 - e.g. no meta leader yet: try creating anyway
                 logger.info("consumer %s/%s info: %r", self.stream, self.durable, exc)
             try:
-                return await js_api(
-                    self.nc,
-                    f"$JS.API.CONSUMER.CREATE.{self.stream}.{self.durable}",
-                    {"stream_name": self.stream, "config": self.config()},
-                    timeout=5,
-                )
-            except (JetStreamError, TimeoutError) as exc:
+                await self.jetstream.add_consumer(self.stream, self.config())
+                return
+            except Exception as exc:  # retried until the deadline, then raised
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 logger.info("consumer %s/%s not created yet: %r", self.stream, self.durable, exc)
@@ -225,26 +151,15 @@ class PullConsumer:
         """Makes :meth:`run` return after the current batch."""
         self._stopped.set()
 
-    async def _direct_get(self, seq: int) -> StreamMsg | None:
-        """Reads one message by stream sequence (None if it was deleted or expired)."""
-        reply = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}", json.dumps({"seq": seq}).encode(), timeout=5
-        )
-        headers = reply.headers or {}
-        if headers.get("Status"):
-            return None
-        return StreamMsg(reply.data, seq, headers.get("Nats-Subject", ""))
-
     async def _fill(self, first_missing: int, up_to: int) -> list[StreamMsg]:
         """Messages ``first_missing``..``up_to`` read directly from the stream."""
         if up_to - first_missing > 1000:
             # Skip what the stream no longer has (age/size limits) rather than
             # asking for every missing sequence.
-            info = await js_api(self.nc, f"$JS.API.STREAM.INFO.{self.stream}", timeout=5)
-            first_missing = max(first_missing, int(info["state"]["first_seq"]))
+            first_missing = max(first_missing, await self.jetstream.first_seq(self.stream))
         filled = []
         for seq in range(first_missing, up_to + 1):
-            msg = await self._direct_get(seq)
+            msg = await self.jetstream.get_msg(self.stream, seq)
             if msg is not None:
                 filled.append(msg)
         logger.info("consumer %s/%s: read %d-%d directly from the stream (redelivery gap)",
@@ -253,24 +168,24 @@ class PullConsumer:
 
     async def run(self) -> None:
         """Consumes until :meth:`stop` (or the handler raises)."""
-        info = await js_api(
-            self.nc, f"$JS.API.CONSUMER.INFO.{self.stream}.{self.durable}", timeout=5
-        )
-        self.last_stream_seq = max(
-            self.last_stream_seq, int((info.get("ack_floor") or {}).get("stream_seq", 0))
-        )
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        inbox = self.nc.new_inbox()
+        floor = await self.jetstream.ack_floor(self.stream, self.durable)
+        if floor is None:
+            raise LookupError(f"consumer {self.stream}/{self.durable} does not exist")
+        self.last_stream_seq = max(self.last_stream_seq, floor)
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        inbox = self.bus.new_inbox()
 
-        async def on_msg(msg: Msg) -> None:
+        async def on_msg(msg: Message) -> None:
             queue.put_nowait(msg)
 
-        sub = await self.nc.subscribe(
-            inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        sub = await self.bus.subscribe(inbox, on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        # Pull requests by hand: nats-py's fetch() waits for a full batch (see the
+        # module docstring), and its pull subscription cannot keep one request
+        # outstanding while handing over whatever has arrived.
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}"
         outstanding = 0
         stop_wait = asyncio.ensure_future(self._stopped.wait())
+        get: asyncio.Future[Message] | None = None
         try:
             while not self._stopped.is_set():
                 if outstanding <= self.batch // 2:
@@ -279,7 +194,7 @@ class PullConsumer:
                         "expires": int(self.expires * 1e9),
                         "idle_heartbeat": int(self.idle_heartbeat * 1e9),
                     }
-                    await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+                    await self.bus.publish(subject, json.dumps(request).encode(), reply=inbox)
                     outstanding += self.batch
                 get = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({get, stop_wait}, timeout=self.idle_heartbeat * 3,
@@ -296,7 +211,7 @@ class PullConsumer:
                         )
                         outstanding = 0
                     continue
-                received: list[Msg] = []
+                received: list[Message] = []
                 first = get.result()
                 for msg in (first, *_drain(queue)):
                     status = _status(msg)
@@ -328,11 +243,13 @@ class PullConsumer:
                 await max(received, key=stream_seq_of).ack()
         finally:
             stop_wait.cancel()
+            if get is not None:
+                get.cancel()  # cancelled while waiting: do not leave the queue read pending
             await sub.unsubscribe()
 
 
-def _drain(queue: asyncio.Queue[Msg]) -> list[Msg]:
-    items = []
+def _drain(queue: asyncio.Queue[Message]) -> list[Message]:
+    items: list[Message] = []
     while True:
         try:
             items.append(queue.get_nowait())

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.js.api import StreamConfig, StreamInfo
+from nats.js.errors import BadRequestError
 
-from mesh.bus.connection import JetStreamError, connect, js_api
+from mesh.bus.connection import connect
 from mesh.bus.subjects import EVENTS_STREAM, Subjects, mirror_stream_name
 from mesh.topology import Topology
 
@@ -105,13 +107,17 @@ def all_stream_configs(topology: Topology) -> list[dict[str, Any]]:
     ]
 
 
-async def ensure_stream(
-    nc: NATS, config: dict[str, Any], *, timeout: float = 30.0
-) -> dict[str, Any]:
+async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30.0) -> StreamInfo:
     """Creates a stream, or updates it to ``config`` if it exists (idempotent).
 
     Retries while JetStream has no meta leader yet or the placement's peers are
     still coming up.
+
+    Args:
+        nc: A client whose user may manage streams.
+        config: The stream's configuration in the JSON API shape (as
+            :func:`events_stream_config` returns it).
+        timeout: Seconds to keep retrying.
 
     Returns:
         The stream info.
@@ -120,17 +126,21 @@ async def ensure_stream(
         TimeoutError: Not created within ``timeout`` seconds.
     """
     name = config["name"]
+    jsm = nc.jsm()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.05
     while True:
         try:
+            # from_response parses the JSON shape (nanoseconds, nested
+            # placement/mirror); it edits nested dicts, hence the copy.
+            stream_config = StreamConfig.from_response(json.loads(json.dumps(config)))
             try:
-                result = await js_api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
-            except JetStreamError as exc:
+                info = await jsm.add_stream(stream_config)
+            except BadRequestError as exc:
                 if exc.err_code != 10058:  # name in use with a different configuration
                     raise
-                result = await js_api(nc, f"$JS.API.STREAM.UPDATE.{name}", config)
+                info = await jsm.update_stream(stream_config)
             break
         except Exception as exc:
             if loop.time() >= deadline:
@@ -139,8 +149,8 @@ async def ensure_stream(
                 ) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-    logger.info("stream %s ready (cluster %s)", name, (result.get("cluster") or {}).get("name"))
-    return result
+    logger.info("stream %s ready (cluster %s)", name, info.cluster.name if info.cluster else None)
+    return info
 
 
 async def ensure_streams(

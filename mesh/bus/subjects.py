@@ -25,6 +25,8 @@ class Subjects:
 
     EVENTS_ALL = "chatmesh.evt.>"
     """Stored in EVENTS: channel events and user events."""
+    CHANNEL_EVENTS_ALL = "chatmesh.evt.ch.>"
+    """Every channel's events (:meth:`channel_events`)."""
     TYPING_ALL = "chatmesh.eph.typing.>"
     """Typing indicators (core NATS, never stored) to the Fan-Out Service."""
     PRESENCE_ALL = "chatmesh.eph.presence.>"

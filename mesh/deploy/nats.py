@@ -75,7 +75,9 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                     Subjects.TYPING_ALL,
                     "$JS.API.INFO",
                     f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
-                    f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
+                    # A channel's newest event (its seq floor at start-up):
+                    # nats-py's get_last_msg puts the subject in the request subject.
+                    f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.{Subjects.CHANNEL_EVENTS_ALL}",
                 ]
             },
             "subscribe": {"allow": ["_INBOX.>"]},

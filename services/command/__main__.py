@@ -9,6 +9,7 @@ import sys
 
 from chatmesh.v1 import command_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
+from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_command, open_metadata
@@ -24,8 +25,11 @@ async def main(cfg: CommandConfig) -> None:
                        password=cfg.nats_password)  # fmt: skip
     command_store = await open_command(cfg.command_store)
     metadata = await open_metadata(cfg.metadata_store, primary_reads=True)
+    bus = NatsBus(nc)
     commands = Commands(
-        nc=nc,
+        bus=bus,
+        events=bus,
+        jetstream=bus,
         command_store=command_store,
         metadata=metadata,
         region=cfg.region,

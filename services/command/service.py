@@ -31,10 +31,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
-from nats.aio.client import Client as NATS
-
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
-from mesh.bus.eventbus import publish_event
+from mesh.bus.interfaces import Bus, EventPublisher, JetStream
 from mesh.bus.subjects import EVENTS_STREAM, Subjects
 from mesh.core import ids
 from mesh.core.errors import (
@@ -90,15 +88,30 @@ class Commands:
     def __init__(
         self,
         *,
-        nc: NATS,
+        bus: Bus,
+        events: EventPublisher,
+        jetstream: JetStream,
         command_store: CommandStore,
         metadata: MetadataStore,
         region: str,
         publish_timeout: float = 5.0,
         typing_ttl: float = 6.0,
     ) -> None:
-        """Wires the stores and the NATS connection (user ``command``)."""
-        self.nc = nc
+        """Wires the stores and the bus.
+
+        Args:
+            bus: Core NATS, for typing indicators.
+            events: Publishes channel and user events into EVENTS.
+            jetstream: Reads a channel's newest event from EVENTS (seq floor at start).
+            command_store: The command log (the source of truth for seqs).
+            metadata: The primary metadata store (authorization, projections).
+            region: This service's region (the default origin of commands).
+            publish_timeout: Seconds to wait for JetStream's ack.
+            typing_ttl: Seconds a typing indicator lasts.
+        """
+        self.bus = bus
+        self.events = events
+        self.jetstream = jetstream
         self.log = command_store
         self.metadata = metadata
         self.region = region
@@ -112,14 +125,12 @@ class Commands:
     async def _stream_last_seq(self, channel_id: str) -> int:
         """The seq of the channel's newest event in EVENTS (0 if none or unknown)."""
         try:
-            msg = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
-                f'{{"last_by_subj": "{Subjects.channel_events(channel_id)}"}}'.encode(),
-                timeout=self.publish_timeout,
+            msg = await self.jetstream.get_last_msg(
+                EVENTS_STREAM, Subjects.channel_events(channel_id), timeout=self.publish_timeout
             )
         except Exception:  # noqa: BLE001 - JetStream down: the log alone decides (see _next_seq)
             return 0
-        if msg.headers and msg.headers.get("Status"):
+        if msg is None:
             return 0
         try:
             return events_pb2.Event.FromString(msg.data).seq
@@ -137,8 +148,7 @@ class Commands:
 
     async def _publish(self, channel_id: str, seq: int, payload: bytes) -> None:
         event = events_pb2.Event.FromString(payload)
-        await publish_event(
-            self.nc,
+        await self.events.publish_event(
             Subjects.channel_events(channel_id),
             payload,
             dedup_id(event),
@@ -446,7 +456,7 @@ class Commands:
         event.typing_changed.typing = req.typing
         event.typing_changed.expires_at.FromMilliseconds(now_ms() + int(self.typing_ttl * 1000))
         try:
-            await self.nc.publish(Subjects.typing(req.channel_id), event.SerializeToString())
+            await self.bus.publish(Subjects.typing(req.channel_id), event.SerializeToString())
         except Exception as exc:  # noqa: BLE001 - connection closed / reconnecting
             raise Unavailable(
                 "BACKEND_UNAVAILABLE", f"typing could not be sent ({type(exc).__name__})"
@@ -466,8 +476,7 @@ class Commands:
         event.read_marker_updated.user_id = user
         event.read_marker_updated.last_read_seq = target
         await self.metadata.apply(event)
-        await publish_event(
-            self.nc,
+        await self.events.publish_event(
             Subjects.user_events(user),
             event.SerializeToString(),
             f"rm:{user}:{req.channel_id}:{target}",

@@ -7,6 +7,7 @@ import sys
 
 from chatmesh.v1 import fanout_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
+from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_metadata
@@ -19,8 +20,10 @@ async def main(cfg: FanoutConfig) -> None:
     nc = await connect(list(cfg.nats_servers), name=f"fanout-{cfg.instance_id}", user=cfg.nats_user,
                        password=cfg.nats_password, pending_size=64 * 1024 * 1024)  # fmt: skip
     metadata = await open_metadata(cfg.metadata_store)
+    bus = NatsBus(nc)
     fanout = Fanout(
-        nc=nc,
+        bus=bus,
+        jetstream=bus,
         metadata=metadata,
         region=cfg.region,
         instance_timeout=cfg.instance_timeout,

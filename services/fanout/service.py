@@ -26,13 +26,12 @@ import logging
 import time
 from collections.abc import Iterable
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, presence_pb2
-from mesh.bus.eventbus import PullConsumer, StreamMsg
+from mesh.bus.eventbus import PullConsumer
+from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
 from mesh.bus.subjects import EVENTS_STREAM, Subjects
 from mesh.core import ids
 from mesh.core.events import new_event
@@ -70,7 +69,8 @@ class Fanout:
     def __init__(
         self,
         *,
-        nc: NATS,
+        bus: Bus,
+        jetstream: JetStream,
         metadata: MetadataStore,
         region: str,
         instance_timeout: float = 5.0,
@@ -78,15 +78,28 @@ class Fanout:
         consumer_name: str = "fanout",
         batch: int = 512,
     ) -> None:
-        """Wires dependencies; :meth:`start` begins work."""
-        self.nc = nc
+        """Wires dependencies; :meth:`start` begins work.
+
+        Args:
+            bus: Core NATS (user ``fanout``): route requests, deliveries, ephemeral events.
+            jetstream: The EVENTS consumer's JetStream side.
+            metadata: Channel memberships (the table's start-up load and misses).
+            region: This service's region.
+            instance_timeout: Seconds without a heartbeat before an instance is dropped.
+            resync_grace: Seconds instances get to send their route sets before events flow.
+            consumer_name: The durable EVENTS consumer.
+            batch: Events per pull request.
+        """
+        self.bus = bus
         self.metadata = metadata
         self.region = region
         self.table = RoutingTable()
         self.epoch = ids.new("fo")
         self.instance_timeout = instance_timeout
         self.resync_grace = resync_grace
-        self.consumer = PullConsumer(nc, EVENTS_STREAM, consumer_name, self._on_events, batch=batch)
+        self.consumer = PullConsumer(
+            bus, jetstream, EVENTS_STREAM, consumer_name, self._on_events, batch=batch
+        )
         self.events_processed = 0
         self.deliveries = 0
         self.deliveries_by_region: dict[str, int] = {}
@@ -111,20 +124,21 @@ class Fanout:
     async def start(self) -> None:
         """Subscribes, rebuilds the table, then starts consuming events."""
         t0 = time.monotonic()
-        nc = self.nc
-        await nc.subscribe(Subjects.ROUTE_UPDATE_ALL, cb=self._on_update, pending_msgs_limit=-1)
-        await nc.subscribe(Subjects.ROUTE_SNAPSHOT_ALL, cb=self._on_snapshot, pending_msgs_limit=-1)
-        await nc.subscribe(
-            Subjects.ROUTE_HEARTBEAT_ALL, cb=self._on_heartbeat, pending_msgs_limit=-1
-        )
-        await nc.subscribe(Subjects.TYPING_ALL, cb=self._on_typing, pending_msgs_limit=-1)
-        await nc.subscribe(Subjects.PRESENCE_ALL, cb=self._on_presence, pending_msgs_limit=-1)
+        bus = self.bus
+        for subject, handler in (
+            (Subjects.ROUTE_UPDATE_ALL, self._on_update),
+            (Subjects.ROUTE_SNAPSHOT_ALL, self._on_snapshot),
+            (Subjects.ROUTE_HEARTBEAT_ALL, self._on_heartbeat),
+            (Subjects.TYPING_ALL, self._on_typing),
+            (Subjects.PRESENCE_ALL, self._on_presence),
+        ):
+            await bus.subscribe(subject, handler, pending_msgs_limit=-1)
         channels = await self.load_memberships()
-        await nc.publish(
+        await bus.publish(
             Subjects.ROUTE_RESYNC,
             routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString(),
         )
-        await nc.flush()
+        await bus.flush()
         # A bounded window for instances to send their route sets before events
         # flow; an instance that misses it is caught by its next heartbeat and
         # catches up from history (its deliveries restart under a new epoch).
@@ -176,7 +190,7 @@ class Fanout:
         self.table.instance(slot).last_seen = time.monotonic()
         return slot
 
-    async def _on_update(self, msg: Msg) -> None:
+    async def _on_update(self, msg: Message) -> None:
         try:
             update = routing_pb2.RouteUpdate.FromString(msg.data)
         except Exception:  # noqa: BLE001 - a bad payload must not stop routing
@@ -191,9 +205,9 @@ class Fanout:
             inst.version = update.version
         self._gauges()
         if msg.reply:
-            await self.nc.publish(msg.reply, self._ack(slot, resync=not in_order))
+            await self.bus.publish(msg.reply, self._ack(slot, resync=not in_order))
 
-    async def _on_snapshot(self, msg: Msg) -> None:
+    async def _on_snapshot(self, msg: Message) -> None:
         try:
             snap = routing_pb2.RouteSnapshot.FromString(msg.data)
         except Exception:  # noqa: BLE001
@@ -206,9 +220,9 @@ class Fanout:
         inst.synced = True
         self._gauges()
         if msg.reply:
-            await self.nc.publish(msg.reply, self._ack(slot, resync=False))
+            await self.bus.publish(msg.reply, self._ack(slot, resync=False))
 
-    async def _on_heartbeat(self, msg: Msg) -> None:
+    async def _on_heartbeat(self, msg: Message) -> None:
         try:
             hb = routing_pb2.InstanceHeartbeat.FromString(msg.data)
         except Exception:  # noqa: BLE001
@@ -216,7 +230,7 @@ class Fanout:
         slot = self._register(hb.instance_id, hb.region)
         inst = self.table.instance(slot)
         if msg.reply:
-            await self.nc.publish(
+            await self.bus.publish(
                 msg.reply, self._ack(slot, resync=not inst.synced or hb.version != inst.version)
             )
 
@@ -227,25 +241,34 @@ class Fanout:
             rounds += 1
             if rounds % 20 == 1:  # the size estimate walks the table: not every round
                 TABLE_BYTES.set(self.table.estimated_bytes())
-            cutoff = time.monotonic() - self.instance_timeout
-            for inst in self.table.instances():
-                if inst.last_seen >= cutoff:
-                    continue
-                slot = self.table.slot_of(inst.instance_id)
-                if slot is None:
-                    continue
-                orphans = self.table.remove_instance(slot)
-                logger.warning(
-                    "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
-                    inst.instance_id, inst.region, len(inst.users), len(orphans),
-                )  # fmt: skip
-                for i, user in enumerate(orphans):
-                    await self._announce_offline(user)
-                    if i % 100 == 99:
-                        await asyncio.sleep(
-                            0
-                        )  # a dropped instance may hold thousands: stay responsive
-            self._gauges()
+            await self.expire(time.monotonic())
+
+    async def expire(self, now: float) -> list[str]:
+        """Drops instances silent since ``now - instance_timeout``; announces their users offline.
+
+        Returns:
+            The users who were routed only to dropped instances (now offline).
+        """
+        cutoff = now - self.instance_timeout
+        offline: list[str] = []
+        for inst in self.table.instances():
+            if inst.last_seen >= cutoff:
+                continue
+            slot = self.table.slot_of(inst.instance_id)
+            if slot is None:
+                continue
+            orphans = self.table.remove_instance(slot)
+            logger.warning(
+                "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
+                inst.instance_id, inst.region, len(inst.users), len(orphans),
+            )  # fmt: skip
+            for i, user in enumerate(orphans):
+                await self._announce_offline(user)
+                if i % 100 == 99:
+                    await asyncio.sleep(0)  # a dropped instance may hold thousands: stay responsive
+            offline += orphans
+        self._gauges()
+        return offline
 
     async def _announce_offline(self, user_id: str) -> None:
         event = new_event("", seq=0, origin_region=self.region, actor=user_id)
@@ -317,14 +340,14 @@ class Fanout:
                 fanout_epoch=inst.epoch,
                 instance_seq=inst.delivery_seq,
             ).SerializeToString()
-            await self.nc.publish(inst.subject, head + tail)
+            await self.bus.publish(inst.subject, head + tail)
             self.deliveries += 1
             self.deliveries_by_region[inst.region] = (
                 self.deliveries_by_region.get(inst.region, 0) + 1
             )
             DELIVERIES.labels(inst.region).inc()
 
-    async def _on_typing(self, msg: Msg) -> None:
+    async def _on_typing(self, msg: Message) -> None:
         try:
             event = events_pb2.Event.FromString(msg.data)
         except Exception:  # noqa: BLE001
@@ -334,7 +357,7 @@ class Fanout:
         await self._ensure_channel(event.channel_id)
         await self._deliver(msg.data, self.table.channel_audience(event.channel_id), 0)
 
-    async def _on_presence(self, msg: Msg) -> None:
+    async def _on_presence(self, msg: Message) -> None:
         try:
             event = events_pb2.Event.FromString(msg.data)
         except Exception:  # noqa: BLE001

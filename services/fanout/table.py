@@ -101,11 +101,6 @@ class RoutingTable:
         """Whether the channel's membership is cached."""
         return channel_id in self._channel_idx
 
-    def membership_seq(self, channel_id: str) -> int:
-        """Seq of the last membership change applied for the channel (0 if unknown)."""
-        idx = self._channel_idx.get(channel_id)
-        return 0 if idx is None else int(self._membership_seq[idx])
-
     def set_members(self, channel_id: str, user_ids: Iterable[str], seq: int) -> None:
         """Replaces a channel's members (from a snapshot or ChannelCreated) unless ``seq`` is older."""
         c = self._channel(channel_id)

@@ -7,6 +7,7 @@ import sys
 
 from chatmesh.v1 import notification_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
+from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod, ids
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
@@ -30,7 +31,7 @@ async def main(cfg: NotificationConfig) -> None:
         instance_ttl=max(5.0, cfg.route_heartbeat * 5),
     )
     hub = Hub(
-        nc=nc,
+        bus=NatsBus(nc),
         history=history,
         metadata=metadata,
         presence=presence,

@@ -33,12 +33,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge, Histogram
 
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, notification_service_pb2 as pb, presence_pb2
+from mesh.bus.interfaces import Bus, Message
 from mesh.bus.subjects import Subjects
 from mesh.core.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from mesh.core.events import new_event, now_ms
@@ -266,7 +265,7 @@ class Hub:
     def __init__(
         self,
         *,
-        nc: NATS,
+        bus: Bus,
         history: HistoryStore,
         metadata: MetadataStore,
         presence: PresenceStore,
@@ -279,8 +278,24 @@ class Hub:
         replay_page: int = 500,
         catchup_timeout: float = 30.0,
     ) -> None:
-        """Wires dependencies; :meth:`start` begins work."""
-        self.nc = nc
+        """Wires dependencies; :meth:`start` begins work.
+
+        Args:
+            bus: Core NATS (user ``notification-<region>``): deliveries, route
+                requests to the Fan-Out Service, presence events.
+            history: The region's history store (replay, gap fills, sweeps).
+            metadata: Memberships (authorizing ``resume_from``).
+            presence: Who is online (Valkey).
+            region: This instance's region.
+            instance_id: This instance's id (its delivery subject).
+            stream_heartbeat: Seconds between heartbeats on an idle client stream.
+            route_heartbeat: Seconds between heartbeats to the Fan-Out Service.
+            route_timeout: Seconds to wait for the Fan-Out Service's answer.
+            buffer_size: Events a client stream may fall behind before it is ended.
+            replay_page: Events read from history per query.
+            catchup_timeout: Seconds to wait for history to hold a missing range.
+        """
+        self.bus = bus
         self.history = history
         self.metadata = metadata
         self.presence = presence
@@ -312,11 +327,11 @@ class Hub:
     async def start(self) -> None:
         """Subscribes to deliveries and resync requests; starts heartbeats."""
         await self.presence.heartbeat()
-        await self.nc.subscribe(
-            self.subject, cb=self._on_delivery, pending_msgs_limit=-1, pending_bytes_limit=-1
+        await self.bus.subscribe(
+            self.subject, self._on_delivery, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
-        await self.nc.subscribe(Subjects.ROUTE_RESYNC, cb=self._on_resync)
-        await self.nc.flush()
+        await self.bus.subscribe(Subjects.ROUTE_RESYNC, self._on_resync)
+        await self.bus.flush()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="route-heartbeat"))
         logger.info("notification instance %s listening on %s", self.instance_id, self.subject)
 
@@ -346,7 +361,7 @@ class Hub:
 
     async def _request(self, subject: str, payload: bytes) -> routing_pb2.RouteAck | None:
         try:
-            reply = await self.nc.request(subject, payload, timeout=self.route_timeout)
+            reply = await self.bus.request(subject, payload, timeout=self.route_timeout)
             return routing_pb2.RouteAck.FromString(reply.data)
         except Exception as exc:  # noqa: BLE001 - fan-out unreachable: heartbeats resync later
             logger.info("fan-out did not answer on %s: %r", subject, exc)
@@ -405,7 +420,7 @@ class Hub:
                         if not waiter.done():
                             waiter.set_result(None)
 
-    async def _on_resync(self, msg: Msg) -> None:
+    async def _on_resync(self, msg: Message) -> None:
         async with self._route_lock:
             await self._send_snapshot()
 
@@ -478,7 +493,7 @@ class Hub:
         target.client_msg_id = ""
         return stripped
 
-    async def _on_delivery(self, msg: Msg) -> None:
+    async def _on_delivery(self, msg: Message) -> None:
         try:
             delivery = routing_pb2.Delivery.FromString(msg.data)
         except Exception:  # noqa: BLE001
@@ -590,7 +605,7 @@ class Hub:
         p.last_seen_at.CopyFrom(event.occurred_at)
         if online:
             p.regions.append(self.region)
-        await self.nc.publish(Subjects.presence(user), event.SerializeToString())
+        await self.bus.publish(Subjects.presence(user), event.SerializeToString())
 
     async def _presence_change(self, user: str, opened: bool) -> None:
         try:

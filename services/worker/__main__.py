@@ -9,6 +9,7 @@ import sys
 
 from mesh.bus.connection import connect
 from mesh.bus.eventbus import PullConsumer
+from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
@@ -24,7 +25,10 @@ async def main(cfg: WorkerConfig) -> None:
     history = await open_history(cfg.history_store)
     metadata = await open_metadata(cfg.metadata_store) if cfg.metadata_store else None
     projector = Projector(history, metadata)
-    consumer = PullConsumer(nc, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch)
+    bus = NatsBus(nc)
+    consumer = PullConsumer(
+        bus, bus, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch
+    )
     await consumer.ensure()
     # Health and metrics only: a worker has no API of its own.
     server = GrpcServer(cfg, "worker", authenticated=False)

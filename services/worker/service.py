@@ -12,7 +12,7 @@ import logging
 from prometheus_client import Counter
 
 from chatmesh.v1 import events_pb2
-from mesh.bus.eventbus import StreamMsg
+from mesh.bus.interfaces import StreamMsg
 from mesh.core.events import is_channel_log_event
 from mesh.stores import HistoryStore, MetadataStore
 

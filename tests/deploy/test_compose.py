@@ -476,7 +476,7 @@ def test_check_mode_fails_on_drift(tmp_path: Path) -> None:
 @pytest.mark.mesh
 async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_path: Path) -> None:
     """The init job's code path (`python -m mesh.bus.streams`) against real NATS."""
-    from mesh.bus.connection import connect, js_api
+    from mesh.bus.connection import connect
     from mesh.harness.supervisor import Mesh
 
     topo = load("dev")
@@ -507,10 +507,9 @@ async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_pat
         )
         try:
             for config in json.loads(streams.read_text()):
-                info = await js_api(nc, f"$JS.API.STREAM.INFO.{config['name']}")
-                assert info["config"]["num_replicas"] == config["num_replicas"]
-                assert info["cluster"]["name"] == config["placement"]["tags"][0].removeprefix(
-                    "region:"
-                )
+                info = await nc.jsm().stream_info(config["name"])
+                assert info.config.num_replicas == config["num_replicas"]
+                assert info.cluster is not None
+                assert info.cluster.name == config["placement"]["tags"][0].removeprefix("region:")
         finally:
             await nc.drain()

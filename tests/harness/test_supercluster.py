@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +17,8 @@ import pytest
 import valkey.asyncio as valkey_async
 from nats.aio.client import Client as NATS
 
-from mesh.bus.connection import connect, js_api
+from mesh.bus.connection import connect
+from mesh.bus.streams import ensure_stream
 from mesh.harness.supervisor import Mesh
 from mesh.topology import load
 from tests.helpers import eventually
@@ -225,11 +225,11 @@ async def test_cut_link_stops_delivery_and_heal_resumes_it(three: Mesh) -> None:
 
 async def test_mirror_catches_up_after_a_20s_partition(three: Mesh) -> None:
     admin = await three.nats_client("us-east", user="admin")
-    await js_api(admin, "$JS.API.STREAM.CREATE.PARTSRC", {
+    await ensure_stream(admin, {
         "name": "PARTSRC", "subjects": ["bench.mirror.>"], "storage": "file", "num_replicas": 1, "allow_direct": True,
         "placement": {"tags": ["region:us-east"]},
     })  # fmt: skip
-    await js_api(admin, "$JS.API.STREAM.CREATE.PARTSRC_EU", {
+    await ensure_stream(admin, {
         "name": "PARTSRC_EU", "mirror": {"name": "PARTSRC"}, "storage": "file", "num_replicas": 1, "allow_direct": True,
         "placement": {"tags": ["region:eu"]},
     })  # fmt: skip
@@ -250,16 +250,16 @@ async def test_mirror_catches_up_after_a_20s_partition(three: Mesh) -> None:
             await publish(25)
             await asyncio.sleep(0.5)
         eu = await three.nats_client("eu", user="admin")
-        info = await js_api(eu, "$JS.API.STREAM.INFO.PARTSRC_EU")
-        assert info["state"]["messages"] < len(sent), "the mirror should lag while the link is cut"
+        info = await eu.jsm().stream_info("PARTSRC_EU")
+        assert info.state.messages < len(sent), "the mirror should lag while the link is cut"
     finally:
         await three.wan.heal("us-east", "eu")
 
     eu_admin = await three.nats_client("eu", user="admin")
 
     async def caught_up() -> bool:
-        info = await js_api(eu_admin, "$JS.API.STREAM.INFO.PARTSRC_EU", timeout=2)
-        return bool(info["state"]["messages"] == len(sent))
+        info = await eu_admin.jsm(timeout=2).stream_info("PARTSRC_EU")
+        return bool(info.state.messages == len(sent))
 
     healed = time.monotonic()
     await eventually(caught_up, timeout=60, what="mirror catch-up")
@@ -270,10 +270,8 @@ async def test_mirror_catches_up_after_a_20s_partition(three: Mesh) -> None:
             ("PARTSRC", digest_src, admin),
             ("PARTSRC_EU", digest_mirror, eu_admin),
         ):
-            msg = await nc.request(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=5
-            )
-            digest.update(msg.data)
+            msg = await nc.jsm().get_msg(stream, seq, direct=True)
+            digest.update(msg.data or b"")
     assert (
         digest_mirror.hexdigest()
         == digest_src.hexdigest()
@@ -357,12 +355,13 @@ async def _has(errors: list[str], text: str) -> bool:
 async def test_ha_topology_runs_r3_streams(run_root: Path) -> None:
     async with Mesh(load("ha"), run_root / "ha-infra") as mesh:
         admin = await mesh.nats_client("us-east", user="admin")
-        info = await js_api(admin, "$JS.API.STREAM.INFO.EVENTS")
-        assert info["config"]["num_replicas"] == 3
-        assert info["cluster"]["name"] == "us-east"
-        assert len(info["cluster"].get("replicas", [])) == 2
-        mirror = await js_api(admin, "$JS.API.STREAM.INFO.EVENTS_EU")
-        assert mirror["cluster"]["name"] == "eu" and mirror["config"]["num_replicas"] == 3
+        info = await admin.jsm().stream_info("EVENTS")
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None and info.cluster.name == "us-east"
+        assert len(info.cluster.replicas or []) == 2
+        mirror = await admin.jsm().stream_info("EVENTS_EU")
+        assert mirror.cluster is not None and mirror.cluster.name == "eu"
+        assert mirror.config.num_replicas == 3
         routez = await mesh.nats_nodes["eu"][0].monitor("routez")
         assert len({r["remote_name"] for r in routez["routes"]}) == 2
 
@@ -370,6 +369,6 @@ async def test_ha_topology_runs_r3_streams(run_root: Path) -> None:
 async def test_single_region_runs_a_standalone_jetstream(run_root: Path) -> None:
     async with Mesh(load("single"), run_root / "single-infra") as mesh:
         admin = await mesh.nats_client("us-east", user="admin")
-        info = await js_api(admin, "$JS.API.STREAM.INFO.EVENTS")
-        assert info["config"]["subjects"] == ["chatmesh.evt.>"]
+        info = await admin.jsm().stream_info("EVENTS")
+        assert info.config.subjects == ["chatmesh.evt.>"]
         assert mesh.wan.proxies == []  # nothing crosses a WAN

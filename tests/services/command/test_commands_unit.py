@@ -1,0 +1,335 @@
+"""Commands' write path (``_commit``): sequencing, idempotency, publish repair, second writers.
+
+Nothing is started: the bus is the in-memory fake (its EVENTS stream is what
+subscribers would see), the command log and metadata are embedded SQLite files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatmesh.v1 import command_service_pb2 as pb, events_pb2
+from mesh.bus.subjects import Subjects
+from mesh.core.errors import AlreadyExists, Unavailable
+from mesh.core.events import new_event
+from mesh.stores import (
+    CommandStore,
+    LogConflict,
+    LogEntry,
+    MessageRecord,
+    open_command,
+    open_metadata,
+)
+from services.command.service import Commands
+from tests.bus.fakes import FakeBus
+
+ORIGIN = "us-east"
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.bus = FakeBus()
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def stores(self) -> tuple[CommandStore, Any]:
+        log = await open_command(f"sqlite:///{self.tmp_path}/command.db")
+        metadata = await open_metadata(f"sqlite:///{self.tmp_path}/metadata.db", primary_reads=True)
+        self.closers += [log.close, metadata.close]
+        return log, metadata
+
+    async def commands(self, log: CommandStore | None = None, metadata: Any = None) -> Commands:
+        if log is None or metadata is None:
+            own_log, own_metadata = await self.stores()
+            log, metadata = log or own_log, metadata or own_metadata
+        return Commands(
+            bus=self.bus, events=self.bus, jetstream=self.bus,
+            command_store=log, metadata=metadata, region=ORIGIN, publish_timeout=1,
+        )  # fmt: skip
+
+    def stream(self, channel_id: str) -> list[tuple[int, str]]:
+        """(seq, kind) of the channel's events in EVENTS, in stream order."""
+        events = [
+            events_pb2.Event.FromString(m.data)
+            for m in self.bus.stored(subject=Subjects.channel_events(channel_id))
+        ]
+        return [(e.seq, e.WhichOneof("payload") or "") for e in events]
+
+    def texts(self, channel_id: str) -> list[str]:
+        return [
+            events_pb2.Event.FromString(m.data).message_created.message.text
+            for m in self.bus.stored(subject=Subjects.channel_events(channel_id))
+            if events_pb2.Event.FromString(m.data).WhichOneof("payload") == "message_created"
+        ]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    env = Env(tmp_path)
+    yield env
+    for close in env.closers:
+        await close()
+    await env.bus.close()
+
+
+@pytest.fixture
+async def commands(env: Env) -> Commands:
+    return await env.commands()
+
+
+async def _channel(commands: Commands, key: str = "r1", members: tuple[str, ...] = ("bob",)) -> str:
+    resp = await commands.create_channel(
+        "alice",
+        pb.CreateChannelRequest(name="general", member_user_ids=members, client_request_id=key),
+        ORIGIN,
+    )
+    return resp.channel.channel_id
+
+
+def _send(channel_id: str, client_msg_id: str, text: str = "hi") -> pb.SendMessageRequest:
+    return pb.SendMessageRequest(channel_id=channel_id, client_msg_id=client_msg_id, text=text)
+
+
+async def test_seqs_increase_per_channel_with_no_gaps(env: Env, commands: Commands) -> None:
+    ch1 = await _channel(commands, "r1")
+    ch2 = await _channel(commands, "r2")
+    for i in range(3):
+        await commands.send_message("alice", _send(ch1, f"a{i}"), ORIGIN)
+        await commands.send_message("bob", _send(ch2, f"b{i}"), ORIGIN)
+    await commands.leave_channel("bob", pb.LeaveChannelRequest(channel_id=ch1), ORIGIN)
+    # Concurrent commands on one channel queue on its lock: still one seq each, in order.
+    await asyncio.gather(
+        *(commands.send_message("alice", _send(ch1, f"c{i}"), ORIGIN) for i in range(8))
+    )
+
+    assert [seq for seq, _ in env.stream(ch1)] == list(range(1, 14))
+    assert [seq for seq, _ in env.stream(ch2)] == [1, 2, 3, 4]
+    assert env.stream(ch1)[4] == (5, "member_left")
+    assert await commands.log.last_seq(ch1) == 13 and await commands.log.unpublished() == []
+    channel = await commands.metadata.channel(ch1)
+    assert channel is not None and channel.last_seq == 13
+
+
+async def test_a_retry_with_the_same_key_returns_the_logged_message_and_publishes_nothing(
+    env: Env, commands: Commands
+) -> None:
+    ch = await _channel(commands)
+    first = await commands.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+    published = len(env.bus.stored())
+    again = await commands.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.message == first.message and again.message.seq == 2
+    assert len(env.bus.stored()) == published
+    # Keys are per sender: bob's "k1" is another message.
+    other = await commands.send_message("bob", _send(ch, "k1", "hello"), ORIGIN)
+    assert not other.duplicate and other.message.seq == 3
+    # A repeated CreateChannel is the same channel.
+    assert await _channel(commands) == ch and [s for s, _ in env.stream(ch)] == [1, 2, 3]
+
+
+async def test_a_retry_is_answered_from_the_log_even_after_the_sender_left(
+    env: Env, commands: Commands
+) -> None:
+    ch = await _channel(commands)
+    first = await commands.send_message("bob", _send(ch, "k1", "bye soon"), ORIGIN)
+    await commands.leave_channel("bob", pb.LeaveChannelRequest(channel_id=ch), ORIGIN)
+    # The first answer was lost; the retry must get it, not NOT_A_MEMBER.
+    again = await commands.send_message("bob", _send(ch, "k1", "bye soon"), ORIGIN)
+    assert again.duplicate and again.message == first.message
+    assert [s for s, _ in env.stream(ch)] == [1, 2, 3]
+
+
+async def test_a_key_reused_for_a_different_message_is_already_exists(
+    env: Env, commands: Commands
+) -> None:
+    ch = await _channel(commands)
+    await commands.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+    published = len(env.bus.stored())
+    with pytest.raises(AlreadyExists) as err:
+        await commands.send_message("alice", _send(ch, "k1", "something else"), ORIGIN)
+    assert (err.value.code, err.value.reason) == ("ALREADY_EXISTS", "IDEMPOTENCY_KEY_REUSED")
+    with pytest.raises(AlreadyExists):
+        await commands.create_channel(
+            "alice",
+            pb.CreateChannelRequest(
+                name="other name", member_user_ids=["bob"], client_request_id="r1"
+            ),
+            ORIGIN,
+        )
+    assert len(env.bus.stored()) == published and env.texts(ch) == ["hello"]
+
+
+async def test_a_failed_publish_is_published_first_by_the_next_command_in_order(
+    env: Env, commands: Commands
+) -> None:
+    ch = await _channel(commands)
+    env.bus.fail_publishes = 1
+    with pytest.raises(Unavailable):
+        await commands.send_message("alice", _send(ch, "m1", "one"), ORIGIN)
+    [pending] = await commands.log.unpublished()
+    assert (pending.channel_id, pending.seq, pending.published) == (ch, 2, False)
+    assert env.texts(ch) == []  # logged, not in the stream
+
+    await commands.send_message("alice", _send(ch, "m2", "two"), ORIGIN)
+    assert env.stream(ch) == [
+        (1, "channel_created"),
+        (2, "message_created"),
+        (3, "message_created"),
+    ]
+    assert env.texts(ch) == ["one", "two"]
+    assert await commands.log.unpublished() == []
+
+    # The client's retry of the failed send finds it logged (and now published).
+    retry = await commands.send_message("alice", _send(ch, "m1", "one"), ORIGIN)
+    assert retry.duplicate and retry.message.seq == 2 and env.texts(ch) == ["one", "two"]
+
+
+async def test_a_retry_after_a_failed_publish_publishes_the_logged_event_once(
+    env: Env, commands: Commands
+) -> None:
+    ch = await _channel(commands)
+    env.bus.fail_publishes = 1
+    with pytest.raises(Unavailable):
+        await commands.send_message("alice", _send(ch, "m1", "one"), ORIGIN)
+    retry = await commands.send_message("alice", _send(ch, "m1", "one"), ORIGIN)
+    assert retry.duplicate and retry.message.seq == 2
+    assert env.texts(ch) == ["one"] and await commands.log.unpublished() == []
+
+
+async def test_republish_pending_repairs_every_channel_in_order_after_a_restart(env: Env) -> None:
+    log, metadata = await env.stores()
+    before = await env.commands(log, metadata)
+    ch1 = await _channel(before, "r1")
+    ch2 = await _channel(before, "r2")
+    env.bus.fail_publishes = 3  # JetStream is down for a while
+    for ch, key in ((ch1, "x1"), (ch2, "y1"), (ch1, "x2")):
+        with pytest.raises(Unavailable):
+            await before.send_message("alice", _send(ch, key, key), ORIGIN)
+    # Only the first of ch1's pending events was attempted for x2 (the flush failed first).
+    assert [(e.channel_id, e.seq) for e in await log.unpublished(channel_id=ch1)] == [(ch1, 2)]
+
+    after = await env.commands(log, metadata)  # the process restarted
+    assert await after.republish_pending() == 2
+    assert env.texts(ch1) == ["x1"] and env.texts(ch2) == ["y1"]
+    assert await log.unpublished() == [] and await after.republish_pending() == 0
+    await after.send_message("alice", _send(ch1, "x2", "x2"), ORIGIN)
+    assert [s for s, _ in env.stream(ch1)] == [1, 2, 3] and env.texts(ch1) == ["x1", "x2"]
+
+
+async def test_a_second_writer_is_detected_and_the_next_seq_taken(env: Env) -> None:
+    log, metadata = await env.stores()
+    a = await env.commands(log, metadata)
+    b = await env.commands(log, metadata)  # another process on the same log
+    ch = await _channel(a)
+    await a.send_message("alice", _send(ch, "a1"), ORIGIN)  # a caches seq 2
+    await b.send_message("bob", _send(ch, "b1"), ORIGIN)  # b takes 3
+    third = await a.send_message("alice", _send(ch, "a2"), ORIGIN)  # a's cache says 3: conflict
+
+    assert third.message.seq == 4
+    assert [s for s, _ in env.stream(ch)] == [1, 2, 3, 4]
+
+
+class _Log:
+    """The real command log, with a hook run just before each append."""
+
+    def __init__(
+        self, real: CommandStore, before_append: Callable[[LogEntry], Awaitable[None]]
+    ) -> None:
+        self.real = real
+        self.before_append = before_append
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def append(self, entry: LogEntry, message: MessageRecord | None = None) -> None:
+        await self.before_append(entry)
+        await self.real.append(entry, message)
+
+
+async def test_a_concurrent_retry_that_logged_first_is_returned_as_a_duplicate(env: Env) -> None:
+    log, metadata = await env.stores()
+    other = await env.commands(log, metadata)
+    ch = await _channel(other)
+    raced: list[pb.SendMessageResponse] = []
+
+    async def other_writer_first(entry: LogEntry) -> None:
+        # The same send, through another process, lands between our key lookup and our append.
+        if not raced:
+            raced.append(await other.send_message("alice", _send(ch, "k1", "hello"), ORIGIN))
+
+    racing = await env.commands(_Log(log, other_writer_first), metadata)  # type: ignore[arg-type]
+    ours = await racing.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+
+    assert ours.duplicate and ours.message == raced[0].message
+    assert [s for s, _ in env.stream(ch)] == [1, 2] and env.texts(ch) == ["hello"]
+
+
+async def test_a_concurrent_retry_that_logged_first_but_did_not_publish_is_published(
+    env: Env,
+) -> None:
+    log, metadata = await env.stores()
+    other = await env.commands(log, metadata)
+    ch = await _channel(other)
+    raced: list[Exception] = []
+
+    async def other_writer_first(entry: LogEntry) -> None:
+        # The other process logs the same send, then its publish fails.
+        if not raced:
+            env.bus.fail_publishes = 1
+            with pytest.raises(Unavailable) as err:
+                await other.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+            raced.append(err.value)
+
+    racing = await env.commands(_Log(log, other_writer_first), metadata)  # type: ignore[arg-type]
+    ours = await racing.send_message("alice", _send(ch, "k1", "hello"), ORIGIN)
+
+    assert raced and ours.duplicate and ours.message.seq == 2
+    assert env.texts(ch) == ["hello"] and await log.unpublished() == []
+
+
+async def test_writers_that_keep_conflicting_get_unavailable_and_publish_nothing(env: Env) -> None:
+    log, metadata = await env.stores()
+    ch = await _channel(await env.commands(log, metadata))
+
+    async def conflict(entry: LogEntry) -> None:
+        raise LogConflict("UNIQUE constraint failed: command_log.channel_id, command_log.seq")
+
+    stuck = await env.commands(_Log(log, conflict), metadata)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable) as err:
+        await stuck.send_message("alice", _send(ch, "k1"), ORIGIN)
+    assert err.value.reason == "BACKEND_UNAVAILABLE"
+    assert [s for s, _ in env.stream(ch)] == [1]
+
+
+async def test_seqs_never_restart_below_what_the_stream_already_holds(env: Env) -> None:
+    log, metadata = await env.stores()
+    ch = await _channel(await env.commands(log, metadata))
+    # The log was restored from a backup older than the stream: EVENTS already has seq 7.
+    newer = new_event(ch, seq=7, origin_region=ORIGIN, actor="alice")
+    newer.member_joined.user_id = "dave"
+    await env.bus.publish_event(
+        Subjects.channel_events(ch), newer.SerializeToString(), newer.event_id
+    )
+
+    restarted = await env.commands(log, metadata)
+    sent = await restarted.send_message("alice", _send(ch, "k1"), ORIGIN)
+    assert sent.message.seq == 8
+
+
+async def test_typing_goes_over_core_nats_and_takes_no_seq(env: Env, commands: Commands) -> None:
+    ch = await _channel(commands)
+    await commands.set_typing("bob", pb.SetTypingRequest(channel_id=ch, typing=True), ORIGIN)
+    [raw] = env.bus.published_on(Subjects.typing(ch))
+    event = events_pb2.Event.FromString(raw)
+    assert (event.seq, event.typing_changed.user_id, event.typing_changed.typing) == (
+        0,
+        "bob",
+        True,
+    )
+    assert [s for s, _ in env.stream(ch)] == [1]
