@@ -40,7 +40,7 @@ def clean_recording(n: int = N) -> Recording:
     """n acknowledged sends, stored in both regions, received in order by one subscriber per region.
 
     Send i (seq START + i) is issued at t = i, acknowledged at i + 0.2, received at i + 0.5.
-    Window "baseline" spans [0, 5), window "fault" [5, 100) with its fault removed at 6.
+    Window "baseline" spans [0, 5), window "fault" (a partition) [5, 100), healed at 6.
     """
     rec = Recording(
         topology="dev",
@@ -49,7 +49,7 @@ def clean_recording(n: int = N) -> Recording:
         channels=[CH],
         windows=[
             Window(0, "baseline", "baseline", 0.0, 0.0, 5.0),
-            Window(1, "fault", "kill", 5.0, 6.0, 100.0),
+            Window(1, "fault", "partition", 5.0, 6.0, 100.0),
         ],
         traffic_end=float(n + 1),
     )
@@ -242,7 +242,7 @@ def test_a_stored_message_nobody_acknowledged_is_still_expected_on_every_stream(
     assert check(rec).total.lost_stream == 2  # neither subscriber got it
 
 
-def test_recovery_times_are_measured_from_the_window_end() -> None:
+def test_recovery_times_of_a_link_fault_are_measured_from_the_heal() -> None:
     rec = clean_recording()
     report = check(rec)
     fault = report.windows[1]  # ends at 6.0; the first send issued after it is send 6
@@ -259,6 +259,42 @@ def test_writes_that_fail_until_later_push_the_recovery_out() -> None:
             s.ok, s.done = False, s.issued + 3
     report = check(rec)
     assert report.windows[1].recover_write["eu"] == pytest.approx(8.2 - 6.0)
+
+
+def test_recovery_from_a_process_fault_counts_from_the_kill_restart_included() -> None:
+    rec = clean_recording()
+    rec.windows[1] = Window(
+        1, "kill-nats us-east-1", "kill-nats", 5.0, 8.5, 100.0, recover_from=5.0
+    )
+    for s in rec.sends:
+        if 5 <= s.issued < 8:  # stuck until the node came back at 8.5, then acknowledged
+            s.done = 8.5
+    # The first acknowledgement after the kill: send 8 at 8.2 (issued as the node returned).
+    assert check(rec).windows[1].recover_write["eu"] == pytest.approx(8.2 - 5.0)
+
+
+def test_a_send_fails_in_the_window_in_which_the_client_gave_up() -> None:
+    rec = clean_recording()
+    send = rec.sends[3]  # issued at 4 (baseline), given up at 5.5 (fault)
+    send.ok, send.done = False, 5.5
+    report = check(rec)
+    assert (report.windows[0].counts.failed, report.windows[1].counts.failed) == (0, 1)
+    assert report.windows[0].counts.sends == 4  # issued at 1..4
+
+
+def test_a_skipped_message_counts_where_the_stream_jumped_over_it() -> None:
+    rec = clean_recording()
+    sub = eu(rec)
+    for seq in (START + 3, START + 4):  # sent at 3 and 4 (baseline) ...
+        drop(sub.raw, seq)
+        drop(sub.delivered, seq)
+    for e in sub.raw + sub.delivered:  # ... and the stream resumed only at 7 (fault)
+        if e.seq == START + 5:
+            e.t = 7.0
+    report = check(rec)
+    assert report.windows[0].counts.lost_stream == 0
+    assert report.windows[1].counts.lost_stream == 2
+    assert report.windows[1].counts.gaps == 1
 
 
 def test_mirror_behind_is_the_time_until_the_mirror_holds_the_source_seq_at_the_end() -> None:

@@ -25,14 +25,19 @@ Definitions (docs/chaos.md quotes them):
   not received before.
 * **Gaps**: in a stream (as the server sent it), an event whose seq jumps past the
   channel's next one (``gap_seqs``: how many seqs were jumped).
-* **Time to recover**, per region, measured from the window's ``end`` (when the
-  fault was removed, or dealt for a kill the harness heals): writes — until the
-  acknowledgement of the first send issued after it that succeeded; deliveries —
-  until the first event a subscriber of the region got of a message issued after it.
+* **Time to recover**, per region, measured from the moment the process was gone for
+  process faults (kill, graceful restart: bringing it back is part of recovering,
+  whoever did it) and from the heal for link faults (:func:`recover_from`): writes — until
+  the acknowledgement of the first send issued after that moment that succeeded;
+  deliveries — until the first event a subscriber of the region got of a message
+  issued after that moment.
 
-Messages and sends count in the window in which they were issued; stream findings
-(duplicates, out-of-order, gaps) in the window in which they arrived. Windows run
-from a step's start to the next step's start; the last one also holds the settle.
+Where findings count: sends in the window in which they were issued, failures in
+the one in which the client gave up; a message a stream skipped in the window in
+which the stream jumped over it (else the one in which it was sent); history
+findings in the window in which the message was sent; duplicates, out-of-order
+and gaps in the window in which they arrived. Windows run from a step's start to
+the next step's start; the last one also holds the settle.
 
 Example:
     >>> from tools.chaos.recording import Recording, Window
@@ -52,7 +57,14 @@ from typing import Any
 
 from tools.chaos.recording import Notice, Recording, Send, SubscriberLog, Window
 
-__all__ = ["Counts", "Report", "WindowReport", "check", "mirror_behind"]
+__all__ = [
+    "Counts",
+    "Report",
+    "WindowReport",
+    "check",
+    "mirror_behind",
+    "recover_from",
+]
 
 _EXAMPLES = 30
 """Findings described in words (the first ones of each kind)."""
@@ -151,6 +163,7 @@ class Report:
                     "start": round(w.window.start, 3),
                     "end": round(w.window.end, 3),
                     "until": round(w.window.until, 3),
+                    "recover_from": round(recover_from(w.window), 3),
                     "notes": w.window.notes,
                     "counts": w.counts.to_json(),
                     "recover_write_s": _rounded(w.recover_write),
@@ -227,9 +240,12 @@ def check(rec: Recording) -> Report:
         elif send.ok:
             c.acked += 1
         else:
-            c.failed += 1
+            # A send fails where the client gave up: a send issued just before a
+            # fault belongs to that fault, not to the window before it.
+            f = reports[windows.index(send.done)].counts
+            f.failed += 1
             if send.key in stored_keys:
-                c.failed_but_stored += 1
+                f.failed_but_stored += 1
 
     # -- histories: duplicates and acknowledged sends missing ------------------------------
     expected: dict[str, dict[str, _Message]] = defaultdict(dict)
@@ -282,6 +298,7 @@ def check(rec: Recording) -> Report:
     issued_at = {s.key: s.issued for s in rec.sends}
     for wr in reports:
         w = wr.window
+        since = recover_from(w)
         for region in rec.regions:
             acks = [
                 s.done
@@ -289,17 +306,17 @@ def check(rec: Recording) -> Report:
                 if s.region == region
                 and s.ok
                 and s.done is not None
-                and w.end <= s.issued < w.until
+                and since <= s.issued < w.until
             ]
-            wr.recover_write[region] = (min(acks) - w.end) if acks else None
+            wr.recover_write[region] = (min(acks) - since) if acks else None
             arrivals = [
                 r.t
                 for sub in rec.subscribers
                 if sub.region == region
                 for r in sub.delivered
-                if r.key is not None and w.end <= issued_at.get(r.key, -1.0) < w.until
+                if r.key is not None and since <= issued_at.get(r.key, -1.0) < w.until
             ]
-            wr.recover_delivery[region] = (min(arrivals) - w.end) if arrivals else None
+            wr.recover_delivery[region] = (min(arrivals) - since) if arrivals else None
             if region != rec.primary and rec.mirrors:
                 wr.mirror_behind[region] = mirror_behind(rec.mirrors, w.end, region)
 
@@ -350,6 +367,11 @@ def _i(v: object) -> int:
     return int(v) if isinstance(v, int | float) else -1
 
 
+def recover_from(window: Window) -> float:
+    """Where a window's time to recover starts (:attr:`Window.recover_from`, else its end)."""
+    return window.end if window.recover_from is None else window.recover_from
+
+
 def _covered(notices: list[Notice], channel: str, seq: int) -> bool:
     for n in notices:
         if not n.channels:
@@ -378,6 +400,8 @@ def _check_stream(
     # The server's stream: duplicates, reordering and gaps, per channel in arrival order.
     raw_seen: dict[str, set[int]] = defaultdict(set)
     raw_top: dict[str, int] = dict(sub.start)
+    jumps: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    """Channel -> (first, last, window) of every seq range the stream jumped over."""
     flagged: set[tuple[str, int]] = set()
     for e in sorted(sub.raw, key=lambda e: e.t):
         if e.seq <= 0:
@@ -397,6 +421,7 @@ def _check_stream(
         elif e.seq > top + 1:
             c.gaps += 1
             c.gap_seqs += e.seq - top - 1
+            jumps[e.channel].append((top + 1, e.seq - 1, windows.index(e.t)))
             note(
                 "gap",
                 f"{who}: {e.channel} jumped from seq {top} to {e.seq} at {e.t:.1f}s (call {e.conn})",
@@ -435,7 +460,10 @@ def _check_stream(
         for msg in expected.get(channel, {}).values():
             if msg.seq <= after or msg.message_id in got_ids:
                 continue
-            wr = window_of_message(msg, fallback)
+            # Skipped in a jump: the loss happened where the stream jumped (often a
+            # fault or two after the message was sent); otherwise where it was sent.
+            jumped = [w for lo, hi, w in jumps.get(channel, []) if lo <= msg.seq <= hi]
+            wr = reports[jumped[0]] if jumped else window_of_message(msg, fallback)
             wr.counts.lost_stream += 1
             lost[channel] = lost.get(channel, 0) + 1
             sent_late = msg.message_id in raw_ids

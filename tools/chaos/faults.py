@@ -56,12 +56,14 @@ async def run_step(
     notes: dict[str, Any] = {}
     start = clock()
     try:
-        end = await _inject(mesh, step, clock, notes)
+        end, recover_from = await _inject(mesh, step, clock, notes)
     except Exception as exc:
         logger.exception("step %s failed", step.name)
         notes["error"] = f"{type(exc).__name__}: {exc}"[:400]
-        end = clock()
-    window = Window(index, step.name, step.action, start, end, notes=notes)
+        end = recover_from = clock()
+    window = Window(
+        index, step.name, step.action, start, end, notes=notes, recover_from=recover_from
+    )
     await _recover(step, end, clock, probes, notes)
     return window
 
@@ -83,21 +85,30 @@ async def _recover(
         await asyncio.sleep(0.5)
 
 
+Marks = tuple[float, float]
+"""(end, recover_from): when the fault was over (healed, the process serving again),
+and from when recovery counts (the heal for a link; the moment the process was gone
+for a kill or a restart: bringing it back is part of recovering, whoever did it)."""
+
+
 async def _inject(
     mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[str, Any]
-) -> float:
-    """Performs the fault; returns the time it was removed."""
+) -> Marks:
+    """Performs the fault and removes it."""
     action = step.action
     if action == "baseline":
-        return clock()
+        now = clock()
+        return now, now
     if action == "kill":
         return await _kill_service(mesh, step, clock, notes)
     if action == "restart":
         svc = mesh.services[step.target]
         await svc.stop()
+        gone = clock()
         await svc.restart()
         svc.watch()
-        return clock()
+        notes["back_after_s"] = round(clock() - gone, 2)
+        return clock(), gone
     if action in ("kill-nats", "restart-nats"):
         return await _nats(mesh, step, clock, notes)
     if action in ("partition", "cut-gateways", "cut-link"):
@@ -129,7 +140,7 @@ def _process_named(mesh: Mesh, name: str) -> ManagedProcess:
 
 async def _kill_service(
     mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[str, Any]
-) -> float:
+) -> Marks:
     proc = _process_named(mesh, step.target)
     old_pid = proc.pid
     if old_pid is None:
@@ -159,7 +170,7 @@ async def _kill_service(
         else:
             await current.start()
     notes["back_after_s"] = round(clock() - killed_at, 2)
-    return killed_at
+    return clock(), killed_at
 
 
 def _nats_node(mesh: Mesh, name: str) -> NatsNode:
@@ -179,7 +190,7 @@ async def _nats_ready(mesh: Mesh, node: NatsNode) -> None:
     )
 
 
-async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[str, Any]) -> float:
+async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[str, Any]) -> Marks:
     node = _nats_node(mesh, step.target)
     if step.action == "restart-nats":
         await node.stop()
@@ -187,7 +198,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
         await node.start()
         await _nats_ready(mesh, node)
         notes["back_after_s"] = round(clock() - stopped, 2)
-        return stopped
+        return clock(), stopped
     old_pid = node.process.pid
     if old_pid is None:
         raise RuntimeError(f"NATS node {step.target} is not running")
@@ -208,11 +219,10 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
     await _nats_ready(mesh, _nats_node(mesh, step.target))
     notes["down_s"] = round(restarted - killed_at, 2)
     notes["ready_after_s"] = round(clock() - killed_at, 2)
-    # Recovery is measured from the restart: the node's absence was the fault.
-    return restarted
+    return clock(), killed_at
 
 
-async def _cut(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[str, Any]) -> float:
+async def _cut(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[str, Any]) -> Marks:
     toxiproxy = mesh.wan.toxiproxy
     if step.action == "cut-link":
         region = step.target
@@ -233,4 +243,5 @@ async def _cut(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[s
     finally:
         for proxy in proxies:
             await toxiproxy.set_enabled(proxy.name, True)
-    return clock()
+    healed = clock()
+    return healed, healed

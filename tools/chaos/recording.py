@@ -167,11 +167,14 @@ class Window:
     start: float
     """When the fault was injected."""
     end: float
-    """When the fault was removed (heal, restart); a kill the harness heals ends when it is dealt."""
+    """When the fault was over: the link healed, the process serving again (whoever restarted it)."""
     until: float = 0.0
     """When the next window starts (the end of this one's recovery)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """What happened: who restarted a process and after how long, settle time, errors."""
+    recover_from: float | None = None
+    """From when time to recover counts: the heal for a link fault; the moment the process
+    was gone for a kill or a restart (bringing it back is part of recovering). None: ``end``."""
 
 
 @dataclass
