@@ -101,11 +101,15 @@ async def run(
     started = time.monotonic()
     async with mesh:
         say(f"mesh ready in {time.monotonic() - started:.1f}s")
-        steps = (
-            list(options.steps)
-            if options.steps is not None
-            else build(options.schedule, topology, set(mesh.services))
-        )
+        running = set(mesh.services) | set(mesh.processes)
+        if options.steps is not None:
+            steps = list(options.steps)
+        else:
+            steps = build(options.schedule, topology, running)
+            left_out = [s.name for s in build(options.schedule, topology) if s not in steps]
+            if left_out:
+                rec.params["left_out"] = left_out
+                say(f"left out (this mesh runs no such process): {', '.join(left_out)}")
         rec.params["steps"] = [dataclasses.asdict(s) for s in steps]
         keys = KeyDirectory(mesh.run_dir / "keys")
         rec.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -91,7 +91,7 @@ class Step:
         return f"{self.action} {self.target}{held}"
 
 
-def build(kind: str, topology: Topology, services: Collection[str]) -> list[Step]:
+def build(kind: str, topology: Topology, services: Collection[str] | None = None) -> list[Step]:
     """The ``full`` or ``short`` schedule for a topology.
 
     Args:
@@ -99,8 +99,9 @@ def build(kind: str, topology: Topology, services: Collection[str]) -> list[Step
             version: a gateway cut longer than the notification service's 30 s catch-up
             timeout, and a kill -9 of a secondary's notification instance).
         topology: The mesh's regions and NATS nodes.
-        services: Names of the running service processes (``mesh.services``); steps on
-            processes the mesh does not run are left out.
+        services: Names of the running processes (``mesh.services`` and
+            ``mesh.processes``); steps on processes the mesh does not run are left out
+            (the runner lists them). None: keep every step.
 
     Raises:
         ValueError: Unknown ``kind``.
@@ -118,12 +119,13 @@ def build(kind: str, topology: Topology, services: Collection[str]) -> list[Step
         raise ValueError(f"unknown schedule {kind!r}; one of {', '.join(SCHEDULES)}")
     steps = [Step("baseline", recovery=10)]
     for name in (
-        f"command-{primary}",
-        f"fanout-{primary}",
+        # Every instance: issue 12 runs two Command and Fan-Out services on ha.
+        *_instances(f"command-{primary}", services),
+        *_instances(f"fanout-{primary}", services),
         *(f"notification-{r}-1" for r in (*topology.secondaries, primary)),
         *(f"worker-{r}" for r in (*topology.secondaries, primary)),
         *(f"query-{r}" for r in topology.secondaries),
-        *(f"edge-{r}" for r in topology.secondaries),
+        *(_edge(r, services) for r in topology.secondaries),
     ):
         steps.append(Step("kill", name))
     for region in topology.regions:
@@ -143,5 +145,19 @@ def build(kind: str, topology: Topology, services: Collection[str]) -> list[Step
     return [s for s in steps if _runs(s, services)]
 
 
-def _runs(step: Step, services: Collection[str]) -> bool:
-    return step.action not in ("kill", "restart") or step.target in services
+def _instances(base: str, services: Collection[str] | None) -> list[str]:
+    """``base`` and every ``base-<n>`` the mesh runs (just ``base`` if it runs none)."""
+    names = sorted(n for n in services or () if n == base or n.startswith(f"{base}-"))
+    return names or [base]
+
+
+def _edge(region: str, services: Collection[str] | None) -> str:
+    """The edge process of a region: ``edge-<region>`` (the Python edge), or an Envoy's."""
+    for name in sorted(services or ()):
+        if name.startswith((f"edge-{region}", f"envoy-{region}")):
+            return name
+    return f"edge-{region}"
+
+
+def _runs(step: Step, services: Collection[str] | None) -> bool:
+    return services is None or step.action not in ("kill", "restart") or step.target in services
