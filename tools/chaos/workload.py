@@ -321,6 +321,9 @@ class Workload:
                     exc.code,
                     exc.reason,
                 )
+            except Exception:  # a client bug must not silently end this subscriber
+                log.resubscribes += 1
+                logger.exception("%s: subscription failed; opening a new one", log.user)
             finally:
                 positions = subscription.positions.snapshot()
                 log.client_duplicates += subscription.duplicates
