@@ -87,6 +87,10 @@ fmt: install ## Format the Python code
 bench: install tools ## Measure the ADR targets (writes bench-results/, not part of `make test`)
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
+.PHONY: chaos
+chaos: install tools ## Fault suite on its own mesh (TOPOLOGY=dev|ha, CHAOS_ARGS="--schedule short --stores production --seed N"); writes chaos-results/, not part of `make test`
+	$(PY) -m tools.chaos --topology $(TOPOLOGY) $(CHAOS_ARGS)
+
 clean: down ## Remove build outputs and the run directory (keeps the venv and caches)
 	rm -rf build .run bench-results test-results .pytest_cache .mypy_cache .ruff_cache
 

@@ -60,15 +60,17 @@ def _channel(
     ca_file: str | Path | None,
     server_name: str | None,
     options: Sequence[tuple[str, Any]],
+    interceptors: Sequence[grpc.aio.ClientInterceptor],
 ) -> grpc.aio.Channel:
     opts = list(options)
+    icpts = list(interceptors) or None
     if not tls:
-        return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.insecure_channel(target, options=opts, interceptors=icpts)
     roots = Path(ca_file).read_bytes() if ca_file else None
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.aio.secure_channel(target, credentials, options=opts)
+    return grpc.aio.secure_channel(target, credentials, options=opts, interceptors=icpts)
 
 
 class _Stubs:
@@ -118,6 +120,7 @@ class ChatClient:
         stream_retry: RetryPolicy = STREAM_RETRY,
         connections: int = 1,
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         """Opens (lazily: gRPC connects on the first call) ``connections`` channels to ``target``.
 
@@ -132,6 +135,9 @@ class ChatClient:
             connections: HTTP/2 connections to spread calls over (round robin). Load
                 generators use a few; an interactive client needs one.
             options: Extra grpc channel arguments.
+            interceptors: grpc.aio client interceptors on every connection (the chaos
+                suite's recorder taps Subscribe streams with one, before the client's
+                de-duplication).
         """
         if connections < 1:
             raise ValueError("connections must be at least 1")
@@ -144,7 +150,14 @@ class ChatClient:
             # subchannel between channels with equal arguments.
             options = [*options, ("grpc.use_local_subchannel_pool", 1)]
         self._channels = [
-            _channel(target, tls=tls, ca_file=ca_file, server_name=server_name, options=options)
+            _channel(
+                target,
+                tls=tls,
+                ca_file=ca_file,
+                server_name=server_name,
+                options=options,
+                interceptors=interceptors,
+            )
             for _ in range(connections)
         ]
         self._stubs = [_Stubs(ch) for ch in self._channels]
