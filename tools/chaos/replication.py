@@ -4,7 +4,7 @@ Not part of the verdict (the checker judges what users get), but it explains it:
 a stream that skipped after a partition usually sat behind a mirror that stalled
 for longer than the notification service waited (see NOTES of issue 12 and
 docs/chaos.md). Once a second, :class:`MirrorWatch` reads ``last_seq`` of EVENTS
-in the primary and of every region's mirror (``$JS.API.STREAM.INFO``, as the
+in the primary and of every region's mirror (stream info, as the
 admin user) into :attr:`Recording.mirrors <tools.chaos.recording.Recording>`;
 :func:`tools.chaos.checker.mirror_behind` turns the samples into "seconds after the
 fault ended until the mirror had what the source had then", per window and region.
@@ -25,7 +25,6 @@ from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
-from mesh.bus.connection import js_api
 from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
 from mesh.harness.supervisor import Mesh
 
@@ -55,8 +54,8 @@ class MirrorWatch:
         self._task = asyncio.create_task(self._run(), name="chaos-mirror-watch")
 
     async def _info(self, region: str, stream: str) -> int:
-        info = await js_api(self._clients[region], f"$JS.API.STREAM.INFO.{stream}", timeout=2)
-        return int(info["state"]["last_seq"])
+        info = await self._clients[region].jsm(timeout=2).stream_info(stream)
+        return int(info.state.last_seq)
 
     async def _run(self) -> None:
         topo = self.mesh.topology
