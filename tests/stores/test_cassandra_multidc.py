@@ -152,6 +152,11 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
         await dev_mesh.wan.cut("us-east", "eu")
         try:
             during = [(await alice.send(channel, f"during the cut {i}")).message for i in range(5)]
+            # An ack means committed to EVENTS; us-east's worker projects it into
+            # history a moment later (ADR-011), so the primary's read is awaited too.
+            await eventually(
+                lambda: _eu_sees(alice, channel, during[-1].seq), timeout=15, what="us-east history"
+            )
             us = await alice.history(channel)
             assert [m.seq for m in us.messages] == [first.seq] + [m.seq for m in during]
             # eu answers from its own DC, without the new messages, for as long as we
