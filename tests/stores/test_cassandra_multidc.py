@@ -128,7 +128,7 @@ async def test_primary_worker_crash_loses_and_duplicates_nothing(
     await crashes_lose_and_duplicate_nothing(dev_mesh, users, ("fanout-us-east", "worker-us-east"))
 
 
-async def _eu_sees(user: User, channel: str, seq: int) -> bool:
+async def _sees(user: User, channel: str, seq: int) -> bool:
     page = await user.history(channel, limit=200)
     return page.last_seq >= seq and any(m.seq == seq for m in page.messages)
 
@@ -143,7 +143,7 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
         sent_at = time.monotonic()
         first = (await alice.send(channel, "before the cut")).message
         await eventually(
-            lambda: _eu_sees(bob, channel, first.seq), timeout=15, what="replicated to eu"
+            lambda: _sees(bob, channel, first.seq), timeout=15, what="replicated to eu"
         )
         # Printed only: that replication crosses the link shows below, where cutting
         # it keeps eu's DC from seeing new writes.
@@ -155,7 +155,7 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
             # An ack means committed to EVENTS; us-east's worker projects it into
             # history a moment later (ADR-011), so the primary's read is awaited too.
             await eventually(
-                lambda: _eu_sees(alice, channel, during[-1].seq), timeout=15, what="us-east history"
+                lambda: _sees(alice, channel, during[-1].seq), timeout=15, what="us-east history"
             )
             us = await alice.history(channel)
             assert [m.seq for m in us.messages] == [first.seq] + [m.seq for m in during]
@@ -172,7 +172,7 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
         # Hinted handoff: hints are dispatched on a fixed 10 s trigger once the peer is
         # seen UP again, so convergence takes up to ~20 s after a short cut.
         await eventually(
-            lambda: _eu_sees(bob, channel, during[-1].seq), timeout=45, what="eu converged"
+            lambda: _sees(bob, channel, during[-1].seq), timeout=45, what="eu converged"
         )
         converged = time.monotonic() - healed_at
         eu = await bob.history(channel)
