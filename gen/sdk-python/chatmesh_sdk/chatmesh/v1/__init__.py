@@ -1701,8 +1701,9 @@ class QueryServiceStub:
 
     def get_presence(self, message: "GetPresenceRequest") -> "GetPresenceResponse":
         """
-        Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """
