@@ -15,7 +15,6 @@ import re
 from typing import Any
 
 import protovalidate
-from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from buf.validate import validate_pb2
@@ -50,14 +49,17 @@ _EVALUATING = re.compile(r"error evaluating ([\w.]+)")
 _THIS_FIELD = re.compile(r"\bthis\.(\w+)")
 
 
-def _fields_of_rule(descriptor: Descriptor, rule_id: str) -> list[str]:
+def _fields_of_rule(descriptor: Any, rule_id: str) -> list[str]:
     """The field(s) a CEL rule with ``rule_id`` belongs to or reads (``[""]`` if unknown)."""
+    field_ext: Any = validate_pb2.field  # the generated module is untyped
+    message_ext: Any = validate_pb2.message
     for field in descriptor.fields:
-        rules = field.GetOptions().Extensions[validate_pb2.field]
+        rules = field.GetOptions().Extensions[field_ext]
         if any(rule.id == rule_id for rule in rules.cel):
-            return [field.name]
+            return [str(field.name)]
     names = {f.name for f in descriptor.fields}
-    for rule in descriptor.GetOptions().Extensions[validate_pb2.message].cel:
+    rule: Any
+    for rule in descriptor.GetOptions().Extensions[message_ext].cel:
         if rule.id == rule_id:
             return sorted(set(_THIS_FIELD.findall(rule.expression)) & names) or [""]
     return [""]
