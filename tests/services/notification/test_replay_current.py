@@ -140,3 +140,12 @@ async def test_events_without_messages_are_returned_as_they_are(
     history, _ = stores
     events = await history.events_after(CH, 0, 1) + await history.events_after(CH, 7, 1)
     assert await current_events(history, CH, events) is events
+
+
+def test_the_terminal_chat_shows_a_replayed_tombstone_as_deleted() -> None:
+    from mesh.cli.chat import describe
+
+    tomb = created(2, "")
+    tomb.message_created.message.deleted = True
+    assert describe(tomb, "bob") == "[2] alice@: (deleted)"
+    assert describe(created(3, "hi"), "bob") == "[3] alice@: hi"
