@@ -57,14 +57,14 @@ async def current_events(
 
     A message the store does not (yet) know is left as the event has it.
     """
-    referenced = {m.seq for e in events if (m := _message_of(e)) is not None}
+    messages = [_message_of(e) for e in events]
+    referenced = {m.seq for m in messages if m is not None}
     if not referenced:
         return events
     lo, hi = min(e.seq for e in events), max(e.seq for e in events)
     current = await _current_messages(store, channel_id, referenced, lo, hi)
     out: list[events_pb2.Event] = []
-    for event in events:
-        message = _message_of(event)
+    for event, message in zip(events, messages, strict=True):
         now = current.get(message.seq) if message is not None else None
         if message is None or now is None or now == message:
             out.append(event)
