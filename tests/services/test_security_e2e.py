@@ -298,7 +298,7 @@ async def test_a_hundred_bad_requests_write_a_few_log_lines_and_no_traceback(
     lines = [line for line in _text(log).splitlines() if f"user={user}" in line]
     bad = [line for line in lines if "code=INVALID_ARGUMENT" in line]
     print(f"\n100 corrupt requests -> {len(bad)} log line(s)")
-    assert 1 <= len(bad) <= 3, bad  # one per 10 s interval
+    assert 1 <= len(bad) <= 5, bad  # one per 10 s interval (100 calls take far less than 40 s)
     assert _text(log).count("Traceback") == before
 
 

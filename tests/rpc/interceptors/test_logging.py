@@ -138,7 +138,9 @@ async def test_a_hundred_bad_requests_from_one_client_log_one_line_per_interval(
 async def test_internal_errors_log_one_traceback_per_client_per_interval(
     serve: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    h = await serve([AccessLog("query"), ErrorMapper()])
+    clock = Clock()  # frozen: all 30 calls fall in one interval however slow the machine
+    h = await serve([AccessLog("query", throttle=Throttle(10, clock=clock)),
+                     ErrorMapper(throttle=Throttle(10, clock=clock))])  # fmt: skip
 
     async def broken(request: Any, context: Any) -> Any:
         raise ZeroDivisionError("a bug the client can trigger")
