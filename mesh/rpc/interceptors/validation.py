@@ -6,7 +6,9 @@ same way: gRPC would otherwise fail inside its own deserializer, answer UNKNOWN
 with the Python exception text and log a traceback per request. This
 interceptor's deserializer catches that and hands on a :class:`Malformed`
 marker, which the interceptor turns into INVALID_ARGUMENT before anything
-else looks at the request.
+else looks at the request. Interceptors further out in the chain receive that
+marker as the request: they must not read request fields (none does; one that
+needs them belongs inside this one, or must check for :class:`Malformed`).
 """
 
 from __future__ import annotations
