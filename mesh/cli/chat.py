@@ -51,9 +51,13 @@ def describe(event: events_pb2.Event, me: str) -> str | None:
     kind = event.WhichOneof("payload")
     if kind == "message_created":
         m = event.message_created.message
+        if m.deleted:  # a replayed message that was deleted since: its tombstone
+            return f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: (deleted)"
         return f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {m.text}"
     if kind == "message_edited":
         m = event.message_edited.message
+        if m.deleted:
+            return None  # the deletion follows; the tombstone says it all
         return f"[{m.seq}] {m.sender_user_id} edited: {m.text}"
     if kind == "message_deleted":
         return f"[{event.message_deleted.message_seq}] (deleted)"

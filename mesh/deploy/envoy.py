@@ -391,6 +391,15 @@ def _cluster(
                 # half-open TCP would otherwise hold every Subscribe on it
                 # until the stream idle timeout).
                 "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                # Envoy's default stream window is 256 MiB: a client that stops
+                # reading would have its stream's events pile up here, unbounded,
+                # and the service would never see it fall behind. With 64 KiB the
+                # backpressure reaches the service, whose bounded per-stream queue
+                # ends the stream with SLOW_CONSUMER (issue 13, finding 8). The
+                # connection window stays at its default (256 MiB): a stalled stream
+                # keeps its unread bytes in it, so a small one would let a few
+                # stalled streams block every stream sharing the upstream connection.
+                "initial_stream_window_size": 65536,
             }
         }
         if http2

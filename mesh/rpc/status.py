@@ -138,7 +138,7 @@ def trailing_metadata(err: ChatmeshError) -> tuple[tuple[str, bytes], ...]:
     return ((DETAILS_KEY, to_status(err).SerializeToString()),)
 
 
-def mask_internal(exc: BaseException, method: str) -> Internal:
+def mask_internal(exc: BaseException, method: str, *, log: bool = True) -> Internal:
     """What a client sees for an unexpected exception: a masked INTERNAL with a fresh id.
 
     The exception is logged here, in full, with the same id, so the two can be matched.
@@ -146,9 +146,11 @@ def mask_internal(exc: BaseException, method: str) -> Internal:
     Args:
         exc: What escaped the handler.
         method: The RPC it escaped from, for the log line.
+        log: False when the caller throttles these logs and this one is left out.
     """
     error_id = uuid.uuid4().hex[:12]
-    logger.error("internal error id=%s in %s", error_id, method, exc_info=exc)
+    if log:
+        logger.error("internal error id=%s in %s", error_id, method, exc_info=exc)
     return Internal(f"internal error (id={error_id})")
 
 

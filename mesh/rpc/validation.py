@@ -11,11 +11,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import protovalidate
 from google.protobuf.message import Message
 
+from buf.validate import validate_pb2
 from mesh.core.errors import FieldViolation, InvalidArgument
 
 __all__ = ["validate", "violations_of"]
@@ -43,6 +45,42 @@ def _path(violation: Any) -> str:
     return ".".join(parts)
 
 
+_EVALUATING = re.compile(r"error evaluating ([\w.]+)")
+_THIS_FIELD = re.compile(r"\bthis\.(\w+)")
+
+
+def _fields_of_rule(descriptor: Any, rule_id: str) -> list[str]:
+    """The field(s) a CEL rule with ``rule_id`` belongs to or reads (``[""]`` if unknown)."""
+    field_ext: Any = validate_pb2.field  # the generated module is untyped
+    message_ext: Any = validate_pb2.message
+    for field in descriptor.fields:
+        rules = field.GetOptions().Extensions[field_ext]
+        if any(rule.id == rule_id for rule in rules.cel):
+            return [str(field.name)]
+    names = {f.name for f in descriptor.fields}
+    rule: Any
+    for rule in descriptor.GetOptions().Extensions[message_ext].cel:
+        if rule.id == rule_id:
+            return sorted(set(_THIS_FIELD.findall(rule.expression)) & names) or [""]
+    return [""]
+
+
+def _evaluation_failure(message: Message, exc: Exception) -> list[FieldViolation]:
+    """A rule that could not be evaluated on this input (e.g. integer overflow) as a violation.
+
+    The input is what makes the rule fail (rules that fail on every input are
+    caught by the contract tests), so it is the caller's INVALID_ARGUMENT, naming
+    the field, never an INTERNAL.
+    """
+    found = _EVALUATING.search(str(exc))
+    rule_id = found.group(1) if found else "cel.evaluation"
+    reason = str(exc).rsplit(":", 1)[-1].strip() or "cannot be evaluated"
+    return [
+        FieldViolation(field, rule_id, f"value out of range for this rule ({reason})")
+        for field in _fields_of_rule(message.DESCRIPTOR, rule_id)
+    ]
+
+
 def violations_of(message: Message) -> list[FieldViolation]:
     """Every rule ``message`` breaks (empty if it is valid)."""
     try:
@@ -51,6 +89,8 @@ def violations_of(message: Message) -> list[FieldViolation]:
         raise RuntimeError(
             f"validation rules of {message.DESCRIPTOR.full_name} do not compile: {exc}"
         ) from exc
+    except protovalidate.EvaluationError as exc:
+        return _evaluation_failure(message, exc)
     return [FieldViolation(_path(v), v.proto.rule_id, v.proto.message) for v in found]
 
 

@@ -35,6 +35,7 @@ async def main(cfg: CommandConfig) -> None:
         region=cfg.region,
         publish_timeout=cfg.publish_timeout,
         typing_ttl=cfg.typing_ttl,
+        max_initial_members=cfg.max_initial_members,
     )
     # Repair what a crash may have left half-done before taking new commands.
     repaired = await commands.republish_pending()

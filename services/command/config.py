@@ -23,3 +23,6 @@ class CommandConfig(CommonConfig):
     """Seconds a typing indicator stays visible without a refresh."""
     republish_interval: float = 1.0
     """How often unacknowledged log entries are published again."""
+    max_initial_members: int = 100
+    """Most users CreateChannel may add besides the caller (they are added without
+    being asked; the contract allows 1,000, this service refuses more than this)."""

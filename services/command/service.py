@@ -38,6 +38,8 @@ from mesh.core import ids
 from mesh.core.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
@@ -96,6 +98,7 @@ class Commands:
         region: str,
         publish_timeout: float = 5.0,
         typing_ttl: float = 6.0,
+        max_initial_members: int = 100,
     ) -> None:
         """Wires the stores and the bus.
 
@@ -108,6 +111,7 @@ class Commands:
             region: This service's region (the default origin of commands).
             publish_timeout: Seconds to wait for JetStream's ack.
             typing_ttl: Seconds a typing indicator lasts.
+            max_initial_members: Most users CreateChannel may add besides the caller.
         """
         self.bus = bus
         self.events = events
@@ -117,6 +121,7 @@ class Commands:
         self.region = region
         self.publish_timeout = publish_timeout
         self.typing_ttl = typing_ttl
+        self.max_initial_members = max_initial_members
         self._locks = _Locks()
         self._last_seq: dict[str, int] = {}
 
@@ -294,6 +299,18 @@ class Commands:
         channel_id = ids.derived("ch", user, req.client_request_id) if key else ids.new("ch")
         members = sorted({user, *req.member_user_ids})
         visibility = req.visibility or channel_pb2.CHANNEL_VISIBILITY_PRIVATE
+        if len(members) - 1 > self.max_initial_members:
+            # Members are added without being asked: one call must not put a
+            # thousand strangers in a channel (and in each other's presence).
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "member_user_ids",
+                        "member_user_ids.max_initial",
+                        f"at most {self.max_initial_members} other members at creation",
+                    )
+                ]
+            )
 
         def build(seq: int) -> events_pb2.Event:
             event = new_event(channel_id, seq=seq, origin_region=origin, actor=user)
@@ -309,7 +326,11 @@ class Commands:
 
         event, duplicate = await self._commit(channel_id, build, idempotency_key=key)
         created = event.channel_created.channel
-        if duplicate and (created.name != req.name or list(created.member_user_ids) != members):
+        if duplicate and (
+            created.name != req.name
+            or list(created.member_user_ids) != members
+            or created.visibility != visibility
+        ):
             raise AlreadyExists(
                 "IDEMPOTENCY_KEY_REUSED", "client_request_id was used for a different channel"
             )

@@ -42,6 +42,7 @@ from mesh.bus.subjects import Subjects
 from mesh.core.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from mesh.core.events import new_event, now_ms
 from mesh.stores import HistoryStore, MetadataStore
+from mesh.stores.current import CurrentHistory
 from mesh.stores.presence import PresenceStore
 
 __all__ = ["Hub", "Subscriber"]
@@ -283,7 +284,8 @@ class Hub:
         Args:
             bus: Core NATS (user ``notification-<region>``): deliveries, route
                 requests to the Fan-Out Service, presence events.
-            history: The region's history store (replay, gap fills, sweeps).
+            history: The region's history store (replay, gap fills, sweeps), read
+                through :class:`~mesh.stores.current.CurrentHistory`.
             metadata: Memberships (authorizing ``resume_from``).
             presence: Who is online (Valkey).
             region: This instance's region.
@@ -296,7 +298,9 @@ class Hub:
             catchup_timeout: Seconds to wait for history to hold a missing range.
         """
         self.bus = bus
-        self.history = history
+        # Every history read here goes to a client: messages in their current state
+        # (a deleted one is a tombstone, an edited one has only its latest text).
+        self.history: HistoryStore = CurrentHistory(history)
         self.metadata = metadata
         self.presence = presence
         self.region = region

@@ -6,7 +6,7 @@ answering from what it has.
 
 from __future__ import annotations
 
-from chatmesh.v1 import channel_pb2, message_pb2, query_service_pb2 as pb
+from chatmesh.v1 import channel_pb2, message_pb2, presence_pb2, query_service_pb2 as pb
 from mesh.core.errors import NotFound, PermissionDenied
 from mesh.stores import HistoryStore, MetadataStore
 from mesh.stores.presence import PresenceStore
@@ -88,6 +88,23 @@ class Queries:
             )
         return pb.ListChannelsResponse(channels=summaries)
 
+    async def _acquaintances(self, user: str) -> set[str]:
+        """The caller and everyone who shares a channel with them (this region's metadata)."""
+        known = {user}
+        for channel in await self.metadata.channels_of(user):
+            known.update(channel.member_user_ids)
+        return known
+
     async def get_presence(self, user: str, req: pb.GetPresenceRequest) -> pb.GetPresenceResponse:
-        """QueryService.GetPresence."""
-        return pb.GetPresenceResponse(presences=await self.presence.get(list(req.user_ids)))
+        """QueryService.GetPresence: only for users who share a channel with the caller.
+
+        Anyone else gets exactly what a user who was never seen gets (status
+        UNSPECIFIED, nothing else), so the answer says nothing about strangers,
+        not even whether the account exists.
+        """
+        known = await self._acquaintances(user)
+        asked = [u for u in req.user_ids if u in known]
+        found = {p.user_id: p for p in await self.presence.get(asked)} if asked else {}
+        return pb.GetPresenceResponse(
+            presences=[found.get(u) or presence_pb2.Presence(user_id=u) for u in req.user_ids]
+        )

@@ -478,3 +478,35 @@ def test_bad_value_is_rejected_naming_field_and_rule(case: Case) -> None:
     assert _describe(validator.collect_violations(message)) == [expected]
     with pytest.raises(protovalidate.ValidationError):
         validator.validate(message)
+
+
+# Issue 13 (finding 4): text made only of Unicode whitespace passed "not only whitespace"
+# (RE2's \s is ASCII-only), and the history bounds rule overflowed at after_seq = 2^63-1.
+@pytest.mark.parametrize(
+    "blank",
+    ["\u3000", "\u00a0", "\u2028", "\u2029", "\u0085", "\u2003\u202f", "\u200b\ufeff", " \u3000\t"],
+)
+@pytest.mark.parametrize("name", [SEND, EDIT])
+def test_text_of_unicode_whitespace_only_is_refused(name: str, blank: str) -> None:
+    message = GOOD[name].__class__()
+    message.CopyFrom(GOOD[name])
+    message.text = blank
+    assert [v.proto.rule_id for v in validator.collect_violations(message)] == ["text.not_blank"]
+
+
+@pytest.mark.parametrize("text", ["a\u3000", "\u3000日本", "\u00a0😀"])
+def test_text_with_something_visible_around_unicode_whitespace_passes(text: str) -> None:
+    message = command_service_pb2.SendMessageRequest()
+    message.CopyFrom(GOOD[SEND])
+    message.text = text
+    assert validator.collect_violations(message) == []
+
+
+@pytest.mark.parametrize(
+    ("after", "before", "valid"),
+    [(2**63 - 1, 2**63 - 1, False), (2**63 - 3, 2**63 - 1, True), (2**63 - 2, 2**63 - 1, False)],
+)
+def test_history_bounds_at_the_int64_edge_evaluate(after: int, before: int, valid: bool) -> None:
+    message = query_service_pb2.GetHistoryRequest(channel_id=CH, after_seq=after, before_seq=before)
+    found = [v.proto.rule_id for v in validator.collect_violations(message)]  # never raises
+    assert found == ([] if valid else ["history.bounds_order"])

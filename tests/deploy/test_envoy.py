@@ -602,6 +602,22 @@ def test_clusters_are_health_checked_and_ejected(name: str, region: str) -> None
         assert thresholds["max_requests"] >= 10_000
 
 
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_a_stalled_stream_can_hold_only_a_small_window_in_the_edge(name: str, region: str) -> None:
+    """Issue 13, finding 8: with Envoy's default upstream stream window (256 MiB) a client
+    that stopped reading had 10.7 MB buffered in the edge and the service never saw it fall
+    behind. The stream window is small; the connection window is left at its default so
+    stalled streams cannot block the others on the upstream connection."""
+    for cluster in _clusters(_compose(name, region)).values():
+        if cluster["name"].startswith("web"):
+            continue
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]["explicit_http_config"]["http2_protocol_options"]
+        assert options["initial_stream_window_size"] <= 65536, cluster["name"]
+        assert "initial_connection_window_size" not in options
+
+
 # --- a typo must fail -----------------------------------------------------------------
 
 

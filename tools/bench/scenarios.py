@@ -1017,6 +1017,19 @@ async def run_presence(ctx: Context) -> dict[str, Any]:
     timeouts = 0
     poll_errors: dict[str, int] = {}
     run_tag = random.Random(ctx.seed).randrange(36**4)
+    # GetPresence answers only about users who share a channel with the caller: each
+    # sample user shares one with every viewer, created (and replicated) before any poll.
+    samples = [f"p-{run_tag:x}-{src}-{i}" for src in regions for i in range(plan.presence_samples)]
+    await ctx.gens[ctx.primary].call(
+        "create_channels",
+        {
+            "channels": [
+                {"name": f"presence {u}", "creator": u, "members": [u, *viewers.values()]}
+                for u in samples
+            ]
+        },
+        timeout=120,
+    )
     with progress_bar(ctx.console) as bar:
         task = bar.add_task(
             f"{ctx.name}: presence propagation", total=plan.presence_samples * len(regions)

@@ -254,7 +254,10 @@ class ChatPage {
       });
       return;
     }
-    view.messages.set(message.messageId, message);
+    // A deletion is final: nothing that arrives later (an older page, an edit that
+    // crossed the delete) brings the text back into this page's cache.
+    const known = view.messages.get(message.messageId);
+    view.messages.set(message.messageId, known?.deleted ? known : message);
     if (eventSeq > view.countedSeq) {
       view.countedSeq = eventSeq;
       if (message.channelId !== this.#open && message.senderUserId !== this.user) view.unread += 1;

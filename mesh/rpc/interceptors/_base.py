@@ -69,6 +69,7 @@ class Interceptor(_ServerInterceptor):
             not self.applies_to_infrastructure and method.startswith(_PASS_THROUGH)
         ):
             return handler
+        deserializer = self.request_deserializer(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner_unary: NextUnary = handler.unary_unary  # type: ignore[assignment]  # aio handlers are async
 
@@ -79,7 +80,7 @@ class Interceptor(_ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_behavior,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -95,10 +96,16 @@ class Interceptor(_ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_behavior,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    def request_deserializer(
+        self, inner: Callable[[bytes], Any] | None
+    ) -> Callable[[bytes], Any] | None:
+        """The deserializer the wrapped handler uses; the default keeps the inner one."""
+        return inner
 
     async def unary(
         self,

@@ -65,6 +65,8 @@ class Harness:
     script: Script
     query: qgrpc.QueryServiceStub
     notification: ngrpc.NotificationServiceStub
+    channel: grpc.aio.Channel
+    """The stubs' channel (for calls with raw bytes)."""
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +98,10 @@ async def serve() -> AsyncIterator[Callable[[list[Any]], Awaitable[Harness]]]:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         channels.append(channel)
         return Harness(
-            script, qgrpc.QueryServiceStub(channel), ngrpc.NotificationServiceStub(channel)
+            script,
+            qgrpc.QueryServiceStub(channel),
+            ngrpc.NotificationServiceStub(channel),
+            channel,
         )
 
     yield start

@@ -74,3 +74,23 @@ async def test_public_prefixes_skip_authentication(serve: Any, verifier: TokenVe
     )
     resp = await h.query.GetHistory(qpb.GetHistoryRequest(channel_id=CH))
     assert resp.last_seq == 7
+
+
+async def test_two_authorization_headers_are_refused_even_if_both_are_valid(
+    serve: Any, keys: KeyDirectory, verifier: TokenVerifier
+) -> None:
+    """Issue 13: the edge checked the first and forwarded the last; a service called
+    directly must not pick one either."""
+    h = await serve([ErrorMapper(), Authenticator(verifier)])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await h.query.GetHistory(
+            qpb.GetHistoryRequest(channel_id=CH),
+            metadata=(
+                ("authorization", f"Bearer {mint(keys, 'amy')}"),
+                ("authorization", f"Bearer {mint(keys, 'bob')}"),
+            ),
+        )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert from_rpc_error(info.value).reason == "TOKEN_INVALID"
+    assert "exactly one" in (info.value.details() or "")
+    assert h.script.seen == []

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chatmesh.v1 import command_service_pb2 as pb, events_pb2
+from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2
 from mesh.bus.subjects import Subjects
-from mesh.core.errors import AlreadyExists, Unavailable
+from mesh.core.errors import AlreadyExists, InvalidArgument, Unavailable
 from mesh.core.events import new_event
 from mesh.stores import (
     CommandStore,
@@ -163,6 +163,44 @@ async def test_a_key_reused_for_a_different_message_is_already_exists(
             ORIGIN,
         )
     assert len(env.bus.stored()) == published and env.texts(ch) == ["hello"]
+
+
+async def test_a_channel_key_reused_with_another_visibility_is_already_exists(
+    env: Env, commands: Commands
+) -> None:
+    """Issue 13, finding 4: this returned OK with the old (private) channel."""
+    ch = await _channel(commands)  # private: visibility unspecified
+    published = len(env.bus.stored())
+    public = pb.CreateChannelRequest(
+        name="general",
+        member_user_ids=["bob"],
+        client_request_id="r1",
+        visibility=channel_pb2.CHANNEL_VISIBILITY_PUBLIC,
+    )
+    with pytest.raises(AlreadyExists) as err:
+        await commands.create_channel("alice", public, ORIGIN)
+    assert err.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    # Saying "private" explicitly is the same request as leaving it unspecified.
+    public.visibility = channel_pb2.CHANNEL_VISIBILITY_PRIVATE
+    assert (await commands.create_channel("alice", public, ORIGIN)).channel.channel_id == ch
+    assert len(env.bus.stored()) == published
+
+
+async def test_create_channel_adds_at_most_the_configured_number_of_members(env: Env) -> None:
+    """Issue 13, finding 5: up to 1,000 users could be added without being asked."""
+    commands = await env.commands()
+    commands.max_initial_members = 3
+    too_many = pb.CreateChannelRequest(name="crowd", member_user_ids=["b", "c", "d", "e"])
+    with pytest.raises(InvalidArgument) as err:
+        await commands.create_channel("alice", too_many, ORIGIN)
+    assert [(v.field, v.rule_id) for v in err.value.violations] == [
+        ("member_user_ids", "member_user_ids.max_initial")
+    ]
+    assert env.bus.stored() == []
+    # The caller listing themselves does not count; three others are fine.
+    ok = pb.CreateChannelRequest(name="crowd", member_user_ids=["alice", "b", "c", "d"])
+    created = await commands.create_channel("alice", ok, ORIGIN)
+    assert list(created.channel.member_user_ids) == ["alice", "b", "c", "d"]
 
 
 async def test_a_failed_publish_is_published_first_by_the_next_command_in_order(

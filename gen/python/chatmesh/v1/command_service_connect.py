@@ -57,7 +57,9 @@ class CommandService(Protocol):
         Creates a channel with the caller and `member_user_ids` as members.
         Retrying with the same `client_request_id` returns the same channel.
         Errors: ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED) if the key was used for a
-        different request.
+        different request (another name, members or visibility); INVALID_ARGUMENT
+        (member_user_ids.max_initial) for more other members than the service's
+        cap (100 by default), since they are added without being asked.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -285,7 +287,9 @@ class CommandServiceClient(ConnectClient):
         Creates a channel with the caller and `member_user_ids` as members.
         Retrying with the same `client_request_id` returns the same channel.
         Errors: ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED) if the key was used for a
-        different request.
+        different request (another name, members or visibility); INVALID_ARGUMENT
+        (member_user_ids.max_initial) for more other members than the service's
+        cap (100 by default), since they are added without being asked.
         """
         return await self.execute_unary(
             request=request,
@@ -499,7 +503,9 @@ class CommandServiceSync(Protocol):
         Creates a channel with the caller and `member_user_ids` as members.
         Retrying with the same `client_request_id` returns the same channel.
         Errors: ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED) if the key was used for a
-        different request.
+        different request (another name, members or visibility); INVALID_ARGUMENT
+        (member_user_ids.max_initial) for more other members than the service's
+        cap (100 by default), since they are added without being asked.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -725,7 +731,9 @@ class CommandServiceClientSync(ConnectClientSync):
         Creates a channel with the caller and `member_user_ids` as members.
         Retrying with the same `client_request_id` returns the same channel.
         Errors: ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED) if the key was used for a
-        different request.
+        different request (another name, members or visibility); INVALID_ARGUMENT
+        (member_user_ids.max_initial) for more other members than the service's
+        cap (100 by default), since they are added without being asked.
         """
         return self.execute_unary(
             request=request,

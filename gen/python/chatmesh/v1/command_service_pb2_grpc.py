@@ -107,7 +107,9 @@ class CommandServiceServicer:
         """Creates a channel with the caller and `member_user_ids` as members.
         Retrying with the same `client_request_id` returns the same channel.
         Errors: ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED) if the key was used for a
-        different request.
+        different request (another name, members or visibility); INVALID_ARGUMENT
+        (member_user_ids.max_initial) for more other members than the service's
+        cap (100 by default), since they are added without being asked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

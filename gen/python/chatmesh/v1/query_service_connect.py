@@ -77,8 +77,9 @@ class QueryService(Protocol):
 
     async def get_presence(self, request: GetPresenceRequest, ctx: RequestContext[GetPresenceRequest, GetPresenceResponse], /) -> GetPresenceResponse:
         """
-        Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """
@@ -276,8 +277,9 @@ class QueryServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> GetPresenceResponse:
         """
-        Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """
@@ -335,8 +337,9 @@ class QueryServiceSync(Protocol):
 
     def get_presence(self, request: GetPresenceRequest, ctx: RequestContext[GetPresenceRequest, GetPresenceResponse], /) -> GetPresenceResponse:
         """
-        Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """
@@ -532,8 +535,9 @@ class QueryServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> GetPresenceResponse:
         """
-        Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """

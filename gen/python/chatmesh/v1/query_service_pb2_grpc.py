@@ -105,8 +105,9 @@ class QueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPresence(self, request, context):
-        """Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        """Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """

@@ -1464,7 +1464,9 @@ class CommandServiceStub:
         Creates a channel with the caller and `member_user_ids` as members.
         Retrying with the same `client_request_id` returns the same channel.
         Errors: ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED) if the key was used for a
-        different request.
+        different request (another name, members or visibility); INVALID_ARGUMENT
+        (member_user_ids.max_initial) for more other members than the service's
+        cap (100 by default), since they are added without being asked.
         """
 
         return self._channel.unary_unary(
@@ -1701,8 +1703,9 @@ class QueryServiceStub:
 
     def get_presence(self, message: "GetPresenceRequest") -> "GetPresenceResponse":
         """
-        Returns the presence of up to 200 users, in request order. Users never
-        seen have status UNSPECIFIED.
+        Returns the presence of up to 200 users, in request order. Only users who
+        share a channel with the caller (and the caller) are answered; anyone else
+        looks exactly like a user never seen: status UNSPECIFIED and nothing else.
         Errors: UNAUTHENTICATED; INVALID_ARGUMENT; UNAVAILABLE (the regional Valkey
         replica did not answer).
         """
