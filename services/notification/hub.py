@@ -30,15 +30,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, notification_service_pb2 as pb, presence_pb2
-from mesh.bus.interfaces import Bus, Message
-from mesh.bus.subjects import Subjects
+from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
+from mesh.bus.subjects import EVENTS_STREAM, Subjects
 from mesh.core.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from mesh.core.events import new_event, now_ms
 from mesh.stores import HistoryStore, MetadataStore
@@ -63,6 +63,7 @@ SLOW = Counter(
 )
 
 _CLOSE = object()
+_PRIMARY_PAGE = 25
 
 
 @dataclass
@@ -203,19 +204,54 @@ class Subscriber:
             self.pending.pop(channel, None)
 
     async def _fill(self, channel: str) -> None:
-        """Reads the missing range of ``channel`` from history, then releases held events."""
+        """Fills the missing range of ``channel``, then releases held events.
+
+        Never delivers around a gap: the range is read from the region's history,
+        else from the primary's EVENTS stream (:meth:`Hub.read_gap`), retried with
+        backoff while anything makes progress. A range nothing can supply within
+        ``gap_timeout`` ends the stream with UNAVAILABLE (STREAM_GAP) naming the
+        channel, the last seq delivered and the range missing: the client fetches
+        it (GetHistory) and resumes, so it learns of the gap instead of losing it.
+        """
         try:
+            started = time.monotonic()
+            delay = 0.05
             while self.pending.get(channel):
                 target = min(self.pending[channel]) - 1
+                before = self.last.get(channel)
                 ok = await self.hub.read_gap(self, channel, target)
-                GAPS.labels("channel", "filled" if ok else "timeout").inc()
-                if not ok:
-                    # Give up on the missing range rather than stall the channel forever.
-                    logger.warning("gap in %s for %s not in history after %.0fs; skipping to %d",
-                                   channel, self.user_id, self.hub.catchup_timeout, target + 1)  # fmt: skip
-                    if channel in self.last:
-                        self.last[channel] = target
-                self._release(channel)
+                if ok:
+                    GAPS.labels("channel", "filled").inc()
+                    self._release(channel)
+                    started, delay = time.monotonic(), 0.05
+                    continue
+                if self.closed_with is not None or channel not in self.last:
+                    return
+                if self.last.get(channel) != before:
+                    started, delay = time.monotonic(), 0.05  # progress: the clock restarts
+                elif time.monotonic() - started >= self.hub.gap_timeout:
+                    GAPS.labels("channel", "unfilled").inc()
+                    last = self.last[channel]
+                    logger.warning(
+                        "gap in %s for %s: seqs %d..%d found nowhere in %.0fs; ending the stream "
+                        "with STREAM_GAP (the client fetches the range and resumes)",
+                        channel, self.user_id, last + 1, target, self.hub.gap_timeout,
+                    )  # fmt: skip
+                    self.close(
+                        Unavailable(
+                            "STREAM_GAP",
+                            f"events {last + 1}..{target} of channel {channel} are not available "
+                            "in this region yet; fetch them with GetHistory and resubscribe "
+                            "with resume_from",
+                            channel_id=channel,
+                            last_delivered_seq=str(last),
+                            first_missing_seq=str(last + 1),
+                            last_missing_seq=str(target),
+                        )
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -249,6 +285,14 @@ class Subscriber:
             self.offer(event)
 
 
+def _decode(msg: StreamMsg) -> events_pb2.Event | None:
+    try:
+        return events_pb2.Event.FromString(msg.data)
+    except Exception:  # noqa: BLE001 - a foreign message on the subject is not ours to deliver
+        logger.warning("ignoring undecodable EVENTS message %d", msg.stream_seq)
+        return None
+
+
 def _private_sender(event: events_pb2.Event) -> str | None:
     """The sender of a message event that carries a client_msg_id (visible to them only)."""
     kind = event.WhichOneof("payload")
@@ -277,6 +321,9 @@ class Hub:
         buffer_size: int = 2000,
         replay_page: int = 500,
         catchup_timeout: float = 30.0,
+        gap_timeout: float = 60.0,
+        events: JetStream | None = None,
+        events_stream: str = EVENTS_STREAM,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -293,7 +340,13 @@ class Hub:
             route_timeout: Seconds to wait for the Fan-Out Service's answer.
             buffer_size: Events a client stream may fall behind before it is ended.
             replay_page: Events read from history per query.
-            catchup_timeout: Seconds to wait for history to hold a missing range.
+            catchup_timeout: Seconds a sweep waits for history to reach the Fan-Out's
+                position, and a stream's catch-up waits for the client to read.
+            gap_timeout: Seconds a channel's gap may stay unfilled (with no progress
+                from any source) before its stream ends with STREAM_GAP.
+            events: Direct reads of the primary's EVENTS stream (across the gateway),
+                the second source of a gap; None: history only.
+            events_stream: The stream ``events`` reads (EVENTS).
         """
         self.bus = bus
         self.history = history
@@ -307,6 +360,9 @@ class Hub:
         self.buffer_size = buffer_size
         self.replay_page = replay_page
         self.catchup_timeout = catchup_timeout
+        self.gap_timeout = gap_timeout
+        self.events = events
+        self.events_stream = events_stream
         self.subject = Subjects.delivery(region, instance_id)
         self.users: dict[str, list[Subscriber]] = {}
         self.version = 0
@@ -533,31 +589,66 @@ class Hub:
 
     # -- catch-up ----------------------------------------------------------------
 
-    async def _wait_history(self, channel: str, target_seq: int) -> bool:
-        deadline = time.monotonic() + self.catchup_timeout
-        delay = 0.01
-        while await self.history.last_seq(channel) < target_seq:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        return True
-
     async def read_gap(self, sub: Subscriber, channel: str, target_seq: int) -> bool:
-        """Sends ``sub`` the history of ``channel`` from its last seq up to ``target_seq``."""
-        if not await self._wait_history(channel, target_seq):
-            return False
-        while channel in sub.last and sub.last[channel] < target_seq:
+        """Sends ``sub`` the events of ``channel`` after its last seq, up to ``target_seq``.
+
+        One attempt, from the region's history first, then (for what history does
+        not hold yet: its mirror is behind) from the primary's EVENTS stream.
+
+        Returns:
+            True once the stream has everything up to ``target_seq`` (or left the channel).
+        """
+        await self._gap_from(sub, channel, target_seq, self._history_page, "gapfill")
+        if channel in sub.last and sub.last[channel] < target_seq and self.events is not None:
+            await self._gap_from(sub, channel, target_seq, self._primary_page, "primary")
+        return channel not in sub.last or sub.last[channel] >= target_seq
+
+    async def _gap_from(
+        self,
+        sub: Subscriber,
+        channel: str,
+        target_seq: int,
+        page: Callable[[str, int], Awaitable[list[events_pb2.Event]]],
+        source: str,
+    ) -> None:
+        while channel in sub.last and sub.last[channel] < target_seq and sub.closed_with is None:
             before = sub.last[channel]
-            events = await self.history.events_after(channel, before, self.replay_page)
+            try:
+                events = await page(channel, before)
+            except Unavailable as exc:
+                logger.info("gap fill of %s from %s failed: %s", channel, source, exc.message)
+                return
             for event in events:
                 if event.seq > target_seq or channel not in sub.last:
                     break
                 if event.seq == sub.last[channel] + 1:
-                    await sub.advance_catchup(self.visible(event, sub.user_id), "gapfill")
+                    await sub.advance_catchup(self.visible(event, sub.user_id), source)
             if sub.last.get(channel) == before:
-                return False  # history has a hole where the gap is: nothing more to read
-        return True
+                return  # this source has nothing more of the gap (yet)
+
+    async def _history_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
+        return await self.history.events_after(channel, after_seq, self.replay_page)
+
+    async def _primary_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
+        """Channel events after ``after_seq`` read from the primary's EVENTS stream.
+
+        Stream seqs up to the history's applied position are all in history (the
+        worker applies its stream in order), so the scan starts right after it;
+        it pages on by stream seq until it passes ``after_seq``.
+        """
+        assert self.events is not None
+        start = await self.history.applied_stream_seq() + 1
+        subject = Subjects.channel_events(channel)
+        while True:
+            # Small pages: one request per message across the WAN, and the stream
+            # should get each page as soon as it is read.
+            msgs = await self.events.get_msgs_after(
+                self.events_stream, subject, start, batch=_PRIMARY_PAGE, timeout=5.0
+            )
+            events = [e for e in map(_decode, msgs) if e is not None and e.seq > after_seq]
+            if events or len(msgs) < _PRIMARY_PAGE:
+                return sorted(events, key=lambda e: e.seq)
+            start = msgs[-1].stream_seq + 1
 
     def _sweep(self, stream_seq: int) -> None:
         if self._sweeping is not None and not self._sweeping.done():
@@ -565,15 +656,25 @@ class Hub:
         self._sweeping = asyncio.create_task(self._run_sweep(stream_seq))
 
     async def _run_sweep(self, stream_seq: int) -> None:
-        """After lost deliveries: wait for history to reach the fan-out's position, then re-read."""
-        deadline = time.monotonic() + self.catchup_timeout
+        """After lost deliveries: re-read every stream's channels up to the fan-out's position.
+
+        From history once it has applied that position; if it has not within a
+        moment (its mirror is behind) and the primary's EVENTS is readable, from
+        there instead. What neither has yet arrives later as live events, whose
+        gaps :meth:`Subscriber._fill` fills.
+        """
+        patience = self.catchup_timeout if self.events is None else min(2.0, self.catchup_timeout)
+        deadline = time.monotonic() + patience
         delay = 0.02
+        behind = False
         while stream_seq and await self.history.applied_stream_seq() < stream_seq:
             if time.monotonic() > deadline:
-                GAPS.labels("sweep", "timeout").inc()
-                logger.warning(
-                    "history did not reach stream seq %d in %.0fs", stream_seq, self.catchup_timeout
-                )
+                behind = True
+                GAPS.labels("sweep", "history_behind").inc()
+                logger.info(
+                    "history did not reach stream seq %d in %.0fs; sweeping from %s",
+                    stream_seq, patience, "the primary" if self.events else "what it has",
+                )  # fmt: skip
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
@@ -583,13 +684,23 @@ class Hub:
                 if sub.replaying or sub.closed_with is not None:
                     continue
                 for channel in list(sub.last):
-                    last = sub.last.get(channel)
-                    if last is None or channel in sub.fills:
-                        continue
-                    events = await self.history.events_after(channel, last, self.replay_page)
-                    if events:
+                    while sub.closed_with is None:
+                        last = sub.last.get(channel)
+                        if last is None or channel in sub.fills:
+                            break
+                        events = await self.history.events_after(channel, last, self.replay_page)
+                        if not events and behind and self.events is not None:
+                            try:
+                                events = await self._primary_page(channel, last)
+                            except Unavailable as exc:
+                                logger.info("sweep of %s from the primary failed: %s",
+                                            channel, exc.message)  # fmt: skip
+                        if not events:
+                            break
                         await sub.deliver_history(events)
                         swept += len(events)
+                        if sub.last.get(channel) == last:
+                            break
         GAPS.labels("sweep", "done").inc()
         logger.info("sweep to stream seq %d re-sent %d events", stream_seq, swept)
 
