@@ -27,6 +27,7 @@ a PresenceChanged event if they were offline everywhere.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -64,6 +65,7 @@ SLOW = Counter(
 
 _CLOSE = object()
 _PRIMARY_PAGE = 25
+_SWEEP_GIVE_UP = 600.0
 
 
 @dataclass
@@ -376,6 +378,11 @@ class Hub:
         self._route_flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
+        self._sweep_target = 0
+        self._stream_seqs: dict[str, collections.deque[tuple[int, int]]] = {}
+        """Per channel: recent (channel seq, EVENTS stream seq) pairs seen in deliveries,
+        where a scan of the primary's EVENTS for what follows a seq can start."""
+        """The highest Fan-Out stream position a sweep must reach."""
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -568,6 +575,8 @@ class Hub:
                 self._sweep(delivery.stream_seq)
             self.expected_seq = max(self.expected_seq, delivery.instance_seq + 1)
         event = delivery.event
+        if event.seq > 0 and delivery.stream_seq:
+            self._remember(event.channel_id, event.seq, delivery.stream_seq)
         stripped: events_pb2.Event | None = None
         sender = _private_sender(event)
         for user in delivery.user_ids:
@@ -629,15 +638,28 @@ class Hub:
     async def _history_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
         return await self.history.events_after(channel, after_seq, self.replay_page)
 
+    def _remember(self, channel: str, seq: int, stream_seq: int) -> None:
+        known = self._stream_seqs.get(channel)
+        if known is None:
+            known = self._stream_seqs[channel] = collections.deque(maxlen=256)
+        known.append((seq, stream_seq))
+
+    def _stream_floor(self, channel: str, seq: int) -> int:
+        """The stream seq of a known event of ``channel`` at or below ``seq`` (0: none known)."""
+        return max((ss for cs, ss in self._stream_seqs.get(channel, ()) if cs <= seq), default=0)
+
     async def _primary_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
         """Channel events after ``after_seq`` read from the primary's EVENTS stream.
 
-        Stream seqs up to the history's applied position are all in history (the
-        worker applies its stream in order), so the scan starts right after it;
-        it pages on by stream seq until it passes ``after_seq``.
+        The scan starts after the later of two stream seqs every wanted event
+        follows: the history's applied position (the worker applies its stream in
+        order, so everything up to it is in history) and that of a known event at
+        or below ``after_seq``; it pages on by stream seq until it passes ``after_seq``.
         """
         assert self.events is not None
-        start = await self.history.applied_stream_seq() + 1
+        start = (
+            max(await self.history.applied_stream_seq(), self._stream_floor(channel, after_seq)) + 1
+        )
         subject = Subjects.channel_events(channel)
         while True:
             # Small pages: one request per message across the WAN, and the stream
@@ -645,39 +667,63 @@ class Hub:
             msgs = await self.events.get_msgs_after(
                 self.events_stream, subject, start, batch=_PRIMARY_PAGE, timeout=5.0
             )
-            events = [e for e in map(_decode, msgs) if e is not None and e.seq > after_seq]
+            decoded = [(m, _decode(m)) for m in msgs]
+            for m, e in decoded:
+                if e is not None:
+                    self._remember(channel, e.seq, m.stream_seq)
+            events = [e for _, e in decoded if e is not None and e.seq > after_seq]
             if events or len(msgs) < _PRIMARY_PAGE:
                 return sorted(events, key=lambda e: e.seq)
             start = msgs[-1].stream_seq + 1
 
     def _sweep(self, stream_seq: int) -> None:
+        self._sweep_target = max(self._sweep_target, stream_seq)
         if self._sweeping is not None and not self._sweeping.done():
-            return
-        self._sweeping = asyncio.create_task(self._run_sweep(stream_seq))
+            return  # the running sweep goes on to the new target
+        self._sweeping = asyncio.create_task(self._run_sweep())
 
-    async def _run_sweep(self, stream_seq: int) -> None:
+    async def _run_sweep(self) -> None:
         """After lost deliveries: re-read every stream's channels up to the fan-out's position.
 
         From history once it has applied that position; if it has not within a
         moment (its mirror is behind) and the primary's EVENTS is readable, from
-        there instead. What neither has yet arrives later as live events, whose
-        gaps :meth:`Subscriber._fill` fills.
+        there. Until history reaches the position it sweeps again every second:
+        the tail of what was lost may have no later live event to expose its gap.
         """
         patience = self.catchup_timeout if self.events is None else min(2.0, self.catchup_timeout)
-        deadline = time.monotonic() + patience
+        started = time.monotonic()
         delay = 0.02
-        behind = False
-        while stream_seq and await self.history.applied_stream_seq() < stream_seq:
-            if time.monotonic() > deadline:
-                behind = True
+        behind_logged = False
+        while True:
+            target = self._sweep_target
+            applied = await self.history.applied_stream_seq() if target else 0
+            caught_up = applied >= target
+            if not caught_up and time.monotonic() - started < patience:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+                continue
+            if not caught_up and not behind_logged:
+                behind_logged = True
                 GAPS.labels("sweep", "history_behind").inc()
                 logger.info(
-                    "history did not reach stream seq %d in %.0fs; sweeping from %s",
-                    stream_seq, patience, "the primary" if self.events else "what it has",
+                    "history at stream seq %d, not %d, after %.0fs; sweeping from %s",
+                    applied, target, time.monotonic() - started,
+                    "the primary" if self.events else "what it has",
                 )  # fmt: skip
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+            swept = await self._sweep_streams(from_primary=not caught_up)
+            if swept or caught_up:
+                logger.info("sweep to stream seq %d re-sent %d events", target, swept)
+            if caught_up and self._sweep_target == target:
+                GAPS.labels("sweep", "done").inc()
+                return
+            if time.monotonic() - started > _SWEEP_GIVE_UP:
+                GAPS.labels("sweep", "gave_up").inc()
+                logger.warning("history stayed behind stream seq %d for %.0fs; sweeps stop "
+                               "(the next lost delivery starts them again)", target, _SWEEP_GIVE_UP)  # fmt: skip
+                return
+            await asyncio.sleep(1.0)
+
+    async def _sweep_streams(self, *, from_primary: bool) -> int:
         swept = 0
         for subs in list(self.users.values()):
             for sub in subs:
@@ -689,7 +735,7 @@ class Hub:
                         if last is None or channel in sub.fills:
                             break
                         events = await self.history.events_after(channel, last, self.replay_page)
-                        if not events and behind and self.events is not None:
+                        if not events and from_primary and self.events is not None:
                             try:
                                 events = await self._primary_page(channel, last)
                             except Unavailable as exc:
@@ -701,8 +747,7 @@ class Hub:
                         swept += len(events)
                         if sub.last.get(channel) == last:
                             break
-        GAPS.labels("sweep", "done").inc()
-        logger.info("sweep to stream seq %d re-sent %d events", stream_seq, swept)
+        return swept
 
     # -- streams -----------------------------------------------------------------
 
