@@ -6,7 +6,11 @@ partitions. How:
 
 * **Dedup and order.** A :class:`Subscriber` remembers the last seq it sent per
   channel; anything at or below it is dropped; anything beyond ``last + 1`` is
-  held while the missing range is read from the region's history store.
+  held while the missing range is read from the region's history store, else
+  from the primary's EVENTS stream (its mirror may be behind). Nothing is ever
+  sent around a gap: a range no source has within ``gap_timeout`` ends the
+  stream with UNAVAILABLE (STREAM_GAP) naming it, and the client fetches it and
+  resumes (ADR-016, ``docs/replication.md``).
 * **Seam.** A new stream registers (and its route is acknowledged by the
   Fan-Out Service) *before* replay reads history, and holds live events until
   replay ends; the held events then pass the dedup/gap rules above.
@@ -14,7 +18,8 @@ partitions. How:
   jump in that number (the link was cut), a new Fan-Out epoch (it restarted),
   or a heartbeat reply saying more was sent than arrived triggers a sweep: once
   the region's history has applied the stream position the Fan-Out had
-  reached, every stream re-reads its channels after its last seq.
+  reached (or, while it has not, from the primary), every stream re-reads its
+  channels after its last seq; it repeats until history has that position.
 * **Slow clients.** Each stream has a bounded queue; overflowing it ends that
   stream with RESOURCE_EXHAUSTED (SLOW_CONSUMER) — the dispatcher never waits
   for a client. The client resumes with ``resume_from`` and loses nothing.
