@@ -101,7 +101,6 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                     Subjects.PRESENCE_ALL,
                     # Gap fills from the primary's EVENTS when the region's mirror
                     # is behind (answered by its leader; replies come to _INBOX).
-                    "$JS.API.INFO",
                     f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
                 ]
             },
