@@ -384,10 +384,10 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
         self._sweep_target = 0
+        """The highest Fan-Out stream position a sweep must reach."""
         self._stream_seqs: dict[str, collections.deque[tuple[int, int]]] = {}
         """Per channel: recent (channel seq, EVENTS stream seq) pairs seen in deliveries,
         where a scan of the primary's EVENTS for what follows a seq can start."""
-        """The highest Fan-Out stream position a sweep must reach."""
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------
