@@ -189,6 +189,23 @@ class JetStream(Protocol):
         """The newest message on ``subject`` in ``stream`` (None if there is none)."""
         ...
 
+    async def get_msgs_after(
+        self, stream: str, subject: str, start_seq: int, *, batch: int = 200, timeout: float = 5.0
+    ) -> list[StreamMsg]:
+        """Up to ``batch`` messages on ``subject`` with stream seq >= ``start_seq``, in order.
+
+        Read from the stream's leader (never from a mirror of it), one message
+        per request (``next_by_subj``).
+
+        Returns:
+            The messages; empty if there is none at or after ``start_seq``.
+
+        Raises:
+            Unavailable: No server answered within ``timeout`` (e.g. the link to the
+                stream's region is down).
+        """
+        ...
+
     async def first_seq(self, stream: str, *, timeout: float = 5.0) -> int:
         """The sequence of the oldest message the stream still holds."""
         ...

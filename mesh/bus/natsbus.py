@@ -131,6 +131,32 @@ class NatsBus:
             return None
         return StreamMsg(raw.data or b"", raw.seq or 0, raw.subject or subject)
 
+    async def get_msgs_after(
+        self, stream: str, subject: str, start_seq: int, *, batch: int = 200, timeout: float = 5.0
+    ) -> list[StreamMsg]:
+        # STREAM.MSG.GET (next_by_subj), not a batched direct get: a mirror inherits
+        # its origin's allow_direct and answers direct gets for it from its own,
+        # possibly lagging, copy (nats-server subscribes it, in the same queue group,
+        # nearer than the origin). Only the stream's leader answers this API.
+        jsm = self._jsm(timeout)
+        got: list[StreamMsg] = []
+        seq = max(1, start_seq)
+        while len(got) < batch:
+            try:
+                raw = await jsm.get_msg(stream, seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            except Exception as exc:  # noqa: BLE001 - timeout, no responders, closed
+                if got:
+                    break
+                raise Unavailable(
+                    "BACKEND_UNAVAILABLE",
+                    f"stream {stream} did not answer a message get ({type(exc).__name__})",
+                ) from None
+            got.append(StreamMsg(raw.data or b"", raw.seq or seq, raw.subject or subject))
+            seq = (raw.seq or seq) + 1
+        return got
+
     async def first_seq(self, stream: str, *, timeout: float = 5.0) -> int:
         info = await self._jsm(timeout).stream_info(stream)
         return int(info.state.first_seq)

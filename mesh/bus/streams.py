@@ -33,9 +33,12 @@ from mesh.topology import Topology
 
 __all__ = [
     "all_stream_configs",
+    "ensure_mirror_consumer",
     "ensure_stream",
     "ensure_streams",
     "events_stream_config",
+    "mirror_consumer_config",
+    "mirror_consumer_name",
     "mirror_stream_config",
     "parse_duration_ns",
     "parse_size",
@@ -83,12 +86,53 @@ def events_stream_config(topology: Topology) -> dict[str, Any]:
     return config
 
 
+def mirror_consumer_name(region: str) -> str:
+    """Name of the durable consumer on EVENTS that feeds ``region``'s mirror."""
+    return f"mirror-{region}"
+
+
+def mirror_consumer_config(mirror: dict[str, Any]) -> dict[str, Any]:
+    """The durable push consumer on EVENTS a mirror config names (JSON API shape).
+
+    What nats-server (>= 2.15.1, API level 4) requires of a mirror's durable
+    consumer: a push consumer (``deliver_subject``) with ``ack_policy:
+    flow_control``, flow control on, a 1 s idle heartbeat, ``max_ack_pending`` > 0
+    and no ``ack_wait``. Why a durable one at all: ``docs/replication.md``.
+    """
+    consumer = mirror["mirror"]["consumer"]
+    return {
+        "durable_name": consumer["name"],
+        "description": f"feeds the mirror {mirror['name']}",
+        "deliver_subject": consumer["deliver_subject"],
+        "deliver_policy": "all",
+        "ack_policy": "flow_control",
+        "flow_control": True,
+        "idle_heartbeat": 10**9,
+        "max_ack_pending": 10_000,
+        "num_replicas": mirror["num_replicas"],
+    }
+
+
 def mirror_stream_config(topology: Topology, region: str) -> dict[str, Any]:
-    """JetStream config of a secondary region's mirror of EVENTS."""
+    """JetStream config of a secondary region's mirror of EVENTS.
+
+    The mirror reads EVENTS through a durable consumer of its own
+    (:func:`mirror_consumer_config`, created first by :func:`ensure_stream`)
+    instead of an ephemeral one the server creates: after a WAN cut the server
+    only has to reset a durable consumer (5 s wait) rather than create one (30 s
+    wait, then 10 s x failures of backoff), so the mirror catches up seconds
+    after the link heals instead of 35-100+ s.
+    """
     n = topology.nats
     return {
         "name": mirror_stream_name(region),
-        "mirror": {"name": EVENTS_STREAM},
+        "mirror": {
+            "name": EVENTS_STREAM,
+            "consumer": {
+                "name": mirror_consumer_name(region),
+                "deliver_subject": Subjects.mirror_delivery(region),
+            },
+        },
         "retention": "limits",
         "storage": "file",
         "num_replicas": n.events_replicas,
@@ -130,6 +174,9 @@ async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.05
+    mirror = config.get("mirror") or {}
+    if mirror.get("consumer"):
+        await ensure_mirror_consumer(nc, config, timeout=timeout)
     while True:
         try:
             # from_response parses the JSON shape (nanoseconds, nested
@@ -140,7 +187,17 @@ async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30
             except BadRequestError as exc:
                 if exc.err_code != 10058:  # name in use with a different configuration
                     raise
-                info = await jsm.update_stream(stream_config)
+                try:
+                    info = await jsm.update_stream(stream_config)
+                except BadRequestError as upd:
+                    if upd.err_code != 10055:  # a mirror's source cannot change
+                        raise
+                    logger.warning(
+                        "stream %s exists with another mirror configuration, which nats-server "
+                        "cannot update; delete it to get %s (docs/replication.md)",
+                        name, mirror,
+                    )  # fmt: skip
+                    info = await jsm.stream_info(name)
             break
         except Exception as exc:
             if loop.time() >= deadline:
@@ -151,6 +208,43 @@ async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30
             delay = min(delay * 1.5, 0.5)
     logger.info("stream %s ready (cluster %s)", name, info.cluster.name if info.cluster else None)
     return info
+
+
+async def ensure_mirror_consumer(
+    nc: NATS, mirror: dict[str, Any], *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Creates the durable consumer on EVENTS that ``mirror`` names (idempotent).
+
+    Sent as a raw JSON API request: nats-py's ``ConsumerConfig`` has no
+    ``flow_control`` ack policy.
+
+    Returns:
+        The consumer info (JSON API shape).
+
+    Raises:
+        TimeoutError: Not created within ``timeout`` seconds.
+    """
+    config = mirror_consumer_config(mirror)
+    source = mirror["mirror"]["name"]
+    subject = f"$JS.API.CONSUMER.DURABLE.CREATE.{source}.{config['durable_name']}"
+    body = json.dumps({"stream_name": source, "config": config}).encode()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.05
+    while True:
+        problem: object
+        try:
+            reply = json.loads((await nc.request(subject, body, timeout=5.0)).data)
+            if "error" not in reply:
+                logger.info("mirror consumer %s on %s ready", config["durable_name"], source)
+                return dict(reply)
+            problem = reply["error"]
+        except Exception as exc:  # noqa: BLE001 - no meta leader yet, no responders ...
+            problem = exc
+        if loop.time() >= deadline:
+            raise TimeoutError(f"consumer {config['durable_name']} not ready: {problem!r}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
 
 
 async def ensure_streams(

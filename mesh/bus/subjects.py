@@ -78,6 +78,11 @@ class Subjects:
         return f"chatmesh.route.snapshot.{region}.{instance_id}"
 
     @staticmethod
+    def mirror_delivery(region: str) -> str:
+        """Deliver subject of the durable consumer on EVENTS that feeds ``region``'s mirror."""
+        return f"chatmesh.mirror.{region}"
+
+    @staticmethod
     def route_heartbeat(region: str, instance_id: str) -> str:
         """Subject of an instance's heartbeats."""
         return f"chatmesh.route.hb.{region}.{instance_id}"

@@ -13,12 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from mesh.bus.replication import MirrorHealth, assess
+from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory, mint
 from mesh.harness.paths import run_dir as default_run_dir
 from mesh.harness.supervisor import STATE_FILE
@@ -259,6 +262,54 @@ def _print_status(state: dict[str, Any], rd: Path) -> None:
             typer.echo(f"    web chat   {info['web']}")
 
 
+def _stream_last_seqs(monitor_urls: list[str]) -> dict[str, dict[str, Any]]:
+    """Stream name -> ``{last_seq, mirror}`` from the servers' ``/jsz`` (no credentials needed)."""
+    found: dict[str, dict[str, Any]] = {}
+    for url in monitor_urls:
+        try:
+            with urllib.request.urlopen(f"{url}/jsz?accounts=true&streams=true", timeout=2) as r:
+                jsz = json.loads(r.read())
+        except (OSError, ValueError):
+            continue
+        for account in jsz.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                last = int((stream.get("state") or {}).get("last_seq", 0))
+                name = stream.get("name", "")
+                if last >= found.get(name, {}).get("last_seq", -1):
+                    found[name] = {"last_seq": last, "mirror": stream.get("mirror") or {}}
+    return found
+
+
+def replication_health(state: dict[str, Any]) -> list[MirrorHealth]:
+    """Each secondary's mirror of EVENTS against the source, read from NATS monitoring."""
+    regions = state.get("regions") or {}
+    primary = state.get("primary", "")
+    source = _stream_last_seqs(list((regions.get(primary) or {}).get("nats_monitor") or []))
+    source_last = int(source.get(EVENTS_STREAM, {}).get("last_seq", -1))
+    out = []
+    for region, info in regions.items():
+        if region == primary:
+            continue
+        name = mirror_stream_name(region)
+        seen = _stream_last_seqs(list(info.get("nats_monitor") or [])).get(name)
+        if seen is None:
+            out.append(assess(name, source_last=source_last, mirror_last=-1, still_for=0))
+            continue
+        # nats-server reports how long ago the mirror last heard from its source.
+        active_ns = int((seen["mirror"] or {}).get("active", 0) or 0)
+        out.append(assess(name, source_last=source_last, mirror_last=int(seen["last_seq"]),
+                          still_for=max(0, active_ns) / 1e9))  # fmt: skip
+    return out
+
+
+def _print_replication(state: dict[str, Any]) -> None:
+    for h in replication_health(state):
+        typer.echo(
+            f"  replication {h.mirror}: {h.state}, {h.lag} behind "
+            f"(mirror at {h.mirror_last}, EVENTS at {h.source_last})"
+        )
+
+
 def _print_howto(state: dict[str, Any], rd: Path) -> None:
     regions = list(state["regions"])
     other = regions[1] if len(regions) > 1 else regions[0]
@@ -299,10 +350,16 @@ def status(
         else:
             typer.echo(f"no mesh running from {rd}")
         raise typer.Exit(1)
+    replication = [
+        {"mirror": h.mirror, "state": h.state, "lag": h.lag, "mirror_last_seq": h.mirror_last,
+         "source_last_seq": h.source_last}
+        for h in replication_health(state)
+    ]  # fmt: skip
     if as_json:
-        typer.echo(json.dumps({"running": True, **state}, indent=2))
+        typer.echo(json.dumps({"running": True, **state, "replication": replication}, indent=2))
     else:
         _print_status(state, rd)
+        _print_replication(state)
 
 
 @app.command()

@@ -545,12 +545,17 @@ class ChatClient:
             stub = next(self._turn).notification
             return stub.Subscribe(npb.SubscribeRequest(resume_from=positions), metadata=md)
 
+        async def last_seq(channel_id: str, after_seq: int) -> int:
+            page = await self.get_history(channel_id, after_seq=after_seq, limit=1, timeout=10.0)
+            return int(page.last_seq)
+
         subscription = Subscription(
             open_stream,
             resume_from,
             retry=retry or self.stream_retry,
             reconnect=reconnect,
             heartbeat_watchdog=heartbeat_watchdog,
+            last_seq=last_seq,
         )
         self._subscriptions.add(subscription)
         return subscription

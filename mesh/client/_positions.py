@@ -54,6 +54,10 @@ class ResumePositions:
             return Verdict.GAP
         return Verdict.NEW
 
+    def rewind(self, channel_id: str, seq: int) -> None:
+        """Puts the channel's position back to ``seq`` (an event beyond a gap was not yielded)."""
+        self._last[channel_id] = seq
+
     def get(self, channel_id: str) -> int | None:
         """The channel's position, None if it has none."""
         return self._last.get(channel_id)

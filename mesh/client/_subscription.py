@@ -12,10 +12,15 @@ A stream whose heartbeat promised an item every ``timeout_ms`` and then fell
 silent is presumed dead (a proxy or the network lost it without a reset) and
 reconnected the same way.
 
-Gaps: an event beyond a channel's next seq goes through :meth:`Subscription._on_gap`,
-the one place that decides what to do about events the server could not deliver
-(today: log and deliver what arrived; issue 12: fetch the missing range with
-GetHistory and yield it first).
+Gaps: the server never skips a channel's events. When it cannot find the next
+ones in time it ends the stream with UNAVAILABLE (``STREAM_GAP``) naming the
+channel and the missing range; an event beyond a channel's next seq (which a
+server should never send) is treated the same way and not yielded. Either way
+:meth:`Subscription._await_range` asks ``QueryService.GetHistory`` until the
+region holds the range (its ``last_seq``), then the stream resumes from the
+last seq yielded and the server's replay delivers the range as events — edits,
+joins and leaves included, which GetHistory's messages alone could not carry.
+Nothing is lost and nothing is yielded out of order.
 """
 
 from __future__ import annotations
@@ -41,6 +46,20 @@ logger = logging.getLogger("mesh.client")
 
 OpenStream = Callable[[dict[str, int]], Awaitable[Any]]
 """Opens one Subscribe call with the given ``resume_from`` (a ``grpc.aio.UnaryStreamCall``)."""
+
+LastSeq = Callable[[str, int], Awaitable[int]]
+"""``(channel_id, after_seq)`` -> the newest seq of the channel the region holds (GetHistory)."""
+
+GAP_PATIENCE = 60.0
+"""Seconds :meth:`Subscription._await_range` asks before resuming anyway (the server waits too)."""
+
+
+class _Gap(Exception):
+    """An event arrived beyond its channel's next seq: resume instead of yielding it."""
+
+    def __init__(self, error: Unavailable) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Subscription:
@@ -68,6 +87,7 @@ class Subscription:
         retry: RetryPolicy,
         reconnect: bool = True,
         heartbeat_watchdog: bool = True,
+        last_seq: LastSeq | None = None,
     ) -> None:
         """Prepares the subscription; nothing is sent until iteration starts.
 
@@ -77,6 +97,8 @@ class Subscription:
             retry: Backoff and budget between reconnects (reset once a connection delivers).
             reconnect: False: the first ending is final (an error is raised as is).
             heartbeat_watchdog: Reconnect a stream silent for longer than its heartbeat promised.
+            last_seq: Asks the region's history how far a channel reaches (GetHistory);
+                after a gap the stream resumes once it holds the missing range.
         """
         self.positions = ResumePositions(resume_from)
         self.reconnects = 0
@@ -94,6 +116,9 @@ class Subscription:
         self._dead_after: float | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._started = False
+        self._last_seq = last_seq
+        self.gap_waits = 0
+        """Times the stream resumed after a gap (server STREAM_GAP or a jump it saw)."""
 
     # -- iteration -------------------------------------------------------------------
 
@@ -131,20 +156,21 @@ class Subscription:
                     kind = item.WhichOneof("kind")
                     if kind == "event":
                         event = item.event
+                        previous = self.positions.get(event.channel_id) or 0
                         verdict = self.positions.admit(event.channel_id, event.seq)
                         if verdict is Verdict.DUPLICATE:
                             self.duplicates += 1
                             continue
                         if verdict is Verdict.GAP:
                             self.gaps += 1
-                            async for filled in self._on_gap(item):
-                                yield filled
-                            continue
+                            raise _Gap(self._on_gap(item, previous))
                     elif kind == "heartbeat" and self._watchdog_enabled:
                         self._arm_watchdog(call, item.heartbeat.timeout_ms / 1000)
                     yield item
             except grpc.aio.AioRpcError as exc:
                 err, cause = from_rpc_error(exc), exc
+            except _Gap as gap:
+                err, cause = gap.error, None
             except asyncio.CancelledError:
                 # Ours to handle only when we cancelled the call (close, watchdog),
                 # never when the task iterating us is being cancelled.
@@ -175,6 +201,9 @@ class Subscription:
                 if err is None:
                     err = Unavailable("UNSPECIFIED", "the stream kept ending; retry budget spent")
                 raise err from cause
+            if err is not None and err.reason == "STREAM_GAP":
+                self.gap_waits += 1
+                await self._await_range(err)
             logger.info(
                 "subscription ended (%s); reconnecting in %.2fs with %d positions",
                 f"{err.code} {err.reason}" if err else "end of stream",
@@ -185,18 +214,53 @@ class Subscription:
             budget.start_attempt()
             self.reconnects += 1
 
-    async def _on_gap(self, item: npb.SubscribeResponse) -> AsyncIterator[npb.SubscribeResponse]:
-        """Handles an event beyond its channel's next seq: the one place for gap policy.
-
-        Today it delivers what arrived (the position has moved past the gap). Issue 12
-        adds the server's explicit gap notice; filling the range from
-        ``QueryService.GetHistory`` before yielding ``item`` belongs here.
-        """
+    def _on_gap(self, item: npb.SubscribeResponse, previous: int) -> Unavailable:
+        """An event beyond its channel's next seq: not yielded; the stream resumes before it."""
         event = item.event
+        # admit() moved the position to the event; put it back where it was.
+        self.positions.rewind(event.channel_id, previous)
         logger.warning(
-            "gap in %s: got seq %d without the events before it", event.channel_id, event.seq
+            "gap in %s: got seq %d after %d; resuming from %d instead of skipping",
+            event.channel_id, event.seq, previous, previous,
+        )  # fmt: skip
+        return Unavailable(
+            "STREAM_GAP",
+            f"the stream jumped from {previous} to {event.seq} in {event.channel_id}",
+            channel_id=event.channel_id,
+            last_delivered_seq=str(previous),
+            first_missing_seq=str(previous + 1),
+            last_missing_seq=str(event.seq - 1),
         )
-        yield item
+
+    async def _await_range(self, err: ChatmeshError) -> None:
+        """Waits until the region's history holds the range ``err`` names (GetHistory).
+
+        Bounded by :data:`GAP_PATIENCE`; a failing GetHistory ends the wait early (the
+        resumed stream waits on the server side as well, and may end with STREAM_GAP
+        again: still nothing skipped).
+        """
+        channel = err.metadata.get("channel_id", "")
+        try:
+            want = int(err.metadata.get("last_missing_seq", "0"))
+        except ValueError:
+            want = 0
+        if self._last_seq is None or not channel or want <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GAP_PATIENCE
+        delay = 0.2
+        while not self.closed():
+            after = self.positions.get(channel) or 0
+            try:
+                have = await self._last_seq(channel, after)
+            except ChatmeshError as exc:
+                logger.info("GetHistory for the gap in %s failed (%s); resuming", channel, exc)
+                return
+            if have >= want or loop.time() + delay > deadline:
+                return
+            logger.info("gap in %s: the region has %d of %d; waiting", channel, have, want)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     # -- heartbeat watchdog -----------------------------------------------------------
 

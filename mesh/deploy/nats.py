@@ -99,6 +99,9 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                     f"chatmesh.route.snapshot.{region}.>",
                     f"chatmesh.route.hb.{region}.>",
                     Subjects.PRESENCE_ALL,
+                    # Gap fills from the primary's EVENTS when the region's mirror
+                    # is behind (answered by its leader; replies come to _INBOX).
+                    f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
                 ]
             },
             "subscribe": {"allow": [f"chatmesh.dlv.{region}.>", Subjects.ROUTE_RESYNC, "_INBOX.>"]},

@@ -30,8 +30,9 @@ async def main(cfg: NotificationConfig) -> None:
         instance_id=instance_id,
         instance_ttl=max(5.0, cfg.route_heartbeat * 5),
     )
+    bus = NatsBus(nc)
     hub = Hub(
-        bus=NatsBus(nc),
+        bus=bus,
         history=history,
         metadata=metadata,
         presence=presence,
@@ -43,6 +44,8 @@ async def main(cfg: NotificationConfig) -> None:
         buffer_size=cfg.buffer_size,
         replay_page=cfg.replay_page,
         catchup_timeout=cfg.catchup_timeout,
+        gap_timeout=cfg.gap_timeout,
+        events=bus if cfg.fill_from_primary else None,
     )
     server = GrpcServer(cfg, "notification")
     server.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationServicer(hub),

@@ -32,4 +32,11 @@ class NotificationConfig(CommonConfig):
     replay_page: int = 500
     """Events read from history per replay query."""
     catchup_timeout: float = 30.0
-    """Seconds to wait for the region's history to reach a gap before delivering around it."""
+    """Seconds a sweep waits for history to reach the Fan-Out's position (history only),
+    and a stream's catch-up waits for a client that stopped reading."""
+    gap_timeout: float = 60.0
+    """Seconds a channel's gap may stay unfilled, with no source making progress, before the
+    stream ends with UNAVAILABLE (STREAM_GAP) naming it. Never delivered around."""
+    fill_from_primary: bool = True
+    """Fill gaps the region's history lacks from the primary's EVENTS stream (direct get
+    across the gateway)."""

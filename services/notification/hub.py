@@ -6,7 +6,11 @@ partitions. How:
 
 * **Dedup and order.** A :class:`Subscriber` remembers the last seq it sent per
   channel; anything at or below it is dropped; anything beyond ``last + 1`` is
-  held while the missing range is read from the region's history store.
+  held while the missing range is read from the region's history store, else
+  from the primary's EVENTS stream (its mirror may be behind). Nothing is ever
+  sent around a gap: a range no source has within ``gap_timeout`` ends the
+  stream with UNAVAILABLE (STREAM_GAP) naming it, and the client fetches it and
+  resumes (ADR-017, ``docs/replication.md``).
 * **Seam.** A new stream registers (and its route is acknowledged by the
   Fan-Out Service) *before* replay reads history, and holds live events until
   replay ends; the held events then pass the dedup/gap rules above.
@@ -14,7 +18,8 @@ partitions. How:
   jump in that number (the link was cut), a new Fan-Out epoch (it restarted),
   or a heartbeat reply saying more was sent than arrived triggers a sweep: once
   the region's history has applied the stream position the Fan-Out had
-  reached, every stream re-reads its channels after its last seq.
+  reached (or, while it has not, from the primary), every stream re-reads its
+  channels after its last seq; it repeats until history has that position.
 * **Slow clients.** Each stream has a bounded queue; overflowing it ends that
   stream with RESOURCE_EXHAUSTED (SLOW_CONSUMER) — the dispatcher never waits
   for a client. The client resumes with ``resume_from`` and loses nothing.
@@ -27,18 +32,19 @@ a PresenceChanged event if they were offline everywhere.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, notification_service_pb2 as pb, presence_pb2
-from mesh.bus.interfaces import Bus, Message
-from mesh.bus.subjects import Subjects
+from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
+from mesh.bus.subjects import EVENTS_STREAM, Subjects
 from mesh.core.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from mesh.core.events import new_event, now_ms
 from mesh.stores import HistoryStore, MetadataStore
@@ -64,6 +70,8 @@ SLOW = Counter(
 )
 
 _CLOSE = object()
+_PRIMARY_PAGE = 25
+_SWEEP_GIVE_UP = 600.0
 
 
 @dataclass
@@ -204,19 +212,54 @@ class Subscriber:
             self.pending.pop(channel, None)
 
     async def _fill(self, channel: str) -> None:
-        """Reads the missing range of ``channel`` from history, then releases held events."""
+        """Fills the missing range of ``channel``, then releases held events.
+
+        Never delivers around a gap: the range is read from the region's history,
+        else from the primary's EVENTS stream (:meth:`Hub.read_gap`), retried with
+        backoff while anything makes progress. A range nothing can supply within
+        ``gap_timeout`` ends the stream with UNAVAILABLE (STREAM_GAP) naming the
+        channel, the last seq delivered and the range missing: the client fetches
+        it (GetHistory) and resumes, so it learns of the gap instead of losing it.
+        """
         try:
+            started = time.monotonic()
+            delay = 0.05
             while self.pending.get(channel):
                 target = min(self.pending[channel]) - 1
+                before = self.last.get(channel)
                 ok = await self.hub.read_gap(self, channel, target)
-                GAPS.labels("channel", "filled" if ok else "timeout").inc()
-                if not ok:
-                    # Give up on the missing range rather than stall the channel forever.
-                    logger.warning("gap in %s for %s not in history after %.0fs; skipping to %d",
-                                   channel, self.user_id, self.hub.catchup_timeout, target + 1)  # fmt: skip
-                    if channel in self.last:
-                        self.last[channel] = target
-                self._release(channel)
+                if ok:
+                    GAPS.labels("channel", "filled").inc()
+                    self._release(channel)
+                    started, delay = time.monotonic(), 0.05
+                    continue
+                if self.closed_with is not None or channel not in self.last:
+                    return
+                if self.last.get(channel) != before:
+                    started, delay = time.monotonic(), 0.05  # progress: the clock restarts
+                elif time.monotonic() - started >= self.hub.gap_timeout:
+                    GAPS.labels("channel", "unfilled").inc()
+                    last = self.last[channel]
+                    logger.warning(
+                        "gap in %s for %s: seqs %d..%d found nowhere in %.0fs; ending the stream "
+                        "with STREAM_GAP (the client fetches the range and resumes)",
+                        channel, self.user_id, last + 1, target, self.hub.gap_timeout,
+                    )  # fmt: skip
+                    self.close(
+                        Unavailable(
+                            "STREAM_GAP",
+                            f"events {last + 1}..{target} of channel {channel} are not available "
+                            "in this region yet; fetch them with GetHistory and resubscribe "
+                            "with resume_from",
+                            channel_id=channel,
+                            last_delivered_seq=str(last),
+                            first_missing_seq=str(last + 1),
+                            last_missing_seq=str(target),
+                        )
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -250,6 +293,14 @@ class Subscriber:
             self.offer(event)
 
 
+def _decode(msg: StreamMsg) -> events_pb2.Event | None:
+    try:
+        return events_pb2.Event.FromString(msg.data)
+    except Exception:  # noqa: BLE001 - a foreign message on the subject is not ours to deliver
+        logger.warning("ignoring undecodable EVENTS message %d", msg.stream_seq)
+        return None
+
+
 def _private_sender(event: events_pb2.Event) -> str | None:
     """The sender of a message event that carries a client_msg_id (visible to them only)."""
     kind = event.WhichOneof("payload")
@@ -278,6 +329,9 @@ class Hub:
         buffer_size: int = 2000,
         replay_page: int = 500,
         catchup_timeout: float = 30.0,
+        gap_timeout: float = 60.0,
+        events: JetStream | None = None,
+        events_stream: str = EVENTS_STREAM,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -295,7 +349,13 @@ class Hub:
             route_timeout: Seconds to wait for the Fan-Out Service's answer.
             buffer_size: Events a client stream may fall behind before it is ended.
             replay_page: Events read from history per query.
-            catchup_timeout: Seconds to wait for history to hold a missing range.
+            catchup_timeout: Seconds a sweep waits for history to reach the Fan-Out's
+                position, and a stream's catch-up waits for the client to read.
+            gap_timeout: Seconds a channel's gap may stay unfilled (with no progress
+                from any source) before its stream ends with STREAM_GAP.
+            events: Direct reads of the primary's EVENTS stream (across the gateway),
+                the second source of a gap; None: history only.
+            events_stream: The stream ``events`` reads (EVENTS).
         """
         self.bus = bus
         # Every history read here goes to a client: messages in their current state
@@ -311,6 +371,9 @@ class Hub:
         self.buffer_size = buffer_size
         self.replay_page = replay_page
         self.catchup_timeout = catchup_timeout
+        self.gap_timeout = gap_timeout
+        self.events = events
+        self.events_stream = events_stream
         self.subject = Subjects.delivery(region, instance_id)
         self.users: dict[str, list[Subscriber]] = {}
         self.version = 0
@@ -324,6 +387,11 @@ class Hub:
         self._route_flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
+        self._sweep_target = 0
+        """The highest Fan-Out stream position a sweep must reach."""
+        self._stream_seqs: dict[str, collections.deque[tuple[int, int]]] = {}
+        """Per channel: recent (channel seq, EVENTS stream seq) pairs seen in deliveries,
+        where a scan of the primary's EVENTS for what follows a seq can start."""
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -516,6 +584,8 @@ class Hub:
                 self._sweep(delivery.stream_seq)
             self.expected_seq = max(self.expected_seq, delivery.instance_seq + 1)
         event = delivery.event
+        if event.seq > 0 and delivery.stream_seq:
+            self._remember(event.channel_id, event.seq, delivery.stream_seq)
         stripped: events_pb2.Event | None = None
         sender = _private_sender(event)
         for user in delivery.user_ids:
@@ -537,65 +607,156 @@ class Hub:
 
     # -- catch-up ----------------------------------------------------------------
 
-    async def _wait_history(self, channel: str, target_seq: int) -> bool:
-        deadline = time.monotonic() + self.catchup_timeout
-        delay = 0.01
-        while await self.history.last_seq(channel) < target_seq:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        return True
-
     async def read_gap(self, sub: Subscriber, channel: str, target_seq: int) -> bool:
-        """Sends ``sub`` the history of ``channel`` from its last seq up to ``target_seq``."""
-        if not await self._wait_history(channel, target_seq):
-            return False
-        while channel in sub.last and sub.last[channel] < target_seq:
+        """Sends ``sub`` the events of ``channel`` after its last seq, up to ``target_seq``.
+
+        One attempt, from the region's history first, then (for what history does
+        not hold yet: its mirror is behind) from the primary's EVENTS stream.
+
+        Returns:
+            True once the stream has everything up to ``target_seq`` (or left the channel).
+        """
+        await self._gap_from(sub, channel, target_seq, self._history_page, "gapfill")
+        if channel in sub.last and sub.last[channel] < target_seq and self.events is not None:
+            await self._gap_from(sub, channel, target_seq, self._primary_page, "primary")
+        return channel not in sub.last or sub.last[channel] >= target_seq
+
+    async def _gap_from(
+        self,
+        sub: Subscriber,
+        channel: str,
+        target_seq: int,
+        page: Callable[[str, int], Awaitable[list[events_pb2.Event]]],
+        source: str,
+    ) -> None:
+        while channel in sub.last and sub.last[channel] < target_seq and sub.closed_with is None:
             before = sub.last[channel]
-            events = await self.history.events_after(channel, before, self.replay_page)
+            try:
+                events = await page(channel, before)
+            except Unavailable as exc:
+                logger.info("gap fill of %s from %s failed: %s", channel, source, exc.message)
+                return
             for event in events:
                 if event.seq > target_seq or channel not in sub.last:
                     break
                 if event.seq == sub.last[channel] + 1:
-                    await sub.advance_catchup(self.visible(event, sub.user_id), "gapfill")
+                    await sub.advance_catchup(self.visible(event, sub.user_id), source)
             if sub.last.get(channel) == before:
-                return False  # history has a hole where the gap is: nothing more to read
-        return True
+                return  # this source has nothing more of the gap (yet)
+
+    async def _history_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
+        return await self.history.events_after(channel, after_seq, self.replay_page)
+
+    def _remember(self, channel: str, seq: int, stream_seq: int) -> None:
+        known = self._stream_seqs.get(channel)
+        if known is None:
+            known = self._stream_seqs[channel] = collections.deque(maxlen=256)
+        known.append((seq, stream_seq))
+
+    def _stream_floor(self, channel: str, seq: int) -> int:
+        """The stream seq of a known event of ``channel`` at or below ``seq`` (0: none known)."""
+        return max((ss for cs, ss in self._stream_seqs.get(channel, ()) if cs <= seq), default=0)
+
+    async def _primary_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
+        """Channel events after ``after_seq`` read from the primary's EVENTS stream.
+
+        The scan starts after the later of two stream seqs every wanted event
+        follows: the history's applied position (the worker applies its stream in
+        order, so everything up to it is in history) and that of a known event at
+        or below ``after_seq``; it pages on by stream seq until it passes ``after_seq``.
+        """
+        assert self.events is not None
+        start = (
+            max(await self.history.applied_stream_seq(), self._stream_floor(channel, after_seq)) + 1
+        )
+        subject = Subjects.channel_events(channel)
+        while True:
+            # Small pages: one request per message across the WAN, and the stream
+            # should get each page as soon as it is read.
+            msgs = await self.events.get_msgs_after(
+                self.events_stream, subject, start, batch=_PRIMARY_PAGE, timeout=5.0
+            )
+            decoded = [(m, _decode(m)) for m in msgs]
+            for m, e in decoded:
+                if e is not None:
+                    self._remember(channel, e.seq, m.stream_seq)
+            events = [e for _, e in decoded if e is not None and e.seq > after_seq]
+            if events or len(msgs) < _PRIMARY_PAGE:
+                return sorted(events, key=lambda e: e.seq)
+            start = msgs[-1].stream_seq + 1
 
     def _sweep(self, stream_seq: int) -> None:
+        self._sweep_target = max(self._sweep_target, stream_seq)
         if self._sweeping is not None and not self._sweeping.done():
-            return
-        self._sweeping = asyncio.create_task(self._run_sweep(stream_seq))
+            return  # the running sweep goes on to the new target
+        self._sweeping = asyncio.create_task(self._run_sweep())
 
-    async def _run_sweep(self, stream_seq: int) -> None:
-        """After lost deliveries: wait for history to reach the fan-out's position, then re-read."""
-        deadline = time.monotonic() + self.catchup_timeout
+    async def _run_sweep(self) -> None:
+        """After lost deliveries: re-read every stream's channels up to the fan-out's position.
+
+        From history once it has applied that position; if it has not within a
+        moment (its mirror is behind) and the primary's EVENTS is readable, from
+        there. Until history reaches the position it sweeps again every second:
+        the tail of what was lost may have no later live event to expose its gap.
+        """
+        patience = self.catchup_timeout if self.events is None else min(2.0, self.catchup_timeout)
+        started = time.monotonic()
         delay = 0.02
-        while stream_seq and await self.history.applied_stream_seq() < stream_seq:
-            if time.monotonic() > deadline:
-                GAPS.labels("sweep", "timeout").inc()
-                logger.warning(
-                    "history did not reach stream seq %d in %.0fs", stream_seq, self.catchup_timeout
-                )
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+        behind_logged = False
+        while True:
+            target = self._sweep_target
+            applied = await self.history.applied_stream_seq() if target else 0
+            caught_up = applied >= target
+            if not caught_up and time.monotonic() - started < patience:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+                continue
+            if not caught_up and not behind_logged:
+                behind_logged = True
+                GAPS.labels("sweep", "history_behind").inc()
+                logger.info(
+                    "history at stream seq %d, not %d, after %.0fs; sweeping from %s",
+                    applied, target, time.monotonic() - started,
+                    "the primary" if self.events else "what it has",
+                )  # fmt: skip
+            swept = await self._sweep_streams(from_primary=not caught_up)
+            if swept or caught_up:
+                logger.info("sweep to stream seq %d re-sent %d events", target, swept)
+            if caught_up and self._sweep_target == target:
+                GAPS.labels("sweep", "done").inc()
+                return
+            if time.monotonic() - started > _SWEEP_GIVE_UP:
+                GAPS.labels("sweep", "gave_up").inc()
+                logger.warning("history stayed behind stream seq %d for %.0fs; sweeps stop "
+                               "(the next lost delivery starts them again)", target, _SWEEP_GIVE_UP)  # fmt: skip
+                return
+            await asyncio.sleep(1.0)
+
+    async def _sweep_streams(self, *, from_primary: bool) -> int:
         swept = 0
         for subs in list(self.users.values()):
             for sub in subs:
                 if sub.replaying or sub.closed_with is not None:
                     continue
                 for channel in list(sub.last):
-                    last = sub.last.get(channel)
-                    if last is None or channel in sub.fills:
-                        continue
-                    events = await self.history.events_after(channel, last, self.replay_page)
-                    if events:
+                    while sub.closed_with is None:
+                        last = sub.last.get(channel)
+                        if last is None or channel in sub.fills:
+                            break
+                        events = await self.history.events_after(channel, last, self.replay_page)
+                        if not events and from_primary and self.events is not None:
+                            try:
+                                events = await self._primary_page(channel, last)
+                            except Unavailable as exc:
+                                logger.info("sweep of %s from the primary failed: %s",
+                                            channel, exc.message)  # fmt: skip
+                        if not events:
+                            break
                         await sub.deliver_history(events)
                         swept += len(events)
-        GAPS.labels("sweep", "done").inc()
-        logger.info("sweep to stream seq %d re-sent %d events", stream_seq, swept)
+                        if sub.last.get(channel) == last:
+                            break
+        return swept
 
     # -- streams -----------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import sys
 from mesh.bus.connection import connect
 from mesh.bus.eventbus import PullConsumer
 from mesh.bus.natsbus import NatsBus
+from mesh.bus.replication import ReplicationMonitor
+from mesh.bus.subjects import EVENTS_STREAM
 from mesh.core import config as config_mod
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
@@ -45,12 +47,18 @@ async def main(cfg: WorkerConfig) -> None:
                 await asyncio.sleep(0.5)
 
     task = asyncio.create_task(consume())
+    tasks = [task]
+    if cfg.stream != EVENTS_STREAM and cfg.replication_interval > 0:
+        # A secondary's worker reads the region's mirror: it also watches the mirror.
+        monitor = ReplicationMonitor(nc, cfg.stream, interval=cfg.replication_interval)
+        tasks.append(asyncio.create_task(monitor.run(), name="replication-monitor"))
 
     async def close() -> None:
         consumer.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         await nc.drain()
         await history.close()
         if metadata is not None:

@@ -24,5 +24,8 @@ class WorkerConfig(CommonConfig):
     """Stream to consume: EVENTS in the primary, the region's mirror elsewhere."""
     consumer_name: str = "worker-us-east"
     """Durable consumer name."""
+    replication_interval: float = 2.0
+    """Seconds between checks of the region's mirror against EVENTS (lag metrics, stall
+    repair; secondary regions only). 0: off."""
     batch: int = 512
     """Events requested per pull (and applied per transaction)."""

@@ -129,6 +129,8 @@ class FakeBus:
         self.fail_publishes = 0
         """The next this-many ``publish_event`` calls fail (JetStream unavailable)."""
         self.direct_gets: list[tuple[str, int]] = []
+        self.fail_direct_gets = False
+        """While True, ``get_msgs_after`` fails as if the stream's region were cut off."""
         self.handler_errors: list[Exception] = []
         self._inbox = itertools.count(1)
 
@@ -272,6 +274,14 @@ class FakeBus:
     ) -> StreamMsg | None:
         found = self.stored(stream, subject)
         return None if not found else StreamMsg(found[-1].data, found[-1].seq, found[-1].subject)
+
+    async def get_msgs_after(
+        self, stream: str, subject: str, start_seq: int, *, batch: int = 200, timeout: float = 5.0
+    ) -> list[StreamMsg]:
+        if self.fail_direct_gets:
+            raise Unavailable("BACKEND_UNAVAILABLE", f"stream {stream} did not answer a direct get")
+        found = [m for m in self.stored(stream, subject) if m.seq >= start_seq][:batch]
+        return [StreamMsg(m.data, m.seq, m.subject) for m in found]
 
     async def first_seq(self, stream: str, *, timeout: float = 5.0) -> int:
         s = self.streams[stream]

@@ -129,3 +129,25 @@ async def test_a_pull_consumer_over_natsbus_creates_its_durable_and_consumes_in_
         return await fanout.ack_floor(EVENTS_STREAM, durable) == consumer.last_stream_seq
 
     await eventually(acked, timeout=10, what="the ack-all")
+
+
+async def test_messages_after_a_stream_seq_are_read_by_subject_from_the_stream(
+    single: Mesh,
+) -> None:
+    # As the notification user: what a region's gap fill reads from the primary's EVENTS.
+    command = await _bus(single, "command")
+    a, b = (
+        Subjects.channel_events("ch_natsbus_after_a"),
+        Subjects.channel_events("ch_natsbus_after_b"),
+    )
+    acks = []
+    for i, subject in enumerate((a, b, a, b, a)):
+        acks.append(await command.publish_event(subject, f"m{i}".encode(), f"natsbus-after-{i}"))
+    region = single.topology.primary
+    notification = await _bus(single, f"notification-{region}")
+    got = await notification.get_msgs_after(EVENTS_STREAM, a, acks[1].seq, batch=10)
+    assert [(m.stream_seq, m.data) for m in got] == [(acks[2].seq, b"m2"), (acks[4].seq, b"m4")]
+    assert [m.stream_seq for m in await notification.get_msgs_after(EVENTS_STREAM, a, 1, batch=2)][
+        -1
+    ] <= acks[2].seq  # a batch stops at its size
+    assert await notification.get_msgs_after(EVENTS_STREAM, a, acks[4].seq + 1) == []

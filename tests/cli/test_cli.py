@@ -75,6 +75,11 @@ def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
             and info["grpc"]["notification"]
         )
         assert info["grpc"]["command"]
+    # eu's mirror of EVENTS, read from the servers' monitoring endpoints.
+    [mirror] = state["replication"]
+    assert mirror["mirror"] == "EVENTS_EU" and mirror["state"] in ("ok", "lagging")
+    assert mirror["source_last_seq"] >= 0 and mirror["mirror_last_seq"] >= 0
+    assert "replication EVENTS_EU:" in _run(["status"], run_dir).stdout
     pids = [p["pid"] for p in state["processes"]] + [state["supervisor_pid"]]
     assert len(pids) >= 12 and all(_alive(p) for p in pids)
     again = _run(["up"], run_dir)

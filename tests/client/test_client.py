@@ -294,15 +294,40 @@ async def test_close_ends_iteration_from_another_task(serve: Serve) -> None:
     assert got == [1] and subscription.closed()
 
 
-async def test_a_gap_is_logged_and_delivered(
+async def test_an_event_beyond_a_gap_is_not_yielded_the_stream_resumes_before_it(
     serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await serve()
-    server.script.connections = [Connection([event(CH, 1), event(CH, 4)], HANG)]
+    server.script.connections = [
+        Connection([event(CH, 1), event(CH, 4)], HANG),
+        Connection([replay_complete(), event(CH, 2), event(CH, 3), event(CH, 4)], HANG),
+    ]
     async with ChatClient(server.target, stream_retry=FAST) as client:
         subscription = client.subscribe({CH: 0})
         with caplog.at_level(logging.WARNING, logger="mesh.client"):
-            assert await _seqs(subscription, 2) == [1, 4]
+            assert await _seqs(subscription, 4) == [1, 2, 3, 4]
         await subscription.close()
-    assert subscription.positions.get(CH) == 4 and subscription.gaps == 1
-    assert any("gap in" in r.getMessage() for r in caplog.records)
+    assert subscription.gaps == 1 and subscription.gap_waits == 1
+    assert dict(server.script.of("Subscribe")[1].request.resume_from) == {CH: 1}
+    assert any("instead of skipping" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_stream_gap_status_waits_for_history_then_resumes_from_the_last_seq(
+    serve: Serve,
+) -> None:
+    server = await serve()  # its GetHistory says the region holds the channel up to 42
+    gap = Unavailable("STREAM_GAP", "2..3 not here yet", channel_id=CH, last_delivered_seq="1",
+                      first_missing_seq="2", last_missing_seq="3")  # fmt: skip
+    server.script.connections = [
+        Connection([replay_complete(), event(CH, 1)], gap),
+        Connection([event(CH, 2), event(CH, 3), replay_complete(), event(CH, 4)], HANG),
+    ]
+    async with ChatClient(server.target, stream_retry=FAST) as client:
+        subscription = client.subscribe({CH: 0})
+        assert await _seqs(subscription, 4) == [1, 2, 3, 4]
+        await subscription.close()
+    [asked] = server.script.of("GetHistory")
+    assert asked.request.channel_id == CH and asked.request.after_seq == 1
+    assert dict(server.script.of("Subscribe")[1].request.resume_from) == {CH: 1}
+    assert isinstance(subscription.last_error, Unavailable)
+    assert subscription.last_error.reason == "STREAM_GAP"

@@ -53,7 +53,11 @@ def test_durability_and_placement_policy() -> None:
     events = events_stream_config(topo)
     assert events["num_replicas"] == 3 and events["placement"] == {"tags": ["region:us-east"]}
     mirror = mirror_stream_config(topo, "eu")
-    assert mirror["mirror"] == {"name": "EVENTS"} and mirror["placement"] == {"tags": ["region:eu"]}
+    assert mirror["mirror"] == {
+        "name": "EVENTS",
+        "consumer": {"name": "mirror-eu", "deliver_subject": "chatmesh.mirror.eu"},
+    }
+    assert mirror["placement"] == {"tags": ["region:eu"]}
 
 
 def test_notification_users_cannot_publish_events() -> None:

@@ -7,13 +7,14 @@ gateways under that traffic, then a kill -9 of eu's notification instance. It
 asserts what issue 12 promises users: nothing lost, duplicated, out of order or
 undelivered without notice.
 
-Today it fails, and is marked so: after the cut, eu's mirror of EVENTS stays
-behind for longer than the notification service waits (30 s), the service logs
-``gap in ch_... not in history after 30s; skipping to N`` and every eu subscriber
-misses hundreds of messages per channel. The mark is strict: once streams never
-skip, the test passes, the mark makes that an error, and the fixer removes it.
-It fails only with :class:`StreamsSkipped`; a run that did not exercise what it
-claims fails as an error, never as the expected failure.
+Before issue 12 it failed (and was marked xfail): after the cut, eu's mirror
+of EVENTS stayed behind for longer than the notification service waited (30 s),
+the service logged ``gap in ch_... not in history after 30s; skipping to N`` and
+every eu subscriber missed hundreds of messages per channel. Now a gap is filled
+from the primary's EVENTS or the stream ends with STREAM_GAP and the client
+resumes. Restoring the old skip after a timeout makes it fail with
+:class:`StreamsSkipped` (docs/replication.md shows the run); a run that did not
+exercise what it claims fails as an error.
 """
 
 from __future__ import annotations
@@ -41,12 +42,6 @@ def _skip_lines(mesh_dir: Path) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=True,
-    raises=StreamsSkipped,
-    reason="issue 12: after a gateway cut the eu mirror stalls past the notification "
-    "service's 30 s catch-up timeout and live streams skip the gap for good",
-)
 async def test_short_chaos_schedule_loses_nothing(tmp_path: Path) -> None:
     rec, report = await run(RunOptions(topology="dev", schedule="short"), tmp_path)
     write_results(tmp_path / "results", rec, report)

@@ -176,6 +176,14 @@ class ChatPage {
       case "retrying":
         out.textContent = `disconnected (${state.error.code}); retrying in ${(state.delayMs / 1000).toFixed(1)} s`;
         break;
+      case "gap":
+        // The stream ended rather than skip messages this region does not have yet;
+        // the client resumes (and the page gets them, in order) once history holds them.
+        out.textContent =
+          state.regionHas === undefined
+            ? `catching up on ${state.channelId}…`
+            : `catching up on ${state.channelId}: ${state.regionHas} of ${state.want} here`;
+        break;
       case "stopped":
         out.textContent = state.error ? `stopped: ${describe(state.error)}` : "offline";
         break;

@@ -327,6 +327,8 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
     subscribe(handlers, subscribeOptions = {}) {
       return subscribeWithResume(notification, options.token, handlers, {
         ...(options.backoff ? { backoff: options.backoff } : {}),
+        historyLastSeq: async (channelId, afterSeq) =>
+          (await getHistory(channelId, { afterSeq, limit: 1 })).lastSeq,
         ...subscribeOptions,
       });
     },

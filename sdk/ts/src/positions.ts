@@ -59,6 +59,17 @@ export class SeqTracker {
   }
 
   /**
+   * Whether `event` lies beyond its channel's next seq (events before it were
+   * not delivered). Such an event must not be accepted: the stream resumes
+   * before it instead.
+   */
+  isGap(event: Event): boolean {
+    if (event.seq <= 0n || !event.channelId) return false;
+    const last = this.#last.get(event.channelId);
+    return last !== undefined && event.seq > last + 1n;
+  }
+
+  /**
    * Raises a channel's position to `seq` (never lowers it): the caller already
    * has everything up to `seq` (e.g. from GetHistory), so a resumed stream
    * should start after it.

@@ -12,6 +12,14 @@
  * the heartbeat's `timeout_ms` (or `idleTimeoutMs` before the first heartbeat).
  * UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND and
  * UNIMPLEMENTED are fatal: the subscription stops and `done` rejects.
+ *
+ * Gaps: the server never skips a channel's events; when it cannot find the next
+ * ones in time it ends the stream with UNAVAILABLE (`STREAM_GAP`, ErrorInfo
+ * metadata `channel_id`, `last_delivered_seq`, `last_missing_seq`). An event
+ * beyond a channel's next seq (which a server should never send) is treated the
+ * same way and not delivered. The subscription then asks GetHistory
+ * (`historyLastSeq`) until the region holds the missing range, and resumes from
+ * the last delivered seq: the replay brings the range as events, in order.
  */
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Event } from "../../../gen/ts/chatmesh/v1/events_pb.js";
@@ -21,7 +29,7 @@ import type {
   ReplayComplete,
 } from "../../../gen/ts/chatmesh/v1/notification_service_pb.js";
 import { backoffDelay, sleep, type BackoffOptions } from "./backoff.js";
-import { isFatal } from "./errors.js";
+import { errorInfo, errorReason, isFatal } from "./errors.js";
 import { SeqTracker, type PositionsInit } from "./positions.js";
 
 /** Where a subscription is. */
@@ -41,6 +49,17 @@ export type StreamState =
       readonly attempt: number;
       readonly delayMs: number;
       readonly error: ConnectError;
+    }
+  | {
+      /** The stream ended at a gap; waiting for the region's history to hold the range. */
+      readonly kind: "gap";
+      readonly channelId: string;
+      /** The last seq delivered in that channel. */
+      readonly lastDelivered: bigint;
+      /** The newest seq the region holds (from GetHistory), once known. */
+      readonly regionHas?: bigint;
+      /** The end of the missing range. */
+      readonly want: bigint;
     }
   | { readonly kind: "stopped"; readonly error?: ConnectError };
 
@@ -71,6 +90,41 @@ export interface SubscribeOptions {
    * (default: the `sub` of the token). Resuming a channel one left is refused.
    */
   readonly userId?: string;
+  /**
+   * The newest seq of a channel the region holds (GetHistory's `last_seq` for
+   * `afterSeq`); after a gap the stream resumes once it covers the range.
+   * `ChatClient.subscribe` supplies it; without it the stream resumes at once.
+   */
+  readonly historyLastSeq?: (channelId: string, afterSeq: bigint) => Promise<bigint>;
+  /** How long to wait for the region to hold a gap's range before resuming anyway (ms, default 60 000). */
+  readonly gapPatienceMs?: number;
+}
+
+/** What a stream could not deliver. */
+interface Gap {
+  readonly channelId: string;
+  readonly want: bigint;
+}
+
+/**
+ * Thrown inside a stream that sent an event beyond its channel's next seq. Not a
+ * ConnectError subclass: ConnectError's `Symbol.hasInstance` would make every
+ * ConnectError an instance of it.
+ */
+class GapSeen extends Error {
+  constructor(readonly gap: Gap) {
+    super(`the stream jumped past seq ${gap.want} in ${gap.channelId}`);
+  }
+}
+
+/** The gap a server's STREAM_GAP ending names, if any. */
+function gapOf(err: ConnectError): Gap | undefined {
+  if (errorReason(err) !== "STREAM_GAP") return undefined;
+  const meta = errorInfo(err)?.metadata ?? {};
+  const channelId = meta["channel_id"];
+  const want = meta["last_missing_seq"];
+  if (!channelId || !want || !/^\d+$/.test(want)) return undefined;
+  return { channelId, want: BigInt(want) };
 }
 
 /** A running subscription. */
@@ -153,9 +207,15 @@ export function subscribeWithResume(
       for await (const item of stream) {
         armIdleTimer();
         switch (item.kind.case) {
-          case "event":
-            if (tracker.accept(item.kind.value, userId)) call(handlers.onEvent, item.kind.value);
+          case "event": {
+            const event = item.kind.value;
+            if (tracker.isGap(event)) {
+              // Never deliver past a gap: resume before it instead.
+              throw new GapSeen({ channelId: event.channelId, want: event.seq - 1n });
+            }
+            if (tracker.accept(event, userId)) call(handlers.onEvent, event);
             break;
+          }
           case "heartbeat":
             // The server says how long silence may last before the stream is dead.
             if (item.kind.value.timeoutMs > 0n) idleMs = Number(item.kind.value.timeoutMs);
@@ -179,6 +239,7 @@ export function subscribeWithResume(
         }
       }
     } catch (err) {
+      if (err instanceof GapSeen || err instanceof HandlerError) throw err;
       if (idleExpired && !signal?.aborted) {
         throw new ConnectError(`nothing arrived for ${idleMs} ms`, Code.DeadlineExceeded);
       }
@@ -189,12 +250,36 @@ export function subscribeWithResume(
     }
   }
 
+  /** Waits (bounded) until the region's history holds `gap`'s range. */
+  async function awaitRange(gap: Gap): Promise<void> {
+    const lastSeq = options.historyLastSeq;
+    if (!lastSeq) return;
+    const deadline = Date.now() + (options.gapPatienceMs ?? 60_000);
+    let delayMs = 200;
+    while (!signal?.aborted) {
+      const lastDelivered = tracker.get(gap.channelId) ?? 0n;
+      let has: bigint;
+      try {
+        has = await lastSeq(gap.channelId, lastDelivered);
+      } catch {
+        return; // the resumed stream waits on the server side as well
+      }
+      call(handlers.onState, {
+        kind: "gap", channelId: gap.channelId, lastDelivered, regionHas: has, want: gap.want,
+      });
+      if (has >= gap.want || Date.now() + delayMs > deadline) return;
+      await sleep(delayMs, signal);
+      delayMs = Math.min(delayMs * 2, 2000);
+    }
+  }
+
   async function run(): Promise<void> {
     let failures = 0;
     while (!signal?.aborted) {
       call(handlers.onState, { kind: "connecting", attempt: failures + 1 });
       const progress = { live: false };
       let error: ConnectError;
+      let gap: Gap | undefined;
       try {
         const userId = options.userId ?? tokenSubject(await token());
         await connectOnce(userId, progress);
@@ -205,11 +290,22 @@ export function subscribeWithResume(
           throw err.original;
         }
         if (signal?.aborted) break;
-        error = ConnectError.from(err);
+        if (err instanceof GapSeen) {
+          gap = err.gap;
+          error = new ConnectError(err.message, Code.Unavailable);
+        } else {
+          error = ConnectError.from(err);
+        }
       }
       if (isFatal(error)) {
         handlers.onState?.({ kind: "stopped", error });
         throw error;
+      }
+      gap ??= gapOf(error);
+      if (gap) {
+        await awaitRange(gap);
+        failures = 0; // nothing is wrong with the connection: resume at once
+        continue;
       }
       // A stream that went live was healthy: start the backoff over.
       failures = progress.live ? 1 : failures + 1;

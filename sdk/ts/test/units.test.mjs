@@ -14,6 +14,7 @@ import {
   isFatal,
   isRetryable,
   newClientId,
+  subscribeWithResume,
   tokenSubject,
 } from "../../../build/sdk-ts/index.mjs";
 
@@ -81,4 +82,107 @@ test("error classification and the ErrorInfo reason", () => {
   assert.equal(isFatal(new ConnectError("down", Code.Unavailable)), false);
   assert.equal(isRetryable(new ConnectError("down", Code.Unavailable)), true);
   assert.equal(errorReason(new Error("plain")), undefined);
+});
+
+test("an event beyond a channel's next seq is a gap, not a new event", () => {
+  const tracker = new SeqTracker({ ch_a: 4n });
+  assert.equal(tracker.isGap(event("ch_a", 5n)), false);
+  assert.equal(tracker.isGap(event("ch_a", 7n)), true);
+  assert.equal(tracker.isGap(event("ch_b", 9n)), false, "first sight of a channel");
+  assert.equal(tracker.isGap(event("ch_a", 0n, { case: "typingChanged", value: {} })), false);
+});
+
+/** A fake NotificationService client: each subscribe() call plays the next script. */
+function fakeNotifications(scripts) {
+  const calls = [];
+  return {
+    calls,
+    subscribe(request, { signal }) {
+      calls.push(request.resumeFrom);
+      const script = scripts.shift() ?? { items: [], hang: true };
+      return (async function* () {
+        for (const item of script.items) yield item;
+        if (script.error) throw script.error;
+        if (script.hang) {
+          await new Promise((_, reject) => {
+            const stop = () => reject(new ConnectError("aborted", Code.Canceled));
+            if (signal.aborted) stop();
+            else signal.addEventListener("abort", stop);
+          });
+        }
+      })();
+    },
+  };
+}
+
+const ev = (channelId, seq) => ({ kind: { case: "event", value: event(channelId, seq) } });
+const live = { kind: { case: "replayComplete", value: { region: "eu", instanceId: "n1", replayedEvents: 0n } } };
+
+function streamGap(channelId, last, lastMissing) {
+  const entry = (k, v) => new BinaryWriter().tag(1, 2).string(k).tag(2, 2).string(v).finish();
+  const w = new BinaryWriter().tag(1, 2).string("STREAM_GAP").tag(2, 2).string("chatmesh.dev");
+  const meta = [["channel_id", channelId], ["last_delivered_seq", String(last)],
+    ["first_missing_seq", String(last + 1n)], ["last_missing_seq", String(lastMissing)]];
+  for (const [k, v] of meta) w.tag(3, 2).bytes(entry(k, v));
+  const err = new ConnectError("gap", Code.Unavailable);
+  err.details = [{ type: "google.rpc.ErrorInfo", value: w.finish() }];
+  return err;
+}
+
+/** Runs a subscription over scripted streams until `count` events were delivered. */
+async function follow(scripts, regionHas, count) {
+  const fake = fakeNotifications(scripts);
+  const ctl = new AbortController();
+  const seen = [];
+  const states = [];
+  const asked = [];
+  let enough;
+  const done = new Promise((resolve) => (enough = resolve));
+  const sub = subscribeWithResume(fake, () => "t.e.s", {
+    onEvent: (e) => {
+      seen.push(e.seq);
+      if (seen.length === count) enough();
+    },
+    onState: (s) => states.push(s.kind),
+  }, {
+    signal: ctl.signal, resumeFrom: { ch_a: 0n }, backoff: { initialMs: 1, maxMs: 2 },
+    historyLastSeq: async (ch, after) => {
+      asked.push([ch, after]);
+      return regionHas(asked.length);
+    },
+  });
+  let timer;
+  await Promise.race([done, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("timeout")), 5000)))]);
+  clearTimeout(timer);
+  ctl.abort();
+  await sub.done;
+  return { seen, calls: fake.calls, states, asked };
+}
+
+test("a STREAM_GAP ending waits for GetHistory to hold the range, then resumes from the last seq", async () => {
+  const { seen, calls, states, asked } = await follow(
+    [
+      { items: [live, ev("ch_a", 1n)], error: streamGap("ch_a", 1n, 3n) },
+      { items: [ev("ch_a", 2n), ev("ch_a", 3n), live, ev("ch_a", 4n)], hang: true },
+    ],
+    (n) => (n === 1 ? 1n : 3n), // the region holds the range from the second ask on
+    4,
+  );
+  assert.deepEqual(seen, [1n, 2n, 3n, 4n]);
+  assert.deepEqual(calls.map((c) => c.ch_a), [0n, 1n]);
+  assert.deepEqual(asked, [["ch_a", 1n], ["ch_a", 1n]]);
+  assert.ok(states.includes("gap"));
+});
+
+test("an event beyond a gap is not delivered: the stream resumes before it", async () => {
+  const { seen, calls } = await follow(
+    [
+      { items: [live, ev("ch_a", 1n), ev("ch_a", 4n)], hang: true },
+      { items: [ev("ch_a", 2n), ev("ch_a", 3n), ev("ch_a", 4n), live], hang: true },
+    ],
+    () => 4n,
+    4,
+  );
+  assert.deepEqual(seen, [1n, 2n, 3n, 4n]);
+  assert.deepEqual(calls.map((c) => c.ch_a), [0n, 1n]);
 });

@@ -18,7 +18,7 @@ import pytest
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, notification_service_pb2 as pb
 from mesh.bus.subjects import Subjects
-from mesh.core.errors import ResourceExhausted
+from mesh.core.errors import ResourceExhausted, Unavailable
 from mesh.core.events import new_event
 from mesh.stores import HistoryStore, open_history, open_metadata
 from services.notification.hub import Hub, Subscriber
@@ -148,12 +148,13 @@ async def test_events_beyond_a_gap_wait_until_history_fills_it(
     sub.offer(msg("ch_b", 2))  # another channel is not held up
     for _ in range(20):
         await asyncio.sleep(0)
-    assert queued(sub) == [("ch_b", 2)]  # the fill waits for history to hold all of 2-3
+    # What history has of the gap goes out in order; 4 and 5 wait for 3.
+    assert queued(sub) == [("ch_b", 2), ("ch_a", 2)]
     assert sorted(sub.pending["ch_a"]) == [4, 5]
 
     await history.apply([msg("ch_a", 3), msg("ch_a", 4)], stream_seq=4)
     await until(lambda: not sub.pending, "the gap fill")
-    assert queued(sub) == [("ch_a", 2), ("ch_a", 3), ("ch_a", 4), ("ch_a", 5)]
+    assert queued(sub) == [("ch_a", 3), ("ch_a", 4), ("ch_a", 5)]
     sub.offer(msg("ch_a", 4))  # the live copy of what history already sent
     sub.offer(msg("ch_a", 6))
     assert queued(sub) == [("ch_a", 6)]
@@ -206,15 +207,45 @@ async def test_a_catchup_waiting_for_the_client_does_not_resend_what_live_sent_m
     assert sub.closed_with is None
 
 
-async def test_a_gap_history_never_fills_is_skipped_after_the_catchup_timeout(
+async def test_a_gap_nothing_fills_ends_the_stream_naming_it_and_never_skips(
     hub: Hub, history: HistoryStore
 ) -> None:
-    hub.catchup_timeout = 0.05
+    hub.gap_timeout = 0.2
     await history.apply([msg("ch_a", 1)], stream_seq=1)
+    sub = live(hub, last={"ch_a": 1, "ch_b": 7})
+    sub.offer(msg("ch_a", 4))
+    sub.offer(msg("ch_b", 8))  # other channels keep flowing meanwhile
+    await until(lambda: sub.closed_with is not None, "the stream ending")
+    assert queued(sub) == [("ch_b", 8), ("close", 0)]  # ch_a 4 never went out around the gap
+    assert sub.last["ch_a"] == 1
+    err = sub.closed_with
+    assert isinstance(err, Unavailable) and err.reason == "STREAM_GAP"
+    assert err.metadata == {
+        "channel_id": "ch_a", "last_delivered_seq": "1", "first_missing_seq": "2",
+        "last_missing_seq": "3",
+    }  # fmt: skip
+
+
+async def test_a_gap_history_lacks_is_filled_from_the_primary_events_stream(
+    bus: FakeBus, hub: Hub, history: HistoryStore
+) -> None:
+    # History (fed by the region's lagging mirror) has ch_a up to 1 (stream seq 1);
+    # the primary's EVENTS has everything, interleaved with another channel.
+    await history.apply([msg("ch_a", 1)], stream_seq=1)
+    for seq, event in enumerate((msg("ch_a", 1), msg("ch_b", 1), msg("ch_a", 2), msg("ch_b", 2),
+                                 msg("ch_a", 3), msg("ch_a", 4)), 1):  # fmt: skip
+        await bus.publish_event(
+            Subjects.channel_events(event.channel_id), event.SerializeToString(), f"m{seq}"
+        )
+    hub.events = bus
+    bus.fail_direct_gets = True  # the gateway is still cut: the gap waits, nothing skips
     sub = live(hub, last={"ch_a": 1})
     sub.offer(msg("ch_a", 4))
-    await until(lambda: "ch_a" not in sub.fills, "the fill giving up")
-    assert queued(sub) == [("ch_a", 4)] and sub.last["ch_a"] == 4
+    await asyncio.sleep(0.3)
+    assert queued(sub) == [] and sub.closed_with is None
+    bus.fail_direct_gets = False  # healed
+    await until(lambda: "ch_a" not in sub.fills, "the fill")
+    assert queued(sub) == [("ch_a", 2), ("ch_a", 3), ("ch_a", 4)]
     assert sub.closed_with is None
 
 

@@ -54,7 +54,10 @@ class NotificationService(Protocol):
         (NOT_A_MEMBER) for a channel in `resume_from` the caller is not in;
         NOT_FOUND (CHANNEL_NOT_FOUND); RESOURCE_EXHAUSTED (SLOW_CONSUMER) when the
         client reads too slowly and its bounded buffer overflows (reconnect with
-        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN).
+        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN); UNAVAILABLE
+        (STREAM_GAP) when a channel's next events could not be found anywhere in
+        time: the stream never skips them, it ends naming the channel and the
+        missing range (see ErrorReason); fetch them and resume.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -143,7 +146,10 @@ class NotificationServiceClient(ConnectClient):
         (NOT_A_MEMBER) for a channel in `resume_from` the caller is not in;
         NOT_FOUND (CHANNEL_NOT_FOUND); RESOURCE_EXHAUSTED (SLOW_CONSUMER) when the
         client reads too slowly and its bounded buffer overflows (reconnect with
-        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN).
+        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN); UNAVAILABLE
+        (STREAM_GAP) when a channel's next events could not be found anywhere in
+        time: the stream never skips them, it ends naming the channel and the
+        missing range (see ErrorReason); fetch them and resume.
         """
         return self.execute_server_stream(
             request=request,
@@ -176,7 +182,10 @@ class NotificationServiceSync(Protocol):
         (NOT_A_MEMBER) for a channel in `resume_from` the caller is not in;
         NOT_FOUND (CHANNEL_NOT_FOUND); RESOURCE_EXHAUSTED (SLOW_CONSUMER) when the
         client reads too slowly and its bounded buffer overflows (reconnect with
-        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN).
+        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN); UNAVAILABLE
+        (STREAM_GAP) when a channel's next events could not be found anywhere in
+        time: the stream never skips them, it ends naming the channel and the
+        missing range (see ErrorReason); fetch them and resume.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -263,7 +272,10 @@ class NotificationServiceClientSync(ConnectClientSync):
         (NOT_A_MEMBER) for a channel in `resume_from` the caller is not in;
         NOT_FOUND (CHANNEL_NOT_FOUND); RESOURCE_EXHAUSTED (SLOW_CONSUMER) when the
         client reads too slowly and its bounded buffer overflows (reconnect with
-        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN).
+        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN); UNAVAILABLE
+        (STREAM_GAP) when a channel's next events could not be found anywhere in
+        time: the stream never skips them, it ends naming the channel and the
+        missing range (see ErrorReason); fetch them and resume.
         """
         return self.execute_server_stream(
             request=request,

@@ -165,7 +165,10 @@ export const NotificationService: GenService<{
    * (NOT_A_MEMBER) for a channel in `resume_from` the caller is not in;
    * NOT_FOUND (CHANNEL_NOT_FOUND); RESOURCE_EXHAUSTED (SLOW_CONSUMER) when the
    * client reads too slowly and its bounded buffer overflows (reconnect with
-   * resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN).
+   * resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN); UNAVAILABLE
+   * (STREAM_GAP) when a channel's next events could not be found anywhere in
+   * time: the stream never skips them, it ends naming the channel and the
+   * missing range (see ErrorReason); fetch them and resume.
    *
    * @generated from rpc chatmesh.v1.NotificationService.Subscribe
    */

@@ -224,6 +224,17 @@ class ErrorReason(betterproto2.Enum):
     NOT_FOUND: a health check named a service this server does not serve.
     """
 
+    STREAM_GAP = 21
+    """
+    UNAVAILABLE (Subscribe): a channel's events could not be delivered in order
+    because no source (the region's history, the primary's event stream) had
+    them in time. The stream ends instead of skipping them. Metadata:
+    `channel_id`, `last_delivered_seq` (the last seq of that channel this stream
+    sent), `first_missing_seq`, `last_missing_seq`. Fetch the range with
+    GetHistory (its `last_seq` shows when the region has it) and resubscribe
+    with resume_from: nothing is lost.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -248,6 +259,7 @@ class ErrorReason(betterproto2.Enum):
             18: "ERROR_REASON_DEADLINE_EXCEEDED",
             19: "ERROR_REASON_METHOD_NOT_FOUND",
             20: "ERROR_REASON_SERVICE_NOT_FOUND",
+            21: "ERROR_REASON_STREAM_GAP",
         }
 
     @classmethod
@@ -274,6 +286,7 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_DEADLINE_EXCEEDED": 18,
             "ERROR_REASON_METHOD_NOT_FOUND": 19,
             "ERROR_REASON_SERVICE_NOT_FOUND": 20,
+            "ERROR_REASON_STREAM_GAP": 21,
         }
 
 
@@ -1631,7 +1644,10 @@ class NotificationServiceStub:
         (NOT_A_MEMBER) for a channel in `resume_from` the caller is not in;
         NOT_FOUND (CHANNEL_NOT_FOUND); RESOURCE_EXHAUSTED (SLOW_CONSUMER) when the
         client reads too slowly and its bounded buffer overflows (reconnect with
-        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN).
+        resume_from: nothing is lost); UNAVAILABLE (SHUTTING_DOWN); UNAVAILABLE
+        (STREAM_GAP) when a channel's next events could not be found anywhere in
+        time: the stream never skips them, it ends naming the channel and the
+        missing range (see ErrorReason); fetch them and resume.
         """
 
         yield from self._channel.unary_stream(
