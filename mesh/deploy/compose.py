@@ -48,7 +48,14 @@ from mesh.bus.subjects import EVENTS_STREAM
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
 from mesh.core.versions import CASSANDRA_VERSION
 from mesh.deploy import envoy
-from mesh.deploy.nats import Credentials, NatsNodePlan, render_server_conf, service_permissions
+from mesh.deploy.nats import (
+    SYSTEM_USER,
+    Credentials,
+    NatsNodePlan,
+    render_server_conf,
+    service_permissions,
+    worker_consumer,
+)
 from mesh.deploy.tls import DevTls
 from mesh.topology import Topology, TopologyError, load
 
@@ -149,8 +156,8 @@ def _pw_var(user: str) -> str:
 
 
 def nats_users(topology: Topology) -> list[str]:
-    """Every NATS user the server configs declare (``admin``, ``bench`` and the services)."""
-    return ["admin", "bench", *service_permissions(topology)]
+    """Every NATS user the server configs declare (``admin``, ``sys``, ``bench`` and the services)."""
+    return ["admin", SYSTEM_USER, "bench", *service_permissions(topology)]
 
 
 def nats_host(region: str, index: int) -> str:
@@ -591,7 +598,7 @@ def render_compose(
             **nats_env(primary, f"worker-{primary}"),
             "CHATMESH_HISTORY_STORE": f"cassandra://cassandra-{primary}:{CASSANDRA_PORT}/{KEYSPACE}?dc={primary}",
             "CHATMESH_STREAM": EVENTS_STREAM,
-            "CHATMESH_CONSUMER_NAME": f"worker-{primary}",
+            "CHATMESH_CONSUMER_NAME": worker_consumer(primary),
         },
         depends_on=_completed("nats-init", "cassandra-init"),
         authenticated=False,

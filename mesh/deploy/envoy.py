@@ -78,7 +78,7 @@ from urllib.parse import quote
 
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, MAX_TOKEN_LIFETIME
 from mesh.core.errors import DOMAIN
 from mesh.core.headers import AUTHORIZATION, EDGE_LISTENER, INTERNAL_PREFIX, ORIGIN_REGION
 from mesh.topology import Topology
@@ -945,6 +945,9 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
                 "from_headers": [{"name": AUTHORIZATION, "value_prefix": "Bearer "}],
                 # Same leeway as mesh.core.auth.TokenVerifier.
                 "clock_skew_seconds": 30,
+                # Same bound as TokenVerifier: exp - iat at most a day.
+                "require_expiration": True,
+                "max_lifetime": _duration(MAX_TOKEN_LIFETIME),
                 # The access log names the caller (its sub).
                 "payload_in_metadata": JWT_PAYLOAD_KEY,
             }

@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
 from mesh.core.auth import KeyDirectory
+from mesh.deploy.nats import worker_consumer
 from mesh.harness.paths import repo_root
 from mesh.harness.process import ManagedProcess, Supervised, wait_until
 from mesh.harness.supervisor import Mesh, ServiceHook
@@ -126,7 +127,7 @@ class ServiceProcess(Supervised):
 
 def _dsns(mesh: Mesh, region: str) -> dict[str, str]:
     data = mesh.run_dir / "data" / region
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
     stores = mesh.extra_state.get("stores_dsn", {}).get(region)
     if stores:
         return dict(stores)
@@ -193,7 +194,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                 **nats(region, f"worker-{region}"),
                 "history_store": d["history"],
                 "stream": EVENTS_STREAM if is_primary else mirror_stream_name(region),
-                "consumer_name": f"worker-{region}",
+                "consumer_name": worker_consumer(region),
             }
             if embedded and not is_primary:
                 worker["metadata_store"] = d["metadata"]

@@ -245,10 +245,30 @@ def test_nats_clusters_and_gateways_match_the_topology(deployment: tuple[Topolog
                 ]
             assert conf["gateway"]["advertise"] == f"nats-{region.name}-{i}:7222"
             users = {u["user"]: u for u in conf["accounts"]["CHATMESH"]["users"]}
-            assert set(users) == set(compose.nats_users(topo))
+            assert set(users) == set(compose.nats_users(topo)) - {"sys"}  # sys: the SYS account
             # Every password is an environment reference, never a literal.
             assert all(u["password"].startswith("<NATS_PW_") for u in users.values())
             assert users["command"]["permissions"] == service_permissions(topo)["command"]
+
+
+def test_nats_monitoring_is_loopback_only_and_the_system_user_has_its_own_secret(
+    deployment: tuple[Topology, Path],
+) -> None:
+    topo, out = deployment
+    doc = _doc(out, topo)
+    nats_env = env_file(out / f"deploy/{topo.name}/secrets/nats.env")
+    for path in sorted((out / f"deploy/{topo.name}/nats").glob("*.conf")):
+        conf = read_nats_conf(path.read_text())
+        # /connz and /accountz list every connection and user: not on the network.
+        assert conf["http"] == "127.0.0.1:8222", path.name
+        assert conf["host"] == "0.0.0.0"  # clients, routes and gateways still are
+        [sys_user] = conf["accounts"]["SYS"]["users"]
+        assert sys_user == {"user": "sys", "password": "<NATS_PW_SYS>"}
+        service = doc["services"][path.stem]
+        assert "ports" not in service and "expose" not in service
+        # Its health check runs inside the container, on that loopback address.
+        assert "http://127.0.0.1:8222/healthz" in service["healthcheck"]["test"]
+    assert nats_env["NATS_PW_SYS"] != nats_env["NATS_PW_ADMIN"]
 
 
 def test_nats_configs_pass_nats_server_check_with_the_secrets(
