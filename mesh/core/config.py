@@ -65,6 +65,14 @@ class CommonConfig:
     """Expected ``iss`` claim."""
     jwt_audience: str = "chatmesh"
     """Expected ``aud`` claim."""
+    tls_cert: str = ""
+    """PEM certificate of this service's identity (internal CA). Set: the gRPC port
+    speaks mutual TLS only and refuses peers without a certificate of
+    ``tls_client_ca``; empty: plaintext, and no peer's internal headers are believed."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """PEM of the internal CA whose client certificates the gRPC port accepts."""
     log_level: str = "INFO"
     """Root log level."""
     access_log: bool = True

@@ -72,6 +72,7 @@ Reason = Literal[
     "DEADLINE_EXCEEDED",
     "METHOD_NOT_FOUND",
     "SERVICE_NOT_FOUND",
+    "PEER_NOT_ALLOWED",
 ]
 """``chatmesh.v1.ErrorReason`` names without the ``ERROR_REASON_`` prefix, in enum order.
 

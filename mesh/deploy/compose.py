@@ -46,6 +46,7 @@ from typing import Any
 from mesh.bus.streams import events_stream_config, mirror_stream_config
 from mesh.bus.subjects import EVENTS_STREAM
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
+from mesh.core.identity import EDGE, OPERATOR, SERVICE
 from mesh.core.versions import CASSANDRA_VERSION
 from mesh.deploy import envoy
 from mesh.deploy.nats import (
@@ -56,7 +57,7 @@ from mesh.deploy.nats import (
     service_permissions,
     worker_consumer,
 )
-from mesh.deploy.tls import DevTls
+from mesh.deploy.tls import DevTls, ServicePki
 from mesh.topology import Topology, TopologyError, load
 
 __all__ = [
@@ -304,6 +305,31 @@ _GRPC_PROBE = (
     "sys.exit(0 if r.status==h.HealthCheckResponse.SERVING else 1)"
 )
 
+# The same probe over mutual TLS, presenting the container's own service identity.
+_GRPC_TLS_PROBE = (
+    "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;"
+    f"r=lambda f:open('{envoy.DEFAULT_PKI_DIR}/'+f,'rb').read();"
+    f"c=grpc.secure_channel('127.0.0.1:{envoy.GRPC_PORT}',"
+    "grpc.ssl_channel_credentials(r('ca.pem'),r('identity-key.pem'),r('identity.pem')));"
+    "r=g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=3);"
+    "sys.exit(0 if r.status==h.HealthCheckResponse.SERVING else 1)"
+)
+
+INTERNAL_KINDS: tuple[str, ...] = ("command", "fanout", "worker", "query", "notification")
+"""Services whose gRPC port is internal: mutual TLS with a service identity each
+(``service/<container>``); the edges reach them as ``edge/<region>``."""
+
+
+def _identity_mounts(layout: ComposeLayout, stem: str) -> list[str]:
+    """Bind mounts of one service identity (``secrets/pki/<stem>.pem``) and the internal CA."""
+    pki = f"./{layout.secrets_dir}/pki"
+    return [
+        f"{pki}/{stem}.pem:{envoy.DEFAULT_PKI_DIR}/identity.pem:ro",
+        f"{pki}/{stem}-key.pem:{envoy.DEFAULT_PKI_DIR}/identity-key.pem:ro",
+        f"{pki}/ca.pem:{envoy.DEFAULT_PKI_DIR}/ca.pem:ro",
+    ]
+
+
 # The Envoy image has neither curl nor wget; bash's /dev/tcp reaches the
 # loopback-only admin port. /ready answers 200 once Envoy is LIVE.
 _ENVOY_PROBE = (
@@ -342,6 +368,12 @@ def _chatmesh_service(
         **environment,
     }
     volumes: list[str] = []
+    internal = kind in INTERNAL_KINDS
+    if internal:
+        env["CHATMESH_TLS_CERT"] = f"{envoy.DEFAULT_PKI_DIR}/identity.pem"
+        env["CHATMESH_TLS_KEY"] = f"{envoy.DEFAULT_PKI_DIR}/identity-key.pem"
+        env["CHATMESH_TLS_CLIENT_CA"] = f"{envoy.DEFAULT_PKI_DIR}/ca.pem"
+        volumes += _identity_mounts(layout, f"service-{name}")
     if authenticated:
         env["CHATMESH_JWT_PUBLIC_KEY"] = "/etc/chatmesh/jwt-public.pem"
         env["CHATMESH_JWT_ISSUER"] = DEFAULT_ISSUER
@@ -362,7 +394,7 @@ def _chatmesh_service(
         service["volumes"] = volumes
     service["depends_on"] = depends_on
     service["healthcheck"] = _healthcheck(
-        ["CMD", "python", "-c", _GRPC_PROBE],
+        ["CMD", "python", "-c", _GRPC_TLS_PROBE if internal else _GRPC_PROBE],
         interval="10s",
         timeout="5s",
         retries=3,
@@ -650,6 +682,8 @@ def render_compose(
                 f"./{layout.secrets_dir}/keys/jwks.json:{envoy.DEFAULT_JWKS_PATH}:ro",
                 f"./{layout.secrets_dir}/tls/edge.pem:{envoy.DEFAULT_TLS_DIR}/edge.pem:ro",
                 f"./{layout.secrets_dir}/tls/edge-key.pem:{envoy.DEFAULT_TLS_DIR}/edge-key.pem:ro",
+                # Its identity toward the services (mutual TLS).
+                *_identity_mounts(layout, f"edge-{region}"),
             ],
             # Loopback only: the edge is for this machine's clients.
             "ports": [f"127.0.0.1:${{{env_port}:-{EDGE_HOST_PORT_BASE + n}}}:{envoy.LISTEN_PORT}"],
@@ -867,6 +901,24 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _internal_services(topology: Topology) -> list[str]:
+    """Compose names of the services with an internal (mutual-TLS) gRPC port."""
+    compose = render_compose(topology)
+    return [
+        svc
+        for svc, spec in compose["services"].items()
+        if spec.get("image") == IMAGES["chatmesh"] and svc.split("-", 1)[0] in INTERNAL_KINDS
+    ]
+
+
+def _identity_stems(topology: Topology) -> list[str]:
+    """File stems under ``secrets/pki/`` of every service identity compose mounts."""
+    return [
+        *(f"service-{svc}" for svc in _internal_services(topology)),
+        *(f"edge-{r}" for r in topology.region_names),
+    ]
+
+
 def secret_files(topology: Topology) -> list[str]:
     """Relative paths of every secret file the compose file references (for checks)."""
     layout = _layout(topology)
@@ -885,6 +937,9 @@ def secret_files(topology: Topology) -> list[str]:
         for svc, spec in compose["services"].items()
         if spec.get("image") == IMAGES["chatmesh"] and svc != "nats-init"
     ]
+    names.append("pki/ca.pem")
+    for stem in _identity_stems(topology):
+        names += [f"pki/{stem}.pem", f"pki/{stem}-key.pem"]
     return sorted(f"{layout.secrets_dir}/{n}" for n in names)
 
 
@@ -921,6 +976,16 @@ def write_secrets(topology: Topology, outdir: Path) -> list[Path]:
     )
     tls.ensure(key_mode=0o644)
     os.chmod(tls.path, 0o755)
+    # The internal CA and one identity per service container and edge (mutual
+    # TLS on every internal port); keys readable by the containers' users as above.
+    # operator-admin is for people (grpcurl -cert/-key on the FanoutService).
+    pki = ServicePki(root / "pki", names=("127.0.0.1", "localhost"))
+    for svc in _internal_services(topology):
+        pki.issue(SERVICE, svc, names=(svc,), key_mode=0o644)
+    for region in topology.region_names:
+        pki.issue(EDGE, region, names=(f"envoy-{region}",), key_mode=0o644)
+    pki.issue(OPERATOR, "admin")
+    os.chmod(pki.path, 0o755)
 
     nats_env = _read_env(root / "nats.env")
     for user in nats_users(topology):

@@ -25,6 +25,7 @@ import jsonschema
 import jwt
 import pytest
 import yaml
+from cryptography import x509
 
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.config import CommonConfig, ConfigError, load as load_config
@@ -269,6 +270,52 @@ def test_nats_monitoring_is_loopback_only_and_the_system_user_has_its_own_secret
         # Its health check runs inside the container, on that loopback address.
         assert "http://127.0.0.1:8222/healthz" in service["healthcheck"]["test"]
     assert nats_env["NATS_PW_SYS"] != nats_env["NATS_PW_ADMIN"]
+
+
+def test_internal_ports_use_mutual_tls_with_one_identity_per_container(
+    deployment: tuple[Topology, Path],
+) -> None:
+    topo, out = deployment
+    doc = _doc(out, topo)
+    pki_dir = "/etc/chatmesh/pki"
+    internal = [n for n in doc["services"] if n.split("-", 1)[0] in compose.INTERNAL_KINDS]
+    assert {n.split("-", 1)[0] for n in internal} == set(compose.INTERNAL_KINDS)
+    for name in internal:
+        spec = doc["services"][name]
+        env = spec["environment"]
+        assert (env["CHATMESH_TLS_CERT"], env["CHATMESH_TLS_KEY"], env["CHATMESH_TLS_CLIENT_CA"]) == (
+            f"{pki_dir}/identity.pem", f"{pki_dir}/identity-key.pem", f"{pki_dir}/ca.pem"
+        )  # fmt: skip
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["volumes"]}
+        cert_file = out / mounts[f"{pki_dir}/identity.pem"]
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        # The container's own identity, for its own DNS name, signed by the internal CA.
+        assert cert.subject.rfc4514_string() == f"CN=service/{name}"
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert name in sans.get_values_for_type(x509.DNSName)
+        ca = x509.load_pem_x509_certificate((out / mounts[f"{pki_dir}/ca.pem"]).read_bytes())
+        cert.verify_directly_issued_by(ca)
+        # Its health check presents that identity (a plaintext probe would be refused).
+        assert "secure_channel" in spec["healthcheck"]["test"][-1]
+    for region in topo.region_names:
+        spec = doc["services"][f"envoy-{region}"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["volumes"]}
+        cert = x509.load_pem_x509_certificate(
+            (out / mounts[f"{pki_dir}/identity.pem"]).read_bytes()
+        )
+        assert cert.subject.rfc4514_string() == f"CN=edge/{region}"
+        boot = yaml.safe_load((out / f"deploy/{topo.name}/envoy/envoy-{region}.yaml").read_text())
+        clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
+        for name, cluster in clusters.items():
+            if name.startswith("web-"):
+                assert "transport_socket" not in cluster  # the sidecar, on the loopback
+                continue
+            ctx = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            assert (
+                ctx["tls_certificates"][0]["certificate_chain"]["filename"]
+                == f"{pki_dir}/identity.pem"
+            )
+            assert ctx["validation_context"]["trusted_ca"]["filename"] == f"{pki_dir}/ca.pem"
 
 
 def test_nats_configs_pass_nats_server_check_with_the_secrets(

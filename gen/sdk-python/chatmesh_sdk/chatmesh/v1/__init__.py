@@ -224,6 +224,13 @@ class ErrorReason(betterproto2.Enum):
     NOT_FOUND: a health check named a service this server does not serve.
     """
 
+    PEER_NOT_ALLOWED = 21
+    """
+    PERMISSION_DENIED: the calling peer's service identity (its client
+    certificate) may not call this method: internal operator RPCs
+    (FanoutService) need an operator's.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -248,6 +255,7 @@ class ErrorReason(betterproto2.Enum):
             18: "ERROR_REASON_DEADLINE_EXCEEDED",
             19: "ERROR_REASON_METHOD_NOT_FOUND",
             20: "ERROR_REASON_SERVICE_NOT_FOUND",
+            21: "ERROR_REASON_PEER_NOT_ALLOWED",
         }
 
     @classmethod
@@ -274,6 +282,7 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_DEADLINE_EXCEEDED": 18,
             "ERROR_REASON_METHOD_NOT_FOUND": 19,
             "ERROR_REASON_SERVICE_NOT_FOUND": 20,
+            "ERROR_REASON_PEER_NOT_ALLOWED": 21,
         }
 
 

@@ -1,9 +1,10 @@
-"""NATS least privilege, checked by the real nats-server (issue 13, finding 6).
+"""Least privilege and secrets of the infrastructure, checked by the real servers (issue 13, finding 6).
 
-A secondary's worker may run its own durable consumer of its region's mirror and
-nothing else: it cannot create another consumer, delete one, or make an ephemeral
-one. The system account has a password of its own. Infrastructure-only ``dev``
-mesh (one node per region), started through the same harness ``chatmesh up`` uses.
+NATS: a secondary's worker may run its own durable consumer of its region's
+mirror and nothing else (no other consumer, no deletion, no ephemeral one); the
+system account has a password of its own. Valkey: every client must AUTH, and
+the replica still replicates. Infrastructure-only ``dev`` mesh (one node per
+region), started through the same harness ``chatmesh up`` uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import nats.errors
 import pytest
+import valkey.asyncio as valkey_async
+import valkey.exceptions
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.mesh
 @pytest.fixture(scope="module")
 async def infra(run_root: Path) -> AsyncIterator[Mesh]:
     """dev, infrastructure only."""
-    async with Mesh(load("dev"), run_root / "nats-security") as mesh:
+    async with Mesh(load("dev"), run_root / "infra-security") as mesh:
         yield mesh
 
 
@@ -120,3 +123,33 @@ async def _try(urls: list[str], user: str, password: str) -> NATS:
         await nc.close()
         raise
     return nc
+
+
+async def test_valkey_refuses_clients_without_the_password(infra: Mesh) -> None:
+    primary = infra.valkey[infra.topology.primary]
+    replica = infra.valkey[infra.topology.secondaries[0]]
+    for server in (primary, replica):
+        anonymous = valkey_async.Valkey(host=server.host, port=server.port, socket_timeout=5)
+        try:
+            with pytest.raises(valkey.exceptions.AuthenticationError):
+                await anonymous.get("anything")
+            with pytest.raises(valkey.exceptions.AuthenticationError):
+                await anonymous.set("presence:forged", "online")
+        finally:
+            await anonymous.aclose()
+    # With the password (the URL the services get): writes reach the replica.
+    writer = valkey_async.Valkey.from_url(primary.url, socket_timeout=5)
+    reader = valkey_async.Valkey.from_url(replica.url, socket_timeout=5)
+    try:
+        await writer.set("auth-check", b"ok")
+
+        async def replicated() -> bool:
+            return bool(await reader.get("auth-check") == b"ok")
+
+        await eventually(replicated, timeout=20, what="replica sees the write")
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+    # The state file names the servers without the password.
+    state = infra.state()["regions"]
+    assert all(infra.valkey_password not in str(r["valkey"]) for r in state.values())
