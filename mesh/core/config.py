@@ -59,6 +59,9 @@ class CommonConfig:
     """NATS user (each service has its own, with least-privilege permissions)."""
     nats_password: str = ""
     """NATS password."""
+    nats_tls_ca: str = ""
+    """PEM of the CA the NATS servers' certificates chain to: set, the connection
+    uses TLS (``tls://`` servers); empty: plaintext."""
     jwt_public_key: str = ""
     """Path of the PEM public key that verifies client tokens."""
     jwt_issuer: str = "chatmesh-dev"

@@ -28,6 +28,7 @@ __all__ = [
     "SYSTEM_USER",
     "Credentials",
     "NatsNodePlan",
+    "NatsTls",
     "consumer_permissions",
     "make_credentials",
     "render_server_conf",
@@ -157,6 +158,16 @@ def make_credentials(topology: Topology) -> dict[str, Credentials]:
 
 
 @dataclass(frozen=True)
+class NatsTls:
+    """One server's certificate (internal CA) for TLS on client, route and gateway links."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    """The internal CA: routes and gateways verify each other's certificates against it."""
+
+
+@dataclass(frozen=True)
 class NatsNodePlan:
     """Everything needed to render one server's config."""
 
@@ -181,6 +192,9 @@ class NatsNodePlan:
     """``host:port`` this server advertises to other gateways. The default refuses
     connections so traffic keeps to the link proxies; a deployment without link
     proxies (docker-compose) advertises its real, resolvable address."""
+    tls: NatsTls | None = None
+    """TLS on every link (clients: encrypted and the server verified, passwords
+    still authenticate; routes and gateways: mutual TLS); None: plaintext."""
 
     @property
     def server_name(self) -> str:
@@ -267,6 +281,18 @@ def render_server_conf(
         },
         "system_account": "SYS",
     }
+    if node.tls is not None:
+        files = {
+            "cert_file": node.tls.cert_file,
+            "key_file": node.tls.key_file,
+            "ca_file": node.tls.ca_file,
+            "timeout": 2,
+        }
+        # Clients prove who they are with their password, over TLS.
+        conf["tls"] = {**files, "verify": False}
+        # Servers prove it to each other with their certificates.
+        conf["cluster"]["tls"] = {**files, "verify": True}
+        conf["gateway"]["tls"] = {**files, "verify": True}
     if len(topology.regions) == 1:
         # One region: no gateways to join; one node as well: a standalone
         # JetStream server (clustered JetStream needs peers it could reach).

@@ -19,7 +19,7 @@ from services.fanout.service import Fanout
 
 async def main(cfg: FanoutConfig) -> None:
     nc = await connect(list(cfg.nats_servers), name=f"fanout-{cfg.instance_id}", user=cfg.nats_user,
-                       password=cfg.nats_password, pending_size=64 * 1024 * 1024)  # fmt: skip
+                       password=cfg.nats_password, tls_ca=cfg.nats_tls_ca, pending_size=64 * 1024 * 1024)  # fmt: skip
     metadata = await open_metadata(cfg.metadata_store)
     bus = NatsBus(nc)
     fanout = Fanout(

@@ -580,3 +580,97 @@ async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_pat
                 assert info.cluster.name == config["placement"]["tags"][0].removeprefix("region:")
         finally:
             await nc.drain()
+
+
+# --- the transport-TLS option ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Topology, Path]:
+    """``dev`` generated with ``--transport-tls`` (NATS and Valkey links under TLS), secrets included."""
+    topo = load("dev")
+    out = tmp_path_factory.mktemp("dev-transport-tls")
+    compose.write_compose(topo, out, transport_tls=True)
+    compose.write_secrets(topo, out, transport_tls=True)
+    return topo, out
+
+
+def test_transport_tls_compose_is_valid_and_complete(tls_deployment: tuple[Topology, Path]) -> None:
+    topo, out = tls_deployment
+    doc = _doc(out, topo)
+    assert doc["x-chatmesh"]["transport-tls"] is True
+    assert schema_errors(doc) == []
+    assert structure_problems(doc) == []
+    refs = referenced_files(doc)
+    secret_refs = {r for r in refs if r.startswith(f"deploy/{topo.name}/secrets/")}
+    assert secret_refs == set(compose.secret_files(topo, transport_tls=True))
+    assert all((out / r).is_file() for r in secret_refs)
+    # Without the option nothing of it is there (the committed default).
+    plain = compose.render_compose(topo)
+    assert all(
+        "--tls-port" not in plain["services"][f"valkey-{r}"]["command"] for r in topo.region_names
+    )
+
+
+def test_transport_tls_nats_configs_pass_nats_server_check(
+    tls_deployment: tuple[Topology, Path], tmp_path: Path
+) -> None:
+    topo, out = tls_deployment
+    doc = _doc(out, topo)
+    env = {**os.environ, **env_file(out / f"deploy/{topo.name}/secrets/nats.env")}
+    for path in sorted((out / f"deploy/{topo.name}/nats").glob("*.conf")):
+        text = path.read_text()
+        conf = read_nats_conf(text)
+        for block in (conf["tls"], conf["cluster"]["tls"], conf["gateway"]["tls"]):
+            assert block["ca_file"] == "/etc/chatmesh/pki/ca.pem"
+            assert block["cert_file"] == "/etc/chatmesh/pki/identity.pem"
+        assert conf["tls"]["verify"] is False  # clients: passwords, over TLS
+        assert conf["cluster"]["tls"]["verify"] and conf["gateway"]["tls"]["verify"]
+        # The real server loads the certificates the container mounts.
+        mounts = {
+            v.split(":")[1]: str(out / v.split(":")[0])
+            for v in doc["services"][path.stem]["volumes"]
+            if v.startswith("./")
+        }
+        for container_path in ("/etc/chatmesh/pki/identity.pem", "/etc/chatmesh/pki/identity-key.pem",
+                               "/etc/chatmesh/pki/ca.pem"):  # fmt: skip
+            text = text.replace(container_path, mounts[container_path])
+        local = tmp_path / path.name
+        local.write_text(text)
+        result = subprocess.run([nats_server_binary(), "-t", "-c", str(local)], env=env, capture_output=True,
+                                text=True, timeout=30)  # fmt: skip
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+
+
+def test_transport_tls_services_connect_over_tls(tls_deployment: tuple[Topology, Path]) -> None:
+    topo, out = tls_deployment
+    doc = _doc(out, topo)
+    checked = set()
+    for name, spec in doc["services"].items():
+        command = spec.get("command", [])
+        kind = command[-1].removeprefix("services.") if command[:2] == ["python", "-m"] else None
+        if kind not in CONFIG_CLASSES:
+            continue
+        env = dict(spec["environment"])
+        for path in spec["env_file"]:
+            env.update(env_file(out / path))
+        cfg = load_config(CONFIG_CLASSES[kind], env=env)
+        if "CHATMESH_NATS_USER" in env:
+            assert all(url.startswith("tls://") for url in cfg.nats_servers), name
+            assert cfg.nats_tls_ca == "/etc/chatmesh/pki/ca.pem"
+            checked.add(kind)
+        if isinstance(cfg, NotificationConfig):
+            for url in (cfg.valkey_primary, cfg.valkey_replica):
+                assert url.startswith("rediss://") and url.endswith(
+                    "?ssl_ca_certs=/etc/chatmesh/pki/ca.pem"
+                )
+            checked.add("valkey")
+    assert checked >= {"command", "fanout", "worker", "notification", "valkey"}
+    for region in topo.region_names:
+        valkey_spec = doc["services"][f"valkey-{region}"]
+        cmd = valkey_spec["command"]
+        assert cmd[cmd.index("--port") + 1] == "0"  # no plaintext port
+        assert cmd[cmd.index("--tls-port") + 1] == "6379"
+        assert "--tls" in valkey_spec["healthcheck"]["test"][-1]
+    init = doc["services"]["nats-init"]["environment"]
+    assert init["CHATMESH_NATS_TLS_CA"] == "/etc/chatmesh/pki/ca.pem"
