@@ -167,21 +167,3 @@ async def test_a_direct_caller_cannot_choose_the_origin_region(dev_mesh: Mesh, a
 
         await eventually(projected, timeout=15, what=f"history of the {what} message")
         assert await stored() == primary
-
-
-async def test_two_authorization_headers_are_refused_through_the_edge(
-    dev_mesh: Mesh, auth: Auth
-) -> None:
-    """The edge verifies one token; whichever a hop forwards, the call must not pass as anyone."""
-    edge = dev_mesh.endpoints["eu"]["edge"]["grpc"]
-    two = (*auth.md("dup-ann"), *auth.md("dup-bob"))
-    async with grpc.aio.insecure_channel(edge) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await qgrpc.QueryServiceStub(channel).ListChannels(
-                qpb.ListChannelsRequest(), metadata=two, timeout=10
-            )
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # One header: fine.
-        await qgrpc.QueryServiceStub(channel).ListChannels(
-            qpb.ListChannelsRequest(), metadata=auth.md("dup-ann"), timeout=10
-        )

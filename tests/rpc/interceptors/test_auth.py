@@ -99,18 +99,3 @@ async def test_tokens_living_longer_than_the_maximum_are_refused(
     assert h.script.seen == []
     # At the bound: accepted.
     assert (await call(mint(keys, "alice", ttl_seconds=MAX_TOKEN_LIFETIME))).last_seq == 7
-
-
-async def test_two_authorization_headers_are_refused(
-    serve: Any, keys: KeyDirectory, verifier: TokenVerifier
-) -> None:
-    h = await serve([ErrorMapper(), Authenticator(verifier)])
-    alice, bob = mint(keys, "alice"), mint(keys, "bob")
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await h.query.GetHistory(
-            qpb.GetHistoryRequest(channel_id=CH),
-            metadata=(("authorization", f"Bearer {alice}"), ("authorization", f"Bearer {bob}")),
-        )
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert from_rpc_error(info.value).reason == "TOKEN_INVALID"
-    assert h.script.seen == []
