@@ -12,21 +12,36 @@ Example:
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
-__all__ = ["connect"]
+__all__ = ["connect", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
 
-async def connect(servers: str | list[str], *, name: str, **kwargs: Any) -> NATS:
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """A client TLS context that trusts only ``ca_file`` (the deployment's internal CA)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+async def connect(servers: str | list[str], *, name: str, tls_ca: str = "", **kwargs: Any) -> NATS:
     """Connects a nats-py client with chatmesh's defaults.
 
     Reconnects forever with a short wait, and routes errors to the logger
     instead of printing a traceback per failed reconnect (nats.py's default).
+
+    Args:
+        servers: NATS URLs (``tls://`` ones with ``tls_ca``).
+        name: The connection's name (shown by the server's monitoring).
+        tls_ca: PEM of the CA the servers' certificates chain to; set: TLS with
+            the server's name verified, empty: plaintext.
+        **kwargs: More ``nats.connect`` options (``user``, ``password`` ...).
     """
 
     async def on_error(exc: Exception) -> None:
@@ -47,5 +62,7 @@ async def connect(servers: str | list[str], *, name: str, **kwargs: Any) -> NATS
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
     }
+    if tls_ca:
+        options["tls"] = tls_context(tls_ca)
     options.update(kwargs)
     return await nats.connect(servers, **options)

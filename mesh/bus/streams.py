@@ -253,7 +253,7 @@ async def ensure_streams(
     """Creates or updates JetStream streams, in order (idempotent).
 
     Connects with ``CHATMESH_NATS_SERVERS``/``CHATMESH_NATS_USER``/
-    ``CHATMESH_NATS_PASSWORD``; retries each stream until its placement's
+    ``CHATMESH_NATS_PASSWORD`` (and ``CHATMESH_NATS_TLS_CA`` for TLS); retries each stream until its placement's
     servers are up or ``seconds_per_stream`` pass.
 
     Raises:
@@ -265,6 +265,7 @@ async def ensure_streams(
         name="nats-init",
         user=os.environ.get("CHATMESH_NATS_USER", "admin"),
         password=os.environ["CHATMESH_NATS_PASSWORD"],
+        tls_ca=os.environ.get("CHATMESH_NATS_TLS_CA", ""),
     )
     try:
         for config in configs:

@@ -37,6 +37,7 @@ from mesh.core.errors import Unauthenticated
 __all__ = [
     "DEFAULT_AUDIENCE",
     "DEFAULT_ISSUER",
+    "MAX_TOKEN_LIFETIME",
     "USER_ID_RE",
     "Identity",
     "KeyDirectory",
@@ -49,6 +50,10 @@ DEFAULT_ISSUER = "chatmesh-dev"
 DEFAULT_AUDIENCE = "chatmesh"
 USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """User ids appear in NATS subjects: no dots, no wildcards, no spaces."""
+MAX_TOKEN_LIFETIME = 24 * 3600
+"""Longest ``exp - iat`` a verifier accepts by default (seconds): a stolen token is
+good for a day at most, however far its issuer set ``exp``. The edge's
+``jwt_authn`` enforces the same bound (``max_lifetime``)."""
 
 
 @dataclass(frozen=True)
@@ -204,9 +209,20 @@ class TokenVerifier:
         issuer: str = DEFAULT_ISSUER,
         audience: str = DEFAULT_AUDIENCE,
         leeway_seconds: float = 30.0,
+        max_lifetime_seconds: float = MAX_TOKEN_LIFETIME,
     ) -> None:
-        """Prepares a verifier for tokens signed by the matching private key."""
+        """Prepares a verifier for tokens signed by the matching private key.
+
+        Args:
+            public_key_pem: The issuer's public key.
+            issuer: Expected ``iss``.
+            audience: Expected ``aud``.
+            leeway_seconds: Clock skew allowed on ``exp`` and ``iat``.
+            max_lifetime_seconds: Tokens whose ``exp - iat`` is longer are refused
+                (TOKEN_INVALID), as are tokens without ``iat`` or issued in the future.
+        """
         self._key = serialization.load_pem_public_key(public_key_pem)
+        self._max_lifetime = max_lifetime_seconds
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
@@ -235,12 +251,19 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["sub", "exp", "iss", "aud"]},
+                options={"require": ["sub", "exp", "iat", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("TOKEN_EXPIRED", "the token has expired; get a new one") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated("TOKEN_INVALID", f"invalid token: {exc}") from None
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > self._max_lifetime:
+            raise Unauthenticated(
+                "TOKEN_INVALID",
+                f"invalid token: lifetime {lifetime:.0f}s exceeds the maximum "
+                f"{self._max_lifetime:.0f}s; get a shorter-lived token",
+            )
         sub = claims.get("sub")
         if not isinstance(sub, str) or not USER_ID_RE.match(sub):
             raise Unauthenticated("TOKEN_INVALID", "invalid token: 'sub' is not a valid user id")

@@ -59,12 +59,23 @@ class CommonConfig:
     """NATS user (each service has its own, with least-privilege permissions)."""
     nats_password: str = ""
     """NATS password."""
+    nats_tls_ca: str = ""
+    """PEM of the CA the NATS servers' certificates chain to: set, the connection
+    uses TLS (``tls://`` servers); empty: plaintext."""
     jwt_public_key: str = ""
     """Path of the PEM public key that verifies client tokens."""
     jwt_issuer: str = "chatmesh-dev"
     """Expected ``iss`` claim."""
     jwt_audience: str = "chatmesh"
     """Expected ``aud`` claim."""
+    tls_cert: str = ""
+    """PEM certificate of this service's identity (internal CA). Set: the gRPC port
+    speaks mutual TLS only and refuses peers without a certificate of
+    ``tls_client_ca``; empty: plaintext, and no peer's internal headers are believed."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """PEM of the internal CA whose client certificates the gRPC port accepts."""
     log_level: str = "INFO"
     """Root log level."""
     access_log: bool = True

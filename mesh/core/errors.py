@@ -73,6 +73,7 @@ Reason = Literal[
     "METHOD_NOT_FOUND",
     "SERVICE_NOT_FOUND",
     "STREAM_GAP",
+    "PEER_NOT_ALLOWED",
 ]
 """``chatmesh.v1.ErrorReason`` names without the ``ERROR_REASON_`` prefix, in enum order.
 

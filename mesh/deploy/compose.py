@@ -46,10 +46,19 @@ from typing import Any
 from mesh.bus.streams import events_stream_config, mirror_stream_config
 from mesh.bus.subjects import EVENTS_STREAM
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
+from mesh.core.identity import EDGE, OPERATOR, SERVICE
 from mesh.core.versions import CASSANDRA_VERSION
 from mesh.deploy import envoy
-from mesh.deploy.nats import Credentials, NatsNodePlan, render_server_conf, service_permissions
-from mesh.deploy.tls import DevTls
+from mesh.deploy.nats import (
+    SYSTEM_USER,
+    Credentials,
+    NatsNodePlan,
+    NatsTls,
+    render_server_conf,
+    service_permissions,
+    worker_consumer,
+)
+from mesh.deploy.tls import DevTls, ServicePki
 from mesh.topology import Topology, TopologyError, load
 
 __all__ = [
@@ -149,8 +158,8 @@ def _pw_var(user: str) -> str:
 
 
 def nats_users(topology: Topology) -> list[str]:
-    """Every NATS user the server configs declare (``admin``, ``bench`` and the services)."""
-    return ["admin", "bench", *service_permissions(topology)]
+    """Every NATS user the server configs declare (``admin``, ``sys``, ``bench`` and the services)."""
+    return ["admin", SYSTEM_USER, "bench", *service_permissions(topology)]
 
 
 def nats_host(region: str, index: int) -> str:
@@ -158,14 +167,17 @@ def nats_host(region: str, index: int) -> str:
     return f"nats-{region}-{index}"
 
 
-def _nats_urls(topology: Topology, region: str) -> list[str]:
+def _nats_urls(topology: Topology, region: str, *, tls: bool = False) -> list[str]:
+    scheme = "tls" if tls else "nats"
     return [
-        f"nats://{nats_host(region, i)}:{NATS_CLIENT_PORT}"
+        f"{scheme}://{nats_host(region, i)}:{NATS_CLIENT_PORT}"
         for i in range(1, topology.region(region).nats_nodes + 1)
     ]
 
 
-def render_nats_conf(topology: Topology, region: str, index: int) -> str:
+def render_nats_conf(
+    topology: Topology, region: str, index: int, *, transport_tls: bool = False
+) -> str:
     """One nats-server config for the compose deployment.
 
     Passwords are ``$NATS_PW_<USER>`` references, resolved by nats-server from
@@ -199,6 +211,13 @@ def render_nats_conf(topology: Topology, region: str, index: int) -> str:
         },
         # No link proxies here: advertise the real, resolvable address.
         gateway_advertise=f"{nats_host(region, index)}:{NATS_GATEWAY_PORT}",
+        tls=NatsTls(
+            f"{envoy.DEFAULT_PKI_DIR}/identity.pem",
+            f"{envoy.DEFAULT_PKI_DIR}/identity-key.pem",
+            f"{envoy.DEFAULT_PKI_DIR}/ca.pem",
+        )
+        if transport_tls
+        else None,
     )
     creds = {user: Credentials(user, "$" + _pw_var(user)) for user in nats_users(topology)}
     text = render_server_conf(topology, plan, creds)
@@ -297,6 +316,31 @@ _GRPC_PROBE = (
     "sys.exit(0 if r.status==h.HealthCheckResponse.SERVING else 1)"
 )
 
+# The same probe over mutual TLS, presenting the container's own service identity.
+_GRPC_TLS_PROBE = (
+    "import grpc,sys;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;"
+    f"r=lambda f:open('{envoy.DEFAULT_PKI_DIR}/'+f,'rb').read();"
+    f"c=grpc.secure_channel('127.0.0.1:{envoy.GRPC_PORT}',"
+    "grpc.ssl_channel_credentials(r('ca.pem'),r('identity-key.pem'),r('identity.pem')));"
+    "r=g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=3);"
+    "sys.exit(0 if r.status==h.HealthCheckResponse.SERVING else 1)"
+)
+
+INTERNAL_KINDS: tuple[str, ...] = ("command", "fanout", "worker", "query", "notification")
+"""Services whose gRPC port is internal: mutual TLS with a service identity each
+(``service/<container>``); the edges reach them as ``edge/<region>``."""
+
+
+def _identity_mounts(layout: ComposeLayout, stem: str) -> list[str]:
+    """Bind mounts of one service identity (``secrets/pki/<stem>.pem``) and the internal CA."""
+    pki = f"./{layout.secrets_dir}/pki"
+    return [
+        f"{pki}/{stem}.pem:{envoy.DEFAULT_PKI_DIR}/identity.pem:ro",
+        f"{pki}/{stem}-key.pem:{envoy.DEFAULT_PKI_DIR}/identity-key.pem:ro",
+        f"{pki}/ca.pem:{envoy.DEFAULT_PKI_DIR}/ca.pem:ro",
+    ]
+
+
 # The Envoy image has neither curl nor wget; bash's /dev/tcp reaches the
 # loopback-only admin port. /ready answers 200 once Envoy is LIVE.
 _ENVOY_PROBE = (
@@ -335,6 +379,12 @@ def _chatmesh_service(
         **environment,
     }
     volumes: list[str] = []
+    internal = kind in INTERNAL_KINDS
+    if internal:
+        env["CHATMESH_TLS_CERT"] = f"{envoy.DEFAULT_PKI_DIR}/identity.pem"
+        env["CHATMESH_TLS_KEY"] = f"{envoy.DEFAULT_PKI_DIR}/identity-key.pem"
+        env["CHATMESH_TLS_CLIENT_CA"] = f"{envoy.DEFAULT_PKI_DIR}/ca.pem"
+        volumes += _identity_mounts(layout, f"service-{name}")
     if authenticated:
         env["CHATMESH_JWT_PUBLIC_KEY"] = "/etc/chatmesh/jwt-public.pem"
         env["CHATMESH_JWT_ISSUER"] = DEFAULT_ISSUER
@@ -355,7 +405,7 @@ def _chatmesh_service(
         service["volumes"] = volumes
     service["depends_on"] = depends_on
     service["healthcheck"] = _healthcheck(
-        ["CMD", "python", "-c", _GRPC_PROBE],
+        ["CMD", "python", "-c", _GRPC_TLS_PROBE if internal else _GRPC_PROBE],
         interval="10s",
         timeout="5s",
         retries=3,
@@ -368,13 +418,20 @@ def _chatmesh_service(
 
 
 def render_compose(
-    topology: Topology, *, cors_origins: tuple[str, ...] = envoy.DEFAULT_CORS_ORIGINS
+    topology: Topology,
+    *,
+    cors_origins: tuple[str, ...] = envoy.DEFAULT_CORS_ORIGINS,
+    transport_tls: bool = False,
 ) -> dict[str, Any]:
     """The compose file (as a dict) for ``topology``.
+
+    The services' gRPC ports always speak mutual TLS (service identities, ADR-018).
 
     Args:
         topology: The deployment.
         cors_origins: Browser origins every edge allows.
+        transport_tls: TLS on NATS (clients, routes, gateways) and Valkey (clients,
+            replication) too, with the internal CA's certificates.
 
     Returns:
         A Compose Specification document; paths are relative to the folder the
@@ -405,6 +462,7 @@ def render_compose(
                 "volumes": [
                     f"./{layout.nats_conf(region, i)}:/etc/nats/nats.conf:ro",
                     f"{host}-data:/data",
+                    *(_identity_mounts(layout, f"service-{host}") if transport_tls else []),
                 ],
                 # No depends_on between NATS nodes: /healthz waits for the
                 # JetStream meta group, whose quorum spans every node, so
@@ -485,17 +543,33 @@ def render_compose(
         if region != primary:
             # Presence writes go to the primary; each region reads its replica.
             command += ["--replicaof", f"valkey-{primary}", str(VALKEY_PORT)]
+        if transport_tls:
+            pki = envoy.DEFAULT_PKI_DIR
+            command += [
+                "--port", "0",
+                "--tls-port", str(VALKEY_PORT),
+                "--tls-cert-file", f"{pki}/identity.pem",
+                "--tls-key-file", f"{pki}/identity-key.pem",
+                "--tls-ca-cert-file", f"{pki}/ca.pem",
+                # Clients authenticate with the password; replicas verify the primary.
+                "--tls-auth-clients", "no",
+                "--tls-replication", "yes",
+            ]  # fmt: skip
         service["command"] = command
         # VALKEY_EXTRA_FLAGS (--requirepass/--masterauth) is appended by the
         # image's entrypoint; VALKEY_PASSWORD serves the health check.
         service["env_file"] = [f"./{layout.secrets_dir}/valkey.env"]
-        service["volumes"] = [f"{name}-data:/data"]
+        service["volumes"] = [
+            f"{name}-data:/data",
+            *(_identity_mounts(layout, f"service-{name}") if transport_tls else []),
+        ]
         if region != primary:
             service["depends_on"] = _healthy(f"valkey-{primary}")
+        cli_tls = f"--tls --cacert {envoy.DEFAULT_PKI_DIR}/ca.pem " if transport_tls else ""
         service["healthcheck"] = _healthcheck(
             [
                 "CMD-SHELL",
-                'valkey-cli --no-auth-warning -a "$$VALKEY_PASSWORD" ping | grep -q PONG',
+                f'valkey-cli {cli_tls}--no-auth-warning -a "$$VALKEY_PASSWORD" ping | grep -q PONG',
             ],
             interval="10s",
             timeout="5s",
@@ -514,11 +588,21 @@ def render_compose(
         "build": {"context": ".", "dockerfile": "docker/Dockerfile"},
         "command": ["python", "-m", "mesh.bus.streams", "/etc/chatmesh/streams.json"],
         "environment": {
-            "CHATMESH_NATS_SERVERS": ",".join(_nats_urls(topology, primary)),
+            "CHATMESH_NATS_SERVERS": ",".join(_nats_urls(topology, primary, tls=transport_tls)),
             "CHATMESH_NATS_USER": "admin",
+            **(
+                {"CHATMESH_NATS_TLS_CA": f"{envoy.DEFAULT_PKI_DIR}/ca.pem"} if transport_tls else {}
+            ),
         },
         "env_file": [f"./{layout.secrets_dir}/nats-init.env"],
-        "volumes": [f"./{layout.streams}:/etc/chatmesh/streams.json:ro"],
+        "volumes": [
+            f"./{layout.streams}:/etc/chatmesh/streams.json:ro",
+            *(
+                [f"./{layout.secrets_dir}/pki/ca.pem:{envoy.DEFAULT_PKI_DIR}/ca.pem:ro"]
+                if transport_tls
+                else []
+            ),
+        ],
         "depends_on": _healthy(*all_nats),
         "restart": "no",
     }
@@ -552,10 +636,13 @@ def render_compose(
 
     # --- chatmesh services ------------------------------------------------------
     def nats_env(region: str, user: str) -> dict[str, str]:
-        return {
-            "CHATMESH_NATS_SERVERS": ",".join(_nats_urls(topology, region)),
+        env = {
+            "CHATMESH_NATS_SERVERS": ",".join(_nats_urls(topology, region, tls=transport_tls)),
             "CHATMESH_NATS_USER": user,
         }
+        if transport_tls:
+            env["CHATMESH_NATS_TLS_CA"] = f"{envoy.DEFAULT_PKI_DIR}/ca.pem"
+        return env
 
     services[f"command-{primary}"] = _chatmesh_service(
         topology, layout, "command", primary,
@@ -591,7 +678,7 @@ def render_compose(
             **nats_env(primary, f"worker-{primary}"),
             "CHATMESH_HISTORY_STORE": f"cassandra://cassandra-{primary}:{CASSANDRA_PORT}/{KEYSPACE}?dc={primary}",
             "CHATMESH_STREAM": EVENTS_STREAM,
-            "CHATMESH_CONSUMER_NAME": f"worker-{primary}",
+            "CHATMESH_CONSUMER_NAME": worker_consumer(primary),
         },
         depends_on=_completed("nats-init", "cassandra-init"),
         authenticated=False,
@@ -643,6 +730,8 @@ def render_compose(
                 f"./{layout.secrets_dir}/keys/jwks.json:{envoy.DEFAULT_JWKS_PATH}:ro",
                 f"./{layout.secrets_dir}/tls/edge.pem:{envoy.DEFAULT_TLS_DIR}/edge.pem:ro",
                 f"./{layout.secrets_dir}/tls/edge-key.pem:{envoy.DEFAULT_TLS_DIR}/edge-key.pem:ro",
+                # Its identity toward the services (mutual TLS).
+                *_identity_mounts(layout, f"edge-{region}"),
             ],
             # Loopback only: the edge is for this machine's clients.
             "ports": [f"127.0.0.1:${{{env_port}:-{EDGE_HOST_PORT_BASE + n}}}:{envoy.LISTEN_PORT}"],
@@ -703,6 +792,7 @@ def render_compose(
             "topology": topology.name,
             "primary": primary,
             "regions": list(regions),
+            "transport-tls": transport_tls,
             "generated-by": "python -m mesh.deploy.compose generate (do not edit)",
         },
         "services": services,
@@ -736,10 +826,13 @@ def default_compose_name(topology: Topology) -> str:
     return "docker-compose.yml" if topology.name == "dev" else f"docker-compose.{topology.name}.yml"
 
 
-def render_files(topology: Topology, *, compose_name: str | None = None) -> dict[str, str]:
+def render_files(
+    topology: Topology, *, compose_name: str | None = None, transport_tls: bool = False
+) -> dict[str, str]:
     """Every generated file of the compose deployment: relative path -> content.
 
-    Secrets are not included (see :func:`write_secrets`).
+    Secrets are not included (see :func:`write_secrets`). ``transport_tls``: see
+    :func:`render_compose`.
     """
     from mesh.deploy.envoy import dump_yaml
 
@@ -752,11 +845,13 @@ def render_files(topology: Topology, *, compose_name: str | None = None) -> dict
         "`docker compose up --build --wait`. See README: Running the production shape with Docker."
     )
     files[compose_name or default_compose_name(topology)] = dump_yaml(
-        render_compose(topology), header
+        render_compose(topology, transport_tls=transport_tls), header
     )
     for region in topology.region_names:
         for i in range(1, topology.region(region).nats_nodes + 1):
-            files[layout.nats_conf(region, i)] = render_nats_conf(topology, region, i)
+            files[layout.nats_conf(region, i)] = render_nats_conf(
+                topology, region, i, transport_tls=transport_tls
+            )
         files[layout.envoy_conf(region)] = envoy.render_envoy_yaml(
             topology, envoy.compose_plan(topology, region)
         )
@@ -771,7 +866,11 @@ def render_files(topology: Topology, *, compose_name: str | None = None) -> dict
 
 
 def write_compose(
-    topology: Topology, outdir: Path, *, compose_name: str | None = None
+    topology: Topology,
+    outdir: Path,
+    *,
+    compose_name: str | None = None,
+    transport_tls: bool = False,
 ) -> list[Path]:
     """Writes the compose file and every config file it mounts under ``outdir``.
 
@@ -781,7 +880,7 @@ def write_compose(
     Returns:
         The written paths.
     """
-    files = render_files(topology, compose_name=compose_name)
+    files = render_files(topology, compose_name=compose_name, transport_tls=transport_tls)
     written: list[Path] = []
     for rel, content in files.items():
         path = outdir / rel
@@ -860,7 +959,34 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def secret_files(topology: Topology) -> list[str]:
+def _internal_services(topology: Topology) -> list[str]:
+    """Compose names of the services with an internal (mutual-TLS) gRPC port."""
+    compose = render_compose(topology)
+    return [
+        svc
+        for svc, spec in compose["services"].items()
+        if spec.get("image") == IMAGES["chatmesh"] and svc.split("-", 1)[0] in INTERNAL_KINDS
+    ]
+
+
+def _transport_hosts(topology: Topology) -> list[str]:
+    """NATS and Valkey containers (their certificates serve transport TLS)."""
+    return [
+        *(nats_host(r.name, i) for r in topology.regions for i in range(1, r.nats_nodes + 1)),
+        *(f"valkey-{r}" for r in topology.region_names),
+    ]
+
+
+def _identity_stems(topology: Topology, *, transport_tls: bool = False) -> list[str]:
+    """File stems under ``secrets/pki/`` of every service identity compose mounts."""
+    return [
+        *(f"service-{svc}" for svc in _internal_services(topology)),
+        *(f"edge-{r}" for r in topology.region_names),
+        *(f"service-{h}" for h in _transport_hosts(topology) if transport_tls),
+    ]
+
+
+def secret_files(topology: Topology, *, transport_tls: bool = False) -> list[str]:
     """Relative paths of every secret file the compose file references (for checks)."""
     layout = _layout(topology)
     names = [
@@ -872,17 +998,23 @@ def secret_files(topology: Topology) -> list[str]:
         "tls/edge.pem",
         "tls/edge-key.pem",
     ]
-    compose = render_compose(topology)
+    compose = render_compose(topology, transport_tls=transport_tls)
     names += [
         f"{svc}.env"
         for svc, spec in compose["services"].items()
         if spec.get("image") == IMAGES["chatmesh"] and svc != "nats-init"
     ]
+    names.append("pki/ca.pem")
+    for stem in _identity_stems(topology, transport_tls=transport_tls):
+        names += [f"pki/{stem}.pem", f"pki/{stem}-key.pem"]
     return sorted(f"{layout.secrets_dir}/{n}" for n in names)
 
 
-def write_secrets(topology: Topology, outdir: Path) -> list[Path]:
+def write_secrets(topology: Topology, outdir: Path, *, transport_tls: bool = False) -> list[Path]:
     """Creates (or completes) ``deploy/<topology>/secrets/`` under ``outdir``.
+
+    ``transport_tls`` must match the generated compose file's: the services'
+    Valkey URLs are ``rediss://`` then (see :func:`render_compose`).
 
     Existing passwords and keys are kept, so running it again never locks a
     running deployment out; the per-service env files are rewritten from them.
@@ -914,6 +1046,18 @@ def write_secrets(topology: Topology, outdir: Path) -> list[Path]:
     )
     tls.ensure(key_mode=0o644)
     os.chmod(tls.path, 0o755)
+    # The internal CA and one identity per service container and edge (mutual
+    # TLS on every internal port); keys readable by the containers' users as above.
+    # operator-admin is for people (grpcurl -cert/-key on the FanoutService).
+    pki = ServicePki(root / "pki", names=("127.0.0.1", "localhost"))
+    for svc in _internal_services(topology):
+        pki.issue(SERVICE, svc, names=(svc,), key_mode=0o644)
+    for region in topology.region_names:
+        pki.issue(EDGE, region, names=(f"envoy-{region}",), key_mode=0o644)
+    for host in _transport_hosts(topology):
+        pki.issue(SERVICE, host, names=(host,), key_mode=0o644)
+    pki.issue(OPERATOR, "admin")
+    os.chmod(pki.path, 0o755)
 
     nats_env = _read_env(root / "nats.env")
     for user in nats_users(topology):
@@ -929,9 +1073,12 @@ def write_secrets(topology: Topology, outdir: Path) -> list[Path]:
     _write_private(root / "nats-init.env", f"CHATMESH_NATS_PASSWORD={nats_env[_pw_var('admin')]}\n")
 
     def valkey_url(region: str) -> str:
+        if transport_tls:
+            ca = f"{envoy.DEFAULT_PKI_DIR}/ca.pem"
+            return f"rediss://:{password}@valkey-{region}:{VALKEY_PORT}/0?ssl_ca_certs={ca}"
         return f"redis://:{password}@valkey-{region}:{VALKEY_PORT}/0"
 
-    compose = render_compose(topology)
+    compose = render_compose(topology, transport_tls=transport_tls)
     for svc, spec in compose["services"].items():
         if spec.get("image") != IMAGES["chatmesh"] or svc == "nats-init":
             continue
@@ -947,7 +1094,7 @@ def write_secrets(topology: Topology, outdir: Path) -> list[Path]:
             lines["CHATMESH_VALKEY_PRIMARY"] = valkey_url(topology.primary)
             lines["CHATMESH_VALKEY_REPLICA"] = valkey_url(region)
         _write_private(root / f"{svc}.env", "".join(f"{k}={v}\n" for k, v in lines.items()))
-    written = [outdir / rel for rel in secret_files(topology)]
+    written = [outdir / rel for rel in secret_files(topology, transport_tls=transport_tls)]
     missing = [p for p in written if not p.exists()]
     if missing:
         raise RuntimeError(f"secrets not written: {missing}")
@@ -976,6 +1123,12 @@ def _main(argv: list[str] | None = None) -> int:
     sec = sub.add_parser("secrets", help="create deploy/<topology>/secrets/ (kept when it exists)")
     sec.add_argument("--topology", default="dev")
     sec.add_argument("--out", type=Path, default=None)
+    for p in (gen, sec):
+        p.add_argument(
+            "--transport-tls",
+            action="store_true",
+            help="TLS on NATS and Valkey links too (give it to both generate and secrets)",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -986,7 +1139,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     out: Path = args.out or Path(__file__).resolve().parents[2]  # the checkout
     if args.cmd == "secrets":
-        for path in write_secrets(topology, out):
+        for path in write_secrets(topology, out, transport_tls=args.transport_tls):
             print(path.relative_to(out))
         return 0
     if args.check:
@@ -1001,7 +1154,9 @@ def _main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{len(render_files(topology, compose_name=args.compose_name))} files fresh")
         return 0
-    for path in write_compose(topology, out, compose_name=args.compose_name):
+    for path in write_compose(
+        topology, out, compose_name=args.compose_name, transport_tls=args.transport_tls
+    ):
         print(path.relative_to(out))
     return 0
 

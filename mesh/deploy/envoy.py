@@ -78,7 +78,7 @@ from urllib.parse import quote
 
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER
+from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, MAX_TOKEN_LIFETIME
 from mesh.core.errors import DOMAIN
 from mesh.core.headers import AUTHORIZATION, EDGE_LISTENER, INTERNAL_PREFIX, ORIGIN_REGION
 from mesh.topology import Topology
@@ -87,6 +87,7 @@ __all__ = [
     "ADMIN_PORT",
     "DEFAULT_CORS_ORIGINS",
     "DEFAULT_JWKS_PATH",
+    "DEFAULT_PKI_DIR",
     "DEFAULT_TLS_DIR",
     "ENVOY_VERSION",
     "GRPC_PORT",
@@ -98,6 +99,7 @@ __all__ = [
     "EdgePlan",
     "EdgeTls",
     "Upstream",
+    "UpstreamTls",
     "cluster_name",
     "compose_plan",
     "dump_yaml",
@@ -122,6 +124,9 @@ GRPC_PORT = 50051
 """The gRPC port every chatmesh service listens on inside its container."""
 WEB_HTTP_PORT = 8081
 """The web service's HTTP port inside its container (its gRPC side is on :data:`GRPC_PORT`)."""
+DEFAULT_PKI_DIR = "/etc/chatmesh/pki"
+"""Where compose mounts a container's service identity (``identity.pem``, ``identity-key.pem``)
+and the internal CA (``ca.pem``), from ``deploy/<topology>/secrets/pki/``."""
 DEFAULT_JWKS_PATH = "/etc/chatmesh/jwks.json"
 """Where compose mounts the deployment's JWKS (``deploy/<topology>/secrets/keys/jwks.json``)."""
 DEFAULT_TLS_DIR = "/etc/chatmesh/tls"
@@ -217,6 +222,18 @@ class EdgeTls:
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """The edge's service identity (``edge/<region>``) toward the internal ports (mutual TLS)."""
+
+    cert_file: str
+    """PEM certificate of the internal CA, presented as the client certificate."""
+    key_file: str
+    """Its PEM private key."""
+    ca_file: str
+    """The internal CA: the services' certificates must chain to it."""
+
+
+@dataclass(frozen=True)
 class EdgePlan:
     """Where one region's edge listens and what it routes to."""
 
@@ -238,6 +255,8 @@ class EdgePlan:
     cors_origins: tuple[str, ...]
     """Allowed browser origins: exact ``scheme://host:port`` or ``scheme://host:*`` patterns."""
     tls: EdgeTls | None = None
+    upstream_tls: UpstreamTls | None = None
+    """Mutual TLS to the command, query and notification upstreams (None: plaintext)."""
     dev_tokens: bool = False
     """Route ``/dev/token`` to the web service (development only; refused on a non-loopback listener)."""
     health_interval_s: float = 5.0
@@ -303,8 +322,12 @@ def compose_plan(
     cors_origins: Sequence[str] = DEFAULT_CORS_ORIGINS,
     jwks_path: str = DEFAULT_JWKS_PATH,
     tls: bool = True,
+    service_tls: bool = True,
 ) -> EdgePlan:
     """The production plan: container ports, compose service names, mounted secrets.
+
+    With ``service_tls`` the edge reaches the services over mutual TLS as
+    ``edge/<region>`` (its identity mounted under :data:`DEFAULT_PKI_DIR`).
 
     Raises:
         KeyError: ``region`` is not in ``topology``.
@@ -329,6 +352,13 @@ def compose_plan(
         cors_origins=tuple(cors_origins),
         tls=EdgeTls(f"{DEFAULT_TLS_DIR}/edge.pem", f"{DEFAULT_TLS_DIR}/edge-key.pem")
         if tls
+        else None,
+        upstream_tls=UpstreamTls(
+            f"{DEFAULT_PKI_DIR}/identity.pem",
+            f"{DEFAULT_PKI_DIR}/identity-key.pem",
+            f"{DEFAULT_PKI_DIR}/ca.pem",
+        )
+        if service_tls
         else None,
     )
 
@@ -381,8 +411,9 @@ def _cluster(
     max_retries: int,
     least_request: bool,
     health_interval_s: float,
+    tls: UpstreamTls | None = None,
 ) -> dict[str, Any]:
-    """A cluster with active health checks and outlier detection."""
+    """A cluster with active health checks and outlier detection (mutual TLS with ``tls``)."""
     dns = not all(_is_ip(h.host) for h in hosts)
     protocol: dict[str, Any] = (
         {
@@ -486,6 +517,25 @@ def _cluster(
     }
     if dns:
         cluster["dns_lookup_family"] = "V4_ONLY"
+    if tls is not None:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                common_tls_context={
+                    # gRPC servers insist on ALPN h2.
+                    "alpn_protocols": ["h2"],
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": tls.cert_file},
+                            "private_key": {"filename": tls.key_file},
+                        }
+                    ],
+                    "validation_context": {"trusted_ca": {"filename": tls.ca_file}},
+                },
+            ),
+        }
     return cluster
 
 
@@ -823,6 +873,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
     web_grpc_cluster = f"web-{region}-grpc"
     interval = plan.health_interval_s
     common: dict[str, Any] = {"least_request": False, "max_retries": 0}
+    internal: dict[str, Any] = {"tls": plan.upstream_tls}
     clusters = [
         _cluster(
             command_cluster,
@@ -835,6 +886,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             # Health probes cross the WAN from every secondary edge: less often.
             health_interval_s=2 * interval if wan else interval,
             **common,
+            **internal,
         ),
         _cluster(
             query_cluster,
@@ -845,6 +897,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             max_requests=10_000,
             health_interval_s=interval,
             **{**common, "max_retries": 64},
+            **internal,
         ),
         _cluster(
             notification_cluster,
@@ -855,6 +908,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             max_requests=100_000,
             health_interval_s=interval,
             **{**common, "least_request": True},
+            **internal,
         ),
         _cluster(
             web_http_cluster,
@@ -954,6 +1008,9 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
                 "from_headers": [{"name": AUTHORIZATION, "value_prefix": "Bearer "}],
                 # Same leeway as mesh.core.auth.TokenVerifier.
                 "clock_skew_seconds": 30,
+                # Same bound as TokenVerifier: exp - iat at most a day.
+                "require_expiration": True,
+                "max_lifetime": _duration(MAX_TOKEN_LIFETIME),
                 # The access log names the caller (its sub).
                 "payload_in_metadata": JWT_PAYLOAD_KEY,
             }

@@ -19,17 +19,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.bus.streams import parse_size
-from mesh.bus.subjects import EVENTS_STREAM, Subjects
+from mesh.bus.subjects import EVENTS_STREAM, Subjects, mirror_stream_name
 from mesh.topology import Topology
 
 __all__ = [
+    "FANOUT_CONSUMER",
     "GATEWAY_ADVERTISE_SENTINEL",
+    "SYSTEM_USER",
     "Credentials",
     "NatsNodePlan",
+    "NatsTls",
+    "consumer_permissions",
     "make_credentials",
     "render_server_conf",
     "service_permissions",
+    "worker_consumer",
 ]
+
+SYSTEM_USER = "sys"
+"""The SYS account's user (server events, ``$SYS`` requests): its own password, never admin's."""
 
 # The gateway address every server advertises. Remote gateways add gossiped
 # addresses to the URLs they dial, which would let cross-region traffic bypass
@@ -51,20 +59,43 @@ class Credentials:
         return server_url.replace("nats://", f"nats://{self.user}:{self.password}@", 1)
 
 
+FANOUT_CONSUMER = "fanout"
+"""The Fan-Out Service's durable EVENTS consumer."""
+
+
+def worker_consumer(region: str) -> str:
+    """The durable consumer a region's worker reads its stream through."""
+    return f"worker-{region}"
+
+
+def consumer_permissions(stream: str, consumer: str) -> list[str]:
+    """JetStream API subjects a user needs to run one durable pull consumer, and no more.
+
+    Create (or find) that consumer, pull from it, ack its deliveries, read the
+    stream's info and holes left by redelivery (DIRECT.GET). No other consumer
+    of the stream can be created, read or deleted, nor can any consumer be
+    deleted, and no ephemeral consumer can be made.
+    """
+    return [
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    ]
+
+
 def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
     """Publish/subscribe permissions of every service user (least privilege).
 
     Returns:
         user name -> nats-server ``permissions`` block.
     """
-    # Consumers read holes left by redelivery directly from the stream (DIRECT.GET).
-    js_consume = [
-        "$JS.API.INFO",
-        "$JS.API.CONSUMER.>",
-        "$JS.API.STREAM.INFO.>",
-        "$JS.API.DIRECT.GET.>",
-        "$JS.ACK.>",
-    ]
     perms: dict[str, dict[str, Any]] = {
         # Writes durable events and typing; nothing else. It never subscribes
         # to events: only to its own inboxes for JetStream acks.
@@ -84,7 +115,13 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
         },
         # Consumes EVENTS, hears typing/presence/routes, publishes deliveries.
         "fanout": {
-            "publish": {"allow": [Subjects.DELIVERY_ALL, Subjects.ROUTE_RESYNC, *js_consume]},
+            "publish": {
+                "allow": [
+                    Subjects.DELIVERY_ALL,
+                    Subjects.ROUTE_RESYNC,
+                    *consumer_permissions(EVENTS_STREAM, FANOUT_CONSUMER),
+                ]
+            },
             "subscribe": {"allow": ["chatmesh.eph.>", "chatmesh.route.>", "_INBOX.>"]},
             "allow_responses": True,
         },
@@ -107,18 +144,30 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
             "subscribe": {"allow": [f"chatmesh.dlv.{region}.>", Subjects.ROUTE_RESYNC, "_INBOX.>"]},
             "allow_responses": True,
         }
-        # Workers only consume their region's stream (EVENTS or its mirror).
+        # Workers only consume their region's stream (EVENTS or its mirror),
+        # through their own durable consumer.
+        stream = EVENTS_STREAM if region == topology.primary else mirror_stream_name(region)
         perms[f"worker-{region}"] = {
-            "publish": {"allow": js_consume},
+            "publish": {"allow": consumer_permissions(stream, worker_consumer(region))},
             "subscribe": {"allow": ["_INBOX.>"]},
         }
     return perms
 
 
 def make_credentials(topology: Topology) -> dict[str, Credentials]:
-    """Fresh random passwords for the admin user and every service user."""
-    users = ["admin", "bench", *service_permissions(topology)]
+    """Fresh random passwords for the admin, system and bench users and every service user."""
+    users = ["admin", SYSTEM_USER, "bench", *service_permissions(topology)]
     return {u: Credentials(u, secrets.token_urlsafe(18)) for u in users}
+
+
+@dataclass(frozen=True)
+class NatsTls:
+    """One server's certificate (internal CA) for TLS on client, route and gateway links."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    """The internal CA: routes and gateways verify each other's certificates against it."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +182,11 @@ class NatsNodePlan:
     gateway_port: int
     store_dir: str
     host: str = "127.0.0.1"
+    """Address clients, routes and gateways bind."""
+    monitor_host: str = "127.0.0.1"
+    """Address the HTTP monitoring endpoints bind: loopback only, since ``/connz``
+    and ``/accountz`` list every connection and user (health checks run on the
+    server's own host or container)."""
     routes: tuple[str, ...] = ()
     """``nats-route://host:port`` of the region's other nodes."""
     gateways: dict[str, list[str]] = field(default_factory=dict)
@@ -141,6 +195,9 @@ class NatsNodePlan:
     """``host:port`` this server advertises to other gateways. The default refuses
     connections so traffic keeps to the link proxies; a deployment without link
     proxies (docker-compose) advertises its real, resolvable address."""
+    tls: NatsTls | None = None
+    """TLS on every link (clients: encrypted and the server verified, passwords
+    still authenticate; routes and gateways: mutual TLS); None: plaintext."""
 
     @property
     def server_name(self) -> str:
@@ -155,7 +212,7 @@ class NatsNodePlan:
     @property
     def monitor_url(self) -> str:
         """``http://host:port`` of the monitoring endpoints."""
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{self.monitor_host}:{self.http_port}"
 
 
 def render_server_conf(
@@ -198,7 +255,7 @@ def render_server_conf(
         "server_name": node.server_name,
         "host": node.host,
         "port": node.client_port,
-        "http": f"{node.host}:{node.http_port}",
+        "http": f"{node.monitor_host}:{node.http_port}",
         "server_tags": [f"region:{node.region}"],
         "max_payload": 1 << 20,
         "ping_interval": "20s",
@@ -221,10 +278,24 @@ def render_server_conf(
         },
         "accounts": {
             "CHATMESH": {"jetstream": "enabled", "users": users},
-            "SYS": {"users": [{"user": "sys", "password": credentials["admin"].password}]},
+            "SYS": {
+                "users": [{"user": SYSTEM_USER, "password": credentials[SYSTEM_USER].password}]
+            },
         },
         "system_account": "SYS",
     }
+    if node.tls is not None:
+        files = {
+            "cert_file": node.tls.cert_file,
+            "key_file": node.tls.key_file,
+            "ca_file": node.tls.ca_file,
+            "timeout": 2,
+        }
+        # Clients prove who they are with their password, over TLS.
+        conf["tls"] = {**files, "verify": False}
+        # Servers prove it to each other with their certificates.
+        conf["cluster"]["tls"] = {**files, "verify": True}
+        conf["gateway"]["tls"] = {**files, "verify": True}
     if len(topology.regions) == 1:
         # One region: no gateways to join; one node as well: a standalone
         # JetStream server (clustered JetStream needs peers it could reach).

@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -33,7 +34,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DEFAULT_NAMES", "DevTls"]
+from mesh.core.identity import identity_name
+
+__all__ = [
+    "DEFAULT_NAMES",
+    "DevTls",
+    "IdentityFiles",
+    "ServicePki",
+]
 
 DEFAULT_NAMES: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
 """Names (IP addresses or DNS names) the local edges' certificate is valid for."""
@@ -63,6 +71,143 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     tmp.write_bytes(data)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _new_ca(cn: str, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_CA_USAGE, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _sans(names: Sequence[str]) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    return sans
+
+
+@dataclass(frozen=True)
+class IdentityFiles:
+    """One service identity's files: its certificate (leaf), key, and the CA to trust."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class ServicePki:
+    """The internal CA of one deployment and a certificate per service identity.
+
+    Separate from the edge's public CA (:class:`DevTls`): a certificate the
+    public edge presents can never pass for an internal identity. Every leaf is
+    good for both ends of mutual TLS (server and client authentication) and
+    names ``<role>/<name>`` (:mod:`mesh.core.identity`) as its common name;
+    :mod:`mesh.rpc.interceptors.peer`
+    reads it from the verified peer.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> pki = ServicePki(pathlib.Path(tempfile.mkdtemp()))
+        >>> files = pki.issue("edge", "eu")
+        >>> files.cert.name, oct(files.key.stat().st_mode & 0o777)
+        ('edge-eu.pem', '0o600')
+    """
+
+    def __init__(self, path: Path, names: Sequence[str] = DEFAULT_NAMES) -> None:
+        """Points at ``path``; certificates are made on demand.
+
+        Args:
+            path: The directory (0700).
+            names: Subject alternative names every leaf carries (the addresses
+                the services answer on; :meth:`issue` adds more per identity).
+        """
+        self.path = path
+        self.names = tuple(names)
+
+    @property
+    def ca_path(self) -> Path:
+        """The internal CA certificate (PEM) every peer trusts."""
+        return self.path / "ca.pem"
+
+    @property
+    def _ca_key_path(self) -> Path:
+        return self.path / "ca-key.pem"
+
+    def ensure_ca(self) -> None:
+        """Creates the CA unless it exists."""
+        if self.ca_path.exists() and self._ca_key_path.exists():
+            return
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key, cert = _new_ca("chatmesh internal CA", datetime.datetime.now(datetime.UTC))
+        _write(self._ca_key_path, _private_pem(key), 0o600)
+        _write(self.ca_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+    def issue(
+        self, role: str, name: str, *, names: Sequence[str] = (), key_mode: int = 0o600
+    ) -> IdentityFiles:
+        """The certificate of identity ``role/name``, made (with the CA) unless it exists.
+
+        Args:
+            role: One of :data:`ROLES`.
+            name: The identity's name (``eu``, ``command-us-east``, ``harness``).
+            names: Extra subject alternative names (a container's DNS name).
+            key_mode: File mode of the key (compose mounts it into a container
+                whose user is not the file's owner).
+        """
+        cn = identity_name(role, name)
+        stem = f"{role}-{name}"
+        files = IdentityFiles(
+            self.path / f"{stem}.pem", self.path / f"{stem}-key.pem", self.ca_path
+        )
+        if files.cert.exists() and files.key.exists() and self.ca_path.exists():
+            return files
+        self.ensure_ca()
+        ca_key = serialization.load_pem_private_key(self._ca_key_path.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+        now = datetime.datetime.now(datetime.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+            .add_extension(
+                x509.SubjectAlternativeName(_sans([*self.names, *names])), critical=False
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write(files.key, _private_pem(key), key_mode)
+        _write(files.cert, leaf.public_bytes(serialization.Encoding.PEM), 0o644)
+        return files
 
 
 class DevTls:

@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from mesh.core.auth import KeyDirectory
-from mesh.deploy.envoy import EdgePlan, EdgeTls, Upstream, cluster_name
+from mesh.core.identity import EDGE
+from mesh.deploy.envoy import EdgePlan, EdgeTls, Upstream, UpstreamTls, cluster_name
 from mesh.deploy.tls import DevTls
 from mesh.harness.envoy import EnvoyProcess
+from mesh.harness.identity import mesh_pki
 from mesh.harness.paths import repo_root
 from mesh.harness.ports import allocate
 from mesh.harness.services import ServiceProcess
@@ -161,6 +163,12 @@ def edges_hook(settings: EdgeSettings | None = None) -> ServiceHook:
             backends = mesh.endpoints[region]["grpc"]
             web = webs[region]
             assert web.address is not None
+            upstream_tls = None
+            if "service_tls" in mesh.extra_state:
+                # The services speak mutual TLS: the edge presents edge/<region>,
+                # the one identity whose x-chatmesh-* headers they believe.
+                files = mesh_pki(mesh).issue(EDGE, region)
+                upstream_tls = UpstreamTls(str(files.cert), str(files.key), str(files.ca))
             plan = EdgePlan(
                 region=region,
                 listen=Upstream(_HOST, listen),
@@ -173,6 +181,7 @@ def edges_hook(settings: EdgeSettings | None = None) -> ServiceHook:
                 jwks_path=str(keys.jwks_path),
                 cors_origins=tuple(origins),
                 tls=EdgeTls(str(tls.cert_path), str(tls.key_path)) if tls else None,
+                upstream_tls=upstream_tls,
                 dev_tokens=cfg.dev_tokens,
                 health_interval_s=cfg.health_interval_s,
             )

@@ -27,16 +27,18 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
 from mesh.core.auth import KeyDirectory
+from mesh.core.identity import SERVICE
+from mesh.deploy.nats import worker_consumer
+from mesh.harness.identity import identity_state, internal_channel, mesh_pki, operator_files
 from mesh.harness.paths import repo_root
 from mesh.harness.process import ManagedProcess, Supervised, wait_until
 from mesh.harness.supervisor import Mesh, ServiceHook
 
-__all__ = ["ServiceProcess", "ServiceSettings", "services_hook"]
+__all__ = ["ServiceProcess", "ServiceSettings", "process_name", "services_hook"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,16 @@ class ServiceSettings:
     resync_grace: float = 1.0
     log_level: str = "INFO"
     access_log: bool = True
+    service_tls: bool = True
+    """Mutual TLS with service identities on every service's gRPC port (internal CA
+    under ``<run_dir>/pki``); False: plaintext ports that believe no internal header."""
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per service kind (``notification`` ...): extra config keys."""
+
+
+def process_name(kind: str, region: str, index: int = 1) -> str:
+    """``<kind>-<region>`` (notification instances: ``-<index>`` too)."""
+    return f"{kind}-{region}" + (f"-{index}" if kind == "notification" else "")
 
 
 class ServiceProcess(Supervised):
@@ -64,7 +74,8 @@ class ServiceProcess(Supervised):
         super().__init__()
         self.kind = kind
         self.region = region
-        self.name = f"{kind}-{region}" + (f"-{index}" if kind == "notification" else "")
+        self.name = process_name(kind, region, index)
+        self._mesh = mesh
         self.conf_path = mesh.run_dir / "conf" / f"{self.name}.json"
         self.ready_path = mesh.run_dir / "data" / f"{self.name}.ready.json"
         config = {**config, "ready_file": str(self.ready_path), "region": region,
@@ -101,7 +112,8 @@ class ServiceProcess(Supervised):
             if not self.ready_path.exists():
                 return False
             info = json.loads(self.ready_path.read_text())
-            async with grpc.aio.insecure_channel(info["grpc"]) as channel:
+            identity = self._mesh.extra_state.get("service_tls") if info.get("tls") else None
+            async with internal_channel(identity, info["grpc"]) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
                 if resp.status != health_pb2.HealthCheckResponse.SERVING:
@@ -126,7 +138,7 @@ class ServiceProcess(Supervised):
 
 def _dsns(mesh: Mesh, region: str) -> dict[str, str]:
     data = mesh.run_dir / "data" / region
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
     stores = mesh.extra_state.get("stores_dsn", {}).get(region)
     if stores:
         return dict(stores)
@@ -148,6 +160,9 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
         mesh.extra_state["jwt_public_key"] = str(keys.public_key_path)
         mesh.extra_state["jwt_private_key"] = str(keys.private_key_path)
         embedded = topo.stores.backend == "embedded"
+        pki = mesh_pki(mesh) if cfg.service_tls else None
+        if cfg.service_tls:
+            mesh.extra_state["service_tls"] = identity_state(operator_files(mesh))
         common = {
             "jwt_public_key": str(keys.public_key_path),
             "log_level": cfg.log_level,
@@ -165,8 +180,13 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
         procs: list[ServiceProcess] = []
 
         def add(kind: str, region: str, config: dict[str, Any], index: int = 1) -> ServiceProcess:
+            tls: dict[str, str] = {}
+            if pki is not None:
+                files = pki.issue(SERVICE, process_name(kind, region, index))
+                tls = {"tls_cert": str(files.cert), "tls_key": str(files.key),
+                       "tls_client_ca": str(files.ca)}  # fmt: skip
             proc = ServiceProcess(
-                mesh, kind, region, index, {**common, **config, **cfg.extra.get(kind, {})}
+                mesh, kind, region, index, {**common, **tls, **config, **cfg.extra.get(kind, {})}
             )
             procs.append(proc)
             mesh.processes[proc.name] = proc.process
@@ -193,7 +213,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                 **nats(region, f"worker-{region}"),
                 "history_store": d["history"],
                 "stream": EVENTS_STREAM if is_primary else mirror_stream_name(region),
-                "consumer_name": f"worker-{region}",
+                "consumer_name": worker_consumer(region),
             }
             if embedded and not is_primary:
                 worker["metadata_store"] = d["metadata"]
@@ -212,7 +232,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                         "instance_id": f"n-{region}-{i}",
                         "history_store": d["history"],
                         "metadata_store": d["metadata"],
-                        "valkey_primary": f"redis://{via[0]}:{via[1]}/0",
+                        "valkey_primary": f"redis://:{mesh.valkey_password}@{via[0]}:{via[1]}/0",
                         "valkey_replica": valkey_local,
                         "stream_heartbeat": cfg.stream_heartbeat,
                         "route_heartbeat": cfg.route_heartbeat,

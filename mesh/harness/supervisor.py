@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,8 @@ class Mesh:
         self.hooks = list(hooks or [])
         self.fresh = fresh
         self.credentials: dict[str, Credentials] = make_credentials(topology)
+        self.valkey_password = secrets.token_urlsafe(18)
+        """Valkey's ``requirepass`` (primary and replicas share it)."""
         self.toxiproxy = Toxiproxy(run_dir)
         self.wan = Wan(topology, self.toxiproxy)
         self.nats_nodes: dict[str, list[NatsNode]] = {}
@@ -310,7 +313,7 @@ class Mesh:
 
     async def _launch_valkey(self) -> None:
         topo = self.topology
-        primary = ValkeyServer(topo.primary, self.run_dir)
+        primary = ValkeyServer(topo.primary, self.run_dir, password=self.valkey_password)
         self.valkey[topo.primary] = primary
         self._stoppers.append(primary.stop)
         await primary.start()
@@ -320,7 +323,9 @@ class Mesh:
                 region, topo.primary, "valkey", (primary.host, primary.port)
             )
             self.valkey_primary_via[region] = proxy.listen
-            replica = ValkeyServer(region, self.run_dir, replica_of=proxy.listen)
+            replica = ValkeyServer(
+                region, self.run_dir, replica_of=proxy.listen, password=self.valkey_password
+            )
             self.valkey[region] = replica
             self._stoppers.append(replica.stop)
             await replica.start()
@@ -344,7 +349,7 @@ class Mesh:
                 "primary": region == topo.primary,
                 "nats": self.nats_urls(region) if region in self.nats_nodes else [],
                 "nats_monitor": [n.plan.monitor_url for n in self.nats_nodes.get(region, [])],
-                "valkey": valkey.url if valkey else None,
+                "valkey": valkey.address_url if valkey else None,
                 "valkey_role": ("primary" if region == topo.primary else "replica")
                 if valkey
                 else None,

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import valkey.asyncio as valkey_async
@@ -49,6 +50,7 @@ class ValkeyServer:
         *,
         replica_of: tuple[str, int] | None = None,
         host: str = "127.0.0.1",
+        password: str | None = None,
     ) -> None:
         """Prepares a server.
 
@@ -58,11 +60,14 @@ class ValkeyServer:
             replica_of: ``(host, port)`` of the primary as seen from this region
                 (the link proxy), or None for the primary.
             host: Loopback address to bind.
+            password: Required of every client (``requirepass``) and sent to the
+                primary by a replica (``masterauth``); None: no AUTH.
         """
         self.region = region
         self.host = host
         self.port = allocate(host)
         self.replica_of = replica_of
+        self.password = password
         self.data_dir = run_dir / "data" / f"valkey-{region}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -89,6 +94,14 @@ class ValkeyServer:
                 # Serve (possibly stale) reads while the link to the primary is down.
                 "--replica-serve-stale-data", "yes",
             ]  # fmt: skip
+        if password is not None:
+            # In a 0600 file, not on the command line (every local user can read argv).
+            secret = run_dir / "conf" / f"valkey-{region}-auth.conf"
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.touch(mode=0o600)
+            os.chmod(secret, 0o600)
+            secret.write_text(f"requirepass {password}\nmasterauth {password}\n")
+            argv.insert(1, str(secret))
         role = "replica" if replica_of else "primary"
         self.process = ManagedProcess(
             f"valkey-{region}-{role}", argv, run_dir / "logs" / f"valkey-{region}.log"
@@ -96,7 +109,13 @@ class ValkeyServer:
 
     @property
     def url(self) -> str:
-        """``redis://host:port/0``."""
+        """``redis://[:password@]host:port/0``: what clients connect with (keep it private)."""
+        auth = f":{self.password}@" if self.password is not None else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def address_url(self) -> str:
+        """``redis://host:port/0`` without the password (for status output)."""
         return f"redis://{self.host}:{self.port}/0"
 
     async def start(self) -> None:
@@ -109,7 +128,9 @@ class ValkeyServer:
 
     async def replication_info(self) -> dict[str, str]:
         """``INFO replication`` as a dict."""
-        client = valkey_async.Valkey(host=self.host, port=self.port, socket_timeout=2.0)
+        client = valkey_async.Valkey(
+            host=self.host, port=self.port, password=self.password, socket_timeout=2.0
+        )
         try:
             info = await client.info("replication")
         finally:

@@ -2,7 +2,8 @@
 
 Every ``services/<name>/__main__.py`` builds a :class:`GrpcServer`, adds its
 servicers, and calls :meth:`GrpcServer.run_until_signal`. The server gets the
-standard interceptor chain, gRPC health checking (NOT_SERVING while draining),
+standard interceptor chain, mutual TLS with service identities when configured
+(``tls_cert``: :mod:`mesh.rpc.interceptors.peer`), gRPC health checking (NOT_SERVING while draining),
 server reflection (so ``grpcurl list``/``describe`` work), a Prometheus HTTP
 endpoint, HTTP/2 keepalive (dead client streams are noticed), and a ready file
 with its bound addresses for the harness.
@@ -24,7 +25,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,25 @@ def server_options() -> list[tuple[str, Any]]:
     ]
 
 
+def _server_credentials(config: CommonConfig) -> grpc.ServerCredentials | None:
+    """Mutual TLS from the config (None: plaintext).
+
+    Raises:
+        ValueError: Only some of ``tls_cert``, ``tls_key``, ``tls_client_ca`` are set.
+    """
+    files = (config.tls_cert, config.tls_key, config.tls_client_ca)
+    if not any(files):
+        return None
+    if not all(files):
+        raise ValueError("tls_cert, tls_key and tls_client_ca are set together or not at all")
+    cert, key, ca = (Path(f).read_bytes() for f in files)
+    # require_client_auth: a peer without a certificate of the internal CA
+    # fails the handshake and never reaches a handler.
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
 class GrpcServer:
     """A grpc.aio server with chatmesh's standard wiring."""
 
@@ -76,6 +96,7 @@ class GrpcServer:
         *,
         authenticated: bool = True,
         public_prefixes: tuple[str, ...] = (),
+        peer_roles: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         """Creates the server (not started).
 
@@ -84,6 +105,9 @@ class GrpcServer:
             service: Short name (``command``, ``query`` ...) for logs and metrics.
             authenticated: Require bearer tokens (False for internal services).
             public_prefixes: Method prefixes that need no token.
+            peer_roles: Method prefix -> service identity roles that may call it
+                (mutual TLS only, ``config.tls_cert``); other methods are open to
+                every peer with a certificate of the internal CA.
         """
         self.config = config
         self.service = service
@@ -96,6 +120,7 @@ class GrpcServer:
                 issuer=config.jwt_issuer,
                 audience=config.jwt_audience,
             )
+        self._credentials = _server_credentials(config)
         self.server = grpc.aio.server(
             interceptors=standard_chain(
                 service,
@@ -103,6 +128,7 @@ class GrpcServer:
                 public_prefixes=public_prefixes,
                 default_timeout=config.default_timeout,
                 access_log=config.access_log,
+                peer_roles=dict(peer_roles or {}) if self._credentials else None,
             ),
             options=server_options(),
         )
@@ -149,7 +175,10 @@ class GrpcServer:
             ],
             self.server,
         )
-        self.port = self.server.add_insecure_port(self.config.grpc_listen)
+        if self._credentials is not None:
+            self.port = self.server.add_secure_port(self.config.grpc_listen, self._credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.config.grpc_listen)
         if self.port == 0:
             raise RuntimeError(f"{self.service}: cannot bind {self.config.grpc_listen}")
         await self.server.start()
@@ -173,6 +202,7 @@ class GrpcServer:
             "instance_id": self.config.instance_id,
             "pid": os.getpid(),
             "grpc": self.address,
+            "tls": self._credentials is not None,
             "metrics": f"http://{host}:{self.metrics_port}/metrics" if self.metrics_port else None,
         }
         path = Path(self.config.ready_file)

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +32,27 @@ from mesh.stores.base import UNREAD_CAP, HistoryPage, LogConflict, LogEntry, Mes
 __all__ = ["SqliteCommandStore", "SqliteHistoryStore", "SqliteMetadataStore"]
 
 
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+
+
+def _private_file(path: Path) -> None:
+    """Creates ``path`` readable by its owner only, or narrows an existing file to that.
+
+    Messages and commands are users' data: no other local account may read them.
+    SQLite gives the ``-wal`` and ``-shm`` files the main file's mode.
+    """
+    path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, _FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, _FILE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _connect(path: Path, *, durable: bool) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_file(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: every commit is fsynced (the command log must survive power loss);

@@ -22,7 +22,7 @@ logger = logging.getLogger("services.command")
 
 async def main(cfg: CommandConfig) -> None:
     nc = await connect(list(cfg.nats_servers), name=f"command-{cfg.instance_id}", user=cfg.nats_user,
-                       password=cfg.nats_password)  # fmt: skip
+                       password=cfg.nats_password, tls_ca=cfg.nats_tls_ca)  # fmt: skip
     command_store = await open_command(cfg.command_store)
     metadata = await open_metadata(cfg.metadata_store, primary_reads=True)
     bus = NatsBus(nc)

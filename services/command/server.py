@@ -10,6 +10,7 @@ import grpc
 from chatmesh.v1 import command_service_pb2 as pb, command_service_pb2_grpc as pb_grpc
 from mesh.core.headers import ORIGIN_REGION
 from mesh.rpc.interceptors.auth import current_user
+from mesh.rpc.interceptors.peer import trusts_internal_headers
 from services.command.service import Commands
 
 __all__ = ["ORIGIN_HEADER", "CommandServicer"]
@@ -19,7 +20,13 @@ _REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 
 def origin_region(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
-    """The region whose edge received the call (the service's own region if none says)."""
+    """The region whose edge received the call (the service's own region if none says).
+
+    Only an edge's header is believed (:func:`~mesh.rpc.interceptors.peer.trusts_internal_headers`):
+    a direct caller, even one with a valid user token, cannot choose the region.
+    """
+    if not trusts_internal_headers():
+        return default
     for key, value in context.invocation_metadata() or ():
         if key == ORIGIN_HEADER:
             text = value if isinstance(value, str) else value.decode()

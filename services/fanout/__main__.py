@@ -9,6 +9,7 @@ from chatmesh.v1 import fanout_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
 from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod
+from mesh.core.identity import OPERATOR
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_metadata
 from services.fanout.config import FanoutConfig
@@ -18,7 +19,7 @@ from services.fanout.service import Fanout
 
 async def main(cfg: FanoutConfig) -> None:
     nc = await connect(list(cfg.nats_servers), name=f"fanout-{cfg.instance_id}", user=cfg.nats_user,
-                       password=cfg.nats_password, pending_size=64 * 1024 * 1024)  # fmt: skip
+                       password=cfg.nats_password, tls_ca=cfg.nats_tls_ca, pending_size=64 * 1024 * 1024)  # fmt: skip
     metadata = await open_metadata(cfg.metadata_store)
     bus = NatsBus(nc)
     fanout = Fanout(
@@ -31,8 +32,11 @@ async def main(cfg: FanoutConfig) -> None:
         consumer_name=cfg.consumer_name,
         batch=cfg.batch,
     )
-    # Internal operator API: no client tokens (it is not exposed by the edges).
-    server = GrpcServer(cfg, "fanout", authenticated=False)
+    # Internal operator API: no client tokens (it is not exposed by the edges);
+    # with service identities on, only operators may call it.
+    server = GrpcServer(
+        cfg, "fanout", authenticated=False, peer_roles={"/chatmesh.v1.FanoutService/": [OPERATOR]}
+    )
     server.add(
         pb_grpc.add_FanoutServiceServicer_to_server,
         FanoutServicer(fanout),

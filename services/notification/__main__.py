@@ -20,7 +20,7 @@ from services.notification.server import NotificationServicer
 async def main(cfg: NotificationConfig) -> None:
     instance_id = cfg.instance_id or ids.new(f"n-{cfg.region}")
     nc = await connect(list(cfg.nats_servers), name=f"notification-{instance_id}", user=cfg.nats_user,
-                       password=cfg.nats_password, pending_size=64 * 1024 * 1024)  # fmt: skip
+                       password=cfg.nats_password, tls_ca=cfg.nats_tls_ca, pending_size=64 * 1024 * 1024)  # fmt: skip
     history = await open_history(cfg.history_store)
     metadata = await open_metadata(cfg.metadata_store)
     presence = PresenceStore(

@@ -23,7 +23,7 @@ logger = logging.getLogger("services.worker")
 
 async def main(cfg: WorkerConfig) -> None:
     nc = await connect(list(cfg.nats_servers), name=f"worker-{cfg.instance_id}", user=cfg.nats_user,
-                       password=cfg.nats_password)  # fmt: skip
+                       password=cfg.nats_password, tls_ca=cfg.nats_tls_ca)  # fmt: skip
     history = await open_history(cfg.history_store)
     metadata = await open_metadata(cfg.metadata_store) if cfg.metadata_store else None
     projector = Projector(history, metadata)

@@ -25,6 +25,7 @@ import jsonschema
 import jwt
 import pytest
 import yaml
+from cryptography import x509
 
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.config import CommonConfig, ConfigError, load as load_config
@@ -245,10 +246,76 @@ def test_nats_clusters_and_gateways_match_the_topology(deployment: tuple[Topolog
                 ]
             assert conf["gateway"]["advertise"] == f"nats-{region.name}-{i}:7222"
             users = {u["user"]: u for u in conf["accounts"]["CHATMESH"]["users"]}
-            assert set(users) == set(compose.nats_users(topo))
+            assert set(users) == set(compose.nats_users(topo)) - {"sys"}  # sys: the SYS account
             # Every password is an environment reference, never a literal.
             assert all(u["password"].startswith("<NATS_PW_") for u in users.values())
             assert users["command"]["permissions"] == service_permissions(topo)["command"]
+
+
+def test_nats_monitoring_is_loopback_only_and_the_system_user_has_its_own_secret(
+    deployment: tuple[Topology, Path],
+) -> None:
+    topo, out = deployment
+    doc = _doc(out, topo)
+    nats_env = env_file(out / f"deploy/{topo.name}/secrets/nats.env")
+    for path in sorted((out / f"deploy/{topo.name}/nats").glob("*.conf")):
+        conf = read_nats_conf(path.read_text())
+        # /connz and /accountz list every connection and user: not on the network.
+        assert conf["http"] == "127.0.0.1:8222", path.name
+        assert conf["host"] == "0.0.0.0"  # clients, routes and gateways still are
+        [sys_user] = conf["accounts"]["SYS"]["users"]
+        assert sys_user == {"user": "sys", "password": "<NATS_PW_SYS>"}
+        service = doc["services"][path.stem]
+        assert "ports" not in service and "expose" not in service
+        # Its health check runs inside the container, on that loopback address.
+        assert "http://127.0.0.1:8222/healthz" in service["healthcheck"]["test"]
+    assert nats_env["NATS_PW_SYS"] != nats_env["NATS_PW_ADMIN"]
+
+
+def test_internal_ports_use_mutual_tls_with_one_identity_per_container(
+    deployment: tuple[Topology, Path],
+) -> None:
+    topo, out = deployment
+    doc = _doc(out, topo)
+    pki_dir = "/etc/chatmesh/pki"
+    internal = [n for n in doc["services"] if n.split("-", 1)[0] in compose.INTERNAL_KINDS]
+    assert {n.split("-", 1)[0] for n in internal} == set(compose.INTERNAL_KINDS)
+    for name in internal:
+        spec = doc["services"][name]
+        env = spec["environment"]
+        assert (env["CHATMESH_TLS_CERT"], env["CHATMESH_TLS_KEY"], env["CHATMESH_TLS_CLIENT_CA"]) == (
+            f"{pki_dir}/identity.pem", f"{pki_dir}/identity-key.pem", f"{pki_dir}/ca.pem"
+        )  # fmt: skip
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["volumes"]}
+        cert_file = out / mounts[f"{pki_dir}/identity.pem"]
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        # The container's own identity, for its own DNS name, signed by the internal CA.
+        assert cert.subject.rfc4514_string() == f"CN=service/{name}"
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert name in sans.get_values_for_type(x509.DNSName)
+        ca = x509.load_pem_x509_certificate((out / mounts[f"{pki_dir}/ca.pem"]).read_bytes())
+        cert.verify_directly_issued_by(ca)
+        # Its health check presents that identity (a plaintext probe would be refused).
+        assert "secure_channel" in spec["healthcheck"]["test"][-1]
+    for region in topo.region_names:
+        spec = doc["services"][f"envoy-{region}"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in spec["volumes"]}
+        cert = x509.load_pem_x509_certificate(
+            (out / mounts[f"{pki_dir}/identity.pem"]).read_bytes()
+        )
+        assert cert.subject.rfc4514_string() == f"CN=edge/{region}"
+        boot = yaml.safe_load((out / f"deploy/{topo.name}/envoy/envoy-{region}.yaml").read_text())
+        clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
+        for name, cluster in clusters.items():
+            if name.startswith("web-"):
+                assert "transport_socket" not in cluster  # the sidecar, on the loopback
+                continue
+            ctx = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            assert (
+                ctx["tls_certificates"][0]["certificate_chain"]["filename"]
+                == f"{pki_dir}/identity.pem"
+            )
+            assert ctx["validation_context"]["trusted_ca"]["filename"] == f"{pki_dir}/ca.pem"
 
 
 def test_nats_configs_pass_nats_server_check_with_the_secrets(
@@ -513,3 +580,97 @@ async def test_nats_init_job_creates_the_streams_on_a_real_super_cluster(tmp_pat
                 assert info.cluster.name == config["placement"]["tags"][0].removeprefix("region:")
         finally:
             await nc.drain()
+
+
+# --- the transport-TLS option ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Topology, Path]:
+    """``dev`` generated with ``--transport-tls`` (NATS and Valkey links under TLS), secrets included."""
+    topo = load("dev")
+    out = tmp_path_factory.mktemp("dev-transport-tls")
+    compose.write_compose(topo, out, transport_tls=True)
+    compose.write_secrets(topo, out, transport_tls=True)
+    return topo, out
+
+
+def test_transport_tls_compose_is_valid_and_complete(tls_deployment: tuple[Topology, Path]) -> None:
+    topo, out = tls_deployment
+    doc = _doc(out, topo)
+    assert doc["x-chatmesh"]["transport-tls"] is True
+    assert schema_errors(doc) == []
+    assert structure_problems(doc) == []
+    refs = referenced_files(doc)
+    secret_refs = {r for r in refs if r.startswith(f"deploy/{topo.name}/secrets/")}
+    assert secret_refs == set(compose.secret_files(topo, transport_tls=True))
+    assert all((out / r).is_file() for r in secret_refs)
+    # Without the option nothing of it is there (the committed default).
+    plain = compose.render_compose(topo)
+    assert all(
+        "--tls-port" not in plain["services"][f"valkey-{r}"]["command"] for r in topo.region_names
+    )
+
+
+def test_transport_tls_nats_configs_pass_nats_server_check(
+    tls_deployment: tuple[Topology, Path], tmp_path: Path
+) -> None:
+    topo, out = tls_deployment
+    doc = _doc(out, topo)
+    env = {**os.environ, **env_file(out / f"deploy/{topo.name}/secrets/nats.env")}
+    for path in sorted((out / f"deploy/{topo.name}/nats").glob("*.conf")):
+        text = path.read_text()
+        conf = read_nats_conf(text)
+        for block in (conf["tls"], conf["cluster"]["tls"], conf["gateway"]["tls"]):
+            assert block["ca_file"] == "/etc/chatmesh/pki/ca.pem"
+            assert block["cert_file"] == "/etc/chatmesh/pki/identity.pem"
+        assert conf["tls"]["verify"] is False  # clients: passwords, over TLS
+        assert conf["cluster"]["tls"]["verify"] and conf["gateway"]["tls"]["verify"]
+        # The real server loads the certificates the container mounts.
+        mounts = {
+            v.split(":")[1]: str(out / v.split(":")[0])
+            for v in doc["services"][path.stem]["volumes"]
+            if v.startswith("./")
+        }
+        for container_path in ("/etc/chatmesh/pki/identity.pem", "/etc/chatmesh/pki/identity-key.pem",
+                               "/etc/chatmesh/pki/ca.pem"):  # fmt: skip
+            text = text.replace(container_path, mounts[container_path])
+        local = tmp_path / path.name
+        local.write_text(text)
+        result = subprocess.run([nats_server_binary(), "-t", "-c", str(local)], env=env, capture_output=True,
+                                text=True, timeout=30)  # fmt: skip
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
+
+
+def test_transport_tls_services_connect_over_tls(tls_deployment: tuple[Topology, Path]) -> None:
+    topo, out = tls_deployment
+    doc = _doc(out, topo)
+    checked = set()
+    for name, spec in doc["services"].items():
+        command = spec.get("command", [])
+        kind = command[-1].removeprefix("services.") if command[:2] == ["python", "-m"] else None
+        if kind not in CONFIG_CLASSES:
+            continue
+        env = dict(spec["environment"])
+        for path in spec["env_file"]:
+            env.update(env_file(out / path))
+        cfg = load_config(CONFIG_CLASSES[kind], env=env)
+        if "CHATMESH_NATS_USER" in env:
+            assert all(url.startswith("tls://") for url in cfg.nats_servers), name
+            assert cfg.nats_tls_ca == "/etc/chatmesh/pki/ca.pem"
+            checked.add(kind)
+        if isinstance(cfg, NotificationConfig):
+            for url in (cfg.valkey_primary, cfg.valkey_replica):
+                assert url.startswith("rediss://") and url.endswith(
+                    "?ssl_ca_certs=/etc/chatmesh/pki/ca.pem"
+                )
+            checked.add("valkey")
+    assert checked >= {"command", "fanout", "worker", "notification", "valkey"}
+    for region in topo.region_names:
+        valkey_spec = doc["services"][f"valkey-{region}"]
+        cmd = valkey_spec["command"]
+        assert cmd[cmd.index("--port") + 1] == "0"  # no plaintext port
+        assert cmd[cmd.index("--tls-port") + 1] == "6379"
+        assert "--tls" in valkey_spec["healthcheck"]["test"][-1]
+    init = doc["services"]["nats-init"]["environment"]
+    assert init["CHATMESH_NATS_TLS_CA"] == "/etc/chatmesh/pki/ca.pem"

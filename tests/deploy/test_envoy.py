@@ -34,7 +34,7 @@ from google.protobuf import (
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
 from mesh.core.headers import INTERNAL_PREFIX, ORIGIN_REGION
 from mesh.deploy import envoy as edge
-from mesh.deploy.tls import DevTls
+from mesh.deploy.tls import DevTls, ServicePki
 from mesh.harness.envoy import validate_config
 from mesh.harness.paths import repo_root
 from mesh.topology import Topology, load
@@ -287,10 +287,14 @@ def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     keys.ensure()
     tls = DevTls(root / "tls")
     tls.ensure()
+    identity = ServicePki(root / "pki").issue("edge", "eu")
     return {
         edge.DEFAULT_JWKS_PATH: keys.jwks_path,
         f"{edge.DEFAULT_TLS_DIR}/edge.pem": tls.cert_path,
         f"{edge.DEFAULT_TLS_DIR}/edge-key.pem": tls.key_path,
+        f"{edge.DEFAULT_PKI_DIR}/identity.pem": identity.cert,
+        f"{edge.DEFAULT_PKI_DIR}/identity-key.pem": identity.key,
+        f"{edge.DEFAULT_PKI_DIR}/ca.pem": identity.ca,
     }
 
 

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from mesh.bus.connection import connect, tls_context
 from mesh.bus.streams import events_stream_config, mirror_stream_config
 from mesh.bus.subjects import Subjects
 from mesh.deploy.nats import (
     GATEWAY_ADVERTISE_SENTINEL,
+    NatsNodePlan,
+    NatsTls,
     make_credentials,
     render_server_conf,
     service_permissions,
 )
 from mesh.deploy.render import example_nats_plans, render_all
+from mesh.deploy.tls import ServicePki
 from mesh.harness.nats import nats_server_binary
+from mesh.harness.ports import allocate
 from mesh.topology import load
+from tests.helpers import eventually
 
 
 @pytest.mark.parametrize("name", ["dev", "three-regions", "ha"])
@@ -66,3 +75,79 @@ def test_notification_users_cannot_publish_events() -> None:
     assert not any(p.startswith("chatmesh.evt") for p in notif)
     assert perms["notification-eu"]["subscribe"]["allow"][0] == "chatmesh.dlv.eu.>"
     assert Subjects.EVENTS_ALL in perms["command"]["publish"]["allow"]
+
+
+async def test_a_tls_server_refuses_plaintext_and_serves_clients_that_trust_its_ca(
+    tmp_path: Path,
+) -> None:
+    """TLS on the client port, with the real nats-server (the compose ``--transport-tls`` shape)."""
+    topo = load("single")
+    pki = ServicePki(tmp_path / "pki")
+    node = pki.issue("service", "nats-us-east-1")
+    plan = NatsNodePlan(
+        region=topo.primary, index=1, client_port=allocate(), http_port=allocate(),
+        cluster_port=allocate(), gateway_port=allocate(), store_dir=str(tmp_path / "js"),
+        tls=NatsTls(str(node.cert), str(node.key), str(node.ca)),
+    )  # fmt: skip
+    creds = make_credentials(topo)
+    conf = tmp_path / "nats.conf"
+    conf.write_text(render_server_conf(topo, plan, creds))
+    log = (tmp_path / "nats.log").open("wb")
+    server = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-c", str(conf), stdout=log, stderr=subprocess.STDOUT
+    )
+    bench = creds["bench"]
+    try:
+
+        async def listening() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", plan.client_port)
+            except OSError:
+                return False
+            writer.close()
+            await writer.wait_closed()
+            return True
+
+        await eventually(listening, timeout=20, what="nats-server listening")
+        # Trusting the internal CA: connected over TLS, messages flow.
+        nc = await connect([plan.client_url], name="tls-ok", user=bench.user,
+                           password=bench.password, tls_ca=str(node.ca))  # fmt: skip
+        try:
+            sub = await nc.subscribe("bench.tls")
+            await nc.publish("bench.tls", b"over tls")
+            assert (await sub.next_msg(timeout=5)).data == b"over tls"
+            assert nc._transport is not None
+            assert nc._transport._io_writer.get_extra_info("ssl_object") is not None
+        finally:
+            await nc.close()
+        # Plaintext: the server says TLS is required, and closes the connection at the CONNECT.
+        reader, writer = await asyncio.open_connection("127.0.0.1", plan.client_port)
+        try:
+            info = json.loads((await asyncio.wait_for(reader.readline(), 5)).split(b" ", 1)[1])
+            assert info["tls_required"] is True
+            connect_op = {"user": bench.user, "pass": bench.password, "verbose": False}
+            writer.write(b"CONNECT " + json.dumps(connect_op).encode() + b"\r\nPING\r\n")
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.read(), 10)  # to EOF: the server hung up
+            assert b"PONG" not in reply and b"+OK" not in reply
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+        # A client that trusts another CA does not accept the server's certificate.
+        other = ServicePki(tmp_path / "other").issue("service", "x")
+        reader, writer = await asyncio.open_connection("127.0.0.1", plan.client_port)
+        try:
+            await asyncio.wait_for(reader.readline(), 5)  # INFO, then the TLS upgrade
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.wait_for(
+                    writer.start_tls(tls_context(str(other.ca)), server_hostname="127.0.0.1"), 10
+                )
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+    finally:
+        server.kill()
+        await server.wait()
+        log.close()

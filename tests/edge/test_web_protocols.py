@@ -31,6 +31,7 @@ from chatmesh.v1.command_service_connect import CommandServiceClient
 from chatmesh.v1.notification_service_connect import NotificationServiceClient
 from chatmesh.v1.query_service_connect import QueryServiceClient
 from mesh.core.auth import KeyDirectory, mint
+from mesh.harness.identity import internal_channel
 from mesh.harness.supervisor import Mesh
 from mesh.rpc.status import from_rpc_error
 from tests.edge.conftest import (
@@ -477,8 +478,8 @@ async def test_error_details_survive_the_edge(
     channel = await create_channel(eu_command, auth, "err-ida", "private-ish")
     bad = cpb.SendMessageRequest(channel_id=channel, text="   ", client_msg_id="has space")
     # What the Command Service itself says (directly, in the primary).
-    async with grpc.aio.insecure_channel(
-        dev_mesh.endpoints["us-east"]["grpc"]["command"]
+    async with internal_channel(
+        dev_mesh.extra_state["service_tls"], dev_mesh.endpoints["us-east"]["grpc"]["command"]
     ) as direct:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await cgrpc.CommandServiceStub(direct).SendMessage(
@@ -547,7 +548,9 @@ async def test_error_details_survive_the_edge(
 
 async def _routed(mesh: Mesh, user: str) -> list[str]:
     """Notification instances holding a live stream of ``user`` (the Fan-Out Service's routing table)."""
-    async with grpc.aio.insecure_channel(mesh.endpoints["us-east"]["grpc"]["fanout"]) as channel:
+    async with internal_channel(
+        mesh.extra_state["service_tls"], mesh.endpoints["us-east"]["grpc"]["fanout"]
+    ) as channel:
         route = await fgrpc.FanoutServiceStub(channel).GetRoute(
             fpb.GetRouteRequest(user_id=user), timeout=5
         )

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from chatmesh.v1 import notification_service_pb2 as npb, notification_service_pb2_grpc as ngrpc
+from mesh.harness.identity import internal_channel
 from mesh.harness.supervisor import Mesh
 from mesh.rpc.status import from_rpc_error
 from tests.conftest import INTENDED_CRASHES
@@ -60,7 +61,8 @@ async def test_slow_client_is_disconnected_without_slowing_others(
         # proxy in between would add buffers of its own (sized by the proxy) before
         # the backpressure reaches it. A raw stub, because it must hold the call open
         # without reading, which no client layer does.
-        sloth_channel = grpc.aio.insecure_channel(
+        sloth_channel = internal_channel(
+            dev_mesh.extra_state["service_tls"],
             dev_mesh.endpoints["eu"]["grpc"]["notification"][0],
             options=[("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 1 << 20)],
         )

@@ -62,6 +62,7 @@ from mesh.bus.subjects import Subjects
 from mesh.client import ChatClient, RetryPolicy, Subscription
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.errors import ChatmeshError
+from mesh.harness.identity import internal_channel
 
 __all__ = ["LoadGen", "main"]
 
@@ -865,7 +866,10 @@ class LoadGen:
         routed = 0
         errors: dict[str, int] = {}
         issued = 0
-        async with grpc.aio.insecure_channel(args["fanout"], _channel_options()) as channel:
+        channel_to = internal_channel(
+            args.get("fanout_identity"), args["fanout"], options=_channel_options()
+        )
+        async with channel_to as channel:
             stub = _stub(fgrpc.FanoutServiceStub, channel)
 
             async def client() -> None:

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from mesh.harness.daemon import default_hooks
 from mesh.harness.paths import repo_root
+from mesh.harness.services import ServiceSettings
 from mesh.harness.supervisor import Mesh
 from mesh.topology import Topology, load
 from tools.bench import scenarios as sc
@@ -103,9 +104,18 @@ def _entry(mesh: Mesh, region: str, prefer: str) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _settings(entry: str) -> ServiceSettings:
+    """The services' settings for an entry.
+
+    ``--entry direct`` clients are user clients without a service identity, so
+    the services' ports stay plaintext then; every other entry goes through the edges.
+    """
+    return ServiceSettings(service_tls=entry != "direct")
+
+
 def _scrub(run_dir: Path) -> None:
     """Keeps only the logs of a finished run (data can be large; keys are secrets)."""
-    for name in ("data", "keys", "conf"):
+    for name in ("data", "keys", "conf", "pki"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for name in ("nats-credentials.json", "state.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -156,7 +166,7 @@ async def run_topology(
     result.update(
         {"topology": describe_topology(topology), "scenarios": {}, "run_dir": run_dir.name}
     )
-    mesh = Mesh(topology, run_dir, hooks=default_hooks("embedded"))
+    mesh = Mesh(topology, run_dir, hooks=default_hooks("embedded", _settings(entry)))
     gens: dict[str, LoadGenProcess] = {}
     try:
         with console.status(
@@ -273,7 +283,7 @@ async def run_production_history(
         topology, stores=dataclasses.replace(topology.stores, backend="production")
     )
     run_dir = out / "run-dev-production"
-    mesh = Mesh(topology, run_dir, hooks=default_hooks("production"))
+    mesh = Mesh(topology, run_dir, hooks=default_hooks("production", _settings(entry)))
     gens: dict[str, LoadGenProcess] = {}
     try:
         try:

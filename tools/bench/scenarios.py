@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chatmesh.v1 import fanout_service_pb2 as fpb, fanout_service_pb2_grpc as fgrpc
+from mesh.harness.identity import internal_channel
 from mesh.harness.supervisor import Mesh
 from tools.bench import profiling
 from tools.bench.plan import Plan, Population, population
@@ -1102,8 +1102,8 @@ async def run_presence(ctx: Context) -> dict[str, Any]:
 # -- 5. routing table at scale -------------------------------------------------------------------------------
 
 
-async def _fanout_stats(address: str) -> fpb.GetStatsResponse:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _fanout_stats(address: str, identity: dict[str, str] | None) -> fpb.GetStatsResponse:
+    async with internal_channel(identity, address) as channel:
         stub: Any = fgrpc.FanoutServiceStub  # the _grpc modules are untyped
         stats: fpb.GetStatsResponse = await stub(channel).GetStats(
             fpb.GetStatsRequest(), timeout=60
@@ -1131,6 +1131,8 @@ async def run_routing(ctx: Context) -> dict[str, Any]:
         }
     db = dsn[len("sqlite://") :]
     address = ctx.mesh.endpoints[primary]["grpc"]["fanout"]
+    # The operator RPCs need the harness's operator identity (mutual TLS).
+    identity = ctx.mesh.extra_state.get("service_tls")
     prefix = f"rt{random.Random(ctx.seed).randrange(36**3):x}-"
 
     def snap(stats: fpb.GetStatsResponse) -> dict[str, Any]:
@@ -1148,7 +1150,7 @@ async def run_routing(ctx: Context) -> dict[str, Any]:
 
     with progress_bar(ctx.console) as bar:
         task = bar.add_task(f"{ctx.name}: routing table ({plan.routing_users:,} users)", total=5)
-        before = snap(await _fanout_stats(address))
+        before = snap(await _fanout_stats(address, identity))
         loaded = await ctx.gens[primary].call(
             "load_memberships",
             {
@@ -1167,7 +1169,7 @@ async def run_routing(ctx: Context) -> dict[str, Any]:
         await svc.restart(timeout=600)
         restart_s = time.monotonic() - t0
         bar.update(task, advance=1)
-        with_members = snap(await _fanout_stats(address))
+        with_members = snap(await _fanout_stats(address, identity))
         instances = [
             {
                 "instance_id": f"bench-fake-{ctx.regions[i % len(ctx.regions)]}-{i}",
@@ -1191,11 +1193,12 @@ async def run_routing(ctx: Context) -> dict[str, Any]:
         )
         bar.update(task, advance=1)
         try:
-            after = snap(await _fanout_stats(address))
+            after = snap(await _fanout_stats(address, identity))
             routes = await ctx.gens[primary].call(
                 "get_route",
                 {
                     "fanout": address,
+                    "fanout_identity": identity,
                     "prefix": prefix,
                     "users": plan.routing_users,
                     "requests": plan.getroute_requests,
@@ -1205,7 +1208,7 @@ async def run_routing(ctx: Context) -> dict[str, Any]:
                 timeout=300,
             )
             bar.update(task, advance=1)
-            final = snap(await _fanout_stats(address))
+            final = snap(await _fanout_stats(address, identity))
         finally:
             stopped = await ctx.gens[primary].call("fake_stop", {}, timeout=60)
         bar.update(task, advance=1)

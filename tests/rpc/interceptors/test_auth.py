@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 import pytest
 
 from chatmesh.v1 import notification_service_pb2 as npb, query_service_pb2 as qpb
-from mesh.core.auth import KeyDirectory, TokenVerifier, mint
+from mesh.core.auth import MAX_TOKEN_LIFETIME, KeyDirectory, TokenVerifier, mint
 from mesh.rpc.interceptors import Authenticator, ErrorMapper
 from mesh.rpc.interceptors.auth import current_user
 from mesh.rpc.status import from_rpc_error
@@ -94,3 +95,27 @@ async def test_two_authorization_headers_are_refused_even_if_both_are_valid(
     assert from_rpc_error(info.value).reason == "TOKEN_INVALID"
     assert "exactly one" in (info.value.details() or "")
     assert h.script.seen == []
+
+
+async def test_tokens_living_longer_than_the_maximum_are_refused(
+    serve: Any, keys: KeyDirectory, verifier: TokenVerifier
+) -> None:
+    h = await serve([ErrorMapper(), Authenticator(verifier)])
+
+    async def call(token: str) -> Any:
+        return await h.query.GetHistory(
+            qpb.GetHistoryRequest(channel_id=CH), metadata=(("authorization", f"Bearer {token}"),)
+        )
+
+    # A year-long token, valid in every other respect.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(mint(keys, "alice", ttl_seconds=365 * 24 * 3600))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert from_rpc_error(info.value).reason == "TOKEN_INVALID"
+    assert "lifetime" in (info.value.details() or "")
+    # Just over the bound, issued an hour ago (so exp is not the point): refused too.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call(mint(keys, "alice", ttl_seconds=MAX_TOKEN_LIFETIME + 60, now=time.time() - 3600))
+    assert h.script.seen == []
+    # At the bound: accepted.
+    assert (await call(mint(keys, "alice", ttl_seconds=MAX_TOKEN_LIFETIME))).last_seq == 7

@@ -28,6 +28,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_METHOD_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_SERVICE_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_STREAM_GAP: _ClassVar[ErrorReason]
+    ERROR_REASON_PEER_NOT_ALLOWED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_FIELD: ErrorReason
 ERROR_REASON_TOKEN_MISSING: ErrorReason
@@ -50,3 +51,4 @@ ERROR_REASON_DEADLINE_EXCEEDED: ErrorReason
 ERROR_REASON_METHOD_NOT_FOUND: ErrorReason
 ERROR_REASON_SERVICE_NOT_FOUND: ErrorReason
 ERROR_REASON_STREAM_GAP: ErrorReason
+ERROR_REASON_PEER_NOT_ALLOWED: ErrorReason

@@ -235,6 +235,13 @@ class ErrorReason(betterproto2.Enum):
     with resume_from: nothing is lost.
     """
 
+    PEER_NOT_ALLOWED = 22
+    """
+    PERMISSION_DENIED: the calling peer's service identity (its client
+    certificate) may not call this method: internal operator RPCs
+    (FanoutService) need an operator's.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -260,6 +267,7 @@ class ErrorReason(betterproto2.Enum):
             19: "ERROR_REASON_METHOD_NOT_FOUND",
             20: "ERROR_REASON_SERVICE_NOT_FOUND",
             21: "ERROR_REASON_STREAM_GAP",
+            22: "ERROR_REASON_PEER_NOT_ALLOWED",
         }
 
     @classmethod
@@ -287,6 +295,7 @@ class ErrorReason(betterproto2.Enum):
             "ERROR_REASON_METHOD_NOT_FOUND": 19,
             "ERROR_REASON_SERVICE_NOT_FOUND": 20,
             "ERROR_REASON_STREAM_GAP": 21,
+            "ERROR_REASON_PEER_NOT_ALLOWED": 22,
         }
 
 
