@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.bus.streams import parse_size
+from mesh.bus.streams import mirror_consumer_name, parse_size
 from mesh.bus.subjects import EVENTS_STREAM, Subjects, mirror_stream_name
 from mesh.topology import Topology
 
@@ -90,6 +90,22 @@ def consumer_permissions(stream: str, consumer: str) -> list[str]:
     ]
 
 
+def mirror_monitor_permissions(region: str) -> list[str]:
+    """What a secondary's replication monitor needs beyond its worker's consumer.
+
+    It compares the mirror with EVENTS (stream info of both) and, when the
+    mirror stalls, re-creates the mirror's own durable consumer on EVENTS
+    (``mesh.bus.replication``): that one consumer only, never a delete.
+    """
+    consumer = mirror_consumer_name(region)
+    return [
+        f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{consumer}",
+        f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}",
+    ]
+
+
 def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
     """Publish/subscribe permissions of every service user (least privilege).
 
@@ -147,8 +163,11 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
         # Workers only consume their region's stream (EVENTS or its mirror),
         # through their own durable consumer.
         stream = EVENTS_STREAM if region == topology.primary else mirror_stream_name(region)
+        allow = consumer_permissions(stream, worker_consumer(region))
+        if region != topology.primary:
+            allow += mirror_monitor_permissions(region)
         perms[f"worker-{region}"] = {
-            "publish": {"allow": consumer_permissions(stream, worker_consumer(region))},
+            "publish": {"allow": allow},
             "subscribe": {"allow": ["_INBOX.>"]},
         }
     return perms

@@ -2,8 +2,8 @@
 
 A mirror of EVENTS reading through its own durable flow-control consumer (what
 ``mirror_stream_config`` asks for) keeps up; when that consumer disappears the
-mirror stops moving while EVENTS goes on, the monitor (as a worker's NATS user)
-sees it lagging, then stalled, re-creates the consumer, and the mirror catches up.
+mirror stops moving while EVENTS goes on, the monitor sees it lagging, then
+stalled, re-creates the consumer, and the mirror catches up.
 Order of states is asserted, never how long anything took.
 """
 
@@ -57,8 +57,9 @@ async def test_a_stalled_durable_mirror_is_detected_and_repaired(single: Mesh) -
         for _ in range(n):
             await js.publish(subject, b"x", stream=EVENTS_STREAM)
 
-    worker = await single.nats_client(primary, user=f"worker-{primary}")
-    monitor = ReplicationMonitor(worker, MIRROR, interval=0.2)
+    # A test mirror in one region, so the monitor runs as admin here; that a secondary's
+    # worker user may do exactly this is tests/harness/test_infra_security.py's.
+    monitor = ReplicationMonitor(admin, MIRROR, interval=0.2)
     await publish(5)
 
     async def state() -> MirrorHealth | None:

@@ -1,7 +1,8 @@
 """Least privilege and secrets of the infrastructure, checked by the real servers (issue 13, finding 6).
 
 NATS: a secondary's worker may run its own durable consumer of its region's
-mirror and nothing else (no other consumer, no deletion, no ephemeral one); the
+mirror and nothing else (no other consumer, no deletion, no ephemeral one), and
+watch and repair its mirror (stream info, its mirror's own consumer on EVENTS); the
 system account has a password of its own. Valkey: every client must AUTH, and
 the replica still replicates. Infrastructure-only ``dev`` mesh (one node per
 region), started through the same harness ``chatmesh up`` uses.
@@ -9,6 +10,7 @@ region), started through the same harness ``chatmesh up`` uses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from mesh.bus.connection import connect
-from mesh.bus.subjects import mirror_stream_name
+from mesh.bus.replication import ReplicationMonitor
+from mesh.bus.streams import ensure_mirror_consumer
+from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
 from mesh.deploy.nats import SYSTEM_USER, worker_consumer
 from mesh.harness.supervisor import Mesh
 from mesh.topology import load
@@ -153,3 +157,39 @@ async def test_valkey_refuses_clients_without_the_password(infra: Mesh) -> None:
     # The state file names the servers without the password.
     state = infra.state()["regions"]
     assert all(infra.valkey_password not in str(r["valkey"]) for r in state.values())
+
+
+async def test_a_secondary_worker_may_watch_and_repair_its_mirror_and_nothing_more(
+    infra: Mesh,
+) -> None:
+    """The replication monitor runs as the secondary's worker user: it reads both
+    streams' info and re-creates its mirror's own consumer on EVENTS, no other."""
+    region = infra.topology.secondaries[0]
+    mirror = mirror_stream_name(region)
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    creds = infra.credentials[f"worker-{region}"]
+    nc = await connect(infra.nats_urls(region), name="perm-monitor", user=creds.user,
+                       password=creds.password, error_cb=on_error)  # fmt: skip
+    try:
+        monitor = ReplicationMonitor(nc, mirror, interval=0.2)
+        health = await monitor.sample()
+        assert health.source_last >= 0 and health.mirror_last >= 0, health
+        info = await nc.jsm().stream_info(mirror)
+        assert info.config.mirror is not None
+        # The repair: the mirror's own consumer, re-created with its own config (idempotent).
+        raw = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{mirror}", b"", timeout=5)).data)
+        await ensure_mirror_consumer(nc, raw["config"], timeout=10)
+        assert not errors
+        # Any other consumer on EVENTS: refused.
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jsm().add_consumer(
+                EVENTS_STREAM,
+                ConsumerConfig(name="sneaky", durable_name="sneaky", ack_policy=AckPolicy.EXPLICIT),
+                timeout=2,
+            )
+    finally:
+        await nc.close()
