@@ -20,7 +20,7 @@ from pathlib import Path
 import valkey.asyncio as valkey_async
 
 from mesh.harness.ports import allocate
-from mesh.harness.process import ManagedProcess, wait_until
+from mesh.harness.process import ManagedProcess, Supervised, wait_until
 
 __all__ = ["ValkeyServer", "valkey_server_binary"]
 
@@ -39,8 +39,13 @@ def valkey_server_binary() -> str:
     return str(path)
 
 
-class ValkeyServer:
-    """One valkey-server process, primary or replica."""
+class ValkeyServer(Supervised):
+    """One valkey-server process, primary or replica, supervised (restarted on the same port).
+
+    Nothing is persisted (presence and typing are ephemeral), so a restarted primary
+    starts empty and its replicas resync from it; instances re-register on their
+    next heartbeat.
+    """
 
     def __init__(
         self,
@@ -59,7 +64,9 @@ class ValkeyServer:
                 (the link proxy), or None for the primary.
             host: Loopback address to bind.
         """
+        super().__init__()
         self.region = region
+        self.kind = "valkey"
         self.host = host
         self.port = allocate(host)
         self.replica_of = replica_of
@@ -90,6 +97,7 @@ class ValkeyServer:
                 "--replica-serve-stale-data", "yes",
             ]  # fmt: skip
         role = "replica" if replica_of else "primary"
+        self.name = f"valkey-{region}-{role}"
         self.process = ManagedProcess(
             f"valkey-{region}-{role}", argv, run_dir / "logs" / f"valkey-{region}.log"
         )
@@ -99,12 +107,14 @@ class ValkeyServer:
         """``redis://host:port/0``."""
         return f"redis://{self.host}:{self.port}/0"
 
-    async def start(self) -> None:
-        """Starts the server process."""
+    async def start(self, timeout: float = 60.0) -> None:
+        """Starts the server process (readiness: :meth:`wait_ready`); the watchdog calls it too."""
+        self._expected_exit = False
         await self.process.start()
 
     async def stop(self) -> None:
         """Stops the server."""
+        self._expected_exit = True
         await self.process.stop()
 
     async def replication_info(self) -> dict[str, str]:

@@ -196,6 +196,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
         await node.stop()
         stopped = clock()
         await node.start()
+        node.watch()
         await _nats_ready(mesh, node)
         notes["back_after_s"] = round(clock() - stopped, 2)
         return clock(), stopped
@@ -203,7 +204,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
     if old_pid is None:
         raise RuntimeError(f"NATS node {step.target} is not running")
     killed_at = clock()
-    node.process.signal(signal.SIGKILL)
+    node.process.signal(signal.SIGKILL)  # a crash: the harness's watchdog restarts it
 
     def back() -> bool:
         current = _nats_node(mesh, step.target).process
@@ -215,6 +216,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
         notes["restarted_by"] = "schedule"
         await node.process.wait()
         await node.start()
+        node.watch()
     restarted = clock()
     await _nats_ready(mesh, _nats_node(mesh, step.target))
     notes["down_s"] = round(restarted - killed_at, 2)
