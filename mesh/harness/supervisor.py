@@ -31,6 +31,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from mesh.bus.connection import connect
+from mesh.bus.lease import lease_stream_config
 from mesh.bus.streams import ensure_stream, events_stream_config, mirror_stream_config
 from mesh.deploy.nats import (
     GATEWAY_ADVERTISE_SENTINEL,
@@ -288,6 +289,8 @@ class Mesh:
             n.watch()
         admin = await self.nats_client(topo.primary, user="admin")
         await ensure_stream(admin, events_stream_config(topo))
+        # The write leases (ADR-016), used when the primary runs two Command/Fan-Out services.
+        await ensure_stream(admin, lease_stream_config(topo))
         await asyncio.gather(
             *(ensure_stream(admin, mirror_stream_config(topo, r)) for r in topo.secondaries)
         )

@@ -23,3 +23,10 @@ class CommandConfig(CommonConfig):
     """Seconds a typing indicator stays visible without a refresh."""
     republish_interval: float = 1.0
     """How often unacknowledged log entries are published again."""
+    lease_ttl: float = 0.0
+    """Seconds of the write lease in NATS KV (ADR-016): with two or more instances, the one
+    holding it serves and the others answer UNAVAILABLE until it expires. 0: no lease,
+    this instance is the only writer."""
+    max_inflight: int = 512
+    """Commands in progress above which new ones are refused at once (UNAVAILABLE with
+    RetryInfo) instead of queueing until their deadline."""

@@ -228,8 +228,10 @@ async def _cut(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[s
     toxiproxy = mesh.wan.toxiproxy
     if step.action == "cut-link":
         region = step.target
-        address = mesh.endpoints[region]["grpc"]["command"]
-        proxies = [p for p in mesh.wan.proxies if p.address == address]
+        grpc = mesh.endpoints[region]["grpc"]
+        addresses = set(grpc.get("commands") or [grpc["command"]])  # every instance's link
+        address = grpc["command"]
+        proxies = [p for p in mesh.wan.proxies if p.address in addresses]
         if not proxies:
             raise RuntimeError(f"{region}'s command endpoint {address} is not a WAN proxy")
     else:
