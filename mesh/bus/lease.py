@@ -10,7 +10,10 @@ instances can never both succeed at taking it:
   watched stay unchanged for ``ttl`` seconds *of its own clock* (no comparison of
   clocks between hosts);
 * **renew**: ``update(last=my revision)`` every ``ttl / 4``; a wrong-revision answer
-  means another instance took it: the lease is lost at once;
+  means another instance took it: the lease is lost at once. A renewal that gets no
+  answer (the bucket's stream is electing a leader) only lets the fence run out;
+  the first renewal that succeeds again resumes the lease (its compare-and-set on
+  our own revision proves nobody took it meanwhile);
 * **validity** (the fence): the holder counts its lease valid until ``ttl *
   safety`` seconds after it *sent* its last successful renewal. A standby waits at
   least ``ttl`` after it first *saw* that revision, which is later than the send,
@@ -199,6 +202,7 @@ class Lease:
         """The revision this instance wrote last while holding the lease."""
         self._valid_until = 0.0
         self._seen: tuple[int, float] | None = None
+        self._suspended = False
         self.acquisitions = 0
         """Times this instance took the lease."""
 
@@ -222,12 +226,18 @@ class Lease:
             except LeaseConflict:
                 logger.warning("lease %s: taken by another instance; standing down", self.key)
                 return self._lose()
-            except Exception as exc:  # noqa: BLE001 - NATS down: the lease runs out by itself
-                if not self.held():
-                    logger.warning("lease %s: could not renew in time (%s); standing down",
-                                   self.key, exc)  # fmt: skip
-                    return self._lose()
+            except Exception as exc:  # noqa: BLE001 - NATS down: the fence runs out by itself
+                # Suspended, not lost: held() is false once the validity has run out, and
+                # the next renewal that succeeds (compare-and-set on our own revision,
+                # so nobody took it meanwhile) resumes without a takeover's wait.
+                if not self.held() and not self._suspended:
+                    self._suspended = True
+                    logger.warning("lease %s: could not renew in time (%s); suspended until "
+                                   "a renewal succeeds", self.key, exc)  # fmt: skip
                 return None
+            if self._suspended:
+                self._suspended = False
+                logger.info("lease %s: renewed again; resumed", self.key)
             self._valid_until = sent + self.ttl * self.safety
             return None
         sent = self._clock()
@@ -262,6 +272,7 @@ class Lease:
         return True
 
     def _lose(self) -> bool:
+        self._suspended = False
         self.revision = None
         self._valid_until = 0.0
         self._seen = None

@@ -113,17 +113,29 @@ async def test_release_hands_over_at_once() -> None:
     assert b.held()
 
 
-async def test_holder_that_cannot_renew_stands_down_when_its_validity_runs_out() -> None:
+async def test_holder_that_cannot_renew_is_fenced_then_resumes_if_nobody_took_it() -> None:
     store, clock = MemoryStore(), Clock()
-    a, _ = _pair(store, clock)
+    a, b = _pair(store, clock)
     await a.step()
-    store.down = True
-    results = []
+    store.down = True  # the bucket's stream is electing a leader
     for _ in range(6):
         clock.now += 0.5
-        results.append(await a.step())
-    assert False in results
+        assert await a.step() is None
     assert not a.held()
+    store.down = False
+    assert await a.step() is None
+    assert a.held() and a.acquisitions == 1
+    # Another round of outage, and this time the standby takes it first.
+    store.down = True
+    clock.now += 3
+    await a.step()
+    assert not a.held()
+    store.down = False
+    await b.step()
+    clock.now += 2.1
+    assert await b.step() is True
+    assert await a.step() is False
+    assert b.held() and not a.held()
 
 
 def test_safety_must_leave_a_margin() -> None:
