@@ -103,8 +103,13 @@ async def main(cfg: CommandConfig) -> None:
     task = asyncio.create_task(writer())
 
     async def drain() -> None:
+        # Stop renewing first (or the next round would take the released key again),
+        # then release: the standby takes over without waiting out the ttl.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         if lease is not None:
-            await lease.release()  # the standby takes over without waiting out the ttl
+            await lease.release()
 
     async def close() -> None:
         task.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -67,8 +68,10 @@ async def main(cfg: FanoutConfig) -> None:
         lease_task = asyncio.create_task(lease.run(on_acquired=acquired, on_lost=lost))
 
     async def drain() -> None:
-        if lease_task is not None:
+        if lease_task is not None:  # stop renewing before releasing (see the command's)
             lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease_task
         await fanout.stop()
         if lease is not None:
             await lease.release()

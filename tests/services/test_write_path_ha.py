@@ -280,3 +280,27 @@ async def _acked_after(traffic: Traffic, since: float, n: int) -> bool:
 
 async def _restarted(svc: ServiceProcess) -> bool:
     return svc.process.running and svc.ready_path.exists()
+
+
+async def test_graceful_restart_of_the_active_command_service_hands_the_lease_over(
+    mesh: Mesh, keys: KeyDirectory
+) -> None:
+    active = await _holder(mesh, "command")
+    async with _traffic(mesh, keys, "cmd-handover") as traffic:
+        await eventually(lambda: _at_least(traffic, 20), timeout=60, what="traffic flowing")
+        stopped_at = time.monotonic()
+        await active.stop()  # SIGTERM: drains and releases the lease
+
+        async def taken_over() -> ServiceProcess | None:
+            holder = await _holder(mesh, "command")
+            return holder if holder is not active else None
+
+        new = await eventually(taken_over, timeout=30, what="the standby holding the lease")
+        await eventually(lambda: _acked_after(traffic, stopped_at, 20), timeout=90,
+                         what="writes after the hand-over")  # fmt: skip
+        await active.restart()
+        active.watch()
+    first = min(t for text, (_, t) in traffic.acked.items() if traffic.issued[text] > stopped_at)
+    print(f"\n[measured] ha, graceful stop of the active Command Service ({active.name}): first "
+          f"write issued after the stop acknowledged {first - stopped_at:.2f}s after it")  # fmt: skip
+    assert await _holder(mesh, "command") is new
