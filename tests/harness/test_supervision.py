@@ -12,7 +12,9 @@ never sees these faults), and checks what a user would notice afterwards:
 * the Valkey primary: restarted on the same port, and the eu replica replicates
   from it again;
 * Toxiproxy: restarted with every link proxy and latency toxic restored, so eu's
-  commands reach the primary and its mirror catches up again.
+  commands reach the primary and the NATS gateways connect again. (Whether eu's
+  mirror then catches up promptly is nats-server's mirror behaviour after a link
+  outage, issue 12's replication-health work, not asserted here.)
 
 ``.venv/bin/python -m pytest tests/harness/test_supervision.py -x -q -s``
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 import pytest
 import valkey.asyncio as valkey_async
 
-from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
+from mesh.bus.subjects import EVENTS_STREAM
 from mesh.client import ChatClient, RetryPolicy
 from mesh.core.auth import KeyDirectory, mint
 from mesh.harness.edges import edges_hook
@@ -172,18 +174,19 @@ async def test_killed_toxiproxy_comes_back_with_every_link(mesh: Mesh, keys: Key
     assert {n: sorted(t["name"] for t in p["toxics"]) for n, p in links_after.items()} == {
         n: sorted(t["name"] for t in p["toxics"]) for n, p in links_before.items()
     }
-    # eu's commands cross the restored command link; its mirror catches up across the
-    # restored gateway links.
+    # eu's commands cross the restored command link, and every NATS node has its
+    # gateway to the other region again (they dial through the restored proxies).
     async with _client(mesh, keys, "eu", "sup-eve") as eve:
         channel = (await eve.create_channel("toxiproxy-kill", [])).channel.channel_id
         sent = await eve.send_message(channel, "across the restored link")
         assert sent.message.seq >= 1
-    primary_count = await _stream_messages(mesh, mesh.topology.primary, EVENTS_STREAM)
-
-    async def mirrored() -> bool:
-        return await _stream_messages(mesh, "eu", mirror_stream_name("eu")) >= primary_count
-
-    await eventually(mirrored, timeout=60, what="eu's mirror caught up through the restored links")
+    topo = mesh.topology
+    for node in (n for nodes in mesh.nats_nodes.values() for n in nodes):
+        await node.wait_ready(
+            expected_routes=topo.region(node.plan.region).nats_nodes - 1,
+            expected_gateways=set(topo.region_names) - {node.plan.region},
+            timeout=60,
+        )
     _intended(mesh, toxiproxy)
 
 
