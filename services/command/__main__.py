@@ -64,12 +64,16 @@ async def main(cfg: CommandConfig) -> None:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        await server.health.set(SERVICE_NAME, status)  # fmt: skip
+        await server.health.set(SERVICE_NAME, status)
 
     async def take_over() -> None:
-        repaired = await commands.take_over()
-        if repaired:
-            logger.info("republished pending events of %d channel(s)", repaired)
+        try:
+            repaired = await commands.take_over()
+        except Exception as exc:  # noqa: BLE001 - each command flushes its channel first anyway
+            logger.warning("republishing pending events failed (%s); the republisher retries", exc)
+        else:
+            if repaired:
+                logger.info("republished pending events of %d channel(s)", repaired)
         await set_serving(True)
 
     async def writer() -> None:
