@@ -40,15 +40,16 @@ INTENDED_CRASHES: Counter[str] = Counter()
 
 
 def assert_no_unexpected_crashes(mesh: Mesh) -> None:
-    """Fails if a service died while the tests ran, even though the harness restarted it.
+    """Fails if a service (or NATS, Valkey, Toxiproxy) died while the tests ran, even though the harness restarted it.
 
     The watchdog keeps a crashed service coming back so one crash does not fail every
     later test; this makes sure the crash itself is still seen (its log holds the
     faulthandler stack of every thread).
     """
+    supervised = {**mesh.services, **{s.name: s for s in mesh.infrastructure()}}
     crashed = {
         name: svc.crashes - INTENDED_CRASHES[name]
-        for name, svc in mesh.services.items()
+        for name, svc in supervised.items()
         if svc.crashes > INTENDED_CRASHES[name]
     }
     assert not crashed, (

@@ -261,6 +261,10 @@ class EdgePlan:
     """Route ``/dev/token`` to the web service (development only; refused on a non-loopback listener)."""
     health_interval_s: float = 5.0
     """Active health-check interval of local upstreams (the WAN command upstream gets twice that)."""
+    command_peers: tuple[Upstream, ...] = ()
+    """Further Command Service instances (ADR-019, active/standby): the command cluster holds
+    them all, health checks find the lease holder, and a standby's UNAVAILABLE is retried
+    on the next host."""
     stream_idle_timeout_s: float = STREAM_IDLE_TIMEOUT_S
 
     def __post_init__(self) -> None:
@@ -549,6 +553,7 @@ def _route(
     *,
     streaming: bool,
     retries: bool = False,
+    retry_on: str = "unavailable,cancelled,reset,connect-failure,refused-stream",
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     action: dict[str, Any] = {"cluster": cluster}
@@ -573,7 +578,7 @@ def _route(
         # budget is spent; a retry only adds load), resource-exhausted (retries
         # amplify overload), internal/unknown (not known to be transient).
         action["retry_policy"] = {
-            "retry_on": "unavailable,cancelled,reset,connect-failure,refused-stream",
+            "retry_on": retry_on,
             "num_retries": 2,
             "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
             "retry_host_predicate": [
@@ -877,7 +882,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
     clusters = [
         _cluster(
             command_cluster,
-            [plan.command],
+            [plan.command, *plan.command_peers],
             http2=True,
             health=_grpc_health("chatmesh.v1.CommandService"),
             # A WAN round trip (up to ~200 ms RTT) plus TCP handshake retries.
@@ -939,6 +944,11 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             command_cluster,
             streaming=False,
             headers={ORIGIN_REGION: region},
+            # Commands are retried by the edge only where nothing can have been committed:
+            # the host was never reached, or answered UNAVAILABLE (a standby, or shedding
+            # while catching up; ADR-019). The client's own retries cover the rest.
+            retries=bool(plan.command_peers),
+            retry_on="unavailable,connect-failure,refused-stream",
         ),
         _route(PUBLIC_PREFIXES["query"], query_cluster, streaming=False, retries=True),
         _route(PUBLIC_PREFIXES["notification"], notification_cluster, streaming=True),

@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.bus.lease import LEASE_BUCKET
 from mesh.bus.streams import mirror_consumer_name, parse_size
 from mesh.bus.subjects import EVENTS_STREAM, Subjects, mirror_stream_name
 from mesh.topology import Topology
@@ -106,6 +107,16 @@ def mirror_monitor_permissions(region: str) -> list[str]:
     ]
 
 
+def _lease_permissions(key: str) -> list[str]:
+    """What a service needs to hold its own write lease (ADR-019) and no other's."""
+    return [
+        f"$KV.{LEASE_BUCKET}.{key}",
+        f"$JS.API.STREAM.INFO.KV_{LEASE_BUCKET}",
+        f"$JS.API.DIRECT.GET.KV_{LEASE_BUCKET}.$KV.{LEASE_BUCKET}.{key}",
+        f"$JS.API.STREAM.MSG.GET.KV_{LEASE_BUCKET}",
+    ]
+
+
 def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
     """Publish/subscribe permissions of every service user (least privilege).
 
@@ -125,6 +136,7 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                     # A channel's newest event (its seq floor at start-up):
                     # nats-py's get_last_msg puts the subject in the request subject.
                     f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.{Subjects.CHANNEL_EVENTS_ALL}",
+                    *_lease_permissions("command"),
                 ]
             },
             "subscribe": {"allow": ["_INBOX.>"]},
@@ -136,6 +148,7 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                     Subjects.DELIVERY_ALL,
                     Subjects.ROUTE_RESYNC,
                     *consumer_permissions(EVENTS_STREAM, FANOUT_CONSUMER),
+                    *_lease_permissions("fanout"),
                 ]
             },
             "subscribe": {"allow": ["chatmesh.eph.>", "chatmesh.route.>", "_INBOX.>"]},

@@ -174,6 +174,7 @@ def edges_hook(settings: EdgeSettings | None = None) -> ServiceHook:
                 listen=Upstream(_HOST, listen),
                 admin=Upstream(_HOST, admin),
                 command=Upstream.parse(backends["command"]),
+                command_peers=tuple(Upstream.parse(a) for a in backends.get("commands", [])[1:]),
                 query=(Upstream.parse(backends["query"]),),
                 notification=tuple(Upstream.parse(a) for a in backends["notification"]),
                 web_http=Upstream.parse(web.info["http"].split("//", 1)[1]),

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from mesh.deploy.nats import NatsNodePlan
-from mesh.harness.process import ManagedProcess, wait_until
+from mesh.harness.process import ManagedProcess, Supervised, wait_until
 
 __all__ = ["NatsNode", "nats_server_binary", "resolve_gateways_by_name"]
 
@@ -75,8 +75,13 @@ def resolve_gateways_by_name() -> bool:
     return probe.returncode == 0
 
 
-class NatsNode:
-    """One nats-server process."""
+class NatsNode(Supervised):
+    """One nats-server process, supervised: restarted on the same ports and store dir if it dies.
+
+    A kill -9 leaves the JetStream store (``store_dir``) on disk; the restarted server
+    recovers its streams from it and catches up from its peers (R3) or serves them
+    as they were (a one-node region).
+    """
 
     def __init__(
         self, plan: NatsNodePlan, conf_path: Path, log_path: Path, *, hosts_file: Path | None = None
@@ -90,8 +95,12 @@ class NatsNode:
             hosts_file: An /etc/hosts the server sees instead of the machine's (in
                 its own mount namespace), mapping gateway names to this region's proxies.
         """
+        super().__init__()
         self.plan = plan
         self.conf_path = conf_path
+        self.name = f"nats-{plan.server_name}"
+        self.kind = "nats"
+        self.region = plan.region
         argv = [nats_server_binary(), "-c", str(conf_path)]
         if hosts_file is not None:
             command = " ".join(shlex.quote(a) for a in argv)
@@ -102,12 +111,18 @@ class NatsNode:
         self.process = ManagedProcess(plan.server_name, argv, log_path)
         self._http = httpx.AsyncClient(base_url=plan.monitor_url, timeout=2.0)
 
-    async def start(self) -> None:
-        """Starts the server process."""
+    async def start(self, timeout: float = 60.0) -> None:
+        """Starts the server process (readiness: :meth:`wait_ready`, which needs its peers).
+
+        The watchdog calls this too after a crash: the server comes back with the same
+        config, so the same ports and the same store directory.
+        """
+        self._expected_exit = False
         await self.process.start()
 
     async def stop(self) -> None:
         """Stops the server (lame-duck is not needed: clients reconnect elsewhere)."""
+        self._expected_exit = True
         await self.process.stop()
 
     async def aclose(self) -> None:

@@ -51,6 +51,8 @@ class ServiceSettings:
     route_heartbeat: float = 1.0
     instance_timeout: float = 5.0
     resync_grace: float = 1.0
+    lease_ttl: float = 2.0
+    """Seconds of the Command and Fan-Out leases when the primary runs two of each (ADR-019)."""
     log_level: str = "INFO"
     access_log: bool = True
     service_tls: bool = True
@@ -61,8 +63,9 @@ class ServiceSettings:
 
 
 def process_name(kind: str, region: str, index: int = 1) -> str:
-    """``<kind>-<region>`` (notification instances: ``-<index>`` too)."""
-    return f"{kind}-{region}" + (f"-{index}" if kind == "notification" else "")
+    """``<kind>-<region>``; notification instances are numbered from 1 (``-<index>``),
+    a second Command or Fan-Out instance (ADR-019) is ``-2`` beside the unnumbered first."""
+    return f"{kind}-{region}" + (f"-{index}" if kind == "notification" or index > 1 else "")
 
 
 class ServiceProcess(Supervised):
@@ -195,17 +198,15 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
 
         primary = topo.primary
         p = _dsns(mesh, primary)
-        add(
-            "command",
-            primary,
-            {
-                **nats(primary, "command"),
-                "command_store": p["command"],
-                "metadata_store": p["metadata"],
-            },
-        )
-        add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
-                                "instance_timeout": cfg.instance_timeout, "resync_grace": cfg.resync_grace})  # fmt: skip
+        writers = topo.region(primary).write_instances
+        lease = {"lease_ttl": cfg.lease_ttl} if writers > 1 else {}
+        for i in range(1, writers + 1):
+            instance = {"instance_id": f"{primary}-{i}", **lease}
+            add("command", primary, {**nats(primary, "command"), "command_store": p["command"],
+                                     "metadata_store": p["metadata"], **instance}, index=i)  # fmt: skip
+            add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
+                                    "instance_timeout": cfg.instance_timeout,
+                                    "resync_grace": cfg.resync_grace, **instance}, index=i)  # fmt: skip
         for region in topo.region_names:
             d = _dsns(mesh, region)
             is_primary = region == primary
@@ -248,18 +249,28 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
         for proc in procs:
             proc.watch()
 
-        # Endpoints per region; secondaries reach the Command Service across the WAN.
-        command = mesh.services[f"command-{primary}"]
-        assert command.address is not None
-        host, port = command.address.rsplit(":", 1)
+        # Endpoints per region; secondaries reach the Command Service across the WAN
+        # (one link proxy per instance).
+        commands = [mesh.services[f"command-{primary}"]] + [
+            mesh.services[f"command-{primary}-{i}"] for i in range(2, writers + 1)
+        ]
         for region in topo.region_names:
-            if region == primary:
-                command_addr = command.address
-            else:
-                proxy = await mesh.wan.proxy(region, primary, "command-grpc", (host, int(port)))
-                command_addr = proxy.address
+            command_addrs: list[str] = []
+            for i, command in enumerate(commands, start=1):
+                assert command.address is not None
+                if region == primary:
+                    command_addrs.append(command.address)
+                    continue
+                host, port = command.address.rsplit(":", 1)
+                service = "command-grpc" + (f"-{i}" if i > 1 else "")
+                proxy = await mesh.wan.proxy(region, primary, service, (host, int(port)))
+                command_addrs.append(proxy.address)
+            command_addr = command_addrs[0]
             grpc_endpoints: dict[str, Any] = {
                 "command": command_addr,
+                # Every Command Service instance (ADR-019: the edge sends to all, the
+                # lease holder serves).
+                "commands": command_addrs,
                 "query": mesh.services[f"query-{region}"].address,
                 "notification": [
                     mesh.services[f"notification-{region}-{i}"].address

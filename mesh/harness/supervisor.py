@@ -32,6 +32,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from mesh.bus.connection import connect
+from mesh.bus.lease import lease_stream_config
 from mesh.bus.streams import ensure_stream, events_stream_config, mirror_stream_config
 from mesh.deploy.nats import (
     GATEWAY_ADVERTISE_SENTINEL,
@@ -42,7 +43,7 @@ from mesh.deploy.nats import (
 )
 from mesh.harness.nats import NatsNode, resolve_gateways_by_name
 from mesh.harness.ports import allocate
-from mesh.harness.process import ManagedProcess
+from mesh.harness.process import ManagedProcess, Supervised
 from mesh.harness.valkey import ValkeyServer
 from mesh.harness.wan import Toxiproxy, Wan
 from mesh.topology import Topology
@@ -127,6 +128,7 @@ class Mesh:
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
         await self.toxiproxy.start()
         self._stoppers.append(self.toxiproxy.stop)
+        self.toxiproxy.watch()
         await self._launch_nats()
         await self._launch_valkey()
         # Servers are launched (their ports are known); while NATS elects its
@@ -285,8 +287,13 @@ class Mesh:
                 for n in all_nodes
             )
         )
+        # From here on a node that dies is a crash: the watchdog restarts it.
+        for n in all_nodes:
+            n.watch()
         admin = await self.nats_client(topo.primary, user="admin")
         await ensure_stream(admin, events_stream_config(topo))
+        # The write leases (ADR-019), used when the primary runs two Command/Fan-Out services.
+        await ensure_stream(admin, lease_stream_config(topo))
         await asyncio.gather(
             *(ensure_stream(admin, mirror_stream_config(topo, r)) for r in topo.secondaries)
         )
@@ -335,6 +342,19 @@ class Mesh:
         await asyncio.gather(
             *(self.valkey[r].wait_ready(timeout=30) for r in self.topology.secondaries)
         )
+        for server in self.valkey.values():
+            server.watch()
+
+    def infrastructure(self) -> list[Supervised]:
+        """Every supervised server the mesh itself runs: Toxiproxy, NATS nodes, Valkey.
+
+        Their :attr:`~mesh.harness.process.Supervised.crashes` count like the services'
+        (``tests/conftest.py`` fails a run on crashes nobody intended).
+        """
+        found: list[Supervised] = [self.toxiproxy]
+        found += [n for nodes in self.nats_nodes.values() for n in nodes]
+        found += list(self.valkey.values())
+        return found
 
     # -- state ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import valkey.asyncio as valkey_async
 
 from mesh.harness.ports import allocate
-from mesh.harness.process import ManagedProcess, wait_until
+from mesh.harness.process import ManagedProcess, Supervised, wait_until
 
 __all__ = ["ValkeyServer", "valkey_server_binary"]
 
@@ -40,8 +40,13 @@ def valkey_server_binary() -> str:
     return str(path)
 
 
-class ValkeyServer:
-    """One valkey-server process, primary or replica."""
+class ValkeyServer(Supervised):
+    """One valkey-server process, primary or replica, supervised (restarted on the same port).
+
+    Nothing is persisted (presence and typing are ephemeral), so a restarted primary
+    starts empty and its replicas resync from it; instances re-register on their
+    next heartbeat.
+    """
 
     def __init__(
         self,
@@ -63,7 +68,9 @@ class ValkeyServer:
             password: Required of every client (``requirepass``) and sent to the
                 primary by a replica (``masterauth``); None: no AUTH.
         """
+        super().__init__()
         self.region = region
+        self.kind = "valkey"
         self.host = host
         self.port = allocate(host)
         self.replica_of = replica_of
@@ -103,6 +110,7 @@ class ValkeyServer:
             secret.write_text(f"requirepass {password}\nmasterauth {password}\n")
             argv.insert(1, str(secret))
         role = "replica" if replica_of else "primary"
+        self.name = f"valkey-{region}-{role}"
         self.process = ManagedProcess(
             f"valkey-{region}-{role}", argv, run_dir / "logs" / f"valkey-{region}.log"
         )
@@ -118,12 +126,14 @@ class ValkeyServer:
         """``redis://host:port/0`` without the password (for status output)."""
         return f"redis://{self.host}:{self.port}/0"
 
-    async def start(self) -> None:
-        """Starts the server process."""
+    async def start(self, timeout: float = 60.0) -> None:
+        """Starts the server process (readiness: :meth:`wait_ready`); the watchdog calls it too."""
+        self._expected_exit = False
         await self.process.start()
 
     async def stop(self) -> None:
         """Stops the server."""
+        self._expected_exit = True
         await self.process.stop()
 
     async def replication_info(self) -> dict[str, str]:

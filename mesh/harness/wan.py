@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from mesh.harness.ports import allocate
-from mesh.harness.process import ManagedProcess, wait_until
+from mesh.harness.process import ManagedProcess, Supervised, wait_until
 from mesh.harness.servers.gotools import TOXIPROXY
 from mesh.topology import Topology
 
@@ -56,16 +56,32 @@ class LinkProxy:
         return f"{self.listen[0]}:{self.listen[1]}"
 
 
-class Toxiproxy:
-    """A Toxiproxy server process and a client for its HTTP API."""
+class Toxiproxy(Supervised):
+    """A Toxiproxy server process and a client for its HTTP API, supervised.
+
+    Toxiproxy keeps its proxies in memory only, so this client remembers every
+    proxy it created, whether it is enabled and its toxics; a restart (the watchdog's
+    after a crash, or :meth:`restart`) puts them all back on the same listen
+    addresses before the API counts as ready, so links come back as they were
+    (cut links stay cut).
+    """
 
     def __init__(self, run_dir: Path, host: str = "127.0.0.1") -> None:
         """Prepares a server whose log goes to ``run_dir/logs/toxiproxy.log``."""
+        super().__init__()
+        self.name = "toxiproxy"
+        self.kind = "toxiproxy"
         self.host = host
         self.port = allocate(host)
         self._run_dir = run_dir
-        self.process: ManagedProcess | None = None
+        # argv is filled in by start(): the binary may still have to be built.
+        self.process = ManagedProcess("toxiproxy", [], run_dir / "logs" / "toxiproxy.log",
+                                      env={"LOG_LEVEL": "warn"})  # fmt: skip
         self._client = httpx.AsyncClient(base_url=f"http://{host}:{self.port}", timeout=10.0)
+        self._proxies: dict[str, dict[str, Any]] = {}
+        """Name -> the proxy as created (``listen``, ``upstream``, ``enabled``)."""
+        self._toxics: dict[str, dict[str, dict[str, Any]]] = {}
+        """Proxy name -> toxic name -> the toxic's body as posted."""
 
     @property
     def api_url(self) -> str:
@@ -73,14 +89,13 @@ class Toxiproxy:
         return f"http://{self.host}:{self.port}"
 
     async def start(self, timeout: float = 15.0) -> None:
-        """Builds (once per machine) and starts the server; returns when its API answers."""
+        """Builds (once per machine) and starts the server; returns when its API answers.
+
+        On a restart, every proxy and toxic created earlier is created again first.
+        """
+        self._expected_exit = False
         binary = await TOXIPROXY.ensure_async()
-        self.process = ManagedProcess(
-            "toxiproxy",
-            [str(binary), "-host", self.host, "-port", str(self.port)],
-            self._run_dir / "logs" / "toxiproxy.log",
-            env={"LOG_LEVEL": "warn"},
-        )
+        self.process.argv = [str(binary), "-host", self.host, "-port", str(self.port)]
         await self.process.start()
 
         async def ready() -> bool:
@@ -89,12 +104,22 @@ class Toxiproxy:
         await wait_until(
             ready, timeout=timeout, what="toxiproxy API", alive=self.process.check_alive
         )
+        if self._proxies:
+            await self._restore()
+
+    async def _restore(self) -> None:
+        """Creates the remembered proxies and toxics in the fresh server."""
+        for name, proxy in self._proxies.items():
+            await self._call("POST", "/proxies", {"name": name, **proxy})
+            for body in self._toxics.get(name, {}).values():
+                await self._call("POST", f"/proxies/{name}/toxics", body)
+        logger.info("toxiproxy restarted: %d proxies restored", len(self._proxies))
 
     async def stop(self) -> None:
         """Stops the server and closes the client."""
+        self._expected_exit = True
         await self._client.aclose()
-        if self.process is not None:
-            await self.process.stop()
+        await self.process.stop()
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = await self._client.request(method, path, json=body)
@@ -106,15 +131,15 @@ class Toxiproxy:
 
     async def create_proxy(self, name: str, listen: str, upstream: str) -> None:
         """Creates an enabled proxy."""
-        await self._call(
-            "POST",
-            "/proxies",
-            {"name": name, "listen": listen, "upstream": upstream, "enabled": True},
-        )
+        proxy = {"listen": listen, "upstream": upstream, "enabled": True}
+        await self._call("POST", "/proxies", {"name": name, **proxy})
+        self._proxies[name] = proxy
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         """Enables or disables (resets and refuses connections of) a proxy."""
         await self._call("POST", f"/proxies/{name}", {"enabled": enabled})
+        if name in self._proxies:
+            self._proxies[name]["enabled"] = enabled
 
     async def set_latency(self, name: str, latency_ms: int, jitter_ms: int = 0) -> None:
         """Sets the one-way latency of a proxy, in both directions (replacing earlier toxics)."""
@@ -123,18 +148,18 @@ class Toxiproxy:
             toxic = f"latency_{stream}"
             if toxic in existing:
                 await self._call("DELETE", f"/proxies/{name}/toxics/{toxic}")
+                self._toxics.get(name, {}).pop(toxic, None)
             if latency_ms or jitter_ms:
-                await self._call(
-                    "POST",
-                    f"/proxies/{name}/toxics",
-                    {
-                        "name": toxic,
-                        "type": "latency",
-                        "stream": stream,
-                        "toxicity": 1.0,
-                        "attributes": {"latency": latency_ms, "jitter": jitter_ms},
-                    },
-                )
+                await self._post_toxic(name, toxic, "latency", stream,
+                                       {"latency": latency_ms, "jitter": jitter_ms})  # fmt: skip
+
+    async def _post_toxic(
+        self, name: str, toxic: str, kind: str, stream: str, attributes: dict[str, Any]
+    ) -> None:
+        body = {"name": toxic, "type": kind, "stream": stream, "toxicity": 1.0,
+                "attributes": attributes}  # fmt: skip
+        await self._call("POST", f"/proxies/{name}/toxics", body)
+        self._toxics.setdefault(name, {})[toxic] = body
 
     async def add_toxic(
         self, name: str, toxic: str, kind: str, stream: str, attributes: dict[str, Any]
@@ -149,21 +174,12 @@ class Toxiproxy:
             attributes: The type's attributes (``{"timeout": 0}``: drop all data, keep the
                 connection open).
         """
-        await self._call(
-            "POST",
-            f"/proxies/{name}/toxics",
-            {
-                "name": toxic,
-                "type": kind,
-                "stream": stream,
-                "toxicity": 1.0,
-                "attributes": attributes,
-            },
-        )
+        await self._post_toxic(name, toxic, kind, stream, attributes)
 
     async def remove_toxic(self, name: str, toxic: str) -> None:
         """Removes a toxic added by :meth:`add_toxic`."""
         await self._call("DELETE", f"/proxies/{name}/toxics/{toxic}")
+        self._toxics.get(name, {}).pop(toxic, None)
 
     async def proxies(self) -> dict[str, Any]:
         """The server's view of every proxy (for ``chatmesh status``)."""

@@ -140,6 +140,8 @@ class GrpcServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopping = asyncio.Event()
+        self.serving = asyncio.Event()
+        """Set once :meth:`start` has bound the port and the health service answers."""
 
     def add(
         self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
@@ -191,6 +193,7 @@ class GrpcServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.config.ready_file:
             self._write_ready()
+        self.serving.set()
         logger.info(
             "%s serving gRPC on %s (metrics port %s)", self.service, self.address, self.metrics_port
         )

@@ -68,6 +68,9 @@ class Region:
     """NATS servers in the region's cluster (1 to 5). ADR-010 runs 3 in production."""
     notification_instances: int = 1
     """Notification Service processes in the region (1 to 8)."""
+    write_instances: int = 1
+    """Command and Fan-Out Service instances (primary only; 1 or 2). With 2, one of each is
+    active and the other on standby, by a lease in NATS KV (ADR-019)."""
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,14 @@ class Topology:
         lines = [f"topology {self.name!r}: primary {self.primary}, stores {self.stores.backend}"]
         for region in self.regions:
             role = "primary" if region.name == self.primary else "secondary"
+            writers = (
+                f", {region.write_instances} command/fan-out instances (active/standby)"
+                if region.write_instances > 1
+                else ""
+            )
             lines.append(
                 f"  region {region.name} ({role}): {region.nats_nodes} NATS node(s), "
-                f"{region.notification_instances} notification instance(s)"
+                f"{region.notification_instances} notification instance(s){writers}"
             )
         for link in self.links:
             jitter = f" +/-{link.jitter_ms} ms" if link.jitter_ms else ""
@@ -254,7 +262,8 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
         if not isinstance(raw, dict):
             problems.append(f"{where}: must be a table")
             continue
-        _unknown(raw, {"name", "nats_nodes", "notification_instances"}, where, problems)
+        _unknown(raw, {"name", "nats_nodes", "notification_instances", "write_instances"},
+                 where, problems)  # fmt: skip
         rname = raw.get("name")
         if not isinstance(rname, str) or not _REGION_RE.match(rname):
             problems.append(
@@ -268,12 +277,18 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
         seen.add(rname)
         nodes = _int(raw, "nats_nodes", 1, 1, 5, f"region {rname}", problems)
         instances = _int(raw, "notification_instances", 1, 1, 8, f"region {rname}", problems)
-        regions.append(Region(rname, nodes, instances))
+        writers = _int(raw, "write_instances", 1, 1, 2, f"region {rname}", problems)
+        regions.append(Region(rname, nodes, instances, writers))
 
     primary = data.get("primary")
     if not isinstance(primary, str) or primary not in seen:
         problems.append(f"primary: {primary!r} must name one of the regions {sorted(seen)}")
         primary = regions[0].name if regions else "?"
+    for region in regions:
+        if region.write_instances > 1 and region.name != primary:
+            problems.append(
+                f"region {region.name}: write_instances: only the primary runs the write path"
+            )
 
     links: list[Link] = []
     pairs: set[tuple[str, str]] = set()

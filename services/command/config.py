@@ -26,3 +26,10 @@ class CommandConfig(CommonConfig):
     max_initial_members: int = 100
     """Most users CreateChannel may add besides the caller (they are added without
     being asked; the contract allows 1,000, this service refuses more than this)."""
+    lease_ttl: float = 0.0
+    """Seconds of the write lease in NATS KV (ADR-019): with two or more instances, the one
+    holding it serves and the others answer UNAVAILABLE until it expires. 0: no lease,
+    this instance is the only writer."""
+    max_inflight: int = 512
+    """Commands in progress above which new ones are refused at once (UNAVAILABLE with
+    RetryInfo) instead of queueing until their deadline."""

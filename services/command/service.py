@@ -99,6 +99,8 @@ class Commands:
         publish_timeout: float = 5.0,
         typing_ttl: float = 6.0,
         max_initial_members: int = 100,
+        fence: Callable[[], bool] | None = None,
+        max_inflight: int = 512,
     ) -> None:
         """Wires the stores and the bus.
 
@@ -112,6 +114,10 @@ class Commands:
             publish_timeout: Seconds to wait for JetStream's ack.
             typing_ttl: Seconds a typing indicator lasts.
             max_initial_members: Most users CreateChannel may add besides the caller.
+            fence: Whether this instance holds the write lease now (ADR-019), checked
+                before every command and again right before the log append; None: the
+                only writer.
+            max_inflight: Commands in progress above which new ones are shed.
         """
         self.bus = bus
         self.events = events
@@ -124,6 +130,62 @@ class Commands:
         self.max_initial_members = max_initial_members
         self._locks = _Locks()
         self._last_seq: dict[str, int] = {}
+        self.fence = fence
+        self.max_inflight = max_inflight
+        self.catching_up = False
+        """True while start-up (or a takeover) republishes what the log holds unpublished:
+        commands are shed with RetryInfo rather than left to queue behind it."""
+        self.inflight = 0
+        self.shed = 0
+        """Commands refused by :meth:`admit` (standby, catching up, overloaded)."""
+
+    # -- admission -------------------------------------------------------------
+
+    SHED_RETRY_DELAY = 0.2
+    """Seconds the RetryInfo of a shed command asks the client to wait."""
+
+    def admit(self) -> None:
+        """Refuses a command at once if this instance cannot take it now.
+
+        Raises:
+            Unavailable: With RetryInfo: this instance is a standby (another holds the
+                write lease), is catching up after a start or takeover, or has
+                ``max_inflight`` commands in progress. Nothing was done, so the
+                client (or the edge) retries, possibly on another instance.
+        """
+        if self.fence is not None and not self.fence():
+            self.shed += 1
+            raise Unavailable("BACKEND_UNAVAILABLE", "standby: another Command Service "
+                              "instance holds the write lease; retry", retry_delay=self.SHED_RETRY_DELAY)  # fmt: skip
+        if self.catching_up:
+            self.shed += 1
+            raise Unavailable("BACKEND_UNAVAILABLE", "catching up after a restart; retry",
+                              retry_delay=self.SHED_RETRY_DELAY)  # fmt: skip
+        if self.inflight >= self.max_inflight:
+            self.shed += 1
+            raise Unavailable("BACKEND_UNAVAILABLE", "overloaded; retry",
+                              retry_delay=self.SHED_RETRY_DELAY)  # fmt: skip
+
+    async def take_over(self) -> int:
+        """Becomes the writer (at start-up, or when the lease was just acquired).
+
+        Forgets cached seqs (another instance may have written since) and publishes
+        whatever the log holds unpublished, shedding commands meanwhile.
+
+        Returns:
+            The number of channels repaired.
+        """
+        self.catching_up = True
+        try:
+            self._last_seq.clear()
+            return await self.republish_pending()
+        finally:
+            self.catching_up = False
+
+    def _check_fence(self) -> None:
+        if self.fence is not None and not self.fence():
+            raise Unavailable("BACKEND_UNAVAILABLE", "lost the write lease; retry",
+                              retry_delay=self.SHED_RETRY_DELAY)  # fmt: skip
 
     # -- the write path --------------------------------------------------------
 
@@ -220,6 +282,23 @@ class Commands:
         check: Callable[[], object] | None = None,
     ) -> tuple[events_pb2.Event, bool]:
         """Runs the write path for one channel event; returns ``(event, was_duplicate)``."""
+        self.admit()
+        self.inflight += 1
+        try:
+            return await self._commit_locked(
+                channel_id, build, idempotency_key=idempotency_key, check=check
+            )
+        finally:
+            self.inflight -= 1
+
+    async def _commit_locked(
+        self,
+        channel_id: str,
+        build: Callable[[int], events_pb2.Event],
+        *,
+        idempotency_key: str | None,
+        check: Callable[[], object] | None,
+    ) -> tuple[events_pb2.Event, bool]:
         async with self._locks.get(channel_id):
             await self._flush_channel(channel_id)
             if idempotency_key is not None:
@@ -235,6 +314,8 @@ class Commands:
                 event = build(seq)
                 payload = event.SerializeToString()
                 record = await self._message_record(event)
+                # The fence (ADR-019): a paused old leader finds its lease run out here.
+                self._check_fence()
                 try:
                     # One durable write: the log entry and the message record together.
                     await self.log.append(
@@ -247,8 +328,12 @@ class Commands:
                         if existing is not None:
                             return await self._replay_existing(existing), True
                     # Someone else wrote this seq (a second writer or a stale
-                    # cache): reload from the log and try once more.
+                    # cache): reload from the log and try once more, after
+                    # publishing what that writer may have left unpublished, so
+                    # EVENTS keeps the channel's order.
                     self._last_seq.pop(channel_id, None)
+                    self._check_fence()
+                    await self._flush_channel(channel_id)
                     if attempt:
                         raise Unavailable(
                             "BACKEND_UNAVAILABLE", "concurrent writers on this channel; retry"
@@ -471,6 +556,7 @@ class Commands:
         self, user: str, req: pb.SetTypingRequest, origin: str
     ) -> pb.SetTypingResponse:
         """CommandService.SetTyping: ephemeral, core NATS only."""
+        self.admit()
         await self._require_member(req.channel_id, user)
         event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
         event.typing_changed.user_id = user
@@ -488,6 +574,7 @@ class Commands:
         self, user: str, req: pb.MarkReadRequest, origin: str
     ) -> pb.MarkReadResponse:
         """CommandService.MarkRead: the marker only moves forward, and never past the channel's end."""
+        self.admit()
         await self._require_member(req.channel_id, user)
         channel = await self.metadata.channel(req.channel_id)
         last_seq = channel.last_seq if channel else 0

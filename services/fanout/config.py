@@ -23,3 +23,7 @@ class FanoutConfig(CommonConfig):
     """Durable consumer on EVENTS."""
     batch: int = 512
     """Events requested per pull."""
+    lease_ttl: float = 0.0
+    """Seconds of the fan-out lease in NATS KV (ADR-019): with two instances, only the one
+    holding it consumes EVENTS; the other waits and takes over when it expires. 0: no
+    lease, this instance is the only one."""

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override the topology's stores (production: Cassandra + MongoDB wire)",
     )
     parser.add_argument("--schedule", choices=SCHEDULES, default="full")
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="ACTION[,ACTION]",
+        help="run only the baseline and these actions of the schedule (e.g. kill-nats,kill)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of every random choice")
     parser.add_argument("--rate", type=float, default=30.0, help="messages/s, all senders (30)")
     parser.add_argument("--senders", type=int, default=2, help="senders per region (2)")
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         topology=args.topology,
         stores=args.stores,
         schedule=args.schedule,
+        only=tuple(a for a in args.only.split(",") if a),
         workload=WorkloadConfig(
             rate=args.rate,
             senders_per_region=args.senders,

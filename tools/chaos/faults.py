@@ -196,6 +196,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
         await node.stop()
         stopped = clock()
         await node.start()
+        node.watch()
         await _nats_ready(mesh, node)
         notes["back_after_s"] = round(clock() - stopped, 2)
         return clock(), stopped
@@ -203,7 +204,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
     if old_pid is None:
         raise RuntimeError(f"NATS node {step.target} is not running")
     killed_at = clock()
-    node.process.signal(signal.SIGKILL)
+    node.process.signal(signal.SIGKILL)  # a crash: the harness's watchdog restarts it
 
     def back() -> bool:
         current = _nats_node(mesh, step.target).process
@@ -215,6 +216,7 @@ async def _nats(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[
         notes["restarted_by"] = "schedule"
         await node.process.wait()
         await node.start()
+        node.watch()
     restarted = clock()
     await _nats_ready(mesh, _nats_node(mesh, step.target))
     notes["down_s"] = round(restarted - killed_at, 2)
@@ -226,8 +228,10 @@ async def _cut(mesh: Mesh, step: Step, clock: Callable[[], float], notes: dict[s
     toxiproxy = mesh.wan.toxiproxy
     if step.action == "cut-link":
         region = step.target
-        address = mesh.endpoints[region]["grpc"]["command"]
-        proxies = [p for p in mesh.wan.proxies if p.address == address]
+        grpc = mesh.endpoints[region]["grpc"]
+        addresses = set(grpc.get("commands") or [grpc["command"]])  # every instance's link
+        address = grpc["command"]
+        proxies = [p for p in mesh.wan.proxies if p.address in addresses]
         if not proxies:
             raise RuntimeError(f"{region}'s command endpoint {address} is not a WAN proxy")
     else:

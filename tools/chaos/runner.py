@@ -60,6 +60,8 @@ class RunOptions:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     steps: tuple[Step, ...] | None = None
     """An explicit schedule instead of ``schedule``."""
+    only: tuple[str, ...] = ()
+    """Keep only the baseline and the steps of these actions (``kill-nats`` ...); empty: all."""
     history_settle_timeout: float = 180.0
     """Seconds to wait, after the senders stop, for every history to stop changing."""
     stream_settle_timeout: float = 60.0
@@ -106,7 +108,13 @@ async def run(
             steps = list(options.steps)
         else:
             steps = build(options.schedule, topology, running)
-            left_out = [s.name for s in build(options.schedule, topology) if s not in steps]
+            if options.only:
+                steps = [s for s in steps if s.action in ("baseline", *options.only)]
+            left_out = [
+                s.name
+                for s in build(options.schedule, topology)
+                if s not in steps and (not options.only or s.action in options.only)
+            ]
             if left_out:
                 rec.params["left_out"] = left_out
                 say(f"left out (this mesh runs no such process): {', '.join(left_out)}")

@@ -14,8 +14,10 @@ Actions:
   a crash: the harness's watchdog is expected to restart it; if it is not back
   within ``restart_wait`` seconds the schedule restarts it and says so.
 * ``restart``: graceful restart (SIGTERM, start again) of a service process.
-* ``kill-nats``: SIGKILL of a NATS node (``us-east-1``). Nothing in the harness
-  restarts NATS today: after ``restart_wait`` seconds the schedule does, and says so.
+* ``kill-nats``: SIGKILL of a NATS node (``us-east-1``), as a crash: the harness's
+  watchdog restarts it (same ports, same store dir); if it is not back within
+  ``restart_wait`` seconds the schedule does, and says so. The full schedule kills
+  every node of every region (three per region on ``ha``).
 * ``restart-nats``: graceful restart of a NATS node.
 * ``partition``: :meth:`mesh.harness.wan.Wan.cut` between two regions (``a|b``):
   every link (NATS gateways, Valkey replication, the command link) for ``hold`` s.

@@ -1,4 +1,7 @@
-/** Exponential backoff with jitter, and a sleep that an AbortSignal ends early. */
+/**
+ * Exponential backoff with full jitter, and a sleep that an AbortSignal ends early.
+ * The same policy as the Python client (`mesh/client/_retry.py`).
+ */
 
 /** How long to wait between reconnection attempts. */
 export interface BackoffOptions {
@@ -11,16 +14,17 @@ export interface BackoffOptions {
 }
 
 /**
- * The delay before retry number `attempt` (1-based): `initial * multiplier^(attempt-1)`,
- * capped at `max`, then drawn uniformly from its upper half so that many
- * clients cut off at once do not all come back in the same instant.
+ * The delay before retry number `attempt` (1-based): *full jitter* — uniform in
+ * `[0, min(max, initial * multiplier^(attempt-1))]` (AWS architecture blog,
+ * "Exponential Backoff And Jitter"), so that many clients cut off at once spread
+ * their retries over the whole window instead of coming back together.
  */
 export function backoffDelay(attempt: number, options: BackoffOptions = {}, random = Math.random): number {
   const initial = options.initialMs ?? 250;
   const max = options.maxMs ?? 15_000;
   const multiplier = options.multiplier ?? 2;
   const base = Math.min(max, initial * multiplier ** Math.max(0, attempt - 1));
-  return Math.round(base / 2 + (random() * base) / 2);
+  return Math.round(random() * base);
 }
 
 /** Resolves after `ms`, or as soon as `signal` aborts (never rejects). */

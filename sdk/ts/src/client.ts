@@ -29,7 +29,7 @@ import { NotificationService } from "../../../gen/ts/chatmesh/v1/notification_se
 import type { Presence } from "../../../gen/ts/chatmesh/v1/presence_pb.js";
 import { QueryService } from "../../../gen/ts/chatmesh/v1/query_service_pb.js";
 import { backoffDelay, sleep, type BackoffOptions } from "./backoff.js";
-import { ConnectError, isRetryable } from "./errors.js";
+import { ConnectError, isRetryable, retryDelayMs } from "./errors.js";
 import { newClientId } from "./ids.js";
 import {
   subscribeWithResume,
@@ -46,9 +46,15 @@ export interface ChatClientOptions {
   readonly token: () => string | Promise<string>;
   /** Deadline of unary calls in milliseconds (default 10 000). Streams have none. */
   readonly timeoutMs?: number;
-  /** Extra attempts for calls that are safe to repeat (default 2). */
+  /** Extra attempts after a retryable failure (default 4: five attempts, as the Python client). */
   readonly retries?: number;
-  /** Delays between those attempts (and the default for subscriptions). */
+  /**
+   * Milliseconds for a whole call, every attempt and wait included (default 30 000):
+   * a wait that would end past it is not taken, and each attempt's deadline is cut
+   * to what is left.
+   */
+  readonly budgetMs?: number;
+  /** Delays between those attempts (and the default for subscriptions); full jitter. */
   readonly backoff?: BackoffOptions;
   /** A fetch implementation (default: the global one). */
   readonly fetch?: typeof globalThis.fetch;
@@ -175,21 +181,34 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
   const query = createClient(QueryService, transport);
   const notification = createClient(NotificationService, transport);
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const retries = options.retries ?? 2;
+  const retries = options.retries ?? 4;
+  const budgetMs = options.budgetMs ?? 30_000;
 
   const callOptions = (opts?: CallOpts): CallOptions => ({
     timeoutMs,
     ...(opts?.signal ? { signal: opts.signal } : {}),
   });
 
-  /** Runs `fn` again after retryable failures; only for calls that are safe to repeat. */
-  async function retrying<T>(opts: CallOpts | undefined, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` again after retryable failures ({@link isRetryable}): full-jitter
+   * backoff, at least the server's RetryInfo, within the call's budget. Calls that
+   * are not idempotent are repeated only after UNAVAILABLE (nothing was committed).
+   */
+  async function retrying<T>(
+    opts: CallOpts | undefined,
+    fn: (call: CallOptions) => Promise<T>,
+    idempotent = true,
+  ): Promise<T> {
+    const deadline = Date.now() + budgetMs;
     for (let attempt = 1; ; attempt++) {
+      const left = deadline - Date.now();
       try {
-        return await fn();
+        return await fn({ ...callOptions(opts), timeoutMs: Math.max(1, Math.min(timeoutMs, left)) });
       } catch (err) {
-        if (attempt > retries || !isRetryable(err) || opts?.signal?.aborted) throw err;
-        await sleep(backoffDelay(attempt, options.backoff), opts?.signal);
+        if (attempt > retries || !isRetryable(err, idempotent) || opts?.signal?.aborted) throw err;
+        const wait = Math.max(backoffDelay(attempt, options.backoff), retryDelayMs(err) ?? 0);
+        if (wait >= deadline - Date.now()) throw err;
+        await sleep(wait, opts?.signal);
       }
     }
   }
@@ -200,7 +219,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
   }
 
   async function getHistory(channelId: string, q: HistoryQuery = {}): Promise<HistoryPage> {
-    const resp = await retrying(q, () =>
+    const resp = await retrying(q, (call) =>
       query.getHistory(
         {
           channelId,
@@ -208,7 +227,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
           ...(q.afterSeq !== undefined ? { afterSeq: q.afterSeq } : {}),
           ...(q.limit !== undefined ? { limit: q.limit } : {}),
         },
-        callOptions(q),
+        call,
       ),
     );
     return { messages: resp.messages, hasMore: resp.hasMore, lastSeq: resp.lastSeq };
@@ -222,7 +241,7 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
 
     async createChannel(name, memberUserIds, opts = {}) {
       const clientRequestId = opts.clientRequestId ?? newClientId("r_");
-      const resp = await retrying(opts, () =>
+      const resp = await retrying(opts, (call) =>
         command.createChannel(
           {
             name,
@@ -230,64 +249,68 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
             visibility: opts.visibility ?? ChannelVisibility.PRIVATE,
             clientRequestId,
           },
-          callOptions(opts),
+          call,
         ),
       );
       return required(resp.channel, "channel");
     },
 
     async joinChannel(channelId, opts) {
-      const resp = await command.joinChannel({ channelId }, callOptions(opts));
+      const resp = await retrying(opts, (call) => command.joinChannel({ channelId }, call), false);
       return required(resp.channel, "channel");
     },
 
     async leaveChannel(channelId, opts) {
-      await command.leaveChannel({ channelId }, callOptions(opts));
+      await retrying(opts, (call) => command.leaveChannel({ channelId }, call), false);
     },
 
     async sendMessage(channelId, text, opts = {}) {
       // One key for every attempt: a retry after a lost response returns the
       // stored message (duplicate=true) instead of posting it twice.
       const clientMsgId = opts.clientMsgId ?? newClientId("m_");
-      const resp = await retrying(opts, () =>
-        command.sendMessage({ channelId, text, clientMsgId }, callOptions(opts)),
+      const resp = await retrying(opts, (call) =>
+        command.sendMessage({ channelId, text, clientMsgId }, call),
       );
       return { message: required(resp.message, "message"), duplicate: resp.duplicate };
     },
 
     async editMessage(channelId, messageId, text, opts) {
-      const resp = await command.editMessage({ channelId, messageId, text }, callOptions(opts));
+      const resp = await retrying(
+        opts,
+        (call) => command.editMessage({ channelId, messageId, text }, call),
+        false,
+      );
       return required(resp.message, "message");
     },
 
     async deleteMessage(channelId, messageId, opts) {
-      await command.deleteMessage({ channelId, messageId }, callOptions(opts));
+      await retrying(opts, (call) => command.deleteMessage({ channelId, messageId }, call), false);
     },
 
     async setTyping(channelId, typing, opts) {
-      await command.setTyping({ channelId, typing }, callOptions(opts));
+      await retrying(opts, (call) => command.setTyping({ channelId, typing }, call), false);
     },
 
     async markRead(channelId, seq, opts) {
       // The marker only moves forward, so repeating the call is harmless.
-      const resp = await retrying(opts, () => command.markRead({ channelId, seq }, callOptions(opts)));
+      const resp = await retrying(opts, (call) => command.markRead({ channelId, seq }, call));
       return resp.lastReadSeq;
     },
 
     async listChannels(opts) {
-      const resp = await retrying(opts, () => query.listChannels({}, callOptions(opts)));
+      const resp = await retrying(opts, (call) => query.listChannels({}, call));
       return resp.channels;
     },
 
     async getChannel(channelId, opts) {
-      const resp = await retrying(opts, () => query.getChannel({ channelId }, callOptions(opts)));
+      const resp = await retrying(opts, (call) => query.getChannel({ channelId }, call));
       return required(resp.channel, "channel");
     },
 
     async getPresence(userIds, opts) {
       if (userIds.length === 0) return [];
-      const resp = await retrying(opts, () =>
-        query.getPresence({ userIds: [...userIds] }, callOptions(opts)),
+      const resp = await retrying(opts, (call) =>
+        query.getPresence({ userIds: [...userIds] }, call),
       );
       return resp.presences;
     },

@@ -47,9 +47,58 @@ const RETRYABLE_CODES: ReadonlySet<Code> = new Set([
   Code.Unknown, // what a failed fetch (network error) becomes
 ]);
 
-/** True if repeating a call that is safe to repeat (after a backoff) may succeed. */
-export function isRetryable(err: unknown): boolean {
-  return RETRYABLE_CODES.has(ConnectError.from(err).code);
+const RETRY_INFO_TYPE = "google.rpc.RetryInfo";
+
+/**
+ * True if repeating the call (after a backoff) may succeed.
+ *
+ * @param idempotent - The call is safe to repeat even if it may have taken effect (a
+ *   read, or a command carrying its idempotency key). UNAVAILABLE is retryable either
+ *   way (the contract: nothing was committed); RESOURCE_EXHAUSTED only with the
+ *   server's RetryInfo; the other transient codes only for idempotent calls.
+ */
+export function isRetryable(err: unknown, idempotent = true): boolean {
+  const error = ConnectError.from(err);
+  if (error.code === Code.Unavailable) return true;
+  if (error.code === Code.ResourceExhausted) return retryDelayMs(error) !== undefined;
+  return idempotent && RETRYABLE_CODES.has(error.code);
+}
+
+/** The wait the server asked for (`google.rpc.RetryInfo.retry_delay`) in milliseconds, if any. */
+export function retryDelayMs(err: unknown): number | undefined {
+  const error = ConnectError.from(err);
+  for (const detail of error.details) {
+    if ("type" in detail && detail.type === RETRY_INFO_TYPE && detail.value instanceof Uint8Array) {
+      try {
+        return decodeRetryDelayMs(detail.value);
+      } catch {
+        return undefined;
+      }
+    }
+  }
+  return undefined;
+}
+
+function decodeRetryDelayMs(bytes: Uint8Array): number | undefined {
+  const reader = new BinaryReader(bytes);
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 1 && wireType === WireType.LengthDelimited) {
+      // google.protobuf.Duration: 1 = seconds (int64), 2 = nanos (int32)
+      const duration = new BinaryReader(reader.bytes());
+      let seconds = 0;
+      let nanos = 0;
+      while (duration.pos < duration.len) {
+        const [f, t] = duration.tag();
+        if (f === 1 && t === WireType.Varint) seconds = Number(duration.int64());
+        else if (f === 2 && t === WireType.Varint) nanos = duration.int32();
+        else duration.skip(t, f);
+      }
+      return seconds * 1000 + nanos / 1e6;
+    }
+    reader.skip(wireType, field);
+  }
+  return undefined;
 }
 
 // ErrorInfo is decoded by hand: google/rpc/error_details.proto is not part of the

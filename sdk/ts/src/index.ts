@@ -25,7 +25,7 @@ export type { Positions, PositionsInit } from "./positions.js";
 export { backoffDelay, sleep } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export { newClientId } from "./ids.js";
-export { Code, ConnectError, errorInfo, errorReason, isFatal, isRetryable } from "./errors.js";
+export { Code, ConnectError, errorInfo, errorReason, isFatal, isRetryable, retryDelayMs } from "./errors.js";
 export type { ErrorInfo } from "./errors.js";
 
 // The generated message types and enums the helpers take and return.

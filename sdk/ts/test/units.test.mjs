@@ -15,6 +15,7 @@ import {
   isRetryable,
   newClientId,
   subscribeWithResume,
+  retryDelayMs,
   tokenSubject,
 } from "../../../build/sdk-ts/index.mjs";
 
@@ -52,12 +53,31 @@ test("positions survive storage as JSON; bad storage means no positions", () => 
   assert.deepEqual([...decodePositions('{"ch_a":"3","ch_b":-1,"ch_c":"x"}')], [["ch_a", 3n]]);
 });
 
-test("backoff grows exponentially, is capped, and keeps jitter in the upper half", () => {
+test("backoff grows exponentially, is capped, with full jitter over the whole window", () => {
   const opts = { initialMs: 100, maxMs: 1000, multiplier: 2 };
   assert.equal(backoffDelay(1, opts, () => 1), 100);
-  assert.equal(backoffDelay(1, opts, () => 0), 50);
+  assert.equal(backoffDelay(1, opts, () => 0), 0);
+  assert.equal(backoffDelay(3, opts, () => 0.5), 200);
   assert.equal(backoffDelay(3, opts, () => 1), 400);
   assert.equal(backoffDelay(30, opts, () => 1), 1000);
+});
+
+test("RetryInfo is read; RESOURCE_EXHAUSTED is retried only with it; only UNAVAILABLE for non-idempotent calls", () => {
+  // google.rpc.RetryInfo { retry_delay: Duration { seconds: 1, nanos: 250000000 } }
+  const duration = new BinaryWriter().tag(1, 0).int64(1).tag(2, 0).int32(250_000_000).finish();
+  const retryInfo = new BinaryWriter().tag(1, 2).bytes(duration).finish();
+  const shed = new ConnectError("catching up", Code.Unavailable);
+  shed.details = [{ type: "google.rpc.RetryInfo", value: retryInfo }];
+  assert.equal(retryDelayMs(shed), 1250);
+  assert.equal(retryDelayMs(new ConnectError("down", Code.Unavailable)), undefined);
+  assert.equal(isRetryable(shed, false), true);
+  const limited = new ConnectError("slow down", Code.ResourceExhausted);
+  assert.equal(isRetryable(limited), false);
+  limited.details = [{ type: "google.rpc.RetryInfo", value: retryInfo }];
+  assert.equal(isRetryable(limited), true);
+  const timedOut = new ConnectError("late", Code.DeadlineExceeded);
+  assert.equal(isRetryable(timedOut), true);
+  assert.equal(isRetryable(timedOut, false), false);
 });
 
 test("client ids are valid idempotency keys and unique", () => {

@@ -371,3 +371,68 @@ async def test_typing_goes_over_core_nats_and_takes_no_seq(env: Env, commands: C
         True,
     )
     assert [s for s, _ in env.stream(ch)] == [1]
+
+
+# -- admission and the write lease's fence (ADR-019) ---------------------------------
+
+
+async def test_a_standby_refuses_with_retry_info_and_writes_nothing(env: Env) -> None:
+    log, metadata = await env.stores()
+    leader = await env.commands(log, metadata)
+    ch = await _channel(leader)
+    standby = await env.commands(log, metadata)
+    standby.fence = lambda: False
+    published = len(env.bus.stored())
+    for call in (
+        standby.send_message("alice", _send(ch, "s1"), ORIGIN),
+        standby.mark_read("alice", pb.MarkReadRequest(channel_id=ch, seq=1), ORIGIN),
+        standby.set_typing("alice", pb.SetTypingRequest(channel_id=ch, typing=True), ORIGIN),
+    ):
+        with pytest.raises(Unavailable) as refused:
+            await call
+        assert refused.value.retry_delay is not None
+    assert len(env.bus.stored()) == published
+    assert await log.last_seq(ch) == 1 and standby.shed == 3
+
+
+async def test_a_leader_whose_lease_ran_out_mid_command_does_not_append(env: Env) -> None:
+    log, metadata = await env.stores()
+    commands = await env.commands(log, metadata)
+    ch = await _channel(commands)
+    held = [True]
+    commands.fence = lambda: held[0]
+    take_seq = commands._next_seq
+
+    async def seq_then_paused(channel_id: str) -> int:
+        seq = await take_seq(channel_id)
+        held[0] = False  # admitted, then paused past its lease before the append
+        return seq
+
+    commands._next_seq = seq_then_paused  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="lost the write lease"):
+        await commands.send_message("alice", _send(ch, "late"), ORIGIN)
+    assert await log.last_seq(ch) == 1
+    assert [s for s, _ in env.stream(ch)] == [1]
+
+
+async def test_catching_up_and_overload_are_shed_and_a_takeover_forgets_cached_seqs(
+    env: Env,
+) -> None:
+    log, metadata = await env.stores()
+    a = await env.commands(log, metadata)
+    b = await env.commands(log, metadata)
+    ch = await _channel(a)
+    await a.send_message("alice", _send(ch, "a1"), ORIGIN)  # a caches seq 2
+    a.catching_up = True
+    with pytest.raises(Unavailable, match="catching up"):
+        await a.send_message("alice", _send(ch, "a2"), ORIGIN)
+    a.catching_up = False
+    a.max_inflight = 0
+    with pytest.raises(Unavailable, match="overloaded"):
+        await a.send_message("alice", _send(ch, "a2"), ORIGIN)
+    a.max_inflight = 512
+    await b.send_message("bob", _send(ch, "b1"), ORIGIN)  # b writes 3 while a is standby
+    await a.take_over()
+    sent = await a.send_message("alice", _send(ch, "a3"), ORIGIN)
+    assert sent.message.seq == 4
+    assert [s for s, _ in env.stream(ch)] == [1, 2, 3, 4]
