@@ -63,8 +63,11 @@ class ServiceSettings:
 
 
 def process_name(kind: str, region: str, index: int = 1) -> str:
-    """``<kind>-<region>``; notification instances are numbered from 1 (``-<index>``),
-    a second Command or Fan-Out instance (ADR-019) is ``-2`` beside the unnumbered first."""
+    """``<kind>-<region>``, numbered where there are several.
+
+    Notification instances are numbered from 1 (``-<index>``); a second Command or
+    Fan-Out instance (ADR-019) is ``-2`` beside the unnumbered first.
+    """
     return f"{kind}-{region}" + (f"-{index}" if kind == "notification" or index > 1 else "")
 
 
