@@ -139,8 +139,12 @@ async def test_killed_valkey_primary_comes_back_and_the_replica_follows_it(mesh:
     await _restarted(primary, old_pid, crashes)
     await primary.wait_ready(timeout=30)
 
-    writer = valkey_async.Valkey(host=primary.host, port=primary.port, socket_timeout=2.0)
-    reader = valkey_async.Valkey(host=replica.host, port=replica.port, socket_timeout=2.0)
+    writer = valkey_async.Valkey(
+        host=primary.host, port=primary.port, password=primary.password, socket_timeout=2.0
+    )
+    reader = valkey_async.Valkey(
+        host=replica.host, port=replica.port, password=replica.password, socket_timeout=2.0
+    )
     try:
         await writer.set("sup:after-restart", "1")
 

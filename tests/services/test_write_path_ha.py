@@ -36,6 +36,7 @@ from mesh.client import ChatClient, RetryPolicy, Subscription
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.errors import Unavailable
 from mesh.harness.edges import edges_hook
+from mesh.harness.identity import internal_channel
 from mesh.harness.services import ServiceProcess, services_hook
 from mesh.harness.supervisor import Mesh
 from mesh.rpc.status import from_rpc_error
@@ -210,7 +211,7 @@ async def test_one_active_instance_of_each_and_the_standby_refuses(
     [standby] = [s for s in _instances(mesh, "command") if s is not active]
     await _holder(mesh, "fanout")
     assert standby.address is not None
-    async with grpc.aio.insecure_channel(standby.address) as channel:
+    async with internal_channel(mesh.extra_state["service_tls"], standby.address) as channel:
         stub = cgrpc.CommandServiceStub(channel)
         md = (("authorization", f"Bearer {mint(keys, 'ha-direct')}"),)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
