@@ -35,8 +35,9 @@ from mesh.core.auth import KeyDirectory
 from mesh.harness.paths import repo_root
 from mesh.harness.process import ManagedProcess, Supervised, wait_until
 from mesh.harness.supervisor import Mesh, ServiceHook
+from mesh.topology import Limits
 
-__all__ = ["ServiceProcess", "ServiceSettings", "services_hook"]
+__all__ = ["ServiceProcess", "ServiceSettings", "command_limits", "services_hook"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,15 @@ def _dsns(mesh: Mesh, region: str) -> dict[str, str]:
     }
 
 
+def command_limits(limits: Limits) -> dict[str, Any]:
+    """The Command Service's config keys for the topology's ``[limits]`` (same names)."""
+    return {
+        f"{action}_{kind}": getattr(limits, f"{action}_{kind}")
+        for action in ("send", "typing", "create_channel", "join")
+        for kind in ("per_s", "burst")
+    }
+
+
 def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
     """The hook that starts every service of the topology and records their endpoints."""
     cfg = settings or ServiceSettings()
@@ -182,6 +192,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                 **nats(primary, "command"),
                 "command_store": p["command"],
                 "metadata_store": p["metadata"],
+                **command_limits(topo.limits),
             },
         )
         add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
@@ -216,6 +227,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                         "valkey_replica": valkey_local,
                         "stream_heartbeat": cfg.stream_heartbeat,
                         "route_heartbeat": cfg.route_heartbeat,
+                        "streams_per_user": topo.limits.streams_per_user,
                     },
                     index=i,
                 )

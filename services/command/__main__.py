@@ -11,6 +11,8 @@ from chatmesh.v1 import command_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
 from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod
+from mesh.core.ratelimit import RateLimiter
+from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_command, open_metadata
 from services.command.config import CommandConfig
@@ -35,6 +37,9 @@ async def main(cfg: CommandConfig) -> None:
         region=cfg.region,
         publish_timeout=cfg.publish_timeout,
         typing_ttl=cfg.typing_ttl,
+        limiter=RateLimiter(
+            cfg.limits(), on_refusal=lambda action: RATE_LIMITED_TOTAL.labels("command", action).inc()
+        ),
     )
     # Repair what a crash may have left half-done before taking new commands.
     repaired = await commands.republish_pending()

@@ -43,6 +43,7 @@ from mesh.core.errors import (
     Unavailable,
 )
 from mesh.core.events import new_event, now_ms
+from mesh.core.ratelimit import RateLimiter
 from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
 
 __all__ = ["Commands"]
@@ -96,6 +97,7 @@ class Commands:
         region: str,
         publish_timeout: float = 5.0,
         typing_ttl: float = 6.0,
+        limiter: RateLimiter | None = None,
     ) -> None:
         """Wires the stores and the bus.
 
@@ -108,6 +110,8 @@ class Commands:
             region: This service's region (the default origin of commands).
             publish_timeout: Seconds to wait for JetStream's ack.
             typing_ttl: Seconds a typing indicator lasts.
+            limiter: Per-user token buckets (``send``, ``typing``, ``create_channel``,
+                ``join``); None: no limits.
         """
         self.bus = bus
         self.events = events
@@ -119,6 +123,7 @@ class Commands:
         self.typing_ttl = typing_ttl
         self._locks = _Locks()
         self._last_seq: dict[str, int] = {}
+        self.limiter = limiter or RateLimiter({})
 
     # -- the write path --------------------------------------------------------
 
@@ -290,6 +295,7 @@ class Commands:
         self, user: str, req: pb.CreateChannelRequest, origin: str
     ) -> pb.CreateChannelResponse:
         """CommandService.CreateChannel."""
+        self.limiter.take(user, "create_channel")
         key = f"create:{user}:{req.client_request_id}" if req.client_request_id else None
         channel_id = ids.derived("ch", user, req.client_request_id) if key else ids.new("ch")
         members = sorted({user, *req.member_user_ids})
@@ -319,6 +325,7 @@ class Commands:
         self, user: str, req: pb.JoinChannelRequest, origin: str
     ) -> pb.JoinChannelResponse:
         """CommandService.JoinChannel."""
+        self.limiter.take(user, "join")
 
         async def check() -> None:
             channel = await self.metadata.channel(req.channel_id)
@@ -364,6 +371,7 @@ class Commands:
         self, user: str, req: pb.SendMessageRequest, origin: str
     ) -> pb.SendMessageResponse:
         """CommandService.SendMessage."""
+        self.limiter.take(user, "send")
         key = f"send:{user}:{req.client_msg_id}"
         message_id = ids.derived("msg", user, req.client_msg_id)
 
@@ -403,6 +411,7 @@ class Commands:
         self, user: str, req: pb.EditMessageRequest, origin: str
     ) -> pb.EditMessageResponse:
         """CommandService.EditMessage."""
+        self.limiter.take(user, "send")
         current: dict[str, message_pb2.Message] = {}
 
         async def check() -> None:
@@ -427,6 +436,7 @@ class Commands:
         self, user: str, req: pb.DeleteMessageRequest, origin: str
     ) -> pb.DeleteMessageResponse:
         """CommandService.DeleteMessage (deleting twice is a no-op)."""
+        self.limiter.take(user, "send")
         record = await self._own_message(req.channel_id, req.message_id, user)
         if record.deleted:
             return pb.DeleteMessageResponse()
@@ -450,6 +460,7 @@ class Commands:
         self, user: str, req: pb.SetTypingRequest, origin: str
     ) -> pb.SetTypingResponse:
         """CommandService.SetTyping: ephemeral, core NATS only."""
+        self.limiter.take(user, "typing")
         await self._require_member(req.channel_id, user)
         event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
         event.typing_changed.user_id = user

@@ -31,5 +31,7 @@ class NotificationConfig(CommonConfig):
     """Events a stream may have queued before the client counts as too slow."""
     replay_page: int = 500
     """Events read from history per replay query."""
+    streams_per_user: int = 16
+    """Concurrent Subscribe streams one user may hold on this instance (0: no limit)."""
     catchup_timeout: float = 30.0
     """Seconds to wait for the region's history to reach a gap before delivering around it."""
