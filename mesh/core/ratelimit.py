@@ -135,7 +135,8 @@ class RateLimiter:
         if wait > 0.0:
             if self._on_refusal is not None:
                 self._on_refusal(action)
-            delay = 60.0 if math.isinf(wait) else round(wait, 3)
+            # Rounded up to the millisecond: a client that waits this long finds a token.
+            delay = 60.0 if math.isinf(wait) else max(0.001, math.ceil(wait * 1000) / 1000)
             raise ResourceExhausted(
                 "RATE_LIMITED",
                 f"too many {action} requests: at most {limit.burst} at once and "

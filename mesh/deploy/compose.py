@@ -1020,4 +1020,3 @@ def _limit_env(topology: Topology) -> dict[str, str]:
 
 if __name__ == "__main__":
     sys.exit(_main())
-

@@ -38,7 +38,8 @@ async def main(cfg: CommandConfig) -> None:
         publish_timeout=cfg.publish_timeout,
         typing_ttl=cfg.typing_ttl,
         limiter=RateLimiter(
-            cfg.limits(), on_refusal=lambda action: RATE_LIMITED_TOTAL.labels("command", action).inc()
+            cfg.limits(),
+            on_refusal=lambda action: RATE_LIMITED_TOTAL.labels("command", action).inc(),
         ),
     )
     # Repair what a crash may have left half-done before taking new commands.

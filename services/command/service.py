@@ -123,7 +123,7 @@ class Commands:
         self.typing_ttl = typing_ttl
         self._locks = _Locks()
         self._last_seq: dict[str, int] = {}
-        self.limiter = limiter or RateLimiter({})
+        self.limiter = limiter if limiter is not None else RateLimiter({})
 
     # -- the write path --------------------------------------------------------
 

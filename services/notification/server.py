@@ -22,7 +22,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
     def __init__(self, hub: Hub, quota: StreamQuota | None = None) -> None:
         self.hub = hub
-        self.quota = quota or StreamQuota(0)
+        self.quota = quota if quota is not None else StreamQuota(0)
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Any
