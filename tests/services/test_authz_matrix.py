@@ -158,7 +158,7 @@ def _request(method: descriptor.MethodDescriptor, world: World, column: str) -> 
             "channel_id": ch,
             "text": f"by {column}",
             "client_msg_id": f"az-{column}-{ch[-6:]}",
-        },  # fmt: skip
+        },
         "EditMessage": lambda: {"channel_id": ch, "message_id": msg, "text": f"edited by {column}"},
         "DeleteMessage": lambda: {"channel_id": ch, "message_id": msg},
         "SetTyping": lambda: {"channel_id": ch, "typing": True},
