@@ -54,8 +54,22 @@ def violations_of(message: Message) -> list[FieldViolation]:
     return [FieldViolation(_path(v), v.proto.rule_id, v.proto.message) for v in found]
 
 
+MAX_VIOLATIONS = 20
+"""Violations a refusal lists at most: the status travels in HTTP/2 trailers, and 200
+broken list items made trailers so large that the server reset the stream (UNAVAILABLE)."""
+
+
 def validate(message: Message) -> None:
-    """Raises InvalidArgument naming every broken field and rule."""
+    """Raises InvalidArgument naming every broken field and rule (the first MAX_VIOLATIONS)."""
     violations = violations_of(message)
+    if len(violations) > MAX_VIOLATIONS:
+        shown = violations[:MAX_VIOLATIONS]
+        summary = "; ".join(
+            f"{v.field or '(request)'}: {v.description} [{v.rule_id}]" for v in shown
+        )
+        raise InvalidArgument(
+            shown,
+            f"invalid request: {summary}; and {len(violations) - MAX_VIOLATIONS} more violations",
+        )
     if violations:
         raise InvalidArgument(violations)
