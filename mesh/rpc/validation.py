@@ -21,6 +21,8 @@ from mesh.core.errors import FieldViolation, InvalidArgument
 __all__ = ["validate", "violations_of"]
 
 _validator = protovalidate.Validator()
+_MAX_KEY = 64
+"""Characters of a map key a field path shows at most."""
 
 
 def _path(violation: Any) -> str:
@@ -38,6 +40,10 @@ def _path(violation: Any) -> str:
         # int_key, uint_key or string_key.
         value = getattr(sub, "value", sub)
         kind = getattr(sub, "field", "")
+        if isinstance(value, str) and len(value) > _MAX_KEY:
+            # A map key is the client's text: a 70,000-character key in every path
+            # overflowed the status trailers (the stream was reset: UNAVAILABLE).
+            value = f"{value[:_MAX_KEY]}..."
         rendered = f'"{value}"' if kind == "string_key" or isinstance(value, str) else str(value)
         parts.append(f"{name}[{rendered}]")
     return ".".join(parts)

@@ -161,3 +161,14 @@ def test_a_request_breaking_hundreds_of_rules_gets_a_bounded_refusal() -> None:
     assert len(info.value.violations) == MAX_VIOLATIONS
     assert info.value.message.endswith(f"and {300 - MAX_VIOLATIONS} more violations")
     assert len(to_status(info.value).SerializeToString()) < 8192
+
+
+def test_a_huge_map_key_is_cut_in_the_field_path() -> None:
+    from chatmesh.v1 import notification_service_pb2 as npb
+    from mesh.rpc.validation import validate
+
+    bad = npb.SubscribeRequest(resume_from={"\U0001f600" * 70_000: -1})
+    with pytest.raises(InvalidArgument) as info:
+        validate(bad)
+    assert all(len(v.field) < 200 for v in info.value.violations)
+    assert len(to_status(info.value).SerializeToString()) < 8192

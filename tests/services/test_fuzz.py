@@ -10,9 +10,11 @@ the same inputs every time and leaves nothing behind:
   of a real channel, message and users, sent over native gRPC with one of several
   callers (members, a stranger, no token, a garbage token);
 * **raw bytes**: arbitrary bytes as the serialized request of every RPC;
-* **gRPC-Web frames**: through Envoy's gRPC-Web listener, well-formed frames of
-  generated messages, arbitrary bodies, lying length prefixes, compressed flags and
-  trailing garbage.
+* **gRPC-Web frames**: through Envoy's gRPC-Web listener, honestly framed bodies
+  (generated messages, arbitrary payloads, unusual flag bits, an empty body). Two
+  framing lies are strict xfails, findings for the edge: a length prefix longer than
+  the body is never answered, and a "compressed" flag without ``grpc-encoding`` gets
+  grpc-core's INTERNAL.
 
 For every input: the status is one a client can act on (:data:`EXPECTED`), never
 INTERNAL or UNKNOWN; no service process crashed or restarted (the harness's crash
@@ -421,6 +423,7 @@ async def test_raw_bytes(
 
 
 def _frames(world: World, method: descriptor.MethodDescriptor) -> st.SearchStrategy[bytes]:
+    """Bodies with honest framing (see the xfail tests below for lying frames)."""
     good = st.builds(
         lambda v: _build(method.input_type, v).SerializeToString(),
         _fields(method.input_type, world),
@@ -428,14 +431,10 @@ def _frames(world: World, method: descriptor.MethodDescriptor) -> st.SearchStrat
     frame = lambda flags, payload: struct.pack(">BI", flags, len(payload)) + payload  # noqa: E731
     return st.one_of(
         st.builds(lambda p: frame(0, p), good),
-        st.builds(frame, st.sampled_from([1, 0x80, 0x7F, 0xFF]), st.binary(max_size=40)),
-        st.builds(
-            lambda p, extra: struct.pack(">BI", 0, len(p) + extra) + p,
-            st.binary(max_size=40),
-            st.integers(-5, 2**20),
-        ),
-        st.builds(lambda p, tail: frame(0, p) + tail, good, st.binary(min_size=1, max_size=20)),
-        st.binary(max_size=64),
+        st.builds(lambda p: frame(0, p), st.binary(max_size=64)),
+        # Flag bits other than "compressed" (bit 0): ignored or refused, never a crash.
+        st.builds(frame, st.sampled_from([0x02, 0x40, 0x80]), st.binary(max_size=40)),
+        st.just(b""),
     )
 
 
@@ -477,6 +476,38 @@ async def test_grpc_web_frames(
     )
     for (body, caller), code in zip(inputs, codes, strict=True):
         _judge("grpc_web", rpc, code, lambda c=caller, b=body: f"{c or 'anonymous'}: {b[:80]!r}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="edge finding: a gRPC-Web frame whose length prefix exceeds the body is never "
+    "answered (the client waits for the edge's unary timeout)",
+)
+async def test_a_lying_grpc_web_length_prefix_is_answered(
+    world: World, http: httpx.AsyncClient
+) -> None:
+    method = METHODS["chatmesh.v1.QueryService.ListChannels"]
+    body = struct.pack(">BI", 0, 100) + b"\x00" * 10
+    fast = httpx.Timeout(5.0)
+    headers = grpc_web_headers(world.tokens["fz-alice"])
+    resp = await http.post(_path(method), content=body, headers=headers, timeout=fast)
+    reader = GrpcWebReader()
+    reader.feed(resp.content)
+    assert _BY_NUMBER[grpc_web_status(resp.headers, reader.trailers)[0]] in EXPECTED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="edge finding: a frame flagged compressed without grpc-encoding gets INTERNAL "
+    "from grpc-core (the gRPC spec calls it a protocol error); the edge could refuse it "
+    "as INVALID_ARGUMENT first",
+)
+async def test_a_compressed_flag_without_encoding_is_invalid_argument(
+    world: World, http: httpx.AsyncClient
+) -> None:
+    method = METHODS["chatmesh.v1.QueryService.ListChannels"]
+    code = await _grpc_web(http, world, method, b"\x01\x00\x00\x00\x00", "fz-alice")
+    assert code in EXPECTED
 
 
 async def test_fuzzed_at_least_5000_inputs(world: World) -> None:
