@@ -11,10 +11,9 @@ the same inputs every time and leaves nothing behind:
   callers (members, a stranger, no token, a garbage token);
 * **raw bytes**: arbitrary bytes as the serialized request of every RPC;
 * **gRPC-Web frames**: through Envoy's gRPC-Web listener, honestly framed bodies
-  (generated messages, arbitrary payloads, unusual flag bits, an empty body). Two
-  framing lies are strict xfails, findings for the edge: a length prefix longer than
-  the body is never answered, and a "compressed" flag without ``grpc-encoding`` gets
-  grpc-core's INTERNAL.
+  (generated messages up to 64 KiB, arbitrary payloads). Two framing lies are strict
+  xfails, findings for the edge: a length prefix longer than the body is never
+  answered, and a "compressed" flag without ``grpc-encoding`` gets grpc-core's INTERNAL.
 
 For every input: the status is one a client can act on (:data:`EXPECTED`), never
 INTERNAL or UNKNOWN; no service process crashed or restarted (the harness's crash
@@ -144,7 +143,7 @@ async def edge(dev_mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture(scope="module")
 async def http(dev_mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        base_url=dev_mesh.endpoints["us-east"]["edge"]["http"], timeout=30
+        base_url=dev_mesh.endpoints["us-east"]["edge"]["http"], timeout=20
     ) as client:
         yield client
 
@@ -430,11 +429,9 @@ def _frames(world: World, method: descriptor.MethodDescriptor) -> st.SearchStrat
     )
     frame = lambda flags, payload: struct.pack(">BI", flags, len(payload)) + payload  # noqa: E731
     return st.one_of(
-        st.builds(lambda p: frame(0, p), good),
+        # Up to 64 KiB: larger bodies over HTTP/1.1 are a question of Envoy's buffers.
+        st.builds(lambda p: frame(0, p), good.filter(lambda b: len(b) < 65536)),
         st.builds(lambda p: frame(0, p), st.binary(max_size=64)),
-        # Flag bits other than "compressed" (bit 0): ignored or refused, never a crash.
-        st.builds(frame, st.sampled_from([0x02, 0x40, 0x80]), st.binary(max_size=40)),
-        st.just(b""),
     )
 
 
