@@ -652,6 +652,7 @@ def render_compose(
             **nats_env(primary, "command"),
             "CHATMESH_COMMAND_STORE": mongo_primary,
             "CHATMESH_METADATA_STORE": mongo_primary,
+            **_limit_env(topology),
         },
         depends_on=_completed("nats-init", "mongo-init"),
         authenticated=True,
@@ -708,6 +709,7 @@ def render_compose(
                     "CHATMESH_HISTORY_STORE": history,
                     "CHATMESH_METADATA_STORE": mongo_nearest,
                     "CHATMESH_STREAM_HEARTBEAT": "15",
+                    "CHATMESH_STREAMS_PER_USER": str(topology.limits.streams_per_user),
                 },
                 depends_on={
                     **_completed("nats-init", "cassandra-init", "mongo-init"),
@@ -1159,6 +1161,16 @@ def _main(argv: list[str] | None = None) -> int:
     ):
         print(path.relative_to(out))
     return 0
+
+
+def _limit_env(topology: Topology) -> dict[str, str]:
+    """The Command Service's per-user token buckets (the topology's ``[limits]``)."""
+    limits = topology.limits
+    return {
+        f"CHATMESH_{action.upper()}_{kind.upper()}": str(getattr(limits, f"{action}_{kind}"))
+        for action in ("send", "typing", "create_channel", "join")
+        for kind in ("per_s", "burst")
+    }
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, MAX_TOKEN_LIFETIME
 from mesh.core.errors import DOMAIN
 from mesh.core.headers import AUTHORIZATION, EDGE_LISTENER, INTERNAL_PREFIX, ORIGIN_REGION
-from mesh.topology import Topology
+from mesh.topology import Limits, Topology
 
 __all__ = [
     "ADMIN_PORT",
@@ -142,6 +142,10 @@ loopback, on ports compose may change) and a local web dev server."""
 JWT_PROVIDER = "chatmesh"
 """Name of the jwt_authn provider."""
 JWT_PAYLOAD_KEY = "jwt_payload"
+EDGE_RETRY_DELAY_S = 1.0
+"""``RetryInfo`` of the edge's RATE_LIMITED refusals: its per-user buckets refill every second."""
+MAX_EDGE_USERS = 20_000
+"""Per-user buckets an edge keeps (``max_dynamic_descriptors``; least recently used go first)."""
 """Dynamic-metadata key of the verified token's claims (the access log names the ``sub``)."""
 
 PUBLIC_PREFIXES: dict[str, str] = {
@@ -609,6 +613,7 @@ _CONNECT_CODES = {
     code_pb2.UNAUTHENTICATED: ("unauthenticated", 401),
     code_pb2.PERMISSION_DENIED: ("permission_denied", 403),
     code_pb2.UNIMPLEMENTED: ("unimplemented", 501),
+    code_pb2.RESOURCE_EXHAUSTED: ("resource_exhausted", 429),
 }
 """Connect's error code name and HTTP status per gRPC code (connectrpc.com/docs/protocol)."""
 
@@ -624,6 +629,8 @@ class _Refusal:
     message: str
     reason: str | None = None
     """``ErrorInfo.reason`` (domain :data:`mesh.core.errors.DOMAIN`), as the services send it."""
+    retry_delay_s: float | None = None
+    """``RetryInfo.retry_delay``, if the client should wait before retrying."""
 
     def status(self) -> status_pb2.Status:
         status = status_pb2.Status(code=self.code, message=self.message)
@@ -631,6 +638,10 @@ class _Refusal:
             status.details.add().Pack(
                 error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
             )
+        if self.retry_delay_s is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(round(self.retry_delay_s * 1000))
+            status.details.add().Pack(retry)
         return status
 
 
@@ -673,6 +684,13 @@ _REFUSALS: tuple[_Refusal, ...] = (
         code_pb2.UNAUTHENTICATED,
         "invalid token (signature, issuer, audience or format)",
         "TOKEN_INVALID",
+    ),
+    _Refusal(
+        "response.code_details == 'local_rate_limited'",
+        code_pb2.RESOURCE_EXHAUSTED,
+        "too many requests from this user at this edge; retry later",
+        "RATE_LIMITED",
+        EDGE_RETRY_DELAY_S,
     ),
     _Refusal(
         "response.code_details in ['upstream_response_timeout', 'downstream_duration_timeout', "
@@ -771,6 +789,58 @@ def _local_reply_mappers() -> list[dict[str, Any]]:
 
 
 # -- the bootstrap --------------------------------------------------------------------
+
+
+def _token_bucket(per_s: float, burst: int) -> dict[str, Any]:
+    # Envoy refills whole tokens per interval (>= 50 ms): a whole number per second,
+    # or one token every 1/rate seconds below 1/s.
+    if per_s >= 1:
+        return {"max_tokens": burst, "tokens_per_fill": round(per_s), "fill_interval": "1s"}
+    return {"max_tokens": burst, "tokens_per_fill": 1, "fill_interval": _duration(1 / per_s)}
+
+
+def _local_ratelimit(limits: Limits) -> list[dict[str, Any]]:
+    """Per-user token buckets over every request that carries a verified token.
+
+    The descriptor is the token's ``sub`` from ``jwt_authn``'s verified payload
+    (never a client header); an entry without a value is a wildcard, so each user
+    gets a bucket of their own (``max_dynamic_descriptors`` of them, LRU). Requests
+    without a token (the page, ``/dev/token``, health) share the default bucket,
+    the edge-wide coarse limit: 10x one user's.
+    """
+    if not (limits.edge_per_s or limits.edge_burst):
+        return []
+    user = _token_bucket(limits.edge_per_s, limits.edge_burst)
+    anonymous = _token_bucket(limits.edge_per_s * 10, limits.edge_burst * 10)
+    config = _typed(
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        stat_prefix="edge_user",
+        token_bucket=anonymous,
+        filter_enabled={"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        filter_enforced={"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        rate_limited_as_resource_exhausted=True,
+        always_consume_default_token_bucket=False,
+        max_dynamic_descriptors=MAX_EDGE_USERS,
+        rate_limits=[
+            {
+                "actions": [
+                    {
+                        "metadata": {
+                            "descriptor_key": "user",
+                            "metadata_key": {
+                                "key": "envoy.filters.http.jwt_authn",
+                                "path": [{"key": JWT_PAYLOAD_KEY}, {"key": "sub"}],
+                            },
+                            "source": "DYNAMIC",
+                            "skip_if_absent": True,
+                        }
+                    }
+                ]
+            }
+        ],
+        descriptors=[{"entries": [{"key": "user"}], "token_bucket": user}],
+    )
+    return [{"name": "envoy.filters.http.local_ratelimit", "typed_config": config}]
 
 
 def _rbac(cors_origins: Sequence[str]) -> dict[str, Any]:
@@ -1126,6 +1196,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
                 ),
             },
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_config},
+            *_local_ratelimit(topology.limits),
             {
                 "name": "envoy.filters.http.grpc_web",
                 "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),

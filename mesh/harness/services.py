@@ -37,8 +37,9 @@ from mesh.harness.identity import identity_state, internal_channel, mesh_pki, op
 from mesh.harness.paths import repo_root
 from mesh.harness.process import ManagedProcess, Supervised, wait_until
 from mesh.harness.supervisor import Mesh, ServiceHook
+from mesh.topology import Limits
 
-__all__ = ["ServiceProcess", "ServiceSettings", "process_name", "services_hook"]
+__all__ = ["ServiceProcess", "ServiceSettings", "command_limits", "process_name", "services_hook"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,15 @@ def _dsns(mesh: Mesh, region: str) -> dict[str, str]:
     }
 
 
+def command_limits(limits: Limits) -> dict[str, Any]:
+    """The Command Service's config keys for the topology's ``[limits]`` (same names)."""
+    return {
+        f"{action}_{kind}": getattr(limits, f"{action}_{kind}")
+        for action in ("send", "typing", "create_channel", "join")
+        for kind in ("per_s", "burst")
+    }
+
+
 def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
     """The hook that starts every service of the topology and records their endpoints."""
     cfg = settings or ServiceSettings()
@@ -206,7 +216,8 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
         for i in range(1, writers + 1):
             instance = {"instance_id": f"{primary}-{i}", **lease}
             add("command", primary, {**nats(primary, "command"), "command_store": p["command"],
-                                     "metadata_store": p["metadata"], **instance}, index=i)  # fmt: skip
+                                     "metadata_store": p["metadata"], **command_limits(topo.limits),
+                                     **instance}, index=i)  # fmt: skip
             add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
                                     "instance_timeout": cfg.instance_timeout,
                                     "resync_grace": cfg.resync_grace, **instance}, index=i)  # fmt: skip
@@ -240,6 +251,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                         "valkey_replica": valkey_local,
                         "stream_heartbeat": cfg.stream_heartbeat,
                         "route_heartbeat": cfg.route_heartbeat,
+                        "streams_per_user": topo.limits.streams_per_user,
                     },
                     index=i,
                 )

@@ -23,6 +23,8 @@ from mesh.core.errors import FieldViolation, InvalidArgument
 __all__ = ["validate", "violations_of"]
 
 _validator = protovalidate.Validator()
+_MAX_KEY = 64
+"""Characters of a map key a field path shows at most."""
 
 
 def _path(violation: Any) -> str:
@@ -40,6 +42,10 @@ def _path(violation: Any) -> str:
         # int_key, uint_key or string_key.
         value = getattr(sub, "value", sub)
         kind = getattr(sub, "field", "")
+        if isinstance(value, str) and len(value) > _MAX_KEY:
+            # A map key is the client's text: a 70,000-character key in every path
+            # overflowed the status trailers (the stream was reset: UNAVAILABLE).
+            value = f"{value[:_MAX_KEY]}..."
         rendered = f'"{value}"' if kind == "string_key" or isinstance(value, str) else str(value)
         parts.append(f"{name}[{rendered}]")
     return ".".join(parts)
@@ -94,8 +100,22 @@ def violations_of(message: Message) -> list[FieldViolation]:
     return [FieldViolation(_path(v), v.proto.rule_id, v.proto.message) for v in found]
 
 
+MAX_VIOLATIONS = 20
+"""Violations a refusal lists at most: the status travels in HTTP/2 trailers, and 200
+broken list items made trailers so large that the server reset the stream (UNAVAILABLE)."""
+
+
 def validate(message: Message) -> None:
-    """Raises InvalidArgument naming every broken field and rule."""
+    """Raises InvalidArgument naming every broken field and rule (the first MAX_VIOLATIONS)."""
     violations = violations_of(message)
+    if len(violations) > MAX_VIOLATIONS:
+        shown = violations[:MAX_VIOLATIONS]
+        summary = "; ".join(
+            f"{v.field or '(request)'}: {v.description} [{v.rule_id}]" for v in shown
+        )
+        raise InvalidArgument(
+            shown,
+            f"invalid request: {summary}; and {len(violations) - MAX_VIOLATIONS} more violations",
+        )
     if violations:
         raise InvalidArgument(violations)

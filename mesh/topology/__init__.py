@@ -7,6 +7,7 @@ topologies live in ``builtin/``. ``docs/topology.md`` documents every key.
 
 from mesh.topology.model import (
     BUILTIN_DIR,
+    Limits,
     Link,
     NatsSettings,
     Region,
@@ -20,6 +21,7 @@ from mesh.topology.model import (
 
 __all__ = [
     "BUILTIN_DIR",
+    "Limits",
     "Link",
     "NatsSettings",
     "Region",

@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "BUILTIN_DIR",
+    "Limits",
     "Link",
     "NatsSettings",
     "Region",
@@ -125,6 +126,44 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Per-user rate limits and quotas (token buckets: a sustained rate and a burst).
+
+    The Command Service enforces the command limits for every region at once (all
+    commands reach the primary); each Notification Service instance enforces the
+    stream quota; each region's edge (Envoy ``local_ratelimit``, keyed by the
+    token's subject) enforces ``edge_*`` over every public RPC. A rate of 0 with
+    a burst of 0 turns that limit off.
+    """
+
+    send_per_s: float = 20.0
+    """SendMessage, EditMessage and DeleteMessage per user per second, sustained."""
+    send_burst: int = 60
+    """Message writes a user may make at once after a quiet period."""
+    typing_per_s: float = 4.0
+    """SetTyping per user per second (a client refreshes every few seconds)."""
+    typing_burst: int = 10
+    """SetTyping calls at once."""
+    create_channel_per_s: float = 1.0
+    """CreateChannel per user per second, sustained."""
+    create_channel_burst: int = 30
+    """CreateChannel calls at once."""
+    join_per_s: float = 2.0
+    """JoinChannel per user per second, sustained."""
+    join_burst: int = 30
+    """JoinChannel calls at once."""
+    streams_per_user: int = 16
+    """Concurrent Subscribe streams per user on one Notification Service instance (0: no limit)."""
+    edge_per_s: float = 200.0
+    """Public RPCs per user per second at each edge (a coarse guard before the services)."""
+    edge_burst: int = 400
+    """Public RPCs per user at once at each edge."""
+
+
+_LIMIT_RATES = ("send", "typing", "create_channel", "join", "edge")
+
+
+@dataclass(frozen=True)
 class Topology:
     """A validated deployment description."""
 
@@ -140,6 +179,8 @@ class Topology:
     """JetStream policy."""
     stores: StoreSettings = field(default_factory=StoreSettings)
     """Data store selection."""
+    limits: Limits = field(default_factory=Limits)
+    """Per-user rate limits and quotas."""
 
     def region(self, name: str) -> Region:
         """Returns the region called ``name``.
@@ -244,7 +285,7 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
         TopologyError: With every problem found.
     """
     problems: list[str] = []
-    _unknown(data, {"name", "primary", "region", "link", "nats", "stores"}, "", problems)
+    _unknown(data, {"name", "primary", "region", "link", "nats", "stores", "limits"}, "", problems)
 
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -349,10 +390,38 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
             )
 
     stores = _stores(data.get("stores", {}), problems)
+    limits = _limits(data.get("limits", {}), problems)
 
     if problems:
         raise TopologyError(source, problems)
-    return Topology(str(name), str(primary), tuple(regions), tuple(links), nats, stores)
+    return Topology(str(name), str(primary), tuple(regions), tuple(links), nats, stores, limits)
+
+
+def _limits(raw: Any, problems: list[str]) -> Limits:
+    if not isinstance(raw, dict):
+        problems.append("limits: must be a table")
+        return Limits()
+    defaults = Limits()
+    _unknown(raw, set(Limits.__dataclass_fields__), "limits", problems)
+    values: dict[str, Any] = {}
+    for action in _LIMIT_RATES:
+        key = f"{action}_per_s"
+        rate = raw.get(key, getattr(defaults, key))
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1e6:
+            problems.append(f"limits.{key}: {rate!r} must be a number from 0 to 1000000")
+        else:
+            values[key] = float(rate)
+        burst_key = f"{action}_burst"
+        burst = _int(raw, burst_key, getattr(defaults, burst_key), 0, 1_000_000, "limits", problems)
+        values[burst_key] = burst
+        if key in values and (values[key] == 0) != (burst == 0):
+            problems.append(
+                f"limits.{action}: {key} and {burst_key} must both be 0 (no limit) or both positive"
+            )
+    values["streams_per_user"] = _int(
+        raw, "streams_per_user", defaults.streams_per_user, 0, 100_000, "limits", problems
+    )
+    return Limits(**values)
 
 
 def _nats(raw: Any, problems: list[str]) -> NatsSettings:

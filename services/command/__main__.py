@@ -16,6 +16,8 @@ from mesh.bus.connection import connect
 from mesh.bus.lease import Lease, kv_lease_store
 from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod
+from mesh.core.ratelimit import RateLimiter
+from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_command, open_metadata
 from services.command.config import CommandConfig
@@ -50,6 +52,10 @@ async def main(cfg: CommandConfig) -> None:
         max_initial_members=cfg.max_initial_members,
         fence=lease.held if lease is not None else None,
         max_inflight=cfg.max_inflight,
+        limiter=RateLimiter(
+            cfg.limits(),
+            on_refusal=lambda action: RATE_LIMITED_TOTAL.labels("command", action).inc(),
+        ),
     )
     # Serve at once, shedding (UNAVAILABLE + RetryInfo) until the log's unpublished
     # entries are out: a client retries on a quick answer instead of waiting for a

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh.core.config import CommonConfig
+from mesh.core.ratelimit import Limit
 
 __all__ = ["CommandConfig"]
 
@@ -33,3 +34,28 @@ class CommandConfig(CommonConfig):
     max_inflight: int = 512
     """Commands in progress above which new ones are refused at once (UNAVAILABLE with
     RetryInfo) instead of queueing until their deadline."""
+    send_per_s: float = 20.0
+    """Per-user token bucket of message writes (send, edit, delete): tokens per second."""
+    send_burst: int = 60
+    """... and its size (0 with a rate of 0: no limit). The topology's ``[limits]`` sets these."""
+    typing_per_s: float = 4.0
+    """Per-user SetTyping bucket: tokens per second."""
+    typing_burst: int = 10
+    """... and its size."""
+    create_channel_per_s: float = 1.0
+    """Per-user CreateChannel bucket: tokens per second."""
+    create_channel_burst: int = 30
+    """... and its size."""
+    join_per_s: float = 2.0
+    """Per-user JoinChannel bucket: tokens per second."""
+    join_burst: int = 30
+    """... and its size."""
+
+    def limits(self) -> dict[str, Limit]:
+        """The token bucket of each limited action."""
+        return {
+            "send": Limit(self.send_per_s, self.send_burst),
+            "typing": Limit(self.typing_per_s, self.typing_burst),
+            "create_channel": Limit(self.create_channel_per_s, self.create_channel_burst),
+            "join": Limit(self.join_per_s, self.join_burst),
+        }

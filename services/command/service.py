@@ -45,6 +45,7 @@ from mesh.core.errors import (
     Unavailable,
 )
 from mesh.core.events import new_event, now_ms
+from mesh.core.ratelimit import RateLimiter
 from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
 
 __all__ = ["Commands"]
@@ -101,6 +102,7 @@ class Commands:
         max_initial_members: int = 100,
         fence: Callable[[], bool] | None = None,
         max_inflight: int = 512,
+        limiter: RateLimiter | None = None,
     ) -> None:
         """Wires the stores and the bus.
 
@@ -118,6 +120,8 @@ class Commands:
                 before every command and again right before the log append; None: the
                 only writer.
             max_inflight: Commands in progress above which new ones are shed.
+            limiter: Per-user token buckets (``send``, ``typing``, ``create_channel``,
+                ``join``); None: no limits.
         """
         self.bus = bus
         self.events = events
@@ -186,6 +190,7 @@ class Commands:
         if self.fence is not None and not self.fence():
             raise Unavailable("BACKEND_UNAVAILABLE", "lost the write lease; retry",
                               retry_delay=self.SHED_RETRY_DELAY)  # fmt: skip
+        self.limiter = limiter if limiter is not None else RateLimiter({})
 
     # -- the write path --------------------------------------------------------
 
@@ -380,6 +385,7 @@ class Commands:
         self, user: str, req: pb.CreateChannelRequest, origin: str
     ) -> pb.CreateChannelResponse:
         """CommandService.CreateChannel."""
+        self.limiter.take(user, "create_channel")
         key = f"create:{user}:{req.client_request_id}" if req.client_request_id else None
         channel_id = ids.derived("ch", user, req.client_request_id) if key else ids.new("ch")
         members = sorted({user, *req.member_user_ids})
@@ -425,6 +431,7 @@ class Commands:
         self, user: str, req: pb.JoinChannelRequest, origin: str
     ) -> pb.JoinChannelResponse:
         """CommandService.JoinChannel."""
+        self.limiter.take(user, "join")
 
         async def check() -> None:
             channel = await self.metadata.channel(req.channel_id)
@@ -470,6 +477,7 @@ class Commands:
         self, user: str, req: pb.SendMessageRequest, origin: str
     ) -> pb.SendMessageResponse:
         """CommandService.SendMessage."""
+        self.limiter.take(user, "send")
         key = f"send:{user}:{req.client_msg_id}"
         message_id = ids.derived("msg", user, req.client_msg_id)
 
@@ -509,6 +517,7 @@ class Commands:
         self, user: str, req: pb.EditMessageRequest, origin: str
     ) -> pb.EditMessageResponse:
         """CommandService.EditMessage."""
+        self.limiter.take(user, "send")
         current: dict[str, message_pb2.Message] = {}
 
         async def check() -> None:
@@ -533,6 +542,7 @@ class Commands:
         self, user: str, req: pb.DeleteMessageRequest, origin: str
     ) -> pb.DeleteMessageResponse:
         """CommandService.DeleteMessage (deleting twice is a no-op)."""
+        self.limiter.take(user, "send")
         record = await self._own_message(req.channel_id, req.message_id, user)
         if record.deleted:
             return pb.DeleteMessageResponse()
@@ -557,6 +567,7 @@ class Commands:
     ) -> pb.SetTypingResponse:
         """CommandService.SetTyping: ephemeral, core NATS only."""
         self.admit()
+        self.limiter.take(user, "typing")
         await self._require_member(req.channel_id, user)
         event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
         event.typing_changed.user_id = user

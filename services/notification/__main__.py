@@ -9,6 +9,8 @@ from chatmesh.v1 import notification_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
 from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod, ids
+from mesh.core.ratelimit import StreamQuota
+from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
 from mesh.stores.presence import PresenceStore
@@ -47,8 +49,12 @@ async def main(cfg: NotificationConfig) -> None:
         gap_timeout=cfg.gap_timeout,
         events=bus if cfg.fill_from_primary else None,
     )
+    quota = StreamQuota(
+        cfg.streams_per_user,
+        on_refusal=lambda: RATE_LIMITED_TOTAL.labels("notification", "subscribe").inc(),
+    )
     server = GrpcServer(cfg, "notification")
-    server.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationServicer(hub),
+    server.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationServicer(hub, quota),
                "chatmesh.v1.NotificationService")  # fmt: skip
     await hub.start()
     # Streams end first (with SHUTTING_DOWN), then the server drains.

@@ -31,6 +31,8 @@ class NotificationConfig(CommonConfig):
     """Events a stream may have queued before the client counts as too slow."""
     replay_page: int = 500
     """Events read from history per replay query."""
+    streams_per_user: int = 16
+    """Concurrent Subscribe streams one user may hold on this instance (0: no limit)."""
     catchup_timeout: float = 30.0
     """Seconds a sweep waits for history to reach the Fan-Out's position (history only),
     and a stream's catch-up waits for a client that stopped reading."""

@@ -52,6 +52,7 @@ _TYPE_MODULES = [
     "envoy.extensions.filters.http.set_filter_state.v3.set_filter_state_pb2",
     "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
     "envoy.extensions.filters.http.connect_grpc_bridge.v3.config_pb2",
+    "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
     "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
     "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
@@ -502,10 +503,39 @@ def test_filter_order(name: str, region: str) -> None:
         # Internal headers go before anything could read them.
         "envoy.filters.http.header_mutation",
         "envoy.filters.http.jwt_authn",
+        # After jwt_authn: the bucket is keyed by the verified token's subject.
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.connect_grpc_bridge",
         "envoy.filters.http.router",
     ]
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_local_ratelimit_is_keyed_by_the_verified_subject(name: str, region: str) -> None:
+    limits = load(name).limits
+    rl = _filters(_compose(name, region))["envoy.filters.http.local_ratelimit"]
+    (action,) = rl["rate_limits"][0]["actions"]
+    assert action["metadata"]["source"] == "DYNAMIC"
+    assert action["metadata"]["metadata_key"] == {
+        "key": "envoy.filters.http.jwt_authn",
+        "path": [{"key": edge.JWT_PAYLOAD_KEY}, {"key": "sub"}],
+    }
+    (per_user,) = rl["descriptors"]
+    # No value: a wildcard, one bucket per subject.
+    assert per_user["entries"] == [{"key": action["metadata"]["descriptor_key"]}]
+    assert per_user["token_bucket"]["max_tokens"] == limits.edge_burst
+    assert rl["max_dynamic_descriptors"] == edge.MAX_EDGE_USERS
+    assert rl["rate_limited_as_resource_exhausted"] is True
+
+
+def test_edge_limits_off_removes_the_filter() -> None:
+    topo = load("dev")
+    off = dataclasses.replace(
+        topo, limits=dataclasses.replace(topo.limits, edge_per_s=0.0, edge_burst=0)
+    )
+    rendered = edge.render_envoy(off, edge.compose_plan(off, "eu"))
+    assert "envoy.filters.http.local_ratelimit" not in _filters(rendered)
 
 
 def test_every_internal_header_is_removed_from_client_requests() -> None:

@@ -147,3 +147,28 @@ def test_numeric_codes_and_unknown_numbers() -> None:
 def test_trailer_key_is_the_grpc_one() -> None:
     [(key, value)] = trailing_metadata(NotFound("CHANNEL_NOT_FOUND", "x"))
     assert key == DETAILS_KEY == "grpc-status-details-bin" and isinstance(value, bytes)
+
+
+def test_a_request_breaking_hundreds_of_rules_gets_a_bounded_refusal() -> None:
+    # 300 bad member ids: listing each in the trailers overflowed HTTP/2's header limit
+    # and the server reset the stream (UNAVAILABLE) instead of INVALID_ARGUMENT.
+    from chatmesh.v1 import command_service_pb2 as cpb
+    from mesh.rpc.validation import MAX_VIOLATIONS, validate
+
+    bad = cpb.CreateChannelRequest(name="x", member_user_ids=[f"!{i}" for i in range(300)])
+    with pytest.raises(InvalidArgument) as info:
+        validate(bad)
+    assert len(info.value.violations) == MAX_VIOLATIONS
+    assert info.value.message.endswith(f"and {300 - MAX_VIOLATIONS} more violations")
+    assert len(to_status(info.value).SerializeToString()) < 8192
+
+
+def test_a_huge_map_key_is_cut_in_the_field_path() -> None:
+    from chatmesh.v1 import notification_service_pb2 as npb
+    from mesh.rpc.validation import validate
+
+    bad = npb.SubscribeRequest(resume_from={"\U0001f600" * 70_000: -1})
+    with pytest.raises(InvalidArgument) as info:
+        validate(bad)
+    assert all(len(v.field) < 200 for v in info.value.violations)
+    assert len(to_status(info.value).SerializeToString()) < 8192

@@ -69,3 +69,28 @@ def test_describe_names_what_it_starts() -> None:
     assert "link eu <-> asia" not in text  # links are normalised alphabetically
     assert "link asia <-> eu: 100 ms one-way (200 ms RTT)" in text
     assert "region us-east (primary): 1 NATS node(s)" in text
+
+
+def test_limits_have_safe_defaults_and_are_validated() -> None:
+    dev = load("dev").limits
+    # The probe in issue 13 sent 1,744 messages in 12 s and held 300 streams.
+    assert 0 < dev.send_per_s < 145 and 0 < dev.send_burst < 1744
+    assert 0 < dev.streams_per_user < 300
+    assert all(load(name).limits.edge_per_s > 0 for name in builtin_names())
+    base = {"name": "x", "primary": "a1", "region": [{"name": "a1"}]}
+    custom = parse({**base, "limits": {"send_per_s": 0.5, "send_burst": 2}}).limits
+    assert (custom.send_per_s, custom.send_burst, custom.join_burst) == (0.5, 2, dev.join_burst)
+    off = parse({**base, "limits": {"typing_per_s": 0, "typing_burst": 0}}).limits
+    assert (off.typing_per_s, off.typing_burst) == (0.0, 0)
+    with pytest.raises(TopologyError) as info:
+        parse(
+            {
+                **base,
+                "limits": {"send_per_s": -1, "join_burst": 0, "speed": 3, "streams_per_user": "x"},
+            }
+        )
+    problems = "\n".join(info.value.problems)
+    assert "limits.send_per_s: -1 must be a number" in problems
+    assert "limits.join: join_per_s and join_burst must both be 0" in problems
+    assert "limits.speed: unknown key" in problems
+    assert "limits.streams_per_user: 'x' must be an integer" in problems

@@ -34,7 +34,7 @@ __all__ = ["main", "parse_args"]
 logger = logging.getLogger("tools.bench")
 
 DEFAULT_TOPOLOGIES = ("dev", "three-regions")
-FIRST_TOPOLOGY_ONLY = ("throughput", "routing")
+FIRST_TOPOLOGY_ONLY = ("throughput", "routing", "flood")
 """Scenarios that measure the primary's processes (the same in every topology): first topology only."""
 
 

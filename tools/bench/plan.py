@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 
 __all__ = ["FULL", "QUICK", "SCENARIOS", "ChannelSpec", "Plan", "Population", "population"]
 
-SCENARIOS: tuple[str, ...] = ("floor", "delivery", "history", "presence", "throughput", "routing")
+SCENARIOS: tuple[str, ...] = (
+    "floor",
+    "delivery",
+    "history",
+    "presence",
+    "throughput",
+    "routing",
+    "flood",
+)
 """Every scenario, in the order they run on a topology."""
 
 

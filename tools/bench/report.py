@@ -133,6 +133,18 @@ def summary_rows(topo: dict[str, Any]) -> list[tuple[str, str, str]]:
         for key, p in pr["pairs"].items():
             if key.split("->")[0] != key.split("->")[1]:
                 rows.append(("presence", f"{key} p50 / p99 ms", _lat(p["latency"])))
+    fl = sc.get("flood")
+    if fl and "alone" in fl:
+        rows.append(("flood", "another user's send alone p50 / p99 ms", _lat(fl["alone"])))
+        rows.append(("flood", "... during a flood p50 / p99 ms", _lat(fl["during_flood"])))
+        fs = fl["summary"]
+        rows.append(
+            (
+                "flood",
+                "flooder accepted / refused RATE_LIMITED",
+                f"{fmt(fs['flood accepted'])} / {fmt(fs['flood refused RATE_LIMITED'])}",
+            )
+        )
     r = sc.get("routing")
     if r and r.get("summary"):
         s = r["summary"]
@@ -186,7 +198,7 @@ def summary_rows(topo: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-_SCENARIO_ORDER = ("delivery", "throughput", "history", "presence", "routing", "floor")
+_SCENARIO_ORDER = ("delivery", "throughput", "history", "presence", "routing", "flood", "floor")
 
 
 def merged_rows(

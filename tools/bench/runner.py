@@ -205,6 +205,7 @@ async def run_topology(
             "presence": sc.run_presence,
             "throughput": sc.run_throughput,
             "routing": sc.run_routing,
+            "flood": sc.run_flood,
         }
         for scenario in selected:
             if scenario in ("delivery", "throughput") and not ctx.streaming:

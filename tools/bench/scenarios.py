@@ -1,4 +1,4 @@
-"""The six benchmark scenarios, run against one started mesh.
+"""The seven benchmark scenarios, run against one started mesh.
 
 Each ``run_*`` coroutine takes a :class:`Context` (the mesh, one load
 generator per region, the plan) and returns a JSON-able dict with a
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from chatmesh.v1 import fanout_service_pb2 as fpb, fanout_service_pb2_grpc as fgrpc
 from mesh.harness.identity import internal_channel
+from mesh.client import ChatClient, RetryPolicy
+from mesh.core.auth import KeyDirectory, mint
 from mesh.harness.supervisor import Mesh
 from tools.bench import profiling
 from tools.bench.plan import Plan, Population, population
@@ -41,6 +45,7 @@ __all__ = [
     "path_category",
     "path_key",
     "run_delivery",
+    "run_flood",
     "run_floor",
     "run_history",
     "run_presence",
@@ -1275,3 +1280,100 @@ async def close_quietly(gens: dict[str, LoadGenProcess]) -> None:
     for gen in gens.values():
         with contextlib.suppress(Exception):
             await gen.close()
+
+
+# -- flood: one user's flood is refused, another user's sends keep their latency -------------
+
+FLOOD_SENDS = 60
+"""Sends of the calm user per phase (paced at FLOOD_CALM_RATE)."""
+FLOOD_CALM_RATE = 10.0
+"""The calm user's send rate, msg/s: half its own limit, so it is never refused itself."""
+FLOOD_CONCURRENCY = 32
+"""Sends the flooding user keeps in flight at once, without retries."""
+
+
+async def _calm_phase(client: ChatClient, channel_id: str, label: str) -> tuple[list[int], int]:
+    """Paced sends of the calm user; returns their latencies (us) and its failures."""
+    latencies: list[int] = []
+    failures = 0
+    next_at = time.perf_counter()
+    for i in range(FLOOD_SENDS):
+        next_at += 1 / FLOOD_CALM_RATE
+        t0 = time.perf_counter()
+        try:
+            await client.send_message(channel_id, f"{label} {i}", timeout=10)
+            latencies.append(int((time.perf_counter() - t0) * 1e6))
+        except Exception:  # noqa: BLE001 - counted; a calm user's failure is the finding
+            failures += 1
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    return latencies, failures
+
+
+async def run_flood(ctx: Context) -> dict[str, Any]:
+    """A user flooding SendMessage is refused (RATE_LIMITED); another user's sends are timed.
+
+    Both users enter through the primary region's edge; the calm user sends at a steady
+    FLOOD_CALM_RATE, first alone, then while the flooder keeps FLOOD_CONCURRENCY sends in
+    flight with no retries. Reported: the calm user's p50/p99 in both phases and the
+    flooder's accepted and refused counts (the edge's or the Command Service's bucket).
+    """
+    edge = (ctx.mesh.endpoints.get(ctx.primary) or {}).get("edge")
+    if not edge:
+        return {"status": "skipped", "reason": "no edge in this mesh", "summary": {}, "pngs": []}
+    keys = KeyDirectory(ctx.mesh.run_dir / "keys")
+    tag = f"{random.Random(ctx.seed).randrange(36**4):x}"
+    calm_user, hog_user = f"flood-calm-{tag}", f"flood-hog-{tag}"
+    calm = ChatClient.from_edge(edge, token=mint(keys, calm_user), retry=RetryPolicy.none())
+    outcomes: dict[str, int] = {}
+    try:
+        channel_id = (await calm.create_channel("flood", [hog_user])).channel.channel_id
+        with ctx.console.status(f"{ctx.name}: flood: calm user alone"):
+            alone, alone_failed = await _calm_phase(calm, channel_id, "alone")
+        # The flooder runs in a process of its own: same machine, not the same event loop.
+        flood_s = FLOOD_SENDS / FLOOD_CALM_RATE + 1.0
+        with ctx.console.status(f"{ctx.name}: flood: calm user under a flood"):
+            t0 = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tools.bench.flood", str(edge["grpc"]),
+                mint(keys, hog_user), channel_id, str(flood_s), str(FLOOD_CONCURRENCY),
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            await asyncio.sleep(0.5)  # the flood is on before the calm user starts
+            flooded, flooded_failed = await _calm_phase(calm, channel_id, "flooded")
+            out, _ = await proc.communicate()
+            seconds = time.perf_counter() - t0
+            outcomes = json.loads(out.decode() or "{}")
+    finally:
+        await calm.close()
+    a, f = summarize(alone), summarize(flooded)
+    attempts = sum(outcomes.values())
+    refused = outcomes.get("RESOURCE_EXHAUSTED/RATE_LIMITED", 0)
+    limits = ctx.mesh.topology.limits
+    png = ctx.plot(
+        "flood-cdf",
+        f"{ctx.name}: another user's SendMessage latency, alone vs during a flood",
+        [("alone", alone, ":"), ("during flood", flooded, "-")],
+        target_ms=SAME_REGION_TARGET_MS,
+    )
+    summary: dict[str, Any] = {
+        "calm alone p50_ms": a.get("p50_ms"),
+        "calm alone p99_ms": a.get("p99_ms"),
+        "calm during flood p50_ms": f.get("p50_ms"),
+        "calm during flood p99_ms": f.get("p99_ms"),
+        "calm failures": alone_failed + flooded_failed,
+        "flood attempts": attempts,
+        "flood attempts_per_s": round(attempts / seconds, 1) if seconds > 0 else None,
+        "flood accepted": outcomes.get("accepted", 0),
+        "flood refused RATE_LIMITED": refused,
+        "flood other errors": attempts - refused - outcomes.get("accepted", 0),
+        "send limit (per s / burst)": f"{limits.send_per_s:g} / {limits.send_burst}",
+    }
+    return {
+        "status": "ok",
+        "summary": summary,
+        "alone": a,
+        "during_flood": f,
+        "flood_outcomes": outcomes,
+        "seconds": round(seconds, 2),
+        "pngs": [png] if png else [],
+    }

@@ -15,9 +15,14 @@ from prometheus_client import Counter, Histogram
 
 from mesh.rpc.interceptors._base import Interceptor, NextStream, NextUnary, status_code_of
 
-__all__ = ["RPC_DURATION", "RPC_TOTAL", "Metrics"]
+__all__ = ["RATE_LIMITED_TOTAL", "RPC_DURATION", "RPC_TOTAL", "Metrics"]
 
 RPC_TOTAL = Counter("chatmesh_rpc_requests_total", "RPCs handled", ["service", "method", "code"])
+RATE_LIMITED_TOTAL = Counter(
+    "chatmesh_rate_limited_total",
+    "Requests and streams refused with RATE_LIMITED (mesh.core.ratelimit)",
+    ["service", "action"],
+)
 RPC_DURATION = Histogram(
     "chatmesh_rpc_duration_seconds",
     "RPC latency (unary) or stream lifetime (server streaming)",

@@ -15,8 +15,9 @@ import pytest
 
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2
 from mesh.bus.subjects import Subjects
-from mesh.core.errors import AlreadyExists, InvalidArgument, Unavailable
+from mesh.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
 from mesh.core.events import new_event
+from mesh.core.ratelimit import Limit, RateLimiter
 from mesh.stores import (
     CommandStore,
     LogConflict,
@@ -436,3 +437,48 @@ async def test_catching_up_and_overload_are_shed_and_a_takeover_forgets_cached_s
     sent = await a.send_message("alice", _send(ch, "a3"), ORIGIN)
     assert sent.message.seq == 4
     assert [s for s, _ in env.stream(ch)] == [1, 2, 3, 4]
+
+
+async def test_a_flooding_user_is_refused_and_nothing_refused_is_stored(env: Env) -> None:
+    log, metadata = await env.stores()
+    clock = [0.0]
+    limits = {
+        "send": Limit(1.0, 5),
+        "typing": Limit(1.0, 2),
+        "create_channel": Limit(1.0, 2),
+        "join": Limit(1.0, 1),
+    }
+    commands = Commands(
+        bus=env.bus, events=env.bus, jetstream=env.bus, command_store=log, metadata=metadata,
+        region=ORIGIN, publish_timeout=1, limiter=RateLimiter(limits, clock=lambda: clock[0]),
+    )  # fmt: skip
+    ch = await _channel(commands, "r1", members=("bob",))
+    await _channel(commands, "r2")
+    with pytest.raises(ResourceExhausted) as refused_create:
+        await _channel(commands, "r3")
+    results = await asyncio.gather(
+        *(commands.send_message("alice", _send(ch, f"f{i}"), ORIGIN) for i in range(20)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, ResourceExhausted)]
+    assert len(refused) == 15 and all(r.reason == "RATE_LIMITED" for r in refused)
+    assert all(r.retry_delay is not None and r.retry_delay > 0 for r in refused)
+    # Another user's sends in the same channel are untouched by alice's flood.
+    await commands.send_message("bob", _send(ch, "b1"), ORIGIN)
+    # Edits and deletes share the message-write bucket; typing has its own.
+    with pytest.raises(ResourceExhausted):
+        await commands.delete_message(
+            "alice", pb.DeleteMessageRequest(channel_id=ch, message_id="msg_x"), ORIGIN
+        )
+    for _ in range(2):
+        await commands.set_typing("alice", pb.SetTypingRequest(channel_id=ch, typing=True), ORIGIN)
+    with pytest.raises(ResourceExhausted):
+        await commands.set_typing("alice", pb.SetTypingRequest(channel_id=ch, typing=True), ORIGIN)
+
+    # Refused requests left nothing: 5 of alice's sends and bob's one, no third channel.
+    assert len(env.texts(ch)) == 6
+    assert await log.by_idempotency_key("create:alice:r3") is None
+    assert refused_create.value.metadata == {"action": "create_channel"}
+    # Once the bucket refilled, alice may send again.
+    clock[0] += 1.0
+    await commands.send_message("alice", _send(ch, "later"), ORIGIN)
