@@ -142,6 +142,7 @@ class Commands:
         self.inflight = 0
         self.shed = 0
         """Commands refused by :meth:`admit` (standby, catching up, overloaded)."""
+        self.limiter = limiter if limiter is not None else RateLimiter({})
 
     # -- admission -------------------------------------------------------------
 
@@ -190,7 +191,6 @@ class Commands:
         if self.fence is not None and not self.fence():
             raise Unavailable("BACKEND_UNAVAILABLE", "lost the write lease; retry",
                               retry_delay=self.SHED_RETRY_DELAY)  # fmt: skip
-        self.limiter = limiter if limiter is not None else RateLimiter({})
 
     # -- the write path --------------------------------------------------------
 

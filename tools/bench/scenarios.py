@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chatmesh.v1 import fanout_service_pb2 as fpb, fanout_service_pb2_grpc as fgrpc
-from mesh.harness.identity import internal_channel
 from mesh.client import ChatClient, RetryPolicy
 from mesh.core.auth import KeyDirectory, mint
+from mesh.harness.identity import internal_channel
 from mesh.harness.supervisor import Mesh
 from tools.bench import profiling
 from tools.bench.plan import Plan, Population, population
