@@ -18,6 +18,7 @@ from mesh.bus.interfaces import Message, StreamMsg
 from mesh.bus.natsbus import NatsBus
 from mesh.bus.subjects import EVENTS_STREAM, Subjects
 from mesh.core.errors import Unavailable
+from mesh.deploy.nats import FANOUT_CONSUMER
 from mesh.harness.supervisor import Mesh
 from mesh.topology import load
 from tests.helpers import eventually
@@ -105,7 +106,9 @@ async def test_a_pull_consumer_over_natsbus_creates_its_durable_and_consumes_in_
     async def handle(msgs: list[StreamMsg]) -> None:
         got.extend(m for m in msgs if m.subject == subject)
 
-    durable = "natsbus-test"
+    # The Fan-Out's own durable: its NATS user may run that consumer and no other
+    # (least privilege, tests/harness/test_infra_security.py); no service runs here.
+    durable = FANOUT_CONSUMER
     consumer = PullConsumer(fanout, fanout, EVENTS_STREAM, durable, handle, batch=16)
     assert await fanout.ack_floor(EVENTS_STREAM, durable) is None
     await consumer.ensure()

@@ -59,7 +59,7 @@ async def mtls(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Harness]
         channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", _credentials(pki.issue(role, name)))
         channels.append(channel)
         return Harness(
-            script, qgrpc.QueryServiceStub(channel), ngrpc.NotificationServiceStub(channel)
+            script, qgrpc.QueryServiceStub(channel), ngrpc.NotificationServiceStub(channel), channel
         )
 
     yield client
