@@ -188,7 +188,7 @@ async def two_dcs(
         await asyncio.gather(*(node.wait_ready(timeout=180) for node in nodes))
         # Gossip UP is not enough for a NetworkTopologyStrategy keyspace: each side
         # must have applied the other's tokens (NORMAL) to know its DC.
-        await asyncio.gather(*(node.wait_ring({"us-east", "eu"}, timeout=60) for node in nodes))
+        await asyncio.gather(*(node.wait_ring({"us-east", "eu"}, timeout=240) for node in nodes))
         logger.info(
             "2-DC cluster up in %.1fs (nodes %s), RSS KiB %s",
             time.monotonic() - started,

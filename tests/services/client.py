@@ -20,7 +20,7 @@ from chatmesh.v1 import (
     notification_service_pb2 as npb,
     query_service_pb2 as qpb,
 )
-from mesh.client import ChatClient, Subscription
+from mesh.client import ChatClient, RetryPolicy, Subscription
 from mesh.core.auth import mint
 from mesh.core.errors import ChatmeshError
 from mesh.harness.supervisor import Mesh
@@ -112,8 +112,12 @@ class User:
         self.user_id = user_id
         self.region = region
         self.auth = auth
+        # Patient with RATE_LIMITED: some tests send faster than a user's bucket
+        # (dev: 20 msg/s) and wait as the server's RetryInfo says, within the budget.
         self.client = ChatClient.from_edge(
-            mesh.endpoints[region]["edge"], token=mint(auth.keys, user_id)
+            mesh.endpoints[region]["edge"],
+            token=mint(auth.keys, user_id),
+            retry=RetryPolicy(max_attempts=None),
         )
         self.streams: list[Stream] = []
 

@@ -96,9 +96,9 @@ async def test_the_tap_records_what_the_server_sent_and_the_checker_reports_it()
         await asyncio.wait_for(script.second_done.wait(), 10)
 
         async def all_delivered() -> bool:
-            return len(log.delivered) == 4
+            return len(log.delivered) == 5
 
-        await eventually(all_delivered, timeout=10, what="four deliveries")
+        await eventually(all_delivered, timeout=10, what="five deliveries")
         await subscription.close()
         await asyncio.wait_for(reader, 10)
     finally:
