@@ -128,7 +128,7 @@ def connect(spec: CassandraNodeSpec) -> tuple[Cluster, Session]:
         connection_class=LibevConnection,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         protocol_version=5,
-        connect_timeout=10,
+        connect_timeout=30,
         max_schema_agreement_wait=30,
     )
     return cluster, cluster.connect()
