@@ -799,6 +799,84 @@ def _token_bucket(per_s: float, burst: int) -> dict[str, Any]:
     return {"max_tokens": burst, "tokens_per_fill": 1, "fill_interval": _duration(1 / per_s)}
 
 
+_COMMANDS = "/chatmesh.v1.CommandService/"
+COMMAND_LIMITS: dict[str, tuple[str, ...]] = {
+    "send": ("SendMessage", "EditMessage", "DeleteMessage"),
+    "typing": ("SetTyping",),
+    "create_channel": ("CreateChannel",),
+    "join": ("JoinChannel",),
+}
+"""Which CommandService RPCs draw on which of the topology's per-user command buckets.
+
+The Command Service enforces the same buckets (``Commands`` takes one token per call,
+for every region at once); the edge enforces them too, so that a flood is refused
+in Envoy before it costs the services anything. Per edge: a user who writes
+through two regions' edges at once is held to the limit by the Command Service.
+"""
+
+
+def _smooth_bucket(per_s: float, burst: int) -> dict[str, Any]:
+    # One token at a time, as the Command Service's continuous bucket refills; Envoy's
+    # smallest fill interval is 50 ms, so above 20/s a fill carries several tokens.
+    interval = max(0.05, 1 / per_s)
+    return {
+        "max_tokens": burst,
+        "tokens_per_fill": max(1, round(per_s * interval)),
+        "fill_interval": _duration(interval),
+    }
+
+
+def _user_action() -> dict[str, Any]:
+    return {
+        "metadata": {
+            "descriptor_key": "user",
+            "metadata_key": {
+                "key": "envoy.filters.http.jwt_authn",
+                "path": [{"key": JWT_PAYLOAD_KEY}, {"key": "sub"}],
+            },
+            "source": "DYNAMIC",
+            "skip_if_absent": True,
+        }
+    }
+
+
+def _command_limits(limits: Limits) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``rate_limits`` and ``descriptors`` of the per-user command buckets (:data:`COMMAND_LIMITS`)."""
+    rate_limits: list[dict[str, Any]] = []
+    descriptors: list[dict[str, Any]] = []
+    for action, methods in COMMAND_LIMITS.items():
+        per_s, burst = getattr(limits, f"{action}_per_s"), getattr(limits, f"{action}_burst")
+        if not (per_s and burst):
+            continue
+        paths = "|".join(re.escape(_COMMANDS + m) for m in methods)
+        rate_limits.append(
+            {
+                "actions": [
+                    {
+                        "header_value_match": {
+                            "descriptor_key": "command",
+                            "descriptor_value": action,
+                            "headers": [
+                                {
+                                    "name": ":path",
+                                    "string_match": {"safe_regex": {"regex": f"^(?:{paths})$"}},
+                                }
+                            ],
+                        }
+                    },
+                    _user_action(),
+                ]
+            }
+        )
+        descriptors.append(
+            {
+                "entries": [{"key": "command", "value": action}, {"key": "user"}],
+                "token_bucket": _smooth_bucket(per_s, burst),
+            }
+        )
+    return rate_limits, descriptors
+
+
 def _local_ratelimit(limits: Limits) -> list[dict[str, Any]]:
     """Per-user token buckets over every request that carries a verified token.
 
@@ -806,12 +884,24 @@ def _local_ratelimit(limits: Limits) -> list[dict[str, Any]]:
     (never a client header); an entry without a value is a wildcard, so each user
     gets a bucket of their own (``max_dynamic_descriptors`` of them, LRU). Requests
     without a token (the page, ``/dev/token``, health) share the default bucket,
-    the edge-wide coarse limit: 10x one user's.
+    the edge-wide coarse limit: 10x one user's. The command buckets
+    (:data:`COMMAND_LIMITS`) come on top, per user and command class.
     """
-    if not (limits.edge_per_s or limits.edge_burst):
+    rate_limits, descriptors = _command_limits(limits)
+    if limits.edge_per_s and limits.edge_burst:
+        anonymous = _token_bucket(limits.edge_per_s * 10, limits.edge_burst * 10)
+        rate_limits.insert(0, {"actions": [_user_action()]})
+        descriptors.insert(
+            0,
+            {
+                "entries": [{"key": "user"}],
+                "token_bucket": _token_bucket(limits.edge_per_s, limits.edge_burst),
+            },
+        )
+    elif rate_limits:
+        anonymous = _token_bucket(1_000_000, 1_000_000)  # command buckets only: no coarse limit
+    else:
         return []
-    user = _token_bucket(limits.edge_per_s, limits.edge_burst)
-    anonymous = _token_bucket(limits.edge_per_s * 10, limits.edge_burst * 10)
     config = _typed(
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         stat_prefix="edge_user",
@@ -821,24 +911,8 @@ def _local_ratelimit(limits: Limits) -> list[dict[str, Any]]:
         rate_limited_as_resource_exhausted=True,
         always_consume_default_token_bucket=False,
         max_dynamic_descriptors=MAX_EDGE_USERS,
-        rate_limits=[
-            {
-                "actions": [
-                    {
-                        "metadata": {
-                            "descriptor_key": "user",
-                            "metadata_key": {
-                                "key": "envoy.filters.http.jwt_authn",
-                                "path": [{"key": JWT_PAYLOAD_KEY}, {"key": "sub"}],
-                            },
-                            "source": "DYNAMIC",
-                            "skip_if_absent": True,
-                        }
-                    }
-                ]
-            }
-        ],
-        descriptors=[{"entries": [{"key": "user"}], "token_bucket": user}],
+        rate_limits=rate_limits,
+        descriptors=descriptors,
     )
     return [{"name": "envoy.filters.http.local_ratelimit", "typed_config": config}]
 

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import importlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -521,21 +522,71 @@ def test_local_ratelimit_is_keyed_by_the_verified_subject(name: str, region: str
         "key": "envoy.filters.http.jwt_authn",
         "path": [{"key": edge.JWT_PAYLOAD_KEY}, {"key": "sub"}],
     }
-    (per_user,) = rl["descriptors"]
+    per_user = rl["descriptors"][0]
     # No value: a wildcard, one bucket per subject.
     assert per_user["entries"] == [{"key": action["metadata"]["descriptor_key"]}]
     assert per_user["token_bucket"]["max_tokens"] == limits.edge_burst
     assert rl["max_dynamic_descriptors"] == edge.MAX_EDGE_USERS
     assert rl["rate_limited_as_resource_exhausted"] is True
+    # Every command bucket is keyed by the same verified subject.
+    for entry in rl["rate_limits"][1:]:
+        assert entry["actions"][1] == action
 
 
-def test_edge_limits_off_removes_the_filter() -> None:
+def _path_regex(entry: dict[str, Any]) -> re.Pattern[str]:
+    (header,) = entry["actions"][0]["header_value_match"]["headers"]
+    assert header["name"] == ":path"
+    return re.compile(header["string_match"]["safe_regex"]["regex"])
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_the_edge_holds_the_command_buckets_per_user(name: str, region: str) -> None:
+    """A flood of sends is refused in Envoy, with the Command Service's bucket shapes."""
+    limits = load(name).limits
+    rl = _filters(_compose(name, region))["envoy.filters.http.local_ratelimit"]
+    by_action = {
+        e["actions"][0]["header_value_match"]["descriptor_value"]: e for e in rl["rate_limits"][1:]
+    }
+    assert set(by_action) == set(edge.COMMAND_LIMITS)
+    buckets = {d["entries"][0]["value"]: d for d in rl["descriptors"][1:]}
+    every_rpc = {m for methods in edge.COMMAND_LIMITS.values() for m in methods} | {
+        "LeaveChannel",
+        "MarkRead",
+    }
+    for action, methods in edge.COMMAND_LIMITS.items():
+        regex = _path_regex(by_action[action])
+        for method in every_rpc:
+            matched = bool(regex.match(f"/chatmesh.v1.CommandService/{method}"))
+            assert matched == (method in methods), (action, method)
+        assert not regex.match(f"/chatmesh.v1.CommandService/{methods[0]}x")
+        assert not regex.match(f"/chatmesh.v1.QueryService/{methods[0]}")
+        bucket = buckets[action]
+        assert bucket["entries"] == [{"key": "command", "value": action}, {"key": "user"}]
+        tb = bucket["token_bucket"]
+        assert tb["max_tokens"] == getattr(limits, f"{action}_burst")
+        interval = float(tb["fill_interval"].rstrip("s"))
+        rate = tb["tokens_per_fill"] / interval
+        assert rate == pytest.approx(getattr(limits, f"{action}_per_s"), rel=0.05)
+
+
+def test_limits_off_removes_the_filter() -> None:
+    topo = load("dev")
+    zero = {f"{a}_{k}": 0 for a in ("send", "typing", "create_channel", "join", "edge")
+            for k in ("per_s", "burst")}  # fmt: skip
+    off = dataclasses.replace(topo, limits=dataclasses.replace(topo.limits, **zero))
+    rendered = edge.render_envoy(off, edge.compose_plan(off, "eu"))
+    assert "envoy.filters.http.local_ratelimit" not in _filters(rendered)
+
+
+def test_edge_limit_off_keeps_the_command_buckets() -> None:
     topo = load("dev")
     off = dataclasses.replace(
         topo, limits=dataclasses.replace(topo.limits, edge_per_s=0.0, edge_burst=0)
     )
-    rendered = edge.render_envoy(off, edge.compose_plan(off, "eu"))
-    assert "envoy.filters.http.local_ratelimit" not in _filters(rendered)
+    rl = _filters(edge.render_envoy(off, edge.compose_plan(off, "eu")))[
+        "envoy.filters.http.local_ratelimit"
+    ]
+    assert all(len(d["entries"]) == 2 for d in rl["descriptors"])
 
 
 def test_every_internal_header_is_removed_from_client_requests() -> None:

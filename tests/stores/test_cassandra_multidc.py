@@ -178,9 +178,10 @@ async def test_eu_serves_stale_history_during_a_cut_and_converges_after_the_heal
 
         async def _converged() -> bool:
             eu = await bob.history(channel)
-            return eu.last_seq == us.last_seq and [
-                (m.message_id, m.seq, m.text) for m in eu.messages
-            ] == want
+            return (
+                eu.last_seq == us.last_seq
+                and [(m.message_id, m.seq, m.text) for m in eu.messages] == want
+            )
 
         await eventually(_converged, timeout=60, what="eu converged")
         converged = time.monotonic() - healed_at

@@ -1,8 +1,15 @@
-"""``python -m tools.bench.flood TARGET TOKEN CHANNEL SECONDS CONCURRENCY``: one flooding user.
+"""``python -m tools.bench.flood TARGET TOKEN CHANNEL SECONDS RATE``: one flooding user.
 
 Run as its own process by the ``flood`` scenario, so the flood's client work does not
-share an event loop (or a GIL) with the user whose latency is measured. Prints one JSON
-object: the count of each outcome (``accepted``, ``RESOURCE_EXHAUSTED/RATE_LIMITED`` ...).
+share an event loop (or a GIL) with the user whose latency is measured. The flood is
+open-loop: a send every ``1/RATE`` seconds whatever the answers (at most
+:data:`MAX_IN_FLIGHT` at once; a send that would exceed it is counted as ``skipped``),
+without retries. A fixed rate, not a closed loop, so the flood is the same on a fast
+and a slow machine and the generator does not take a whole core of a shared 2-core
+machine. Prints one JSON object: the count of each outcome (``accepted``,
+``RESOURCE_EXHAUSTED/RATE_LIMITED at the edge``, ``RESOURCE_EXHAUSTED/RATE_LIMITED``
+from the Command Service ...), ``cpu_s`` (this process's CPU seconds) and
+``seconds``.
 """
 
 from __future__ import annotations
@@ -15,39 +22,55 @@ import time
 from mesh.client import ChatClient, RetryPolicy
 from mesh.core.errors import ChatmeshError
 
-__all__ = ["flood"]
+__all__ = ["MAX_IN_FLIGHT", "flood"]
+
+MAX_IN_FLIGHT = 256
+"""Sends of the flood in flight at once, at most."""
 
 
 async def flood(
-    target: str, token: str, channel_id: str, seconds: float, concurrency: int
-) -> dict[str, int]:
-    """Keeps ``concurrency`` sends in flight for ``seconds``, no retries; counts outcomes."""
+    target: str, token: str, channel_id: str, seconds: float, rate: float
+) -> dict[str, float]:
+    """Sends at ``rate`` per second for ``seconds``, no retries; counts outcomes."""
     client = ChatClient(target, token=token, retry=RetryPolicy.none())
-    outcomes: dict[str, int] = {}
-    deadline = time.monotonic() + seconds
+    outcomes: dict[str, float] = {}
+    in_flight: set[asyncio.Task[None]] = set()
 
-    async def worker(w: int) -> None:
-        i = 0
-        while time.monotonic() < deadline:
-            i += 1
-            try:
-                await client.send_message(channel_id, f"flood {w}.{i}", timeout=10)
-                key = "accepted"
-            except ChatmeshError as err:
-                key = f"{err.code}/{err.reason}"
-            outcomes[key] = outcomes.get(key, 0) + 1
+    def count(key: str) -> None:
+        outcomes[key] = outcomes.get(key, 0) + 1
 
+    async def send(i: int) -> None:
+        try:
+            await client.send_message(channel_id, f"flood {i}", timeout=10)
+            count("accepted")
+        except ChatmeshError as err:
+            # The edge's refusals say so (mesh.deploy.envoy's local replies).
+            where = " at the edge" if "at this edge" in err.message else ""
+            count(f"{err.code}/{err.reason}{where}")
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
     try:
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        for i in range(int(seconds * rate)):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                count("skipped")
+                continue
+            task = asyncio.create_task(send(i))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight)
     finally:
         await client.close()
+    outcomes["cpu_s"] = round(time.process_time() - cpu0, 3)
+    outcomes["seconds"] = round(time.perf_counter() - t0, 3)
     return outcomes
 
 
 def main(argv: list[str]) -> int:
     """Entry point (see the module docstring)."""
-    target, token, channel_id, seconds, concurrency = argv
-    result = asyncio.run(flood(target, token, channel_id, float(seconds), int(concurrency)))
+    target, token, channel_id, seconds, rate = argv
+    result = asyncio.run(flood(target, token, channel_id, float(seconds), float(rate)))
     print(json.dumps(result))
     return 0
 

@@ -145,6 +145,15 @@ def summary_rows(topo: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{fmt(fs['flood accepted'])} / {fmt(fs['flood refused RATE_LIMITED'])}",
             )
         )
+        if "refused at the edge" in fs:
+            rows.append(
+                (
+                    "flood",
+                    "flood attempts/s; refused at the edge; generator CPU %",
+                    f"{fmt(fs['flood attempts_per_s'])}; {fmt(fs['refused at the edge'])}; "
+                    f"{fmt(fs['flood generator CPU %'])}",
+                )
+            )
     r = sc.get("routing")
     if r and r.get("summary"):
         s = r["summary"]
