@@ -609,6 +609,7 @@ def _route(
 # -- local replies in the client's protocol ----------------------------------------------
 
 _CONNECT_CODES = {
+    code_pb2.INVALID_ARGUMENT: ("invalid_argument", 400),
     code_pb2.DEADLINE_EXCEEDED: ("deadline_exceeded", 504),
     code_pb2.UNAUTHENTICATED: ("unauthenticated", 401),
     code_pb2.PERMISSION_DENIED: ("permission_denied", 403),
@@ -691,6 +692,12 @@ _REFUSALS: tuple[_Refusal, ...] = (
         "too many requests from this user at this edge; retry later",
         "RATE_LIMITED",
         EDGE_RETRY_DELAY_S,
+    ),
+    _Refusal(
+        "response.code_details == 'lua_response'",
+        code_pb2.INVALID_ARGUMENT,
+        "malformed gRPC-Web frame: a truncated header, a length prefix beyond the body, "
+        "or the compressed flag without grpc-encoding",
     ),
     _Refusal(
         "response.code_details in ['upstream_response_timeout', 'downstream_duration_timeout', "
@@ -915,6 +922,61 @@ def _local_ratelimit(limits: Limits) -> list[dict[str, Any]]:
         descriptors=descriptors,
     )
     return [{"name": "envoy.filters.http.local_ratelimit", "typed_config": config}]
+
+
+GRPC_WEB_FRAME_CHECK_MAX_BYTES = 1 << 20
+"""gRPC-Web bodies up to this size have their framing checked at the edge (larger ones,
+rare and refused by the services' message limit anyway, are not buffered)."""
+
+_GRPC_WEB_FRAME_CHECK = """
+-- Checks the framing of a binary gRPC-Web request body before grpc_web turns it into
+-- gRPC: grpc-core answers a lying length prefix with silence (the call hangs until its
+-- deadline) and a compressed flag without grpc-encoding with INTERNAL, so the edge
+-- refuses both as INVALID_ARGUMENT (the local reply mappers shape the answer).
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local ct = headers:get("content-type") or ""
+  if ct ~= "application/grpc-web" and ct ~= "application/grpc-web+proto" then
+    return
+  end
+  local declared = tonumber(headers:get("content-length") or "0") or 0
+  if declared > MAX_BYTES then
+    return
+  end
+  -- Headers first: body() waits for the body, and the headers object does not outlive it.
+  local encoded = headers:get("grpc-encoding")
+  local compressed_ok = encoded ~= nil and encoded ~= "identity"
+  local body = handle:body()
+  local n = body and body:length() or 0
+  local pos = 0
+  while pos < n do
+    if n - pos < 5 then
+      return handle:respond({[":status"] = "400"}, "truncated gRPC-Web frame header")
+    end
+    local b = body:getBytes(pos, 5)
+    local flag = string.byte(b, 1)
+    local len = string.byte(b, 2) * 16777216 + string.byte(b, 3) * 65536
+      + string.byte(b, 4) * 256 + string.byte(b, 5)
+    if flag % 2 == 1 and not compressed_ok then
+      return handle:respond({[":status"] = "400"}, "compressed frame without grpc-encoding")
+    end
+    if pos + 5 + len > n then
+      return handle:respond({[":status"] = "400"}, "frame length beyond the body")
+    end
+    pos = pos + 5 + len
+  end
+end
+""".replace("MAX_BYTES", str(GRPC_WEB_FRAME_CHECK_MAX_BYTES))
+
+
+def _grpc_web_frame_check() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.lua.v3.Lua",
+            default_source_code={"inline_string": _GRPC_WEB_FRAME_CHECK},
+        ),
+    }
 
 
 def _rbac(cors_origins: Sequence[str]) -> dict[str, Any]:
@@ -1271,6 +1333,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
             },
             {"name": "envoy.filters.http.jwt_authn", "typed_config": jwt_config},
             *_local_ratelimit(topology.limits),
+            _grpc_web_frame_check(),
             {
                 "name": "envoy.filters.http.grpc_web",
                 "typed_config": _typed("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"),

@@ -54,6 +54,7 @@ _TYPE_MODULES = [
     "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
     "envoy.extensions.filters.http.connect_grpc_bridge.v3.config_pb2",
     "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
+    "envoy.extensions.filters.http.lua.v3.lua_pb2",
     "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
     "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
@@ -506,6 +507,8 @@ def test_filter_order(name: str, region: str) -> None:
         "envoy.filters.http.jwt_authn",
         # After jwt_authn: the bucket is keyed by the verified token's subject.
         "envoy.filters.http.local_ratelimit",
+        # gRPC-Web framing, checked before grpc_web turns it into gRPC.
+        "envoy.filters.http.lua",
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.connect_grpc_bridge",
         "envoy.filters.http.router",

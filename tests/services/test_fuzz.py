@@ -11,9 +11,10 @@ the same inputs every time and leaves nothing behind:
   callers (members, a stranger, no token, a garbage token);
 * **raw bytes**: arbitrary bytes as the serialized request of every RPC;
 * **gRPC-Web frames**: through Envoy's gRPC-Web listener, honestly framed bodies
-  (generated messages up to 64 KiB, arbitrary payloads). Two framing lies are strict
-  xfails, findings for the edge: a length prefix longer than the body is never
-  answered, and a "compressed" flag without ``grpc-encoding`` gets grpc-core's INTERNAL.
+  (generated messages up to 64 KiB, arbitrary payloads). Two framing lies, once
+  findings for the edge (a length prefix longer than the body was never answered,
+  a "compressed" flag without ``grpc-encoding`` got grpc-core's INTERNAL), have tests
+  of their own: the edge's frame check refuses both as INVALID_ARGUMENT.
 
 For every input: the status is one a client can act on (:data:`EXPECTED`), never
 INTERNAL or UNKNOWN; no service process crashed or restarted (the harness's crash
@@ -478,11 +479,6 @@ async def test_grpc_web_frames(
         _judge("grpc_web", rpc, code, lambda c=caller, b=body: f"{c or 'anonymous'}: {b[:80]!r}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge finding: a gRPC-Web frame whose length prefix exceeds the body is never "
-    "answered (the client waits for the edge's unary timeout)",
-)
 async def test_a_lying_grpc_web_length_prefix_is_answered(
     world: World, http: httpx.AsyncClient
 ) -> None:
@@ -493,21 +489,19 @@ async def test_a_lying_grpc_web_length_prefix_is_answered(
     resp = await http.post(_path(method), content=body, headers=headers, timeout=fast)
     reader = GrpcWebReader()
     reader.feed(resp.content)
-    assert _BY_NUMBER[grpc_web_status(resp.headers, reader.trailers)[0]] in EXPECTED
+    # Before the edge checked framing (an xfail until 2026-12-04): no answer at all.
+    assert _BY_NUMBER[grpc_web_status(resp.headers, reader.trailers)[0]] is (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge finding: a frame flagged compressed without grpc-encoding gets INTERNAL "
-    "from grpc-core (the gRPC spec calls it a protocol error); the edge could refuse it "
-    "as INVALID_ARGUMENT first",
-)
 async def test_a_compressed_flag_without_encoding_is_invalid_argument(
     world: World, http: httpx.AsyncClient
 ) -> None:
     method = METHODS["chatmesh.v1.QueryService.ListChannels"]
     code = await _grpc_web(http, world, method, b"\x01\x00\x00\x00\x00", "fz-alice")
-    assert code in EXPECTED
+    # Before the edge checked framing (an xfail until 2026-12-04): grpc-core's INTERNAL.
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_fuzzed_at_least_5000_inputs(world: World) -> None:

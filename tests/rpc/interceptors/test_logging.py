@@ -74,6 +74,15 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "chatmesh.access"]
 
 
+async def _logged(caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
+    """The access lines once there are ``count``: grpc.aio's abort sends the status before
+    it raises, so a client can see an error a moment before the server logs it."""
+    async with asyncio.timeout(10):
+        while len(_access_lines(caplog)) < count:
+            await asyncio.sleep(0.01)
+    return _access_lines(caplog)
+
+
 async def test_unary_calls_name_the_caller_when_they_succeed_too(
     serve: Any, keys: KeyDirectory, verifier: TokenVerifier, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -86,7 +95,7 @@ async def test_unary_calls_name_the_caller_when_they_succeed_too(
             pass
         with pytest.raises(grpc.aio.AioRpcError):
             await h.query.GetHistory(REQ)  # no token: nobody to name
-    lines = _access_lines(caplog)
+        lines = await _logged(caplog, 3)
     assert len(lines) == 3
     assert "GetHistory service=query user=alice code=OK" in lines[0]
     assert "Subscribe service=query user=alice code=OK" in lines[1]
@@ -126,7 +135,7 @@ async def test_a_hundred_bad_requests_from_one_client_log_one_line_per_interval(
         clock.now = 10.5  # the next interval: one line again, with the count left out
         with pytest.raises(grpc.aio.AioRpcError):
             await h.query.GetHistory(qpb.GetHistoryRequest(channel_id="nope"), metadata=md)
-    lines = _access_lines(caplog)
+        lines = await _logged(caplog, 4)
     assert [line.split(" code=")[1].split(" ")[0] for line in lines] == [
         "INVALID_ARGUMENT", "INVALID_ARGUMENT", "OK", "INVALID_ARGUMENT"
     ]  # fmt: skip
