@@ -195,7 +195,9 @@ class SqliteCommandStore(_Db):
             ).fetchall()
         else:
             rows = self._read.execute(
-                "SELECT channel_id, seq, event, idempotency_key FROM command_log "
+                # Without statistics the planner prefers the primary key, and would
+                # scan every entry the channel ever had.
+                "SELECT channel_id, seq, event, idempotency_key FROM command_log INDEXED BY command_log_pending "
                 "WHERE published = 0 AND channel_id = ? ORDER BY seq LIMIT ?",
                 (channel_id, want),
             ).fetchall()
@@ -415,6 +417,11 @@ class SqliteMetadataStore(_Db):
     ) WITHOUT ROWID;
     """
 
+    _BUMP = (
+        "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
+        "WHERE channel_id = ?"
+    )
+
     async def apply(self, event: events_pb2.Event) -> None:
         kind = event.WhichOneof("payload")
         occurred_ms = event.occurred_at.ToMilliseconds()
@@ -429,6 +436,11 @@ class SqliteMetadataStore(_Db):
             return
         if event.seq <= 0 or not event.channel_id:
             return  # ephemeral events carry no state
+        if kind not in ("channel_created", "member_joined", "member_left"):
+            # Messages only move the channel's position: one statement, atomic on its
+            # own (no transaction to open and commit around it on every send).
+            conn.execute(self._BUMP, (event.seq, occurred_ms, event.channel_id))
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             if kind == "channel_created":
@@ -470,11 +482,7 @@ class SqliteMetadataStore(_Db):
                         "UPDATE channels SET membership_seq = ? WHERE channel_id = ?",
                         (event.seq, event.channel_id),
                     )
-            conn.execute(
-                "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
-                "WHERE channel_id = ?",
-                (event.seq, occurred_ms, event.channel_id),
-            )
+            conn.execute(self._BUMP, (event.seq, occurred_ms, event.channel_id))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
