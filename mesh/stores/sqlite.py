@@ -159,7 +159,7 @@ class SqliteCommandStore(_Db):
         return int(row[0] or 0)
 
     async def append(self, entry: LogEntry, message: MessageRecord | None = None) -> None:
-        await self._writer.submit(_Append(entry, message))
+        await _settled(self._writer.submit(_Append(entry, message)))
 
     async def by_idempotency_key(self, key: str) -> LogEntry | None:
         row = self._read.execute(
@@ -207,7 +207,7 @@ class SqliteCommandStore(_Db):
         ]
 
     async def put_message(self, record: MessageRecord) -> None:
-        await self._writer.submit(_PutMessage(record))
+        await _settled(self._writer.submit(_PutMessage(record)))
 
     async def message(self, message_id: str) -> MessageRecord | None:
         row = self._read.execute(
@@ -215,6 +215,24 @@ class SqliteCommandStore(_Db):
             (message_id,),
         ).fetchone()
         return MessageRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) if row else None
+
+
+async def _settled(future: asyncio.Future[None]) -> None:
+    """Waits for a queued write; a caller cancelled meanwhile still waits for it to settle.
+
+    The write commits or fails whatever the caller does, so a cancelled command
+    keeps its channel's lock until then: the next command on the channel sees the
+    log as it is, as it did when appends were synchronous.
+    """
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller was cancelled and hears only that
+        raise
 
 
 def _put_message(conn: sqlite3.Connection, record: MessageRecord) -> None:

@@ -179,3 +179,20 @@ async def test_publish_marks_count_at_once_and_reach_the_file_without_another_ap
         assert [e.seq for e in await again.unpublished()] == [1, 3]
     finally:
         await again.close()
+
+
+async def test_a_cancelled_append_returns_only_once_its_write_settled(
+    store: SqliteCommandStore,
+) -> None:
+    with write_lock_held(store.path):
+        task = asyncio.create_task(store.append(log_entry("ch_a", 1, "k1")))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0)
+        # The caller (who holds the channel's lock) is still waiting for the write.
+        assert not task.done()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The write went through: the next command on the channel finds it in the log.
+    assert committed_rows(store.path) == [("ch_a", 1, "k1", 0)]
+    assert [e.seq for e in await store.unpublished(channel_id="ch_a")] == [1]
