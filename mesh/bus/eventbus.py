@@ -227,8 +227,10 @@ class PullConsumer:
                     continue
                 outstanding = max(0, outstanding - len(received))
                 batch: list[StreamMsg] = []
-                for msg in sorted(received, key=stream_seq_of):
-                    seq = stream_seq_of(msg)
+                # Each message's seq is parsed from its reply subject once.
+                numbered = sorted((stream_seq_of(msg), i) for i, msg in enumerate(received))
+                for seq, i in numbered:
+                    msg = received[i]
                     expected = (batch[-1].stream_seq if batch else self.last_stream_seq) + 1
                     if seq < expected:
                         continue  # a redelivery of something already handled
@@ -240,7 +242,7 @@ class PullConsumer:
                     self.delivered += len(batch)
                     self.last_stream_seq = batch[-1].stream_seq
                 # Everything received is now handled (now or before): ack-all up to the newest.
-                await max(received, key=stream_seq_of).ack()
+                await received[numbered[-1][1]].ack()
         finally:
             stop_wait.cancel()
             if get is not None:

@@ -7,7 +7,9 @@ and MongoDB secondary, with the JetStream mirror as the replication link.
 
 Queries run synchronously on the event loop: they are index lookups that take
 microseconds, and a thread hop per call would cost more than it saves. WAL
-mode lets the other processes of the region read while one writes.
+mode lets the other processes of the region read while one writes. The command
+log's writes, which wait for fsync, go through a writer thread that commits
+concurrent commands together (:class:`SqliteCommandStore`).
 
 Example:
     >>> import asyncio, tempfile, pathlib
@@ -20,11 +22,16 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
+import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
 from mesh.stores.base import UNREAD_CAP, HistoryPage, LogConflict, LogEntry, MessageRecord
@@ -80,7 +87,26 @@ class _Db:
 
 
 class SqliteCommandStore(_Db):
-    """Command log and message index (primary region)."""
+    """Command log and message index (primary region), with group commit.
+
+    Writes (appends, message records, publish marks) go to one writer thread
+    that owns the durable connection: it takes every write queued since its last
+    commit and commits them in one transaction, so many concurrent commands
+    share one fsync (``synchronous=FULL``) and the event loop never waits for
+    the disk. Each :meth:`append` returns only after the transaction holding its
+    entry committed; an entry that conflicts is rolled back alone (a savepoint
+    per entry), a failed commit fails every entry of the batch.
+
+    Reads run on the caller's thread over a second connection: they are index
+    lookups of microseconds (a thread hop would cost more) and, in WAL mode,
+    see only committed data, so a read never reports an entry that is not yet
+    durable.
+
+    :meth:`mark_published` does not wait: marks need not be durable (an entry
+    left unpublished is published again, and JetStream de-duplicates it), so
+    they ride along with the next commit; until then this store's reads treat
+    the entry as published already.
+    """
 
     DURABLE = True
     SCHEMA = """
@@ -103,97 +129,282 @@ class SqliteCommandStore(_Db):
     ) WITHOUT ROWID;
     """
 
+    MAX_BATCH = 512
+    """Most writes in one transaction (bounds how long one commit holds the write lock)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        # self.conn belongs to the writer thread from here on; reads use their own.
+        self._read = _connect(path, durable=False)
+        self._writer = _GroupCommitter(
+            self.conn, name=f"sqlite-writer:{path.name}", max_batch=self.MAX_BATCH
+        )
+        self._marks: set[tuple[str, int]] = set()
+        """Publish marks handed to the writer and not yet committed."""
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (each one fsync)."""
+        return self._writer.commits
+
+    async def close(self) -> None:
+        await self._writer.close()
+        self._read.close()
+        await super().close()
+
     async def last_seq(self, channel_id: str) -> int:
-        row = self.conn.execute(
+        row = self._read.execute(
             "SELECT MAX(seq) FROM command_log WHERE channel_id = ?", (channel_id,)
         ).fetchone()
         return int(row[0] or 0)
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        # Publish marks go through a second connection that does not fsync: one
-        # durable commit per command (the append) instead of two.
-        self._lazy = _connect(path, durable=False)
-
-    async def close(self) -> None:
-        self._lazy.close()
-        await super().close()
-
     async def append(self, entry: LogEntry, message: MessageRecord | None = None) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "INSERT INTO command_log (channel_id, seq, event, idempotency_key, published) VALUES (?, ?, ?, ?, ?)",
-                (
-                    entry.channel_id,
-                    entry.seq,
-                    entry.event,
-                    entry.idempotency_key,
-                    int(entry.published),
-                ),
-            )
-            if message is not None:
-                self._put_message(message)
-            conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
-            raise LogConflict(str(exc)) from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        await _settled(self._writer.submit(_Append(entry, message)))
 
     async def by_idempotency_key(self, key: str) -> LogEntry | None:
-        row = self.conn.execute(
+        row = self._read.execute(
             "SELECT channel_id, seq, event, idempotency_key, published FROM command_log WHERE idempotency_key = ?",
             (key,),
         ).fetchone()
-        return LogEntry(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+        if row is None:
+            return None
+        published = bool(row[4]) or (row[0], row[1]) in self._marks
+        return LogEntry(row[0], row[1], row[2], row[3], published)
 
     async def mark_published(self, channel_id: str, seq: int) -> None:
-        self.conn.execute(
-            "UPDATE command_log SET published = 1 WHERE channel_id = ? AND seq = ?",
-            (channel_id, seq),
-        )
+        position = (channel_id, seq)
+        self._marks.add(position)
+        done = self._writer.submit(_Mark(channel_id, seq))
+
+        def settled(future: asyncio.Future[None]) -> None:
+            self._marks.discard(position)
+            if not future.cancelled():
+                future.exception()  # a lost mark only means one more publish later
+
+        done.add_done_callback(settled)
 
     async def unpublished(self, limit: int = 1000, channel_id: str | None = None) -> list[LogEntry]:
+        # Ask for as many more rows as there are marks in flight, so that filtering
+        # them out still fills ``limit``.
+        want = limit + len(self._marks)
         if channel_id is None:
-            rows = self.conn.execute(
+            rows = self._read.execute(
                 "SELECT channel_id, seq, event, idempotency_key FROM command_log WHERE published = 0 "
                 "ORDER BY channel_id, seq LIMIT ?",
-                (limit,),
+                (want,),
             ).fetchall()
         else:
-            rows = self.conn.execute(
-                "SELECT channel_id, seq, event, idempotency_key FROM command_log "
+            rows = self._read.execute(
+                # Without statistics the planner prefers the primary key, and would
+                # scan every entry the channel ever had.
+                "SELECT channel_id, seq, event, idempotency_key FROM command_log INDEXED BY command_log_pending "
                 "WHERE published = 0 AND channel_id = ? ORDER BY seq LIMIT ?",
-                (channel_id, limit),
+                (channel_id, want),
             ).fetchall()
-        return [LogEntry(r[0], r[1], r[2], r[3], False) for r in rows]
+        marks = self._marks
+        return [LogEntry(r[0], r[1], r[2], r[3], False) for r in rows if (r[0], r[1]) not in marks][
+            :limit
+        ]
 
     async def put_message(self, record: MessageRecord) -> None:
-        self._put_message(record)
-
-    def _put_message(self, record: MessageRecord) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO message_index (message_id, channel_id, seq, sender_user_id, deleted, body) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                record.message_id,
-                record.channel_id,
-                record.seq,
-                record.sender_user_id,
-                int(record.deleted),
-                record.body,
-            ),
-        )
+        await _settled(self._writer.submit(_PutMessage(record)))
 
     async def message(self, message_id: str) -> MessageRecord | None:
-        row = self.conn.execute(
+        row = self._read.execute(
             "SELECT message_id, channel_id, seq, sender_user_id, deleted, body FROM message_index WHERE message_id = ?",
             (message_id,),
         ).fetchone()
         return MessageRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) if row else None
+
+
+async def _settled(future: asyncio.Future[None]) -> None:
+    """Waits for a queued write; a caller cancelled meanwhile still waits for it to settle.
+
+    The write commits or fails whatever the caller does, so a cancelled command
+    keeps its channel's lock until then: the next command on the channel sees the
+    log as it is, as it did when appends were synchronous.
+    """
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller was cancelled and hears only that
+        raise
+
+
+def _put_message(conn: sqlite3.Connection, record: MessageRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO message_index (message_id, channel_id, seq, sender_user_id, deleted, body) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            record.message_id,
+            record.channel_id,
+            record.seq,
+            record.sender_user_id,
+            int(record.deleted),
+            record.body,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    entry: LogEntry
+    message: MessageRecord | None
+
+    durable = True
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        e = self.entry
+        try:
+            conn.execute(
+                "INSERT INTO command_log (channel_id, seq, event, idempotency_key, published) VALUES (?, ?, ?, ?, ?)",
+                (e.channel_id, e.seq, e.event, e.idempotency_key, int(e.published)),
+            )
+        except sqlite3.IntegrityError as exc:
+            # SQLite undid this statement alone (a statement journal), so the rest of
+            # the batch stands and nothing of this entry was written.
+            raise LogConflict(str(exc)) from None
+        if self.message is not None:
+            # Any error here fails the whole batch (see _GroupCommitter._commit), which
+            # keeps the entry and its message record together.
+            _put_message(conn, self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class _PutMessage:
+    record: MessageRecord
+
+    durable = True
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        _put_message(conn, self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    channel_id: str
+    seq: int
+
+    durable = False
+
+    def run(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE command_log SET published = 1 WHERE channel_id = ? AND seq = ?",
+            (self.channel_id, self.seq),
+        )
+
+
+class _Write(Protocol):
+    durable: bool
+
+    def run(self, conn: sqlite3.Connection) -> None: ...
+
+
+class _GroupCommitter:
+    """A thread that owns one connection and commits queued writes in batches.
+
+    :meth:`submit` (event loop side) queues a write and returns a future that
+    completes, on the submitter's loop, once the transaction holding the write
+    committed (or with the write's own error, or the commit's error for every
+    write of the batch). A batch holds whatever queued while the previous one
+    committed, so batches grow with the load and a lone write waits for nobody.
+    A batch of publish marks only commits with ``synchronous=NORMAL`` (no
+    fsync): marks need not be durable.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, name: str, max_batch: int = 512) -> None:
+        self._conn = conn
+        self._max_batch = max_batch
+        self._queue: deque[tuple[_Write, asyncio.Future[None]]] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self.commits = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, write: _Write) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the store is closed")
+            self._queue.append((write, future))
+            self._wake.notify()
+        return future
+
+    async def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        await asyncio.to_thread(self._thread.join)
+
+    def _take(self) -> list[tuple[_Write, asyncio.Future[None]]] | None:
+        with self._wake:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._wake.wait()
+            n = min(len(self._queue), self._max_batch)
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            results = self._commit(batch)
+            loop = batch[0][1].get_loop()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(_settle, batch, results)
+
+    def _commit(
+        self, batch: list[tuple[_Write, asyncio.Future[None]]]
+    ) -> list[BaseException | None]:
+        conn = self._conn
+        durable = any(write.durable for write, _ in batch)
+        results: list[BaseException | None] = []
+        try:
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for write, _ in batch:
+                    try:
+                        write.run(conn)
+                    except LogConflict as exc:
+                        results.append(exc)
+                    else:
+                        results.append(None)
+                self._commit_transaction()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
+        except Exception as exc:  # noqa: BLE001 - the batch failed: every write of it did
+            # Any error other than a write's own conflict (I/O, disk full, locked ...)
+            # may have undone the transaction, so none of the batch is reported written.
+            return [exc] * len(batch)
+        return results
+
+    def _commit_transaction(self) -> None:
+        self._conn.execute("COMMIT")
+        self.commits += 1
+
+
+def _settle(
+    batch: list[tuple[_Write, asyncio.Future[None]]], results: list[BaseException | None]
+) -> None:
+    for (_, future), error in zip(batch, results, strict=True):
+        if future.done():  # the waiter was cancelled; the write stands
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class SqliteMetadataStore(_Db):
@@ -224,6 +435,11 @@ class SqliteMetadataStore(_Db):
     ) WITHOUT ROWID;
     """
 
+    _BUMP = (
+        "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
+        "WHERE channel_id = ?"
+    )
+
     async def apply(self, event: events_pb2.Event) -> None:
         kind = event.WhichOneof("payload")
         occurred_ms = event.occurred_at.ToMilliseconds()
@@ -238,6 +454,11 @@ class SqliteMetadataStore(_Db):
             return
         if event.seq <= 0 or not event.channel_id:
             return  # ephemeral events carry no state
+        if kind not in ("channel_created", "member_joined", "member_left"):
+            # Messages only move the channel's position: one statement, atomic on its
+            # own (no transaction to open and commit around it on every send).
+            conn.execute(self._BUMP, (event.seq, occurred_ms, event.channel_id))
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             if kind == "channel_created":
@@ -279,11 +500,7 @@ class SqliteMetadataStore(_Db):
                         "UPDATE channels SET membership_seq = ? WHERE channel_id = ?",
                         (event.seq, event.channel_id),
                     )
-            conn.execute(
-                "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
-                "WHERE channel_id = ?",
-                (event.seq, occurred_ms, event.channel_id),
-            )
+            conn.execute(self._BUMP, (event.seq, occurred_ms, event.channel_id))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

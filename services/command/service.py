@@ -218,12 +218,16 @@ class Commands:
             last = max(await self.log.last_seq(channel_id), await self._stream_last_seq(channel_id))
         return last + 1
 
-    async def _publish(self, channel_id: str, seq: int, payload: bytes) -> None:
-        event = events_pb2.Event.FromString(payload)
+    async def _publish(self, channel_id: str, seq: int, payload: bytes, msg_id: str) -> None:
+        """Publishes a logged event's bytes and marks them published.
+
+        ``msg_id`` is the event's :func:`dedup_id`, taken from the event the caller
+        holds: the bytes it just serialized are not parsed again.
+        """
         await self.events.publish_event(
             Subjects.channel_events(channel_id),
             payload,
-            dedup_id(event),
+            msg_id,
             timeout=self.publish_timeout,
         )
         await self.log.mark_published(channel_id, seq)
@@ -263,8 +267,9 @@ class Commands:
 
     async def _flush_channel(self, channel_id: str) -> None:
         for entry in await self.log.unpublished(channel_id=channel_id):
-            await self._project(events_pb2.Event.FromString(entry.event), with_message=True)
-            await self._publish(entry.channel_id, entry.seq, entry.event)
+            event = events_pb2.Event.FromString(entry.event)
+            await self._project(event, with_message=True)
+            await self._publish(entry.channel_id, entry.seq, entry.event, dedup_id(event))
 
     async def republish_pending(self) -> int:
         """Publishes every logged-but-unacknowledged entry (start-up and periodic repair).
@@ -345,7 +350,7 @@ class Commands:
                         ) from None
             self._last_seq[channel_id] = seq
             await self._project(event, with_message=False)
-            await self._publish(channel_id, seq, payload)
+            await self._publish(channel_id, seq, payload, dedup_id(event))
             return event, False
 
     async def _replay_existing(self, entry: LogEntry) -> events_pb2.Event:
