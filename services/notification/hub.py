@@ -16,7 +16,8 @@ partitions. How:
   replay ends; the held events then pass the dedup/gap rules above.
 * **Lost deliveries.** The Fan-Out Service numbers deliveries per instance. A
   jump in that number (the link was cut), a new Fan-Out epoch (it restarted),
-  or a heartbeat reply saying more was sent than arrived triggers a sweep: once
+  or a heartbeat reply saying more was sent than arrived (and still missing at
+  a reply a moment later: deliveries may be queued behind the reply) triggers a sweep: once
   the region's history has applied the stream position the Fan-Out had
   reached (or, while it has not, from the primary), every stream re-reads its
   channels after its last seq; it repeats until history has that position.
@@ -90,6 +91,8 @@ _BEAT = object()
 """Queued by the hub's heartbeat ticker on an idle stream: the writer sends a Heartbeat."""
 _PRIMARY_PAGE = 25
 _SWEEP_GIVE_UP = 600.0
+_IN_FLIGHT_GRACE = 0.25
+"""Seconds deliveries sent before an acknowledgement may still be queued behind it here."""
 
 
 class Outbox:
@@ -473,6 +476,10 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
         self._sweep_target = 0
+        self.in_flight_grace = _IN_FLIGHT_GRACE
+        self._missing_at_ack: tuple[int, float] | None = None
+        """(Fan-Out delivery count, monotonic time) of the first acknowledgement that said
+        more was sent than had arrived; checked again at later ones."""
         """The highest Fan-Out stream position a sweep must reach."""
         self._stream_seqs: dict[str, collections.deque[tuple[int, int]]] = {}
         """Per channel: recent (channel seq, EVENTS stream seq) pairs seen in deliveries,
@@ -583,8 +590,12 @@ class Hub:
             await self._send_snapshot()
 
     async def _heartbeat_loop(self) -> None:
+        # Ends on shutting_down too: Python 3.11's wait_for (inside nats-py's request)
+        # can swallow a cancellation that races the reply, and stop() awaits this task.
         while True:
             await asyncio.sleep(self.route_heartbeat)
+            if self.shutting_down:
+                return
             try:
                 await self.presence.heartbeat()
             except Exception as exc:  # noqa: BLE001
@@ -618,7 +629,7 @@ class Hub:
         """
         period = min(1.0, self.stream_heartbeat / 4)
         loop = asyncio.get_running_loop()
-        while True:
+        while not self.shutting_down:
             await asyncio.sleep(period)
             self.flush_metrics()
             self.beat_idle_streams(loop.time())
@@ -658,14 +669,28 @@ class Hub:
                     ack.fanout_epoch,
                 )
                 self._sweep(ack.stream_seq)
+            self._missing_at_ack = None
             self.fanout_epoch = ack.fanout_epoch
             self.expected_seq = ack.instance_seq + 1
         elif ack.instance_seq >= self.expected_seq:
-            logger.info(
-                "deliveries %d..%d never arrived; sweeping", self.expected_seq, ack.instance_seq
-            )
-            self.expected_seq = ack.instance_seq + 1
-            self._sweep(ack.stream_seq)
+            # Deliveries the Fan-Out sent just before this reply may still be queued
+            # behind it here (nats-py hands a reply over at once, subscription messages
+            # through the subscription's queue): what is missing now may be in flight.
+            # Only what is still missing at a later acknowledgement, a moment on, was
+            # lost. (Each false alarm used to re-read every stream's channels from history.)
+            suspect = self._missing_at_ack
+            now = time.monotonic()
+            if suspect is None or self.expected_seq > suspect[0]:
+                self._missing_at_ack = (ack.instance_seq, now)
+            elif now - suspect[1] >= self.in_flight_grace:
+                logger.info(
+                    "deliveries %d..%d never arrived; sweeping", self.expected_seq, suspect[0]
+                )
+                self._missing_at_ack = None
+                self.expected_seq = ack.instance_seq + 1
+                self._sweep(ack.stream_seq)
+        else:
+            self._missing_at_ack = None
 
     # -- deliveries --------------------------------------------------------------
 

@@ -175,3 +175,29 @@ async def test_the_outbox_hands_items_over_in_order_and_wakes_its_reader() -> No
         await cancelled
     box.put_nowait("c")  # a cancelled reader leaves nothing behind
     assert box.get_nowait() == "c"
+
+
+async def test_deliveries_in_flight_behind_an_acknowledgement_are_not_taken_for_lost(
+    hub: Hub,
+) -> None:
+    hub.in_flight_grace = 0.0  # any later acknowledgement counts as "a moment later"
+    streams_of(hub, "bob")
+    await deliver(hub, msg("ch_a", 1), ["bob"], n=1)
+
+    def ack(instance_seq: int) -> routing_pb2.RouteAck:
+        return routing_pb2.RouteAck(
+            fanout_epoch="fo.0", instance_seq=instance_seq, stream_seq=instance_seq
+        )
+
+    # The Fan-Out says it sent 3 while 2 and 3 are still queued behind its reply.
+    hub._check_ack(ack(3))
+    assert hub._sweeping is None
+    await deliver(hub, msg("ch_a", 2), ["bob"], n=2)
+    await deliver(hub, msg("ch_a", 3), ["bob"], n=3)
+    hub._check_ack(ack(3))
+    assert hub._sweeping is None and hub.expected_seq == 4
+    # 4 really is lost: still missing at an acknowledgement a moment later, it is swept.
+    hub._check_ack(ack(4))
+    assert hub._sweeping is None  # not yet: it may be in flight
+    hub._check_ack(ack(4))
+    assert hub._sweeping is not None and hub.expected_seq == 5
