@@ -13,7 +13,7 @@ from chatmesh.v1 import fanout_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
 from mesh.bus.lease import Lease, kv_lease_store
 from mesh.bus.natsbus import NatsBus
-from mesh.core import config as config_mod
+from mesh.core import config as config_mod, loop
 from mesh.core.identity import OPERATOR
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_metadata
@@ -93,4 +93,4 @@ async def main(cfg: FanoutConfig) -> None:
 if __name__ == "__main__":
     cfg = config_mod.load(FanoutConfig, sys.argv[1] if len(sys.argv) > 1 else None)
     configure_logging(cfg.log_level, "fanout")
-    asyncio.run(main(cfg))
+    loop.run(main(cfg))

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from chatmesh.v1 import notification_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
 from mesh.bus.natsbus import NatsBus
-from mesh.core import config as config_mod, ids
+from mesh.core import config as config_mod, ids, loop
 from mesh.core.ratelimit import StreamQuota
 from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
@@ -16,7 +14,7 @@ from mesh.stores import open_history, open_metadata
 from mesh.stores.presence import PresenceStore
 from services.notification.config import NotificationConfig
 from services.notification.hub import Hub
-from services.notification.server import NotificationServicer
+from services.notification.server import NotificationServicer, add_notification_service
 
 
 async def main(cfg: NotificationConfig) -> None:
@@ -54,8 +52,11 @@ async def main(cfg: NotificationConfig) -> None:
         on_refusal=lambda: RATE_LIMITED_TOTAL.labels("notification", "subscribe").inc(),
     )
     server = GrpcServer(cfg, "notification")
-    server.add(pb_grpc.add_NotificationServiceServicer_to_server, NotificationServicer(hub, quota),
-               "chatmesh.v1.NotificationService")  # fmt: skip
+    server.add(
+        add_notification_service,
+        NotificationServicer(hub, quota),
+        "chatmesh.v1.NotificationService",
+    )
     await hub.start()
     # Streams end first (with SHUTTING_DOWN), then the server drains.
     server.on_shutdown(history.close)
@@ -69,4 +70,4 @@ async def main(cfg: NotificationConfig) -> None:
 if __name__ == "__main__":
     cfg = config_mod.load(NotificationConfig, sys.argv[1] if len(sys.argv) > 1 else None)
     configure_logging(cfg.log_level, "notification")
-    asyncio.run(main(cfg))
+    loop.run(main(cfg))

@@ -16,7 +16,8 @@ partitions. How:
   replay ends; the held events then pass the dedup/gap rules above.
 * **Lost deliveries.** The Fan-Out Service numbers deliveries per instance. A
   jump in that number (the link was cut), a new Fan-Out epoch (it restarted),
-  or a heartbeat reply saying more was sent than arrived triggers a sweep: once
+  or a heartbeat reply saying more was sent than arrived (and still missing at
+  a reply a moment later: deliveries may be queued behind the reply) triggers a sweep: once
   the region's history has applied the stream position the Fan-Out had
   reached (or, while it has not, from the primary), every stream re-reads its
   channels after its last seq; it repeats until history has that position.
@@ -35,6 +36,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from mesh.core.events import new_event, now_ms
 from mesh.stores import HistoryStore, MetadataStore
 from mesh.stores.current import CurrentHistory
 from mesh.stores.presence import PresenceStore
+from services.notification.frames import Frames
 
 __all__ = ["Hub", "Subscriber"]
 
@@ -61,27 +64,98 @@ EVENTS_SENT = Counter(
 )
 DELIVERY_LATENCY = Histogram(
     "chatmesh_notification_delivery_seconds",
-    "From the event's occurred_at to queuing on a client stream (same host clocks)",
+    "From a live event's occurred_at to queuing it on client streams (once per event and "
+    "viewer variant, at its first stream; same host clocks)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5),
 )
 GAPS = Counter("chatmesh_notification_gaps_total", "Gap fills and sweeps", ["kind", "result"])
 SLOW = Counter(
     "chatmesh_notification_slow_consumers_total", "Streams ended because the client was too slow"
 )
+# Label children bound once: a labelled lookup on every delivery cost ~8 % of the
+# service's CPU (issue 14's profile).
+_SENT_BY_SOURCE = {
+    source: EVENTS_SENT.labels(source)
+    for source in ("live", "catchup", "gapfill", "primary", "replay")
+}
 
+
+def _sent(source: str) -> Counter:
+    child = _SENT_BY_SOURCE.get(source)
+    return child if child is not None else EVENTS_SENT.labels(source)
+
+
+_SENT_LIVE = _SENT_BY_SOURCE["live"]
 _CLOSE = object()
+_BEAT = object()
+"""Queued by the hub's heartbeat ticker on an idle stream: the writer sends a Heartbeat."""
 _PRIMARY_PAGE = 25
 _SWEEP_GIVE_UP = 600.0
+_IN_FLIGHT_GRACE = 0.25
+"""Seconds deliveries sent before an acknowledgement may still be queued behind it here."""
 
 
-@dataclass
+class Outbox:
+    """A stream's queue of items for its writer: a lean ``asyncio.Queue`` for one reader.
+
+    Unbounded by itself (:class:`Subscriber` enforces the capacity); putting
+    never waits. One per stream, touched for every event a stream gets: it
+    keeps only a deque and the reader's waiter.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[object] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def qsize(self) -> int:
+        """Items queued."""
+        return len(self._items)
+
+    def empty(self) -> bool:
+        """Whether nothing is queued."""
+        return not self._items
+
+    def put_nowait(self, item: object) -> None:
+        """Queues ``item`` and wakes the reader."""
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def get_nowait(self) -> object:
+        """The oldest item.
+
+        Raises:
+            asyncio.QueueEmpty: Nothing is queued.
+        """
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> object:
+        """The oldest item, waiting for one if needed (one reader at a time)."""
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return self._items.popleft()
+
+
+@dataclass(slots=True, eq=False)
 class Subscriber:
     """One client stream."""
 
     hub: Hub
     user_id: str
     capacity: int
-    queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    queue: Outbox = field(default_factory=Outbox)
     last: dict[str, int] = field(default_factory=dict)
     """Per channel: the highest seq sent to the client."""
     replaying: bool = True
@@ -92,6 +166,8 @@ class Subscriber:
     closed_with: Exception | None = None
     space: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by the stream's writer whenever it takes an item: catch-up waits on it."""
+    idle_since: float = 0.0
+    """Loop time the stream's writer last took an item (heartbeats are due from it)."""
 
     # -- delivery -----------------------------------------------------------------
 
@@ -105,12 +181,18 @@ class Subscriber:
                 f"the stream fell more than {self.capacity} events behind; reconnect with resume_from",
             ))  # fmt: skip
             return
-        self.queue.put_nowait(pb.SubscribeResponse(event=event))
-        EVENTS_SENT.labels(source).inc()
-        if source == "live" and event.HasField("occurred_at"):
-            DELIVERY_LATENCY.observe(
-                max(0.0, (now_ms() - event.occurred_at.ToMilliseconds()) / 1000)
-            )
+        # The same response object for every stream of this event (and viewer
+        # variant): built and serialized once (frames.py).
+        self.queue.put_nowait(self.hub.frames.response(event))
+        if source == "live":
+            hub = self.hub
+            hub.live_sent += 1  # counted in bulk: Hub.flush_metrics
+            if event is not hub.last_observed and event.HasField("occurred_at"):
+                hub.last_observed = event
+                at = event.occurred_at
+                DELIVERY_LATENCY.observe(max(0.0, time.time() - at.seconds - at.nanos * 1e-9))
+        else:
+            _sent(source).inc()
 
     async def _wait_for_space(self) -> None:
         """Backpressure for catch-up: waits until the client drains the queue below capacity.
@@ -376,6 +458,12 @@ class Hub:
         self.events_stream = events_stream
         self.subject = Subjects.delivery(region, instance_id)
         self.users: dict[str, list[Subscriber]] = {}
+        self.frames = Frames()
+        """One response and one serialization per event, shared by every stream."""
+        self.live_sent = 0
+        """Live events queued to streams, not yet added to the events-sent counter."""
+        self.last_observed: events_pb2.Event | None = None
+        """The live event whose delivery latency was observed last."""
         self.version = 0
         self.fanout_epoch = ""
         self.expected_seq = 0
@@ -388,6 +476,10 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeping: asyncio.Task[None] | None = None
         self._sweep_target = 0
+        self.in_flight_grace = _IN_FLIGHT_GRACE
+        self._missing_at_ack: tuple[int, float] | None = None
+        """(Fan-Out delivery count, monotonic time) of the first acknowledgement that said
+        more was sent than had arrived; checked again at later ones."""
         """The highest Fan-Out stream position a sweep must reach."""
         self._stream_seqs: dict[str, collections.deque[tuple[int, int]]] = {}
         """Per channel: recent (channel seq, EVENTS stream seq) pairs seen in deliveries,
@@ -405,6 +497,7 @@ class Hub:
         await self.bus.subscribe(Subjects.ROUTE_RESYNC, self._on_resync)
         await self.bus.flush()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="route-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._stream_heartbeats(), name="stream-heartbeats"))
         logger.info("notification instance %s listening on %s", self.instance_id, self.subject)
 
     async def stop(self) -> None:
@@ -497,8 +590,12 @@ class Hub:
             await self._send_snapshot()
 
     async def _heartbeat_loop(self) -> None:
+        # Ends on shutting_down too: Python 3.11's wait_for (inside nats-py's request)
+        # can swallow a cancellation that races the reply, and stop() awaits this task.
         while True:
             await asyncio.sleep(self.route_heartbeat)
+            if self.shutting_down:
+                return
             try:
                 await self.presence.heartbeat()
             except Exception as exc:  # noqa: BLE001
@@ -520,6 +617,46 @@ class Hub:
                 async with self._route_lock:
                     await self._send_snapshot()
 
+    async def _stream_heartbeats(self) -> None:
+        """Queues a heartbeat on every stream idle for ``stream_heartbeat`` seconds.
+
+        One ticker for all streams instead of a timer per stream and item (a
+        ``wait_for`` per event cost a task and a timer handle each). Only an
+        empty queue counts as idle, so a stream whose client stopped reading
+        holds at most one heartbeat. Streams start their idle clock at a random
+        point of the first half interval, so streams opened in a burst do not
+        beat in a burst forever after.
+        """
+        period = min(1.0, self.stream_heartbeat / 4)
+        loop = asyncio.get_running_loop()
+        while not self.shutting_down:
+            await asyncio.sleep(period)
+            self.flush_metrics()
+            self.beat_idle_streams(loop.time())
+
+    def beat_idle_streams(self, now: float) -> int:
+        """One tick of :meth:`_stream_heartbeats` at loop time ``now``; returns the beats queued."""
+        due = now - self.stream_heartbeat
+        beats = 0
+        for subs in self.users.values():
+            for sub in subs:
+                if sub.idle_since <= due and not sub.replaying and sub.queue.empty():
+                    sub.idle_since = now
+                    sub.queue.put_nowait(_BEAT)
+                    beats += 1
+        return beats
+
+    def flush_metrics(self) -> None:
+        """Adds the live events queued since the last flush to the events-sent counter."""
+        if self.live_sent:
+            _SENT_LIVE.inc(self.live_sent)
+            self.live_sent = 0
+
+    def _heartbeat(self) -> pb.SubscribeResponse:
+        beat = pb.Heartbeat(timeout_ms=int(self.stream_heartbeat * 3000))
+        beat.server_time.FromMilliseconds(now_ms())
+        return pb.SubscribeResponse(heartbeat=beat)
+
     def _check_ack(self, ack: routing_pb2.RouteAck) -> None:
         """Detects deliveries that never arrived, from the Fan-Out's own count."""
         if not ack.fanout_epoch:
@@ -532,14 +669,28 @@ class Hub:
                     ack.fanout_epoch,
                 )
                 self._sweep(ack.stream_seq)
+            self._missing_at_ack = None
             self.fanout_epoch = ack.fanout_epoch
             self.expected_seq = ack.instance_seq + 1
         elif ack.instance_seq >= self.expected_seq:
-            logger.info(
-                "deliveries %d..%d never arrived; sweeping", self.expected_seq, ack.instance_seq
-            )
-            self.expected_seq = ack.instance_seq + 1
-            self._sweep(ack.stream_seq)
+            # Deliveries the Fan-Out sent just before this reply may still be queued
+            # behind it here (nats-py hands a reply over at once, subscription messages
+            # through the subscription's queue): what is missing now may be in flight.
+            # Only what is still missing at a later acknowledgement, a moment on, was
+            # lost. (Each false alarm used to re-read every stream's channels from history.)
+            suspect = self._missing_at_ack
+            now = time.monotonic()
+            if suspect is None or self.expected_seq > suspect[0]:
+                self._missing_at_ack = (ack.instance_seq, now)
+            elif now - suspect[1] >= self.in_flight_grace:
+                logger.info(
+                    "deliveries %d..%d never arrived; sweeping", self.expected_seq, suspect[0]
+                )
+                self._missing_at_ack = None
+                self.expected_seq = ack.instance_seq + 1
+                self._sweep(ack.stream_seq)
+        else:
+            self._missing_at_ack = None
 
     # -- deliveries --------------------------------------------------------------
 
@@ -600,6 +751,7 @@ class Hub:
                 visible = stripped
             for sub in subs:
                 sub.offer(visible)
+        self.flush_metrics()
         # Let the streams' writers run between deliveries: a backlog arriving in
         # one burst (e.g. after a Fan-Out restart) must not fill queues before any
         # client had a chance to read — that would look like slow clients.
@@ -846,21 +998,22 @@ class Hub:
                         yield pb.SubscribeResponse(event=self.visible(event, user))
                     if len(events) < self.replay_page:
                         break
-            EVENTS_SENT.labels("replay").inc(replayed)
+            _sent("replay").inc(replayed)
             yield pb.SubscribeResponse(
                 replay_complete=pb.ReplayComplete(
                     replayed_events=replayed, region=self.region, instance_id=self.instance_id
                 )
             )
+            loop = asyncio.get_running_loop()
+            sub.idle_since = loop.time() - random.uniform(0, self.stream_heartbeat / 2)
             sub.end_replay()
+            queue, space = sub.queue, sub.space
             while True:
-                try:
-                    item = await asyncio.wait_for(sub.queue.get(), self.stream_heartbeat)
-                    sub.space.set()
-                except TimeoutError:
-                    beat = pb.Heartbeat(timeout_ms=int(self.stream_heartbeat * 3000))
-                    beat.server_time.FromMilliseconds(now_ms())
-                    yield pb.SubscribeResponse(heartbeat=beat)
+                item = await queue.get()
+                sub.idle_since = loop.time()
+                space.set()
+                if item is _BEAT:
+                    yield self._heartbeat()
                     continue
                 if item is _CLOSE:
                     assert sub.closed_with is not None

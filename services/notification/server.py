@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from chatmesh.v1 import notification_service_pb2 as pb, notification_service_pb2_grpc as pb_grpc
 from mesh.core.ratelimit import StreamQuota
 from mesh.rpc.interceptors.auth import current_user
 from services.notification.hub import Hub
 
-__all__ = ["NotificationServicer"]
+__all__ = ["NotificationServicer", "add_notification_service"]
+
+_SERVICE = "chatmesh.v1.NotificationService"
 
 
 class NotificationServicer(pb_grpc.NotificationServiceServicer):
@@ -34,3 +38,22 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
                 yield item
         finally:
             self.quota.release(user)
+
+
+def add_notification_service(servicer: NotificationServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` like the generated ``add_NotificationServiceServicer_to_server``.
+
+    The one difference is the response serializer: the hub's
+    :meth:`~services.notification.frames.Frames.encode`, so an event every
+    stream of it shares is serialized once, not once per stream. The bytes
+    are ``SubscribeResponse.SerializeToString``'s: the wire is unchanged.
+    """
+    handlers = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=servicer.hub.frames.encode,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    server.add_registered_method_handlers(_SERVICE, handlers)  # type: ignore[attr-defined]

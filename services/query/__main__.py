@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from chatmesh.v1 import query_service_pb2_grpc as pb_grpc
-from mesh.core import config as config_mod
+from mesh.core import config as config_mod, loop
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
 from mesh.stores.presence import PresenceStore
@@ -38,4 +37,4 @@ async def main(cfg: QueryConfig) -> None:
 if __name__ == "__main__":
     cfg = config_mod.load(QueryConfig, sys.argv[1] if len(sys.argv) > 1 else None)
     configure_logging(cfg.log_level, "query")
-    asyncio.run(main(cfg))
+    loop.run(main(cfg))

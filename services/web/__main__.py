@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from mesh.core import config as config_mod
+from mesh.core import config as config_mod, loop
 from mesh.rpc.server import configure_logging
 from services.web.config import WebConfig
 from services.web.server import WebServer
@@ -13,4 +12,4 @@ from services.web.server import WebServer
 if __name__ == "__main__":
     cfg = config_mod.load(WebConfig, sys.argv[1] if len(sys.argv) > 1 else None)
     configure_logging(cfg.log_level, "web")
-    asyncio.run(WebServer(cfg).run_until_signal())
+    loop.run(WebServer(cfg).run_until_signal())

@@ -5,19 +5,65 @@ call they wrap the handler's behaviour. :class:`Interceptor` does that wrapping
 once, so each concrete interceptor only writes :meth:`Interceptor.unary` and
 :meth:`Interceptor.stream` (chatmesh has no client-streaming RPCs; those pass
 through untouched).
+
+Streams stay off the chain item by item: a server-streaming call runs as one
+coroutine per interceptor around the whole stream (grpc.aio's reader/writer
+form), and only the innermost step touches items: it iterates the servicer's
+async generator and writes each item with ``context.write``. Interceptors see
+the call start and end (and its exception) exactly as before; the access log's
+item count comes from :func:`count_stream_items`. With one async generator per
+interceptor, every item used to pass through seven generator frames.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import contextvars
+import inspect
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-__all__ = ["Interceptor", "NextStream", "NextUnary", "status_code_of"]
+__all__ = ["Interceptor", "NextStream", "NextUnary", "count_stream_items", "status_code_of"]
 
 NextUnary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-NextStream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+NextStream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+"""Runs the rest of a server-streaming call to its end, writing its items to the client."""
+
+_items: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "chatmesh_stream_items", default=None
+)
+
+
+def count_stream_items() -> list[int]:
+    """Starts counting the items the current streaming call writes; returns the counter.
+
+    ``counter[0]`` is the number written so far. Each RPC runs in its own task
+    (its own context), so counters never mix between calls.
+    """
+    counter = [0]
+    _items.set(counter)
+    return counter
+
+
+def _writer(
+    produce: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncGenerator[Any, None]],
+) -> NextStream:
+    """The innermost step of a stream: the servicer's items, written one by one."""
+
+    async def write_all(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        counter = _items.get()
+        # aclosing: a stream that ends early (client gone, write failed) runs the
+        # servicer's finally blocks now, in this task, not when the GC gets to it.
+        async with contextlib.aclosing(produce(request, context)) as items:
+            async for item in items:
+                await context.write(item)
+                if counter is not None:
+                    counter[0] += 1
+
+    return write_all
+
 
 _PASS_THROUGH = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -84,15 +130,20 @@ class Interceptor(_ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            inner_stream: NextStream = handler.unary_stream  # type: ignore[assignment]  # aio handlers are async
+            inner: Any = handler.unary_stream
+            if inspect.iscoroutinefunction(inner):
+                inner_stream: NextStream = inner  # the next interceptor, or a writer-style servicer
+            elif inspect.isasyncgenfunction(inner):
+                inner_stream = _writer(inner)
+            else:
+                raise TypeError(f"{method}: a streaming handler must be async ({inner!r})")
 
-            # grpc.aio recognizes streaming behaviours by being async generator
-            # *functions*, so this must be one (not a function returning one).
+            # grpc.aio tells the writer form by the behaviour being a coroutine
+            # *function* (an async generator function would be the yielding form).
             async def stream_behavior(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                async for item in self.stream(method, request, context, inner_stream):
-                    yield item
+            ) -> None:
+                await self.stream(method, request, context, inner_stream)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_behavior,
@@ -123,7 +174,10 @@ class Interceptor(_ServerInterceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
-        """Runs around a server-streaming call; the default just calls through."""
-        async for item in call_next(request, context):
-            yield item
+    ) -> None:
+        """Runs around a whole server-streaming call; the default just calls through.
+
+        ``call_next`` returns when the stream has ended (its items written) and
+        raises what ended it otherwise; items do not pass through here.
+        """
+        await call_next(request, context)

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from typing import Any
 
 import grpc
@@ -95,7 +95,6 @@ class Authenticator(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         _identity.set(self._authenticate(method, context))
-        async for item in call_next(request, context):
-            yield item
+        await call_next(request, context)

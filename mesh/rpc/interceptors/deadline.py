@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -70,8 +69,7 @@ class Deadlines(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         client = context.time_remaining()
         _deadline.set(None if client is None else time.monotonic() + client)
-        async for item in call_next(request, context):
-            yield item
+        await call_next(request, context)

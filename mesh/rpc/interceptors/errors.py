@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -71,10 +70,9 @@ class ErrorMapper(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         try:
-            async for item in call_next(request, context):
-                yield item
+            await call_next(request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from mesh.rpc.interceptors._base import Interceptor, NextStream, NextUnary, status_code_of
+from mesh.rpc.interceptors._base import (
+    Interceptor,
+    NextStream,
+    NextUnary,
+    count_stream_items,
+    status_code_of,
+)
 from mesh.rpc.interceptors._throttle import Throttle, client_of
 from mesh.rpc.interceptors.auth import _identity
 
@@ -122,17 +127,15 @@ class AccessLog(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         started = time.perf_counter()
         peer = _peer(context)
-        items = 0
+        items = count_stream_items()  # items are counted where they are written
         exc: BaseException | None = None
         try:
-            async for item in call_next(request, context):
-                items += 1
-                yield item
+            await call_next(request, context)
         except BaseException as e:
             exc = e
             raise
         finally:
-            self._log(method, context, peer, started, exc, items)
+            self._log(method, context, peer, started, exc, items[0])

@@ -7,7 +7,6 @@ Exposed with the service's other metrics on its HTTP metrics port
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -84,12 +83,11 @@ class Metrics(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         started = time.perf_counter()
         exc: BaseException | None = None
         try:
-            async for item in call_next(request, context):
-                yield item
+            await call_next(request, context)
         except BaseException as e:
             exc = e
             raise

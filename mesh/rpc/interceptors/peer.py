@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import grpc
@@ -103,7 +103,6 @@ class PeerIdentity(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         _peer.set(self._check(method, context))
-        async for item in call_next(request, context):
-            yield item
+        await call_next(request, context)

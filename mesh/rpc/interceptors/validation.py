@@ -13,7 +13,7 @@ needs them belongs inside this one, or must check for :class:`Malformed`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,6 @@ class Validator(Interceptor):
         request: Any,
         context: grpc.aio.ServicerContext[Any, Any],
         call_next: NextStream,
-    ) -> AsyncIterator[Any]:
+    ) -> None:
         _refuse(request)
-        async for item in call_next(request, context):
-            yield item
+        await call_next(request, context)
