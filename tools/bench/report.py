@@ -665,6 +665,15 @@ def render_single_block(results: dict[str, Any]) -> str:
         for row in single_figure_lines(res):
             out.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
         d = res["delivery"]
+        idle = res.get("idle") or {}
+        if idle:
+            out += [
+                "",
+                f"Idle with every stream open (nothing sent, {fmt(idle['seconds'])} s): servers "
+                f"{fmt(idle['server_percent_of_one_core'])}% of a core ("
+                + ", ".join(f"{n} {fmt(p)}%" for n, p in idle["servers"].items() if p)
+                + ").",
+            ]
         out += [
             "",
             f"CPU per process at {fmt(d['deliveries_per_s'])} deliveries/s "
