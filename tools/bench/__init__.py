@@ -27,7 +27,13 @@ Scenarios (:mod:`tools.bench.scenarios`), in the order they run on a topology:
 * ``routing``: 50K users x 20 memberships in the Fan-Out's table (memberships
   written into the primary's SQLite metadata store, Fan-Out restarted, routes
   registered by fake notification instances over NATS); RSS, bytes per route,
-  GetRoute latency (first topology only).
+  GetRoute latency (first topology only);
+* ``single`` (:mod:`tools.bench.single`, on topology ``single`` by default; in a
+  full run, not in ``--quick``): issue 14's single-region workload (2,000 streams,
+  one per connection, through the edge) beside a bare-NATS fan-out floor: CPU per
+  1,000 deliveries/s of every process, delivery p50/p99, the knee, SendMessage and
+  GetHistory(50) rates at concurrency 1/8/32 (ghz and the Python generator), RSS
+  per stream, each as measured / target / ratio to the floor.
 
 Timing: every timestamp is ``CLOCK_MONOTONIC`` (``time.monotonic_ns``), one
 clock for all processes of the machine; the send time travels in the message.
@@ -38,6 +44,7 @@ Example:
         make bench                                   # both topologies, ~15 min
         .venv/bin/python -m tools.bench --quick      # < 60 s smoke run (dev only)
         .venv/bin/python -m tools.bench --topology dev --scenarios floor,delivery
+        .venv/bin/python -m tools.bench --scenarios single   # issue 14's single region
 """
 
 __all__: list[str] = []

@@ -25,7 +25,15 @@ from typing import Any
 from rich.console import Console
 
 from mesh.harness.paths import repo_root
-from tools.bench.plan import FULL, QUICK, SCENARIOS
+from tools.bench.plan import (
+    ALL_SCENARIOS,
+    FULL,
+    FULL_SINGLE,
+    QUICK,
+    QUICK_SINGLE,
+    SCENARIOS,
+    SINGLE,
+)
 from tools.bench.procstat import CpuSampler, machine_info
 from tools.bench.report import print_summary, targets, write_docs
 
@@ -46,14 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+        default=None,
+        help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} (default: all; --quick: "
+        f"all but {SINGLE})",
     )
     parser.add_argument(
         "--topology",
         action="append",
         default=None,
-        help="topology to run (repeatable; default: dev and three-regions; --quick: dev)",
+        help="topology to run (repeatable; default: dev and three-regions for the multi-region "
+        f"scenarios, single for {SINGLE}; --quick: dev)",
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s, dev only)")
     parser.add_argument(
@@ -125,6 +135,15 @@ def _results_dir(args: argparse.Namespace, stamp: str) -> Path:
     return out
 
 
+def _loadavg() -> str:
+    """The 1/5/15-minute load averages (``/proc/loadavg``), e.g. ``1.98 0.70 0.26``."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe: NaN/inf become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -142,14 +161,27 @@ async def _run(
     from tools.bench.runner import run_production_history, run_topology, versions
 
     plan = QUICK if args.quick else FULL
-    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in selected if s not in SCENARIOS]
+    single_plan = QUICK_SINGLE if args.quick else FULL_SINGLE
+    default = SCENARIOS if args.quick else ALL_SCENARIOS
+    chosen_text = args.scenarios if args.scenarios is not None else ",".join(default)
+    selected = [s.strip() for s in chosen_text.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in ALL_SCENARIOS]
     if unknown:
         raise SystemExit(
-            f"unknown scenario(s): {', '.join(unknown)} (choose from {', '.join(SCENARIOS)})"
+            f"unknown scenario(s): {', '.join(unknown)} (choose from {', '.join(ALL_SCENARIOS)})"
         )
-    selected = [s for s in SCENARIOS if s in selected]  # canonical order
-    topologies = args.topology or (["dev"] if args.quick else list(DEFAULT_TOPOLOGIES))
+    selected = [s for s in ALL_SCENARIOS if s in selected]  # canonical order
+    multi = [s for s in selected if s != SINGLE]
+    runs: list[tuple[str, list[str]]]
+    if args.topology:
+        runs = [(t, list(selected)) for t in args.topology]
+    else:
+        runs = (
+            [(t, multi) for t in (["dev"] if args.quick else DEFAULT_TOPOLOGIES)] if multi else []
+        )
+        if SINGLE in selected:
+            runs.append(("single", [SINGLE]))
+    topologies = [t for t, _ in runs]
     notes: list[str] = results["notes"]
     # The machine may be shared: measure what else runs before starting anything.
     idle = CpuSampler({})
@@ -171,6 +203,11 @@ async def _run(
         console.print(f"[yellow]NOTE[/yellow] {note}")
     results["meta"]["versions"] = versions()
     results["meta"]["plan"] = plan.__dict__ | {"throughput_rates": list(plan.throughput_rates)}
+    if SINGLE in selected:
+        results["meta"]["single_plan"] = single_plan.__dict__ | {
+            "knee_steps": list(single_plan.knee_steps),
+            "concurrencies": list(single_plan.concurrencies),
+        }
     results["meta"]["topologies"] = topologies
     results["meta"]["scenarios"] = selected
     path = out / "results.json"
@@ -186,11 +223,11 @@ async def _run(
             f"--quick: smoke sizes ({plan.streams} streams, {plan.rate:g} msg/s, "
             f"{plan.routing_users:,} routing users), topologies {', '.join(topologies)}"
         )
-    for i, name in enumerate(topologies):
+    for i, (name, wanted) in enumerate(runs):
         chosen = [
-            s for s in selected if i == 0 or args.all_topologies or s not in FIRST_TOPOLOGY_ONLY
+            s for s in wanted if i == 0 or args.all_topologies or s not in FIRST_TOPOLOGY_ONLY
         ]
-        skipped = [s for s in selected if s not in chosen]
+        skipped = [s for s in wanted if s not in chosen]
         if skipped:
             notes.append(
                 f"[{name}] {', '.join(skipped)} run on {topologies[0]} only: they measure the "
@@ -207,6 +244,7 @@ async def _run(
             seed=args.seed,
             result=results["topologies"][name],
             save=save,
+            single_plan=single_plan,
         )
         save()
     if "history" in selected:
@@ -267,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "entry": args.entry,
             "machine": machine_info(),
+            "loadavg_before": _loadavg(),
             "clock": "time.monotonic_ns (CLOCK_MONOTONIC, system-wide on Linux)",
         },
         "primary": "us-east",
@@ -299,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     results["meta"]["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["meta"]["duration_s"] = round(time.monotonic() - t0, 1)
+    results["meta"]["loadavg_after"] = _loadavg()
     if results["topologies"]:
         primaries = {t.get("topology", {}).get("primary") for t in results["topologies"].values()}
         results["primary"] = next(iter(p for p in primaries if p), "us-east")

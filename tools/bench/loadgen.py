@@ -176,6 +176,8 @@ class LoadGen:
     fakes: list[FakeInstance] = field(default_factory=list)
     fake_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _opened_streams: int = 0
+    fanout_nats: NATS | None = None
+    """The bare-NATS fan-out floor's connection (single-region scenario)."""
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -207,9 +209,9 @@ class LoadGen:
         """``user``'s client for QueryService calls (on the pooled connections)."""
         return self._user(self.query_target, user)
 
-    def _stream_client(self, user: str) -> ChatClient:
-        index = self._opened_streams // STREAMS_PER_CONNECTION
-        while index >= len(self.stream_clients):
+    def _stream_client(self, user: str, per_connection: int = STREAMS_PER_CONNECTION) -> ChatClient:
+        # The last connection takes streams until it holds ``per_connection`` of them.
+        if not self.stream_clients or self._opened_streams >= per_connection:
             n = len(self.stream_clients)
             target = self.notification_targets[n % len(self.notification_targets)]
             self.stream_clients.append(
@@ -217,8 +219,9 @@ class LoadGen:
                     target, retry=NO_RETRY, stream_retry=NO_RETRY, options=_channel_options()
                 )
             )
+            self._opened_streams = 0
         self._opened_streams += 1
-        return self.stream_clients[index].with_token(self.token(user))
+        return self.stream_clients[-1].with_token(self.token(user))
 
     # -- commands: set-up ----------------------------------------------------------------
 
@@ -263,10 +266,12 @@ class LoadGen:
         await asyncio.gather(*(one(i, s) for i, s in enumerate(specs)))
         return {"channel_ids": ids}
 
-    async def _open(self, user: str, timeout: float) -> BenchStream:
+    async def _open(
+        self, user: str, timeout: float, per_connection: int = STREAMS_PER_CONNECTION
+    ) -> BenchStream:
         # No reconnects (a stream that ends is counted by stream_health) and no
         # heartbeat watchdog (one timer task per stream would cost the generator CPU).
-        subscription = self._stream_client(user).subscribe(
+        subscription = self._stream_client(user, per_connection).subscribe(
             reconnect=False, heartbeat_watchdog=False
         )
         loop = asyncio.get_running_loop()
@@ -332,8 +337,11 @@ class LoadGen:
 
         A stream counts as open once ReplayComplete arrives: the notification
         instance has registered the route with the Fan-Out Service by then.
+        ``per_connection`` streams share one HTTP/2 connection (1: each stream
+        on a connection of its own, as separate client devices would be).
         """
         users: list[str] = args["users"]
+        per_connection = max(1, int(args.get("per_connection", STREAMS_PER_CONNECTION)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(args["budget_s"])
         sem = asyncio.Semaphore(int(args.get("concurrency", 8)))
@@ -351,7 +359,9 @@ class LoadGen:
                     return
                 t0 = time.monotonic_ns()
                 try:
-                    stream = await self._open(user, timeout=max(1.0, remaining + 5))
+                    stream = await self._open(
+                        user, timeout=max(1.0, remaining + 5), per_connection=per_connection
+                    )
                 except Exception as exc:  # noqa: BLE001 - reported per user
                     failed[user] = repr(exc)[:200]
                     return
@@ -700,6 +710,113 @@ class LoadGen:
         """Returns (and forgets) a floor phase's latencies: mode -> source region -> us."""
         return {"samples": self.floor_samples.pop(str(args["phase"]), {})}
 
+    # -- commands: single-region scenario ---------------------------------------------------
+
+    async def cmd_unary_load(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
+        """Closed-loop SendMessage or GetHistory calls at a fixed concurrency for a duration.
+
+        ``concurrency`` callers each issue one call after the other (a call starts
+        when the previous one answered) for ``duration`` seconds; each call takes
+        a random ``(user, channel)`` pair of ``choices``. Returns the latencies
+        (us) of the calls that succeeded and the failures by code.
+        """
+        op = str(args["op"])
+        duration = float(args["duration"])
+        concurrency = int(args["concurrency"])
+        choices: list[list[str]] = args["choices"]
+        limit = int(args.get("limit", 50))
+        rng = random.Random(int(args.get("seed", 1)))
+        latencies: list[int] = []
+        sizes: list[int] = []
+        errors: dict[str, int] = {}
+        t_start = time.monotonic_ns()
+        end = t_start + int(duration * 1e9)
+
+        async def caller() -> None:
+            while time.monotonic_ns() < end:
+                user, channel = choices[rng.randrange(len(choices))]
+                t0 = time.monotonic_ns()
+                try:
+                    if op == "send":
+                        await self.command(user).send_message(channel, f"load {t0}", timeout=10)
+                    else:
+                        resp = await self.query(user).get_history(channel, limit=limit, timeout=10)
+                        sizes.append(len(resp.messages))
+                except ChatmeshError as exc:
+                    errors[exc.code] = errors.get(exc.code, 0) + 1
+                    continue
+                latencies.append((time.monotonic_ns() - t0) // 1000)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return {
+            "latency_us": latencies,
+            "errors": errors,
+            "seconds": (time.monotonic_ns() - t_start) / 1e9,
+            "min_messages": min(sizes, default=0),
+        }
+
+    async def cmd_nats_fanout_listen(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
+        """Subscribes ``subjects`` (one subscription per entry, repeats allowed) on bare NATS.
+
+        Each received ``<phase> <t_ns>`` message is recorded like a chatmesh delivery
+        (source ``nats``), so ``received`` and ``take_samples`` report both alike.
+        """
+        self.fanout_nats = nc = await connect(
+            list(args["servers"]),
+            name=f"bench-fanout-{self.name}",
+            user=args["user"],
+            password=args["password"],
+            pending_size=64 * 1024 * 1024,
+        )
+
+        async def on_msg(msg: Msg) -> None:
+            now = time.monotonic_ns()
+            phase, t_ns = msg.data.decode().split(" ", 1)
+            by_src = self.samples.setdefault(phase, {})
+            by_src.setdefault("nats", []).append((now - int(t_ns)) // 1000)
+            self.received[phase] = self.received.get(phase, 0) + 1
+
+        for subject in args["subjects"]:
+            await nc.subscribe(str(subject), cb=on_msg, pending_msgs_limit=-1)
+        await nc.flush()
+        return {"subscriptions": len(args["subjects"])}
+
+    async def cmd_nats_fanout_send(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
+        """Publishes ``<phase> <t_ns>`` open-loop at ``rate`` msg/s to random ``subjects``."""
+        if self.fanout_nats is None:
+            self.fanout_nats = await connect(
+                list(args["servers"]),
+                name=f"bench-fanout-{self.name}",
+                user=args["user"],
+                password=args["password"],
+            )
+        nc = self.fanout_nats
+        phase = str(args["phase"])
+        rate = float(args["rate"])
+        subjects: list[str] = args["subjects"]
+        rng = random.Random(int(args.get("seed", 1)))
+        count = max(1, int(rate * float(args["duration"])))
+        interval = 1e9 / rate
+        lags_us: list[int] = []
+        per_subject: dict[str, int] = {}
+        start = time.monotonic_ns() + 10_000_000
+        for n in range(count):
+            due = start + int(n * interval)
+            now = time.monotonic_ns()
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+                now = time.monotonic_ns()
+            lags_us.append(max(0, now - due) // 1000)
+            subject = subjects[rng.randrange(len(subjects))]
+            per_subject[subject] = per_subject.get(subject, 0) + 1
+            await nc.publish(subject, f"{phase} {time.monotonic_ns()}".encode())
+        await nc.flush()
+        return {
+            "published": count,
+            "per_subject": per_subject,
+            "lag_p99_ms": _percentile_ms(lags_us, 99),
+        }
+
     # -- commands: routing table --------------------------------------------------------------
 
     async def cmd_load_memberships(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
@@ -907,9 +1024,10 @@ class LoadGen:
         for client in [*self.unary.values(), *self.stream_clients]:
             with contextlib.suppress(Exception):
                 await client.close()
-        if self.nats is not None:
-            with contextlib.suppress(Exception):
-                await self.nats.close()
+        for nc in (self.nats, self.fanout_nats):
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
 
     def handlers(self) -> dict[str, Handler]:
         """Command name -> coroutine."""

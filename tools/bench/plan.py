@@ -18,7 +18,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["FULL", "QUICK", "SCENARIOS", "ChannelSpec", "Plan", "Population", "population"]
+__all__ = [
+    "ALL_SCENARIOS",
+    "FULL",
+    "FULL_SINGLE",
+    "QUICK",
+    "QUICK_SINGLE",
+    "SCENARIOS",
+    "SINGLE",
+    "ChannelSpec",
+    "Plan",
+    "Population",
+    "SinglePlan",
+    "population",
+]
 
 SCENARIOS: tuple[str, ...] = (
     "floor",
@@ -29,7 +42,13 @@ SCENARIOS: tuple[str, ...] = (
     "routing",
     "flood",
 )
-"""Every scenario, in the order they run on a topology."""
+"""The multi-region scenarios, in the order they run on a topology."""
+
+SINGLE = "single"
+"""The single-region scenario (issue 14's workload): runs on topology ``single`` by default."""
+
+ALL_SCENARIOS: tuple[str, ...] = (*SCENARIOS, SINGLE)
+"""Every scenario ``--scenarios`` accepts."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +146,83 @@ QUICK = Plan(
     routing_instances=2,
     getroute_requests=100,
     min_rate=5.0,
+)
+
+
+@dataclass(frozen=True)
+class SinglePlan:
+    """Sizes and durations of the single-region scenario (:mod:`tools.bench.single`)."""
+
+    streams: int
+    """Users, each with one Subscribe stream on a connection of its own."""
+    channel_size: int
+    """Members per channel (each user is in one channel: a send is ``channel_size`` deliveries)."""
+    receivers: int
+    """Load-generator processes holding the streams."""
+    unary_procs: int
+    """Load-generator processes sharing the closed-loop unary callers."""
+    stream_open_budget_s: float
+    """Seconds the streams may take to open; fewer streams (reported) if they take longer."""
+    delivery_rate: float
+    """Deliveries/s of the latency measurement (and of the bare-NATS floor)."""
+    delivery_s: float
+    """Length of the latency measurement at ``delivery_rate``."""
+    floor_s: float
+    """Length of the bare-NATS floor phase."""
+    knee_steps: tuple[float, ...]
+    """Rising deliveries/s of the knee search (it stops at the first failed step)."""
+    step_s: float
+    """Length of each knee step."""
+    knee_budget_s: float
+    """The knee search stops once it has run this long (reported)."""
+    concurrencies: tuple[int, ...]
+    """Closed-loop callers of the SendMessage and GetHistory rates."""
+    unary_s: float
+    """Length of each closed-loop rate measurement."""
+    send_users: int
+    """Users (without streams) sending in the SendMessage rate measurement."""
+    history_channels: int
+    """Channels with more than 50 messages read by GetHistory(50)."""
+    history_messages: int
+    """Messages per history channel."""
+
+
+FULL_SINGLE = SinglePlan(
+    streams=2000,
+    channel_size=10,
+    receivers=2,
+    unary_procs=2,
+    stream_open_budget_s=120.0,
+    delivery_rate=1000.0,
+    delivery_s=20.0,
+    floor_s=10.0,
+    knee_steps=(250, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 6500, 8000, 10000, 12500),
+    step_s=8.0,
+    knee_budget_s=150.0,
+    concurrencies=(1, 8, 32),
+    unary_s=8.0,
+    send_users=1000,
+    history_channels=8,
+    history_messages=60,
+)
+
+QUICK_SINGLE = SinglePlan(
+    streams=40,
+    channel_size=10,
+    receivers=1,
+    unary_procs=1,
+    stream_open_budget_s=15.0,
+    delivery_rate=100.0,
+    delivery_s=2.0,
+    floor_s=1.5,
+    knee_steps=(50, 100),
+    step_s=1.5,
+    knee_budget_s=10.0,
+    concurrencies=(1, 8),
+    unary_s=1.5,
+    send_users=100,
+    history_channels=1,
+    history_messages=55,
 )
 
 

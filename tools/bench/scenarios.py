@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chatmesh.v1 import fanout_service_pb2 as fpb, fanout_service_pb2_grpc as fgrpc
@@ -131,7 +132,7 @@ class Context:
     def note(self, text: str) -> None:
         """Records and prints a scale-down or skip (never silent)."""
         self.notes.append(f"[{self.name}] {text}")
-        self.console.print(f"[yellow]NOTE[/yellow] [{self.name}] {text}")
+        self.console.print(f"[yellow]NOTE[/yellow] {escape(f'[{self.name}] {text}')}")
 
     def max_latency_s(self) -> float:
         """The largest one-way WAN latency of the topology, in seconds."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cdf_plot", "percentile", "summarize"]
+__all__ = ["cdf_plot", "knee", "per_1000", "percentile", "ratio", "summarize"]
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -46,6 +46,53 @@ def summarize(values_us: Sequence[int]) -> dict[str, Any]:
         "max_ms": ms(ordered[-1]),
         "mean_ms": ms(sum(ordered) / len(ordered)),
     }
+
+
+def knee(steps: Sequence[tuple[float, bool]]) -> float | None:
+    """The knee of a rising load search: the largest load passed before the first failure.
+
+    Args:
+        steps: ``(load, passed)`` in the order they ran (rising load).
+
+    Returns:
+        The load of the last passed step before the first failed one (steps after
+        a failure do not count: the search stops there), or None when the first
+        step already failed or nothing ran.
+
+    Example:
+        >>> knee([(500, True), (1000, True), (2000, False), (3000, True)])
+        1000
+    """
+    best: float | None = None
+    for load, passed in steps:
+        if not passed:
+            break
+        best = load if best is None else max(best, load)
+    return best
+
+
+def per_1000(cpu_percent: float, rate_per_s: float) -> float | None:
+    """CPU (% of one core) per 1,000 operations/s: ``cpu_percent / (rate_per_s / 1000)``.
+
+    Example:
+        >>> per_1000(45.0, 1500.0)
+        30.0
+    """
+    if rate_per_s <= 0:
+        return None
+    return round(cpu_percent / (rate_per_s / 1000.0), 2)
+
+
+def ratio(measured: float | None, floor: float | None) -> float | None:
+    """``measured / floor`` rounded to 2 decimals; None when either is missing or the floor is 0.
+
+    Example:
+        >>> ratio(11.0, 2.2), ratio(3.0, None), ratio(3.0, 0.0)
+        (5.0, None, None)
+    """
+    if measured is None or floor is None or floor == 0:
+        return None
+    return round(measured / floor, 2)
 
 
 def cdf_plot(
