@@ -15,7 +15,7 @@ from chatmesh.v1 import command_service_pb2_grpc as pb_grpc
 from mesh.bus.connection import connect
 from mesh.bus.lease import Lease, kv_lease_store
 from mesh.bus.natsbus import NatsBus
-from mesh.core import config as config_mod
+from mesh.core import config as config_mod, loop
 from mesh.core.ratelimit import RateLimiter
 from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
@@ -138,4 +138,4 @@ async def main(cfg: CommandConfig) -> None:
 if __name__ == "__main__":
     cfg = config_mod.load(CommandConfig, sys.argv[1] if len(sys.argv) > 1 else None)
     configure_logging(cfg.log_level, "command")
-    asyncio.run(main(cfg))
+    loop.run(main(cfg))

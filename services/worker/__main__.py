@@ -12,7 +12,7 @@ from mesh.bus.eventbus import PullConsumer
 from mesh.bus.natsbus import NatsBus
 from mesh.bus.replication import ReplicationMonitor
 from mesh.bus.subjects import EVENTS_STREAM
-from mesh.core import config as config_mod
+from mesh.core import config as config_mod, loop
 from mesh.rpc.server import GrpcServer, configure_logging
 from mesh.stores import open_history, open_metadata
 from services.worker.config import WorkerConfig
@@ -71,4 +71,4 @@ async def main(cfg: WorkerConfig) -> None:
 if __name__ == "__main__":
     cfg = config_mod.load(WorkerConfig, sys.argv[1] if len(sys.argv) > 1 else None)
     configure_logging(cfg.log_level, "worker")
-    asyncio.run(main(cfg))
+    loop.run(main(cfg))
