@@ -7,6 +7,7 @@ rather than a copy of their own.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,18 +18,23 @@ T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]],
+    check: Callable[[], Awaitable[T] | T],
     *,
     timeout: float = 10.0,
     interval: float = 0.02,
     what: str = "condition",
 ) -> T:
-    """Polls ``check`` until it returns a truthy value (returned) or raises after ``timeout``."""
+    """Polls ``check`` until it returns a truthy value (returned) or raises after ``timeout``.
+
+    ``check`` is a coroutine function or a plain function (a condition on local state).
+    """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while True:
         try:
-            result = await check()
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
             if result:
                 return result
         except Exception as exc:  # noqa: BLE001 - "not yet"; reported if it never succeeds

@@ -143,7 +143,8 @@ JWT_PROVIDER = "chatmesh"
 """Name of the jwt_authn provider."""
 JWT_PAYLOAD_KEY = "jwt_payload"
 EDGE_RETRY_DELAY_S = 1.0
-"""``RetryInfo`` of the edge's RATE_LIMITED refusals: its per-user buckets refill every second."""
+"""``RetryInfo`` of the edge's RATE_LIMITED refusals (one local reply for every bucket): the
+default buckets refill a token at least once a second (create_channel, the slowest, 1/s)."""
 MAX_EDGE_USERS = 20_000
 """Per-user buckets an edge keeps (``max_dynamic_descriptors``; least recently used go first)."""
 """Dynamic-metadata key of the verified token's claims (the access log names the ``sub``)."""
@@ -798,14 +799,6 @@ def _local_reply_mappers() -> list[dict[str, Any]]:
 # -- the bootstrap --------------------------------------------------------------------
 
 
-def _token_bucket(per_s: float, burst: int) -> dict[str, Any]:
-    # Envoy refills whole tokens per interval (>= 50 ms): a whole number per second,
-    # or one token every 1/rate seconds below 1/s.
-    if per_s >= 1:
-        return {"max_tokens": burst, "tokens_per_fill": round(per_s), "fill_interval": "1s"}
-    return {"max_tokens": burst, "tokens_per_fill": 1, "fill_interval": _duration(1 / per_s)}
-
-
 _COMMANDS = "/chatmesh.v1.CommandService/"
 COMMAND_LIMITS: dict[str, tuple[str, ...]] = {
     "send": ("SendMessage", "EditMessage", "DeleteMessage"),
@@ -822,9 +815,10 @@ through two regions' edges at once is held to the limit by the Command Service.
 """
 
 
-def _smooth_bucket(per_s: float, burst: int) -> dict[str, Any]:
-    # One token at a time, as the Command Service's continuous bucket refills; Envoy's
-    # smallest fill interval is 50 ms, so above 20/s a fill carries several tokens.
+def _token_bucket(per_s: float, burst: int) -> dict[str, Any]:
+    # Envoy refills whole tokens per interval: one token at a time, as the services'
+    # continuous buckets refill; its smallest interval is 50 ms, so above 20/s a fill
+    # carries several tokens.
     interval = max(0.05, 1 / per_s)
     return {
         "max_tokens": burst,
@@ -878,7 +872,7 @@ def _command_limits(limits: Limits) -> tuple[list[dict[str, Any]], list[dict[str
         descriptors.append(
             {
                 "entries": [{"key": "command", "value": action}, {"key": "user"}],
-                "token_bucket": _smooth_bucket(per_s, burst),
+                "token_bucket": _token_bucket(per_s, burst),
             }
         )
     return rate_limits, descriptors

@@ -74,7 +74,7 @@ async def test_send_retried_after_a_lost_reply_and_a_crash_is_stored_once(
     try:
         send = asyncio.create_task(ada.send_message(channel, "exactly once after a crash"))
         # The command is committed (ben sees it) while ada's reply is being dropped.
-        await eventually(lambda: _async(bool(_created(seen, channel))), timeout=30, what="commit")
+        await eventually(lambda: bool(_created(seen, channel)), timeout=30, what="commit")
         assert not send.done(), "the reply should still be lost"
         await command.kill()  # mid-flight: ada's attempt is still waiting for its reply
         await toxiproxy.remove_toxic(link.name, "drop_replies")
@@ -108,10 +108,6 @@ async def test_send_retried_after_a_lost_reply_and_a_crash_is_stored_once(
     assert subscription.duplicates == 0
 
 
-async def _async(value: bool) -> bool:
-    return value
-
-
 async def _async_history_len(client: ChatClient, channel: str, n: int) -> bool:
     return len((await client.get_history(channel, limit=200)).messages) >= n
 
@@ -141,7 +137,7 @@ async def test_subscription_resumes_across_a_notification_restart_under_traffic(
 
     task = asyncio.create_task(sender())
     try:
-        await eventually(lambda: _async(len(_created(received, channel)) >= 5), what="live")
+        await eventually(lambda: len(_created(received, channel)) >= 5, what="live")
         notification = dev_mesh.services["notification-eu-1"]
         if how == "kill":
             await notification.kill()
@@ -150,12 +146,12 @@ async def test_subscription_resumes_across_a_notification_restart_under_traffic(
         at_restart = len(sent)
         await notification.restart()
         await eventually(
-            lambda: _async(len(sent) >= at_restart + 10), timeout=30, what="sends after restart"
+            lambda: len(sent) >= at_restart + 10, timeout=30, what="sends after restart"
         )
         stop.set()
         await task
         await eventually(
-            lambda: _async(len(_created(received, channel)) >= len(sent)),
+            lambda: len(_created(received, channel)) >= len(sent),
             timeout=60,
             what="every message on the resumed stream",
         )

@@ -174,7 +174,7 @@ async def test_resume_seam_has_no_gap_or_duplicate_while_messages_flow(
             sent.append((await alice.send(channel, f"flow {i}")).message.seq)
 
     task = asyncio.create_task(sender())
-    await eventually(lambda: _async_true(len(sent) >= 20), what="first sends")
+    await eventually(lambda: len(sent) >= 20, what="first sends")
     stream = await bob.subscribe({channel: 1})  # resume from the ChannelCreated event while sending
     await task
     events = await _collect(stream, 60)
@@ -182,10 +182,6 @@ async def test_resume_seam_has_no_gap_or_duplicate_while_messages_flow(
     seqs = [e.seq for e in events if e.channel_id == channel]
     assert seqs == list(range(2, 2 + len(seqs)))
     await stream.close()
-
-
-async def _async_true(value: bool) -> bool:
-    return value
 
 
 async def test_edits_deletes_membership_typing_and_presence_reach_the_other_region(
@@ -274,14 +270,12 @@ async def crashes_lose_and_duplicate_nothing(
             i += 1
 
     task = asyncio.create_task(sender())
-    await eventually(lambda: _async_true(len(sent) >= 10), what="sends before the crash")
+    await eventually(lambda: len(sent) >= 10, what="sends before the crash")
     for name in crash:
         service = mesh.services[name]
         await service.kill()
         await service.restart()
-    await eventually(
-        lambda: _async_true(len(sent) >= 60), timeout=30, what="sends after the restarts"
-    )
+    await eventually(lambda: len(sent) >= 60, timeout=30, what="sends after the restarts")
     stop.set()
     await task
     events = await _collect(stream, len(sent), timeout=60)

@@ -6,7 +6,7 @@ open-loop: a send every ``1/RATE`` seconds whatever the answers (at most
 :data:`MAX_IN_FLIGHT` at once; a send that would exceed it is counted as ``skipped``),
 without retries. A fixed rate, not a closed loop, so the flood is the same on a fast
 and a slow machine and the generator does not take a whole core of a shared 2-core
-machine. Prints one JSON object: the count of each outcome (``accepted``,
+machine. Prints one JSON object: ``outcomes``, the count of each (``accepted``,
 ``RESOURCE_EXHAUSTED/RATE_LIMITED at the edge``, ``RESOURCE_EXHAUSTED/RATE_LIMITED``
 from the Command Service ...), ``cpu_s`` (this process's CPU seconds) and
 ``seconds``.
@@ -18,9 +18,11 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 
 from mesh.client import ChatClient, RetryPolicy
 from mesh.core.errors import ChatmeshError
+from tools.bench.loadgen import paced
 
 __all__ = ["MAX_IN_FLIGHT", "flood"]
 
@@ -30,10 +32,10 @@ MAX_IN_FLIGHT = 256
 
 async def flood(
     target: str, token: str, channel_id: str, seconds: float, rate: float
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Sends at ``rate`` per second for ``seconds``, no retries; counts outcomes."""
     client = ChatClient(target, token=token, retry=RetryPolicy.none())
-    outcomes: dict[str, float] = {}
+    outcomes: dict[str, int] = {}
     in_flight: set[asyncio.Task[None]] = set()
 
     def count(key: str) -> None:
@@ -50,8 +52,7 @@ async def flood(
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     try:
-        for i in range(int(seconds * rate)):
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        async for i, _ in paced(int(seconds * rate), rate, time.monotonic_ns()):
             if len(in_flight) >= MAX_IN_FLIGHT:
                 count("skipped")
                 continue
@@ -62,9 +63,11 @@ async def flood(
             await asyncio.wait(in_flight)
     finally:
         await client.close()
-    outcomes["cpu_s"] = round(time.process_time() - cpu0, 3)
-    outcomes["seconds"] = round(time.perf_counter() - t0, 3)
-    return outcomes
+    return {
+        "outcomes": outcomes,
+        "cpu_s": round(time.process_time() - cpu0, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def main(argv: list[str]) -> int:

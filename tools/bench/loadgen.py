@@ -40,7 +40,7 @@ import random
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,27 @@ def _channel_options() -> list[tuple[str, Any]]:
 def _stub(factory: Any, channel: grpc.aio.Channel) -> Any:
     """A generated stub (the ``_grpc`` modules are untyped)."""
     return factory(channel)
+
+
+async def paced(
+    count: int, rate: float, start_ns: int, lags_us: list[int] | None = None
+) -> AsyncIterator[tuple[int, int]]:
+    """An open-loop schedule: yields ``(n, now_ns)`` for each ``n`` in ``range(count)``.
+
+    The n-th tick is ``n / rate`` seconds after ``start_ns`` (``time.monotonic_ns()``),
+    never waiting for the caller's work (no coordinated omission). ``lags_us``
+    collects how late each tick came (this process not keeping up).
+    """
+    interval = 1e9 / rate
+    for n in range(count):
+        due = start_ns + int(n * interval)
+        now = time.monotonic_ns()
+        if due > now:
+            await asyncio.sleep((due - now) / 1e9)
+            now = time.monotonic_ns()
+        if lags_us is not None:
+            lags_us.append(max(0, now - due) // 1000)
+        yield n, now
 
 
 def _percentile_ms(values_us: list[int], p: float) -> float:
@@ -423,7 +444,6 @@ class LoadGen:
         max_inflight = int(args.get("max_inflight", 4000))
         timeout = float(args.get("timeout", 10.0))
         count = max(1, int(rate * duration))
-        interval = 1e9 / rate
         ok_by_channel: dict[str, int] = {}
         errors: dict[str, int] = {}
         ack_us: list[int] = []
@@ -445,13 +465,7 @@ class LoadGen:
 
         start = time.monotonic_ns() + 20_000_000
         last_tick = start
-        for n in range(count):
-            due = start + int(n * interval)
-            now = time.monotonic_ns()
-            if due > now:
-                await asyncio.sleep((due - now) / 1e9)
-                now = time.monotonic_ns()
-            lags_us.append(max(0, now - due) // 1000)
+        async for n, now in paced(count, rate, start, lags_us):
             if len(inflight) >= max_inflight:
                 errors["CLIENT_INFLIGHT_LIMIT"] = errors.get("CLIENT_INFLIGHT_LIMIT", 0) + 1
                 continue
@@ -689,14 +703,8 @@ class LoadGen:
         duration = float(args["duration"])
         dsts: list[str] = args["regions"]
         count = max(2, int(rate * duration))
-        interval = 1e9 / rate
-        start = time.monotonic_ns() + 10_000_000
         src = self.region
-        for n in range(count):
-            due = start + int(n * interval)
-            now = time.monotonic_ns()
-            if due > now:
-                await asyncio.sleep((due - now) / 1e9)
+        async for n, _ in paced(count, rate, time.monotonic_ns() + 10_000_000):
             dst = dsts[(n // 2) % len(dsts)]
             payload = f"{phase} {time.monotonic_ns()}".encode()
             if n % 2 == 0:
@@ -796,17 +804,9 @@ class LoadGen:
         subjects: list[str] = args["subjects"]
         rng = random.Random(int(args.get("seed", 1)))
         count = max(1, int(rate * float(args["duration"])))
-        interval = 1e9 / rate
         lags_us: list[int] = []
         per_subject: dict[str, int] = {}
-        start = time.monotonic_ns() + 10_000_000
-        for n in range(count):
-            due = start + int(n * interval)
-            now = time.monotonic_ns()
-            if due > now:
-                await asyncio.sleep((due - now) / 1e9)
-                now = time.monotonic_ns()
-            lags_us.append(max(0, now - due) // 1000)
+        async for _ in paced(count, rate, time.monotonic_ns() + 10_000_000, lags_us):
             subject = subjects[rng.randrange(len(subjects))]
             per_subject[subject] = per_subject.get(subject, 0) + 1
             await nc.publish(subject, f"{phase} {time.monotonic_ns()}".encode())

@@ -1345,9 +1345,10 @@ async def run_flood(ctx: Context) -> dict[str, Any]:
             flooded, flooded_failed = await _calm_phase(calm, channel_id, "flooded")
             out, _ = await proc.communicate()
             seconds = time.perf_counter() - t0
-            outcomes = json.loads(out.decode() or "{}")
-            flood_cpu_s = outcomes.pop("cpu_s", None)
-            flood_seconds = outcomes.pop("seconds", None) or seconds
+            report = json.loads(out.decode() or "{}")
+            outcomes = report.get("outcomes", {})
+            flood_cpu_s = report.get("cpu_s")
+            flood_seconds = report.get("seconds") or seconds
     finally:
         await calm.close()
     a, f = summarize(alone), summarize(flooded)

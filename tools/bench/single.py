@@ -582,25 +582,38 @@ async def run_single(ctx: Context, plan: SinglePlan) -> dict[str, Any]:
             ghz_build.cancel()
 
 
+def _cut(users: list[str], size: int) -> list[list[str]]:
+    """``users`` in consecutive groups of ``size`` (the last may be smaller)."""
+    return [users[i : i + size] for i in range(0, len(users), size)]
+
+
+async def _create(
+    gen: LoadGenProcess, name: str, groups: list[list[str]], *, concurrency: int = 16,
+    timeout: float = 600,
+) -> list[str]:  # fmt: skip
+    """One channel per group (its first member creates it); their ids, in order."""
+    created = await gen.call(
+        "create_channels",
+        {
+            "channels": [
+                {"name": f"{name} {i}", "creator": g[0], "members": g} for i, g in enumerate(groups)
+            ],
+            "concurrency": concurrency,
+        },
+        timeout=timeout,
+    )
+    return list(created["channel_ids"])
+
+
 async def _measure(s: _Single, ghz_build: asyncio.Task[Path]) -> dict[str, Any]:
     ctx, plan = s.ctx, s.plan
     primary = ctx.gens[ctx.primary]
     result: dict[str, Any] = {"status": "ok", "plan": dataclasses.asdict(plan)}
     # Users and channels: user i is in channel i // channel_size; receivers take turns.
     users = [f"u-{ctx.primary}-{i:05d}" for i in range(plan.streams)]
-    groups = [users[i : i + plan.channel_size] for i in range(0, len(users), plan.channel_size)]
+    groups = _cut(users, plan.channel_size)
     t0 = time.monotonic()
-    created = await primary.call(
-        "create_channels",
-        {
-            "channels": [
-                {"name": f"single {i}", "creator": g[0], "members": g} for i, g in enumerate(groups)
-            ],
-            "concurrency": 16,
-        },
-        timeout=600,
-    )
-    s.channels = list(created["channel_ids"])
+    s.channels = await _create(primary, "single", groups)
     s.members = dict(zip(s.channels, groups, strict=True))
     channel_index = {ch: i for i, ch in enumerate(s.channels)}
     s.users_of = {i: users[i :: plan.receivers] for i in range(plan.receivers)}
@@ -762,40 +775,15 @@ async def _measure(s: _Single, ghz_build: asyncio.Task[Path]) -> dict[str, Any]:
 
     # SendMessage: users without streams (no deliveries), user i in channel i // size.
     senders = [f"s-{ctx.primary}-{i:05d}" for i in range(plan.send_users)]
-    sgroups = [
-        senders[i : i + plan.channel_size] for i in range(0, len(senders), plan.channel_size)
-    ]
-    screated = await primary.call(
-        "create_channels",
-        {
-            "channels": [
-                {"name": f"send {i}", "creator": g[0], "members": g} for i, g in enumerate(sgroups)
-            ],
-            "concurrency": 16,
-        },
-        timeout=600,
-    )
-    send_choices = [
-        [u, ch] for ch, g in zip(screated["channel_ids"], sgroups, strict=True) for u in g
-    ]
+    sgroups = _cut(senders, plan.channel_size)
+    send_channels = await _create(primary, "send", sgroups)
+    send_choices = [[u, ch] for ch, g in zip(send_channels, sgroups, strict=True) for u in g]
     keys = KeyDirectory(ctx.mesh.run_dir / "keys")
     ghz_user = sgroups[0][0]
-    ghz_channels = [
-        ch for ch, g in zip(screated["channel_ids"], sgroups, strict=True) if ghz_user in g
-    ]
+    ghz_channels = [ch for ch, g in zip(send_channels, sgroups, strict=True) if ghz_user in g]
     # The ghz user is a member of its own channel only; give it more channels to spread over.
-    extra = await primary.call(
-        "create_channels",
-        {
-            "channels": [
-                {"name": f"ghz {i}", "creator": ghz_user, "members": [ghz_user, *g[1:]]}
-                for i, g in enumerate(sgroups[1:16])
-            ],
-            "concurrency": 8,
-        },
-        timeout=300,
-    )
-    ghz_channels += list(extra["channel_ids"])
+    ghz_groups = [[ghz_user, *g[1:]] for g in sgroups[1:16]]
+    ghz_channels += await _create(primary, "ghz", ghz_groups, concurrency=8, timeout=300)
     try:
         built = await asyncio.wait_for(asyncio.shield(ghz_build), 300)
         ghz_status = f"ghz {built.name.split('-', 1)[1]}"
@@ -810,7 +798,7 @@ async def _measure(s: _Single, ghz_build: asyncio.Task[Path]) -> dict[str, Any]:
         for c in plan.concurrencies:
             if binary is not None:
                 await _settle(s, idle_pct)
-                data = [
+                data: list[dict[str, Any]] = [
                     {
                         "channel_id": ch,
                         "text": "ghz {{.RequestNumber}}",
@@ -841,17 +829,7 @@ async def _measure(s: _Single, ghz_build: asyncio.Task[Path]) -> dict[str, Any]:
     hgroups = sgroups[16 : 16 + plan.history_channels] or sgroups[: plan.history_channels]
     # One reader (ghz's user) is a member of every history channel.
     hgroups = [[hgroups[0][0], *g[1:]] for g in hgroups]
-    hcreated = await primary.call(
-        "create_channels",
-        {
-            "channels": [
-                {"name": f"history {i}", "creator": g[0], "members": g}
-                for i, g in enumerate(hgroups)
-            ]
-        },
-        timeout=120,
-    )
-    hchannels: list[str] = hcreated["channel_ids"]
+    hchannels = await _create(primary, "history", hgroups, timeout=120)
     for ch, g in zip(hchannels, hgroups, strict=True):
         seeded = await primary.call(
             "seed_history",

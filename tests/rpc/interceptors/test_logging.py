@@ -15,6 +15,7 @@ from mesh.core.auth import KeyDirectory, TokenVerifier, mint
 from mesh.core.errors import NotFound
 from mesh.rpc.interceptors import AccessLog, Authenticator, ErrorMapper, Validator
 from mesh.rpc.interceptors._throttle import Throttle
+from tests.helpers import eventually
 
 REQ = qpb.GetHistoryRequest(channel_id="ch_" + "a" * 26)
 
@@ -77,9 +78,7 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def _logged(caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
     """The access lines once there are ``count``: grpc.aio's abort sends the status before
     it raises, so a client can see an error a moment before the server logs it."""
-    async with asyncio.timeout(10):
-        while len(_access_lines(caplog)) < count:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: len(_access_lines(caplog)) >= count, what=f"{count} access lines")
     return _access_lines(caplog)
 
 
