@@ -14,7 +14,11 @@ would silently acknowledge events nobody processed. The consumer therefore
 tracks the last stream sequence it handed over (starting from the durable's
 ack floor), drops anything at or below it, and reads any hole directly from the
 stream (:meth:`~mesh.bus.interfaces.JetStream.get_msg`, a direct get) before
-handing over what follows.
+handing over what follows. What the stream does not hold is asked of the leader
+of its origin (the stream a mirror copies: after a WAN cut nats-server may leave
+a mirror with a hole where EVENTS has messages) or of the stream itself; only
+what no leader holds (aged out, deleted) is left out. While no leader answers
+the consumer waits and asks again: it never moves past a message that may exist.
 
 It works over the :mod:`mesh.bus.interfaces` Protocols (a :class:`NatsBus`
 in production), so these rules have unit tests without a server.
@@ -36,6 +40,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
@@ -44,6 +49,17 @@ from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
 __all__ = ["PullConsumer", "stream_seq_of"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_FILL_CONCURRENCY = 64
+"""Direct reads of a hole in flight at once (one round trip each, across the WAN for a mirror)."""
+_RETRY_LOG_EVERY = 10.0
+"""Seconds between log lines while a hole cannot be read."""
+
+
+class _Stopped(Exception):
+    """:meth:`PullConsumer.stop` was called while a hole was being read."""
 
 
 def stream_seq_of(msg: Message) -> int:
@@ -76,6 +92,7 @@ class PullConsumer:
         filter_subject: str | None = None,
         idle_heartbeat: float = 2.0,
         expires: float = 30.0,
+        origin: str | None = None,
     ) -> None:
         """Describes the consumer.
 
@@ -94,6 +111,8 @@ class PullConsumer:
             filter_subject: Only messages on this subject.
             idle_heartbeat: Server heartbeat interval of a pull request.
             expires: Lifetime of one pull request.
+            origin: The stream ``stream`` mirrors (EVENTS for a region's mirror),
+                read through ``jetstream`` for what a hole's direct reads miss.
         """
         self.bus = bus
         self.jetstream = jetstream
@@ -106,9 +125,13 @@ class PullConsumer:
         self.filter_subject = filter_subject
         self.idle_heartbeat = idle_heartbeat
         self.expires = expires
+        self.origin = origin
         self.delivered = 0
         self.last_stream_seq = 0
+        self.holes_filled = 0
+        """Messages the stream lacked and its origin's leader supplied."""
         self._stopped = asyncio.Event()
+        self._retry_logged_at = -_RETRY_LOG_EVERY
 
     def config(self) -> ConsumerConfig:
         """The consumer's JetStream configuration."""
@@ -152,19 +175,57 @@ class PullConsumer:
         self._stopped.set()
 
     async def _fill(self, first_missing: int, up_to: int) -> list[StreamMsg]:
-        """Messages ``first_missing``..``up_to`` read directly from the stream."""
+        """Messages ``first_missing``..``up_to`` that the consumer skipped, read directly.
+
+        Each from the stream (a direct get); what it lacks, from the leader of
+        ``origin`` or else of the stream. Left out only if that leader does not
+        hold it either; while nothing answers, asked again until :meth:`stop`.
+
+        Raises:
+            _Stopped: :meth:`stop` was called meanwhile.
+        """
+        source = self.origin or self.stream
         if up_to - first_missing > 1000:
             # Skip what the stream no longer has (age/size limits) rather than
             # asking for every missing sequence.
-            first_missing = max(first_missing, await self.jetstream.first_seq(self.stream))
-        filled = []
-        for seq in range(first_missing, up_to + 1):
-            msg = await self.jetstream.get_msg(self.stream, seq)
-            if msg is not None:
-                filled.append(msg)
-        logger.info("consumer %s/%s: read %d-%d directly from the stream (redelivery gap)",
-                    self.stream, self.durable, first_missing, up_to)  # fmt: skip
+            first = await self._patiently(lambda: self.jetstream.first_seq(source))
+            first_missing = max(first_missing, first)
+        seqs = range(first_missing, up_to + 1)
+        got: list[StreamMsg | None] = []
+        for i in range(0, len(seqs), _FILL_CONCURRENCY):
+            chunk = seqs[i : i + _FILL_CONCURRENCY]
+            got += await asyncio.gather(*(self._read(seq) for seq in chunk))
+        filled = [msg for msg in got if msg is not None]
+        logger.info(
+            "consumer %s/%s: read %d-%d directly (a redelivery gap or a hole), %d held nowhere",
+            self.stream, self.durable, first_missing, up_to, len(seqs) - len(filled),
+        )  # fmt: skip
         return filled
+
+    async def _read(self, seq: int) -> StreamMsg | None:
+        msg = await self._patiently(lambda: self.jetstream.get_msg(self.stream, seq))
+        if msg is None:
+            source = self.origin or self.stream
+            msg = await self._patiently(lambda: self.jetstream.get_msg(source, seq, leader=True))
+            if msg is not None and self.origin is not None:
+                self.holes_filled += 1
+        return msg
+
+    async def _patiently(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        delay = 0.1
+        while True:
+            try:
+                return await read()
+            except Exception as exc:  # noqa: BLE001 - a timeout, no responders: asked again
+                if self._stopped.is_set():
+                    raise _Stopped from None
+                now = asyncio.get_running_loop().time()
+                if now - self._retry_logged_at >= _RETRY_LOG_EVERY:
+                    self._retry_logged_at = now
+                    logger.warning("consumer %s/%s: a hole cannot be read yet (%r); waiting",
+                                   self.stream, self.durable, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def run(self) -> None:
         """Consumes until :meth:`stop` (or the handler raises)."""
@@ -235,7 +296,10 @@ class PullConsumer:
                     if seq < expected:
                         continue  # a redelivery of something already handled
                     if seq > expected:
-                        batch += await self._fill(expected, seq - 1)
+                        try:
+                            batch += await self._fill(expected, seq - 1)
+                        except _Stopped:
+                            return  # nothing handed over or acknowledged: redelivered next run
                     batch.append(StreamMsg(msg.data, seq, msg.subject))
                 if batch:
                     await self.handler(batch)

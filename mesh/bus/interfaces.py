@@ -179,8 +179,22 @@ class EventPublisher(Protocol):
 class JetStream(Protocol):
     """Direct reads of a stream, and its durable consumers."""
 
-    async def get_msg(self, stream: str, seq: int, *, timeout: float = 5.0) -> StreamMsg | None:
-        """The message at stream sequence ``seq`` (None if deleted, expired or not yet there)."""
+    async def get_msg(
+        self, stream: str, seq: int, *, timeout: float = 5.0, leader: bool = False
+    ) -> StreamMsg | None:
+        """The message at stream sequence ``seq`` (None if deleted, expired or not yet there).
+
+        Args:
+            stream: The stream.
+            seq: Its stream sequence.
+            timeout: Seconds to wait for an answer.
+            leader: Ask the stream's leader (``STREAM.MSG.GET``) rather than any
+                server holding a copy (a direct get, which a lagging replica or
+                a mirror of the stream may answer from what it has).
+
+        Raises:
+            Exception: No server answered (a timeout, no responders): unknown, not absent.
+        """
         ...
 
     async def get_last_msg(

@@ -115,9 +115,11 @@ class NatsBus:
 
     # -- JetStream ---------------------------------------------------------------------
 
-    async def get_msg(self, stream: str, seq: int, *, timeout: float = 5.0) -> StreamMsg | None:
+    async def get_msg(
+        self, stream: str, seq: int, *, timeout: float = 5.0, leader: bool = False
+    ) -> StreamMsg | None:
         try:
-            raw = await self._jsm(timeout).get_msg(stream, seq, direct=True)
+            raw = await self._jsm(timeout).get_msg(stream, seq, direct=not leader)
         except NotFoundError:
             return None
         return StreamMsg(raw.data or b"", raw.seq or seq, raw.subject or "")

@@ -52,6 +52,12 @@ BEHIND = Gauge(
 STALLED = Gauge(
     "chatmesh_replication_stalled", "1 while the mirror is behind and not moving", ["mirror"]
 )
+HOLES = Gauge(
+    "chatmesh_replication_holes_messages",
+    "Messages missing inside the mirror that its source holds (mirror deleted - source deleted);"
+    " the worker reads them from the source",
+    ["mirror"],
+)
 REPAIRS = Counter(
     "chatmesh_replication_repairs_total", "Repairs of a stalled mirror", ["mirror", "action"]
 )
@@ -115,6 +121,8 @@ class ReplicationMonitor:
         self._still_since = time.monotonic()
         self._caught_up_at = time.monotonic()
         self._repaired_at = 0.0
+        self.holes = 0
+        """Messages missing inside the mirror at the last sample (see ``HOLES``)."""
 
     async def _info(self, stream: str) -> dict[str, Any]:
         reply = await self.nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=2.0)
@@ -133,9 +141,22 @@ class ReplicationMonitor:
         except Exception:  # noqa: BLE001 - the mirror's servers are down: unknown
             mirror_last = -1
         try:
-            source_last = int((await self._info(EVENTS_STREAM))["state"]["last_seq"])
+            source_state = (await self._info(EVENTS_STREAM))["state"]
+            source_last = int(source_state["last_seq"])
         except Exception:  # noqa: BLE001 - the gateway is cut: unknown
-            source_last = -1
+            source_last, source_state = -1, None
+        if source_state is not None and mirror_last >= 0:
+            holes = max(
+                0,
+                int(mirror_info["state"].get("num_deleted", 0))
+                - int(source_state.get("num_deleted", 0)),
+            )
+            if holes > self.holes:
+                logger.warning("mirror %s lacks %d messages its source holds (a hole after a "
+                               "cut); its worker reads them from %s", self.mirror, holes,
+                               EVENTS_STREAM)  # fmt: skip
+            self.holes = holes
+            HOLES.labels(self.mirror).set(holes)
         if mirror_last != self._seen:
             self._seen, self._still_since = mirror_last, now
         if 0 <= source_last <= mirror_last:

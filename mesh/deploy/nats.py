@@ -73,7 +73,8 @@ def consumer_permissions(stream: str, consumer: str) -> list[str]:
     """JetStream API subjects a user needs to run one durable pull consumer, and no more.
 
     Create (or find) that consumer, pull from it, ack its deliveries, read the
-    stream's info and holes left by redelivery (DIRECT.GET). No other consumer
+    stream's info and holes left by redelivery (DIRECT.GET, and MSG.GET from the
+    stream's leader for what a direct get did not find). No other consumer
     of the stream can be created, read or deleted, nor can any consumer be
     deleted, and no ephemeral consumer can be made.
     """
@@ -82,6 +83,7 @@ def consumer_permissions(stream: str, consumer: str) -> list[str]:
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
         f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
@@ -96,11 +98,13 @@ def mirror_monitor_permissions(region: str) -> list[str]:
 
     It compares the mirror with EVENTS (stream info of both) and, when the
     mirror stalls, re-creates the mirror's own durable consumer on EVENTS
-    (``mesh.bus.replication``): that one consumer only, never a delete.
+    (``mesh.bus.replication``): that one consumer only, never a delete. The
+    worker reads a hole in its mirror from EVENTS's leader (MSG.GET).
     """
     consumer = mirror_consumer_name(region)
     return [
         f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.{consumer}",
         f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{consumer}",
         f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{consumer}",

@@ -28,8 +28,11 @@ async def main(cfg: WorkerConfig) -> None:
     metadata = await open_metadata(cfg.metadata_store) if cfg.metadata_store else None
     projector = Projector(history, metadata)
     bus = NatsBus(nc)
+    # A secondary's mirror may hold a hole where EVENTS has messages: those are
+    # read from EVENTS's leader (across the gateway) before anything after them.
+    origin = EVENTS_STREAM if cfg.stream != EVENTS_STREAM else None
     consumer = PullConsumer(
-        bus, bus, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch
+        bus, bus, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch, origin=origin
     )
     await consumer.ensure()
     # Health and metrics only: a worker has no API of its own.

@@ -130,6 +130,9 @@ class FakeBus:
         """The next this-many ``publish_event`` calls fail (JetStream unavailable)."""
         self.direct_gets: list[tuple[str, int]] = []
         self.fail_direct_gets = False
+        self.leader_gets: list[tuple[str, int]] = []
+        self.fail_leader_gets = 0
+        """The next this-many leader gets time out (the stream's region cut off)."""
         """While True, ``get_msgs_after`` fails as if the stream's region were cut off."""
         self.handler_errors: list[Exception] = []
         self._inbox = itertools.count(1)
@@ -264,8 +267,16 @@ class FakeBus:
 
     # -- JetStream ----------------------------------------------------------------------------
 
-    async def get_msg(self, stream: str, seq: int, *, timeout: float = 5.0) -> StreamMsg | None:
-        self.direct_gets.append((stream, seq))
+    async def get_msg(
+        self, stream: str, seq: int, *, timeout: float = 5.0, leader: bool = False
+    ) -> StreamMsg | None:
+        if leader:
+            self.leader_gets.append((stream, seq))
+            if self.fail_leader_gets > 0:
+                self.fail_leader_gets -= 1
+                raise TimeoutError
+        else:
+            self.direct_gets.append((stream, seq))
         m = self.streams[stream].messages.get(seq)
         return None if m is None else StreamMsg(m.data, m.seq, m.subject)
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.js.api import StreamSource
 
 from mesh.bus.eventbus import PullConsumer
 from mesh.bus.interfaces import Message, StreamMsg
@@ -154,3 +155,54 @@ async def test_messages_after_a_stream_seq_are_read_by_subject_from_the_stream(
         -1
     ] <= acks[2].seq  # a batch stops at its size
     assert await notification.get_msgs_after(EVENTS_STREAM, a, acks[4].seq + 1) == []
+
+
+async def test_a_hole_in_a_mirror_is_read_from_the_origins_leader(single: Mesh) -> None:
+    """A mirror lacking a message EVENTS holds: the consumer hands it over in place.
+
+    nats-server can leave such a hole in a region's mirror after a WAN cut (the
+    eu worker then applied past messages it never had). Here the hole is made by
+    deleting one message from a mirror; the consumer skips deleted messages, so
+    PullConsumer sees the gap, its direct get on the mirror finds nothing, and
+    the leader of EVENTS supplies it.
+    """
+    command = await _bus(single, "command")
+    admin = await _bus(single, "admin")
+    subject = Subjects.channel_events("ch_natsbus_hole")
+    acks = [
+        await command.publish_event(subject, f"h{i}".encode(), f"natsbus-hole-{i}")
+        for i in range(5)
+    ]
+    mirror = "EVENTS_HOLE_TEST"
+    jsm = admin.nc.jsm()
+    await jsm.add_stream(name=mirror, mirror=StreamSource(name=EVENTS_STREAM), allow_direct=True)
+
+    async def mirrored() -> bool:
+        return (await jsm.stream_info(mirror)).state.last_seq >= acks[-1].seq
+
+    await eventually(mirrored, timeout=20, what="the mirror to catch up")
+    hole = acks[2].seq
+    await jsm.delete_msg(mirror, hole)
+    assert await admin.get_msg(mirror, hole) is None
+
+    got: list[StreamMsg] = []
+
+    async def handle(msgs: list[StreamMsg]) -> None:
+        got.extend(m for m in msgs if m.subject == subject)
+
+    consumer = PullConsumer(admin, admin, mirror, "hole-test", handle, origin=EVENTS_STREAM)
+    await consumer.ensure()
+    task = asyncio.create_task(consumer.run())
+
+    async def all_handed() -> bool:
+        return len(got) == len(acks)
+
+    try:
+        await eventually(all_handed, timeout=20, what="every message of the channel")
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+        await jsm.delete_stream(mirror)
+    assert [m.stream_seq for m in got] == [a.seq for a in acks]
+    assert [m.data for m in got] == [f"h{i}".encode() for i in range(5)]
+    assert consumer.holes_filled == 1

@@ -24,8 +24,9 @@ DURABLE = "c"
 class Recorder:
     """The consumer's handler: records batches, and a trace line before returning."""
 
-    def __init__(self, bus: FakeBus) -> None:
+    def __init__(self, bus: FakeBus, stream: str = EVENTS_STREAM) -> None:
         self.bus = bus
+        self.stream = stream
         self.batches: list[list[int]] = []
         self.subjects: list[str] = []
         self.fail_next = False
@@ -33,7 +34,7 @@ class Recorder:
 
     async def __call__(self, msgs: list[StreamMsg]) -> None:
         seqs = [m.stream_seq for m in msgs]
-        self.floor_seen.append(self.bus.consumers[(EVENTS_STREAM, DURABLE)].ack_floor)
+        self.floor_seen.append(self.bus.consumers[(self.stream, DURABLE)].ack_floor)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("handler failed")
@@ -58,13 +59,15 @@ async def bus() -> AsyncIterator[FakeBus]:
 
 
 class Running:
-    def __init__(self, bus: FakeBus, handler: Recorder, floor: int) -> None:
-        bus.consumers[(EVENTS_STREAM, DURABLE)] = Consumer(
+    def __init__(
+        self, bus: FakeBus, handler: Recorder, floor: int, *, origin: str | None = None
+    ) -> None:
+        bus.consumers[(handler.stream, DURABLE)] = Consumer(
             ConsumerConfig(durable_name=DURABLE), ack_floor=floor
         )
         self.bus = bus
         self.consumer = PullConsumer(
-            bus, bus, EVENTS_STREAM, DURABLE, handler, batch=8, idle_heartbeat=60
+            bus, bus, handler.stream, DURABLE, handler, batch=8, idle_heartbeat=60, origin=origin
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -162,6 +165,66 @@ async def test_a_hole_the_stream_no_longer_holds_is_skipped(
     await run.stop()
 
     assert recorder.batches == [[3, 5, 6]]
+    # Absent by the stream's leader too (not a lagging replica's answer): left out.
+    assert bus.leader_gets == [(EVENTS_STREAM, 4)]
+
+
+MIRROR = "EVENTS_EU"
+
+
+def _mirror_with_a_hole(bus: FakeBus, hole: set[int]) -> Recorder:
+    """A mirror of EVENTS (seqs as in EVENTS) lacking ``hole``, as nats-server can leave one."""
+    bus.add_stream(MIRROR, [])
+    mirror = bus.streams[MIRROR]
+    for seq, m in bus.streams[EVENTS_STREAM].messages.items():
+        if seq not in hole:
+            mirror.messages[seq] = m
+    mirror.last_seq = bus.streams[EVENTS_STREAM].last_seq
+    return Recorder(bus, MIRROR)
+
+
+async def test_a_hole_in_a_mirror_is_read_from_its_origins_leader(bus: FakeBus) -> None:
+    # After a WAN cut the mirror's consumer delivered 8 after 2: 3-7 are a hole in
+    # the mirror (4 and 6 not even in the mirror) that EVENTS holds.
+    recorder = _mirror_with_a_hole(bus, {4, 6})
+    run = Running(bus, recorder, floor=2, origin=EVENTS_STREAM)
+    await run.start()
+    await bus.deliver(MIRROR, DURABLE, [8])
+    await until(lambda: "ack 8" in bus.log, "8")
+    await run.stop()
+
+    assert recorder.batches == [[3, 4, 5, 6, 7, 8]]
+    assert bus.direct_gets == [(MIRROR, s) for s in range(3, 8)]
+    assert bus.leader_gets == [(EVENTS_STREAM, 4), (EVENTS_STREAM, 6)]
+    assert run.consumer.holes_filled == 2
+
+
+async def test_a_hole_is_never_skipped_while_the_origin_cannot_answer(bus: FakeBus) -> None:
+    recorder = _mirror_with_a_hole(bus, {4})
+    bus.fail_leader_gets = 3  # the gateway is cut: three reads time out
+    run = Running(bus, recorder, floor=2, origin=EVENTS_STREAM)
+    await run.start()
+    await bus.deliver(MIRROR, DURABLE, [5])
+    await until(lambda: "ack 5" in bus.log, "5")
+    await run.stop()
+
+    assert recorder.batches == [[3, 4, 5]]
+    assert bus.leader_gets == [(EVENTS_STREAM, 4)] * 4
+
+
+async def test_stopping_while_a_hole_cannot_be_read_hands_over_and_acks_nothing(
+    bus: FakeBus,
+) -> None:
+    recorder = _mirror_with_a_hole(bus, {4})
+    bus.fail_leader_gets = 10**9
+    run = Running(bus, recorder, floor=2, origin=EVENTS_STREAM)
+    await run.start()
+    await bus.deliver(MIRROR, DURABLE, [5])
+    await until(lambda: len(bus.leader_gets) >= 2, "retries of the hole")
+    await run.stop()
+
+    assert recorder.batches == []
+    assert not any(line.startswith("ack") for line in bus.log)
 
 
 async def test_a_large_hole_is_read_from_the_streams_first_seq(recorder: Recorder) -> None:
