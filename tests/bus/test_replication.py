@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.bus.replication import REPAIRS, MirrorHealth, ReplicationMonitor, assess
+from mesh.bus.replication import HOLES, REPAIRS, MirrorHealth, ReplicationMonitor, assess
 from mesh.bus.streams import ensure_stream
 from mesh.bus.subjects import EVENTS_STREAM, Subjects
 from mesh.harness.supervisor import Mesh
@@ -86,3 +86,27 @@ async def test_a_stalled_durable_mirror_is_detected_and_repaired(single: Mesh) -
     assert seen[0] in ("ok", "lagging") and "lagging" in seen
     assert seen.index("lagging") < seen.index("stalled") < len(seen) - 1
     assert REPAIRS.labels(MIRROR, "consumer")._value.get() > repairs_before
+
+
+async def test_a_hole_in_the_mirror_is_reported(single: Mesh) -> None:
+    admin = await single.nats_client(single.topology.primary, user="admin")
+    mirror = "EVENTS_HOLES"
+    await ensure_stream(admin, {
+        "name": mirror, "storage": "file", "num_replicas": 1,
+        "mirror": {"name": EVENTS_STREAM,
+                   "consumer": {"name": "mirror-holes", "deliver_subject": "chatmesh.mirror.holes"}},
+    })  # fmt: skip
+    js = admin.jetstream()
+    acks = [await js.publish(Subjects.channel_events("ch_holes"), b"x", stream=EVENTS_STREAM)
+            for _ in range(3)]  # fmt: skip
+    monitor = ReplicationMonitor(admin, mirror, interval=0.2, repair=False)
+
+    async def caught_up() -> bool:
+        return (await monitor.sample()).state == "ok"
+
+    await eventually(caught_up, timeout=30, interval=0.2, what="the mirror caught up")
+    assert monitor.holes == 0
+    await admin.jsm().delete_msg(mirror, acks[1].seq)
+    await monitor.sample()
+    assert monitor.holes == 1
+    assert HOLES.labels(mirror)._value.get() == 1

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from mesh.bus.connection import connect
+from mesh.bus.natsbus import NatsBus
 from mesh.bus.replication import ReplicationMonitor
 from mesh.bus.streams import ensure_mirror_consumer
 from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
@@ -183,6 +184,11 @@ async def test_a_secondary_worker_may_watch_and_repair_its_mirror_and_nothing_mo
         # The repair: the mirror's own consumer, re-created with its own config (idempotent).
         raw = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{mirror}", b"", timeout=5)).data)
         await ensure_mirror_consumer(nc, raw["config"], timeout=10)
+        # A hole in its mirror: read from EVENTS's leader (not a direct get, which
+        # the mirror itself would answer).
+        bus = NatsBus(nc)
+        first = max(1, await bus.first_seq(EVENTS_STREAM))  # 0 while EVENTS is empty
+        await bus.get_msg(EVENTS_STREAM, first, leader=True, timeout=5)  # a denial: a timeout
         assert not errors
         # Any other consumer on EVENTS: refused.
         with pytest.raises(nats.errors.TimeoutError):
