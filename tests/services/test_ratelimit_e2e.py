@@ -84,7 +84,17 @@ async def test_a_send_flood_is_refused_and_other_users_are_served(
         # The other user's sends all went through, flood or not.
         assert all(not r.duplicate for r in calm_results)
         # Nothing was stored for a refused send: history holds exactly the accepted ones.
-        messages = await calm.all_history(channel, page=100)
+        # eu's history applies its mirror a moment after the acks: wait until it holds
+        # every acknowledged message, then compare.
+        acked = {r.message.message_id for r in [*accepted, *calm_results]}
+        messages: list[object] = []
+
+        async def applied() -> bool:
+            nonlocal messages
+            messages = await calm.all_history(channel, page=100)
+            return acked <= {m.message_id for m in messages}
+
+        await eventually(applied, timeout=30, what="eu's history to hold every acked send")
         flood_texts = {m.text for m in messages if m.sender_user_id == "rl-flood"}
         assert flood_texts == {r.message.text for r in accepted}
         assert sum(1 for m in messages if m.sender_user_id == "rl-calm") == 5
