@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
 from mesh.bus.interfaces import Bus, EventPublisher, JetStream
@@ -48,7 +48,7 @@ from mesh.core.events import new_event, now_ms
 from mesh.core.ratelimit import RateLimiter
 from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
 
-__all__ = ["Commands"]
+__all__ = ["Commands", "FairLock"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +64,101 @@ def dedup_id(event: events_pb2.Event) -> str:
     return event.event_id
 
 
+REPAIR = ""
+"""The caller name of the republisher's turns at a channel lock (no user id is empty)."""
+
+
+class FairLock:
+    """A mutex whose waiters are served round-robin by caller, FIFO within a caller.
+
+    The channel lock of :meth:`Commands._commit`: every write to a channel holds it
+    through its log append and JetStream's ack (a few milliseconds), so a channel's
+    writes run one at a time. With a plain FIFO lock a user who gets a burst of
+    commands admitted at once (the send bucket's burst, or a flood's refill) queues
+    them all ahead of every other member's next message, which then waits for the
+    whole burst: one flooder on a shared channel made a calm member's send take
+    ~200 ms (docs/benchmarks.md, flood). Served round-robin, another user waits for
+    at most one write of each user already queued, whatever their backlog; a
+    user's own commands keep their order. Which waiter goes next changes nothing
+    else: the seq is taken under the lock.
+
+    Example:
+        >>> async def demo() -> list[str]:
+        ...     lock, order = FairLock(), []
+        ...     async def write(who: str) -> None:
+        ...         async with lock.hold(who):
+        ...             order.append(who)
+        ...             await asyncio.sleep(0)
+        ...     await asyncio.gather(*(write(w) for w in ["hog", "hog", "hog", "calm"]))
+        ...     return order
+        >>> asyncio.run(demo())
+        ['hog', 'hog', 'calm', 'hog']
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
+        """Callers with queued waiters, in the order they are served next."""
+
+    def locked(self) -> bool:
+        """True while held or waited for."""
+        return self._held or bool(self._waiters)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, caller: str) -> AsyncIterator[None]:
+        """Holds the lock for ``caller`` (queued behind one turn of each other caller)."""
+        await self._acquire(caller)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, caller: str) -> None:
+        if not self.locked():
+            self._held = True
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiters.get(caller)
+        if queue is None:
+            queue = self._waiters[caller] = deque()
+        queue.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # granted just as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # already skipped by _release
+                    queue.remove(future)
+                if not queue and self._waiters.get(caller) is queue:
+                    del self._waiters[caller]
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            caller, queue = next(iter(self._waiters.items()))
+            future = queue.popleft()
+            # This caller's next turn comes after every other queued caller's.
+            del self._waiters[caller]
+            if queue:
+                self._waiters[caller] = queue
+            if not future.done():
+                future.set_result(None)  # stays held: handed over
+                return
+        self._held = False
+
+
 class _Locks:
-    """One asyncio.Lock per channel, forgetting idle ones (bounded memory)."""
+    """One :class:`FairLock` per channel, forgetting idle ones (bounded memory)."""
 
     def __init__(self, keep: int = 50_000) -> None:
-        self._locks: OrderedDict[str, asyncio.Lock] = OrderedDict()
+        self._locks: OrderedDict[str, FairLock] = OrderedDict()
         self._keep = keep
 
-    def get(self, key: str) -> asyncio.Lock:
+    def get(self, key: str) -> FairLock:
         lock = self._locks.get(key)
         if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
+            lock = self._locks[key] = FairLock()
             while len(self._locks) > self._keep:
                 oldest, old = next(iter(self._locks.items()))
                 if old.locked():
@@ -279,24 +363,28 @@ class Commands:
         """
         channels = sorted({entry.channel_id for entry in await self.log.unpublished()})
         for channel_id in channels:
-            async with self._locks.get(channel_id):
+            async with self._locks.get(channel_id).hold(REPAIR):
                 await self._flush_channel(channel_id)
         return len(channels)
 
     async def _commit(
         self,
         channel_id: str,
+        user: str,
         build: Callable[[int], events_pb2.Event],
         *,
         idempotency_key: str | None = None,
         check: Callable[[], object] | None = None,
     ) -> tuple[events_pb2.Event, bool]:
-        """Runs the write path for one channel event; returns ``(event, was_duplicate)``."""
+        """Runs the write path for one channel event; returns ``(event, was_duplicate)``.
+
+        ``user`` is whose turn it is at the channel's lock (:class:`FairLock`).
+        """
         self.admit()
         self.inflight += 1
         try:
             return await self._commit_locked(
-                channel_id, build, idempotency_key=idempotency_key, check=check
+                channel_id, user, build, idempotency_key=idempotency_key, check=check
             )
         finally:
             self.inflight -= 1
@@ -304,12 +392,13 @@ class Commands:
     async def _commit_locked(
         self,
         channel_id: str,
+        user: str,
         build: Callable[[int], events_pb2.Event],
         *,
         idempotency_key: str | None,
         check: Callable[[], object] | None,
     ) -> tuple[events_pb2.Event, bool]:
-        async with self._locks.get(channel_id):
+        async with self._locks.get(channel_id).hold(user):
             await self._flush_channel(channel_id)
             if idempotency_key is not None:
                 existing = await self.log.by_idempotency_key(idempotency_key)
@@ -420,7 +509,7 @@ class Commands:
             ch.last_seq = seq
             return event
 
-        event, duplicate = await self._commit(channel_id, build, idempotency_key=key)
+        event, duplicate = await self._commit(channel_id, user, build, idempotency_key=key)
         created = event.channel_created.channel
         if duplicate and (
             created.name != req.name
@@ -458,7 +547,7 @@ class Commands:
             event.member_joined.user_id = user
             return event
 
-        await self._commit(req.channel_id, build, check=check)
+        await self._commit(req.channel_id, user, build, check=check)
         channel = await self.metadata.channel(req.channel_id)
         assert channel is not None
         return pb.JoinChannelResponse(channel=channel)
@@ -474,7 +563,7 @@ class Commands:
             return event
 
         await self._commit(
-            req.channel_id, build, check=lambda: self._require_member(req.channel_id, user)
+            req.channel_id, user, build, check=lambda: self._require_member(req.channel_id, user)
         )
         return pb.LeaveChannelResponse()
 
@@ -501,6 +590,7 @@ class Commands:
 
         event, duplicate = await self._commit(
             req.channel_id,
+            user,
             build,
             idempotency_key=key,
             check=lambda: self._require_member(req.channel_id, user),
@@ -540,7 +630,7 @@ class Commands:
             m.client_msg_id = ""
             return event
 
-        event, _ = await self._commit(req.channel_id, build, check=check)
+        event, _ = await self._commit(req.channel_id, user, build, check=check)
         return pb.EditMessageResponse(message=event.message_edited.message)
 
     async def delete_message(
@@ -564,7 +654,7 @@ class Commands:
             return event
 
         with contextlib.suppress(_AlreadyDeleted):
-            await self._commit(req.channel_id, build, check=check)
+            await self._commit(req.channel_id, user, build, check=check)
         return pb.DeleteMessageResponse()
 
     async def set_typing(

@@ -6,16 +6,20 @@ open-loop: a send every ``1/RATE`` seconds whatever the answers (at most
 :data:`MAX_IN_FLIGHT` at once; a send that would exceed it is counted as ``skipped``),
 without retries. A fixed rate, not a closed loop, so the flood is the same on a fast
 and a slow machine and the generator does not take a whole core of a shared 2-core
-machine. Prints one JSON object: ``outcomes``, the count of each (``accepted``,
-``RESOURCE_EXHAUSTED/RATE_LIMITED at the edge``, ``RESOURCE_EXHAUSTED/RATE_LIMITED``
-from the Command Service ...), ``cpu_s`` (this process's CPU seconds) and
-``seconds``.
+machine. Prints two JSON lines: ``{"ready": true, "pid": N}`` once its
+connection through the edge is up (a read: no command token spent), just before the
+first send, so the caller can start measuring as the flood (and the burst its bucket
+admits) begins, not while this process is still importing; then ``outcomes``, the
+count of each (``accepted``, ``RESOURCE_EXHAUSTED/RATE_LIMITED at the edge``,
+``RESOURCE_EXHAUSTED/RATE_LIMITED`` from the Command Service ...), ``cpu_s`` (this
+process's CPU seconds) and ``seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -50,8 +54,10 @@ async def flood(
             where = " at the edge" if "at this edge" in err.message else ""
             count(f"{err.code}/{err.reason}{where}")
 
-    cpu0, t0 = time.process_time(), time.perf_counter()
     try:
+        await client.get_channel(channel_id, timeout=10)
+        print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+        cpu0, t0 = time.process_time(), time.perf_counter()
         async for i, _ in paced(int(seconds * rate), rate, time.monotonic_ns()):
             if len(in_flight) >= MAX_IN_FLIGHT:
                 count("skipped")

@@ -148,6 +148,14 @@ def summary_rows(topo: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("flood", "another user's send alone p50 / p99 ms", _lat(fl["alone"])))
         rows.append(("flood", "... during a flood p50 / p99 ms", _lat(fl["during_flood"])))
         fs = fl["summary"]
+        if "calm p50 / p99 ratio, flood / alone" in fs:
+            rows.append(
+                (
+                    "flood",
+                    "... ratio flood / alone p50 / p99",
+                    fs["calm p50 / p99 ratio, flood / alone"],
+                )
+            )
         rows.append(
             (
                 "flood",

@@ -1293,32 +1293,64 @@ FLOOD_RATE = 500.0
 """The flooding user's sends per second (open loop, no retries): 25x the default send limit."""
 
 
-async def _calm_phase(client: ChatClient, channel_id: str, label: str) -> tuple[list[int], int]:
-    """Paced sends of the calm user; returns their latencies (us) and its failures."""
+async def _calm_phase(
+    client: ChatClient, channel_id: str, label: str
+) -> tuple[list[int], int, list[tuple[float, int]]]:
+    """Paced sends of the calm user.
+
+    Returns:
+        Their latencies (us), its failures, and ``(start_s, latency_us)`` of each send,
+        start_s from the phase's start (to line up with the flood's burst).
+    """
     latencies: list[int] = []
+    timeline: list[tuple[float, int]] = []
     failures = 0
-    next_at = time.perf_counter()
+    start = next_at = time.perf_counter()
     for i in range(FLOOD_SENDS):
         next_at += 1 / FLOOD_CALM_RATE
         t0 = time.perf_counter()
         try:
             await client.send_message(channel_id, f"{label} {i}", timeout=10)
             latencies.append(int((time.perf_counter() - t0) * 1e6))
+            timeline.append((round(t0 - start, 3), latencies[-1]))
         except Exception:  # noqa: BLE001 - counted; a calm user's failure is the finding
             failures += 1
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-    return latencies, failures
+    return latencies, failures, timeline
+
+
+FLOOD_CPU_SHOWN = 8
+"""Busiest processes listed per phase in the flood's CPU figures."""
+
+
+def _busiest(cpu: CpuUsage) -> dict[str, float]:
+    return dict(cpu.top(FLOOD_CPU_SHOWN))
+
+
+def _ratios(alone: dict[str, Any], flood: dict[str, Any]) -> str:
+    """``"x1.05 / x1.20"``: the calm user's p50 and p99 during the flood over alone."""
+    parts = []
+    for key in ("p50_ms", "p99_ms"):
+        a, f = alone.get(key), flood.get(key)
+        parts.append(f"x{f / a:.2f}" if a and f else "-")
+    return " / ".join(parts)
 
 
 async def run_flood(ctx: Context) -> dict[str, Any]:
     """A user flooding SendMessage is refused (RATE_LIMITED); another user's sends are timed.
 
-    Both users enter through the primary region's edge; the calm user sends at a steady
-    FLOOD_CALM_RATE, first alone, then while the flooder keeps FLOOD_CONCURRENCY sends in
-    flight with no retries. Reported: the calm user's p50/p99 in both phases and the
-    flooder's accepted and refused counts (the edge's or the Command Service's bucket),
-    its achieved rate and CPU, and the machine's load (a shared 2-core machine: the
-    flooder's own client work competes with the mesh; reported so a reader can tell).
+    Both users enter through the primary region's edge and share one channel (the
+    flooder's admitted sends queue on the same channel lock as the calm user's). The
+    calm user sends at a steady FLOOD_CALM_RATE, first alone, then from the moment the
+    flood generator (its own process, open loop at FLOOD_RATE, no retries) says it is
+    connected, so the measured window always holds the flood's start, when the
+    flooder's bucket admits its whole burst at once. Reported: the calm user's p50/p99
+    in both phases of the same run and their ratio, its slowest sends during the flood
+    (when, from the phase's start), the flooder's accepted and refused counts (the
+    edge's or the Command Service's bucket), its achieved rate and CPU, each phase's
+    busiest processes (% of one core) and the machine's load: on a shared 2-core
+    machine the generator's own client work competes with the mesh, and a reader must
+    be able to tell.
     """
     edge = (ctx.mesh.endpoints.get(ctx.primary) or {}).get("edge")
     if not edge:
@@ -1328,10 +1360,14 @@ async def run_flood(ctx: Context) -> dict[str, Any]:
     calm_user, hog_user = f"flood-calm-{tag}", f"flood-hog-{tag}"
     calm = ChatClient.from_edge(edge, token=mint(keys, calm_user), retry=RetryPolicy.none())
     outcomes: dict[str, int] = {}
+    sampler = ctx.sampler()
+    loadavg_before = os.getloadavg()
     try:
         channel_id = (await calm.create_channel("flood", [hog_user])).channel.channel_id
         with ctx.console.status(f"{ctx.name}: flood: calm user alone"):
-            alone, alone_failed = await _calm_phase(calm, channel_id, "alone")
+            before = sampler.snapshot()
+            alone, alone_failed, _ = await _calm_phase(calm, channel_id, "alone")
+            cpu_alone = sampler.usage(before, sampler.snapshot())
         # The flooder runs in a process of its own: same machine, not the same event loop.
         flood_s = FLOOD_SENDS / FLOOD_CALM_RATE + 1.0
         with ctx.console.status(f"{ctx.name}: flood: calm user under a flood"):
@@ -1341,11 +1377,18 @@ async def run_flood(ctx: Context) -> dict[str, Any]:
                 mint(keys, hog_user), channel_id, str(flood_s), str(FLOOD_RATE),
                 stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            await asyncio.sleep(0.5)  # the flood is on before the calm user starts
-            flooded, flooded_failed = await _calm_phase(calm, channel_id, "flooded")
+            assert proc.stdout is not None
+            # Wait for the generator's connection (its start-up is not the flood), then
+            # measure from its first send on.
+            ready = json.loads((await proc.stdout.readline()).decode() or "{}")
+            if ready.get("pid"):
+                sampler.pids["flood-generator"] = int(ready["pid"])
+            before = sampler.snapshot()
+            flooded, flooded_failed, timeline = await _calm_phase(calm, channel_id, "flooded")
+            cpu_flood = sampler.usage(before, sampler.snapshot())
             out, _ = await proc.communicate()
             seconds = time.perf_counter() - t0
-            report = json.loads(out.decode() or "{}")
+            report = json.loads(out.decode().strip().splitlines()[-1] if out.strip() else "{}")
             outcomes = report.get("outcomes", {})
             flood_cpu_s = report.get("cpu_s")
             flood_seconds = report.get("seconds") or seconds
@@ -1367,6 +1410,10 @@ async def run_flood(ctx: Context) -> dict[str, Any]:
         "calm alone p99_ms": a.get("p99_ms"),
         "calm during flood p50_ms": f.get("p50_ms"),
         "calm during flood p99_ms": f.get("p99_ms"),
+        "calm p50 / p99 ratio, flood / alone": _ratios(a, f),
+        "calm slowest sends during flood (ms at s)": ", ".join(
+            f"{us / 1000:.1f} at {at:.2f}" for at, us in sorted(timeline, key=lambda x: -x[1])[:3]
+        ),
         "calm failures": alone_failed + flooded_failed,
         "flood attempts": attempts,
         "flood attempts_per_s": round(attempts / flood_seconds, 1) if flood_seconds else None,
@@ -1375,7 +1422,16 @@ async def run_flood(ctx: Context) -> dict[str, Any]:
         ),
         "refused at the edge": refused - service_refused,
         "refused by the Command Service": service_refused,
-        "load average": os.getloadavg()[0],
+        "CPU during flood, % of a core": ", ".join(
+            f"{name} {pct:g}" for name, pct in cpu_flood.top(4)
+        ),
+        "machine busy alone / flood, % of all cores (not the mesh)": (
+            f"{cpu_alone.machine_percent:g} ({cpu_alone.background_percent:g}) / "
+            f"{cpu_flood.machine_percent:g} ({cpu_flood.background_percent:g})"
+        ),
+        "load average (1 min) before / after": (
+            f"{loadavg_before[0]:.2f} / {os.getloadavg()[0]:.2f}"
+        ),
         "flood accepted": outcomes.get("accepted", 0),
         "flood refused RATE_LIMITED": refused,
         "flood other errors": attempts - refused - outcomes.get("accepted", 0),
@@ -1386,6 +1442,15 @@ async def run_flood(ctx: Context) -> dict[str, Any]:
         "summary": summary,
         "alone": a,
         "during_flood": f,
+        "during_flood_timeline": timeline,
+        "cpu_percent_of_a_core": {
+            "alone": _busiest(cpu_alone),
+            "during_flood": _busiest(cpu_flood),
+            "machine_alone_percent_of_all_cores": cpu_alone.machine_percent,
+            "machine_during_flood_percent_of_all_cores": cpu_flood.machine_percent,
+            "not_watched_alone_percent_of_all_cores": cpu_alone.background_percent,
+            "not_watched_during_flood_percent_of_all_cores": cpu_flood.background_percent,
+        },
         "flood_outcomes": outcomes,
         "seconds": round(seconds, 2),
         "pngs": [png] if png else [],
