@@ -27,6 +27,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,8 +105,9 @@ class SqliteCommandStore(_Db):
 
     :meth:`mark_published` does not wait: marks need not be durable (an entry
     left unpublished is published again, and JetStream de-duplicates it), so
-    they ride along with the next commit; until then this store's reads treat
-    the entry as published already.
+    they ride along with the next append's commit (or commit alone within a
+    quarter of a second when no append comes); until then this store's reads
+    treat the entry as published already.
     """
 
     DURABLE = True
@@ -312,14 +314,30 @@ class _GroupCommitter:
     committed (or with the write's own error, or the commit's error for every
     write of the batch). A batch holds whatever queued while the previous one
     committed, so batches grow with the load and a lone write waits for nobody.
-    A batch of publish marks only commits with ``synchronous=NORMAL`` (no
-    fsync): marks need not be durable.
+
+    Writes that need not be durable (publish marks) do not wake the writer: they
+    wait for the next durable write and share its transaction, or commit on their
+    own (``synchronous=NORMAL``, no fsync) once the oldest of them has waited
+    ``lazy_delay`` seconds. Each send used to cost two transactions, two
+    wake-ups of this thread and two of the event loop (its append, then its
+    mark); under a steady trickle of sends it now costs one of each (ADR-024).
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, name: str, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        name: str,
+        max_batch: int = 512,
+        lazy_delay: float = 0.25,
+    ) -> None:
         self._conn = conn
         self._max_batch = max_batch
+        self._lazy_delay = lazy_delay
         self._queue: deque[tuple[_Write, asyncio.Future[None]]] = deque()
+        self._lazy: deque[tuple[_Write, asyncio.Future[None]]] = deque()
+        self._lazy_since = 0.0
+        """Monotonic time the oldest queued lazy write arrived."""
         self._wake = threading.Condition()
         self._closing = False
         self.commits = 0
@@ -332,8 +350,14 @@ class _GroupCommitter:
         with self._wake:
             if self._closing:
                 raise RuntimeError("the store is closed")
-            self._queue.append((write, future))
-            self._wake.notify()
+            if write.durable:
+                self._queue.append((write, future))
+                self._wake.notify()
+            else:
+                if not self._lazy:
+                    self._lazy_since = time.monotonic()
+                # No notify: the writer finds it at its next durable batch or timed wake.
+                self._lazy.append((write, future))
         return future
 
     async def close(self) -> None:
@@ -345,11 +369,22 @@ class _GroupCommitter:
     def _take(self) -> list[tuple[_Write, asyncio.Future[None]]] | None:
         with self._wake:
             while not self._queue:
+                if self._lazy and (
+                    self._closing or time.monotonic() - self._lazy_since >= self._lazy_delay
+                ):
+                    break
                 if self._closing:
                     return None
-                self._wake.wait()
+                # Timed: a lazy write queued without waking this thread must not wait
+                # longer than lazy_delay (plus one period) for a durable one.
+                self._wake.wait(self._lazy_delay)
             n = min(len(self._queue), self._max_batch)
-            return [self._queue.popleft() for _ in range(n)]
+            batch = [self._queue.popleft() for _ in range(n)]
+            n = min(len(self._lazy), self._max_batch)
+            batch += [self._lazy.popleft() for _ in range(n)]
+            if self._lazy:
+                self._lazy_since = time.monotonic()
+            return batch
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:

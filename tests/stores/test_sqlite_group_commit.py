@@ -17,6 +17,7 @@ import pytest
 
 from mesh.stores import LogConflict, LogEntry, MessageRecord
 from mesh.stores.sqlite import SqliteCommandStore
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -196,3 +197,28 @@ async def test_a_cancelled_append_returns_only_once_its_write_settled(
     # The write went through: the next command on the channel finds it in the log.
     assert committed_rows(store.path) == [("ch_a", 1, "k1", 0)]
     assert [e.seq for e in await store.unpublished(channel_id="ch_a")] == [1]
+
+
+async def test_a_publish_mark_shares_the_next_appends_commit(store: SqliteCommandStore) -> None:
+    store._writer._lazy_delay = 3600.0  # only the next append may carry the mark
+    await store.append(log_entry("ch_a", 1, "k1"))
+    before = store.commits
+    await store.mark_published("ch_a", 1)
+    await store.append(log_entry("ch_a", 2, "k2"))
+
+    # One transaction (one fsync) held the second entry and the first one's mark.
+    assert store.commits == before + 1
+    assert committed_rows(store.path) == [("ch_a", 1, "k1", 1), ("ch_a", 2, "k2", 0)]
+
+
+async def test_a_publish_mark_reaches_the_file_when_no_append_follows(
+    store: SqliteCommandStore,
+) -> None:
+    await store.append(log_entry("ch_a", 1, "k1"))
+    await store.mark_published("ch_a", 1)
+
+    # Committed on its own, without another write or a close to carry it.
+    await eventually(
+        lambda: committed_rows(store.path) == [("ch_a", 1, "k1", 1)], what="the mark committed"
+    )
+    assert [e.seq for e in await store.unpublished()] == []

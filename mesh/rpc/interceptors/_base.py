@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -109,8 +110,28 @@ class Interceptor(_ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
+        # grpc.aio runs the whole chain for every call to find its handler; what it
+        # builds depends on the method alone (the servicers are fixed once serving),
+        # so it is built once per method and the rest of the chain is not run again.
         method: str = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        wrapped = self._wrap(handler, method)
+        if wrapped is None:  # an unknown method (UNIMPLEMENTED): its name is the caller's, not kept
+            return handler
+        self._handlers[method] = wrapped
+        return wrapped
+
+    @functools.cached_property
+    def _handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """Method -> the handler this interceptor returned for it (registered methods only)."""
+        return {}
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any] | None, method: str
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if handler is None or (
             not self.applies_to_infrastructure and method.startswith(_PASS_THROUGH)
         ):
