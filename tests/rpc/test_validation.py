@@ -61,3 +61,10 @@ _ids = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_
 def test_quick_and_contract_agree(channel_id: str, text: str, client_msg_id: str) -> None:
     req = pb.SendMessageRequest(channel_id=channel_id, text=text, client_msg_id=client_msg_id)
     assert [(v.field, v.rule_id) for v in validation.violations_of(req)] == contract_violations(req)
+
+
+def test_the_quick_check_knows_every_field_of_the_request() -> None:
+    # A field added to SendMessageRequest (with its own rules) must be added to
+    # _send_surely_valid too, or valid-looking requests would skip its rules.
+    fields = [f.name for f in pb.SendMessageRequest.DESCRIPTOR.fields]
+    assert fields == ["channel_id", "text", "client_msg_id"]
