@@ -179,11 +179,20 @@ async def test_the_edge_refuses_a_flood_by_token_subject(dev_mesh: Mesh, auth: A
     try:
         # GetHistory of a channel that does not exist: cheap for the services.
         nope = ids.new("ch")
-        calls = [flood.get_history(nope) for _ in range(3 * limits.edge_burst)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        edge_refusals = [
-            r for r in results if isinstance(r, ResourceExhausted) and "at this edge" in r.message
-        ]
+        # Rounds of 3 bursts at once, until the edge refuses (on a loaded machine one
+        # round may trickle out slower than the bucket refills); at most 5 rounds.
+        results: list[object] = []
+        edge_refusals: list[ResourceExhausted] = []
+        for _ in range(5):
+            calls = [flood.get_history(nope) for _ in range(3 * limits.edge_burst)]
+            results += await asyncio.gather(*calls, return_exceptions=True)
+            edge_refusals = [
+                r
+                for r in results
+                if isinstance(r, ResourceExhausted) and "at this edge" in r.message
+            ]
+            if edge_refusals:
+                break
         assert edge_refusals, "the edge let a flood of one user through"
         assert all(e.reason == "RATE_LIMITED" and e.retry_delay is not None for e in edge_refusals)
         others = {type(r).__name__ for r in results if r not in edge_refusals}
