@@ -184,11 +184,10 @@ class PullConsumer:
         Raises:
             _Stopped: :meth:`stop` was called meanwhile.
         """
-        source = self.origin or self.stream
         if up_to - first_missing > 1000:
             # Skip what the stream no longer has (age/size limits) rather than
             # asking for every missing sequence.
-            first = await self._patiently(lambda: self.jetstream.first_seq(source))
+            first = await self._patiently(lambda: self.jetstream.first_seq(self._source))
             first_missing = max(first_missing, first)
         seqs = range(first_missing, up_to + 1)
         got: list[StreamMsg | None] = []
@@ -202,11 +201,17 @@ class PullConsumer:
         )  # fmt: skip
         return filled
 
+    @property
+    def _source(self) -> str:
+        """The stream whose leader answers for what a direct read misses."""
+        return self.origin or self.stream
+
     async def _read(self, seq: int) -> StreamMsg | None:
         msg = await self._patiently(lambda: self.jetstream.get_msg(self.stream, seq))
         if msg is None:
-            source = self.origin or self.stream
-            msg = await self._patiently(lambda: self.jetstream.get_msg(source, seq, leader=True))
+            msg = await self._patiently(
+                lambda: self.jetstream.get_msg(self._source, seq, leader=True)
+            )
             if msg is not None and self.origin is not None:
                 self.holes_filled += 1
         return msg
