@@ -88,7 +88,7 @@ def _evaluation_failure(message: Message, exc: Exception) -> list[FieldViolation
     ]
 
 
-_CHANNEL_ID = re.compile(r"ch_[0-9a-z]{26}", re.ASCII)
+_CHANNEL_ID = re.compile(r"ch_(?:[a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}", re.ASCII)
 _CLIENT_MSG_ID = re.compile(r"[!-~]{1,64}", re.ASCII)
 _VISIBLE_ASCII = re.compile(r"[!-~]", re.ASCII)
 

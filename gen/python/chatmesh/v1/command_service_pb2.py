@@ -27,7 +27,7 @@ from chatmesh.v1 import channel_pb2 as chatmesh_dot_v1_dot_channel__pb2
 from chatmesh.v1 import message_pb2 as chatmesh_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!chatmesh/v1/command_service.proto\x12\x0b\x63hatmesh.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x19\x63hatmesh/v1/channel.proto\x1a\x19\x63hatmesh/v1/message.proto\"\x9c\x02\n\x14\x43reateChannelRequest\x12\x1d\n\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18\x64R\x04name\x12Y\n\x0fmember_user_ids\x18\x02 \x03(\tB1\xbaH.\x92\x01+\x10\xe8\x07\x18\x01\"$r\"2 ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$R\rmemberUserIds\x12H\n\nvisibility\x18\x03 \x01(\x0e\x32\x1e.chatmesh.v1.ChannelVisibilityB\x08\xbaH\x05\x82\x01\x02\x10\x01R\nvisibility\x12@\n\x11\x63lient_request_id\x18\x04 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^[!-~]{0,64}$R\x0f\x63lientRequestId\"G\n\x15\x43reateChannelResponse\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"M\n\x12JoinChannelRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\"E\n\x13JoinChannelResponse\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"N\n\x13LeaveChannelRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\"\x16\n\x14LeaveChannelResponse\"\xd6\x02\n\x12SendMessageRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\x12\xcc\x01\n\x04text\x18\x02 \x01(\tB\xb7\x01\xbaH\xb3\x01r\x05\x10\x01\x18\xa0\x1f\xba\x01\xa8\x01\n\x0etext.not_blank\x12,text must contain a non-whitespace character\x1ahthis.size() == 0 || !this.matches(\'^[\\\\s\\\\p{Z}\\\\x{85}\\\\x{180E}\\\\x{200B}-\\\\x{200D}\\\\x{2060}\\\\x{FEFF}]*$\')R\x04text\x12\x38\n\rclient_msg_id\x18\x03 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^[!-~]{1,64}$R\x0b\x63lientMsgId\"c\n\x13SendMessageResponse\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate\"\xd6\x02\n\x12\x45\x64itMessageRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\x12\x38\n\nmessage_id\x18\x02 \x01(\tB\x19\xbaH\x16r\x14\x32\x12^msg_[0-9a-z]{26}$R\tmessageId\x12\xcc\x01\n\x04text\x18\x03 \x01(\tB\xb7\x01\xbaH\xb3\x01r\x05\x10\x01\x18\xa0\x1f\xba\x01\xa8\x01\n\x0etext.not_blank\x12,text must contain a non-whitespace character\x1ahthis.size() == 0 || !this.matches(\'^[\\\\s\\\\p{Z}\\\\x{85}\\\\x{180E}\\\\x{200B}-\\\\x{200D}\\\\x{2060}\\\\x{FEFF}]*$\')R\x04text\"E\n\x13\x45\x64itMessageResponse\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\"\x89\x01\n\x14\x44\x65leteMessageRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\x12\x38\n\nmessage_id\x18\x02 \x01(\tB\x19\xbaH\x16r\x14\x32\x12^msg_[0-9a-z]{26}$R\tmessageId\"\x17\n\x15\x44\x65leteMessageResponse\"c\n\x10SetTypingRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\x12\x16\n\x06typing\x18\x02 \x01(\x08R\x06typing\"\x13\n\x11SetTypingResponse\"e\n\x0fMarkReadRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\x12\x19\n\x03seq\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00R\x03seq\"6\n\x10MarkReadResponse\x12\"\n\rlast_read_seq\x18\x01 \x01(\x03R\x0blastReadSeq2\xa0\x05\n\x0e\x43ommandService\x12V\n\rCreateChannel\x12!.chatmesh.v1.CreateChannelRequest\x1a\".chatmesh.v1.CreateChannelResponse\x12P\n\x0bJoinChannel\x12\x1f.chatmesh.v1.JoinChannelRequest\x1a .chatmesh.v1.JoinChannelResponse\x12S\n\x0cLeaveChannel\x12 .chatmesh.v1.LeaveChannelRequest\x1a!.chatmesh.v1.LeaveChannelResponse\x12P\n\x0bSendMessage\x12\x1f.chatmesh.v1.SendMessageRequest\x1a .chatmesh.v1.SendMessageResponse\x12P\n\x0b\x45\x64itMessage\x12\x1f.chatmesh.v1.EditMessageRequest\x1a .chatmesh.v1.EditMessageResponse\x12V\n\rDeleteMessage\x12!.chatmesh.v1.DeleteMessageRequest\x1a\".chatmesh.v1.DeleteMessageResponse\x12J\n\tSetTyping\x12\x1d.chatmesh.v1.SetTypingRequest\x1a\x1e.chatmesh.v1.SetTypingResponse\x12G\n\x08MarkRead\x12\x1c.chatmesh.v1.MarkReadRequest\x1a\x1d.chatmesh.v1.MarkReadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!chatmesh/v1/command_service.proto\x12\x0b\x63hatmesh.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x19\x63hatmesh/v1/channel.proto\x1a\x19\x63hatmesh/v1/message.proto\"\x9c\x02\n\x14\x43reateChannelRequest\x12\x1d\n\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18\x64R\x04name\x12Y\n\x0fmember_user_ids\x18\x02 \x03(\tB1\xbaH.\x92\x01+\x10\xe8\x07\x18\x01\"$r\"2 ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$R\rmemberUserIds\x12H\n\nvisibility\x18\x03 \x01(\x0e\x32\x1e.chatmesh.v1.ChannelVisibilityB\x08\xbaH\x05\x82\x01\x02\x10\x01R\nvisibility\x12@\n\x11\x63lient_request_id\x18\x04 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^[!-~]{0,64}$R\x0f\x63lientRequestId\"G\n\x15\x43reateChannelResponse\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"e\n\x12JoinChannelRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\"E\n\x13JoinChannelResponse\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"f\n\x13LeaveChannelRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\"\x16\n\x14LeaveChannelResponse\"\xee\x02\n\x12SendMessageRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\x12\xcc\x01\n\x04text\x18\x02 \x01(\tB\xb7\x01\xbaH\xb3\x01r\x05\x10\x01\x18\xa0\x1f\xba\x01\xa8\x01\n\x0etext.not_blank\x12,text must contain a non-whitespace character\x1ahthis.size() == 0 || !this.matches(\'^[\\\\s\\\\p{Z}\\\\x{85}\\\\x{180E}\\\\x{200B}-\\\\x{200D}\\\\x{2060}\\\\x{FEFF}]*$\')R\x04text\x12\x38\n\rclient_msg_id\x18\x03 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^[!-~]{1,64}$R\x0b\x63lientMsgId\"c\n\x13SendMessageResponse\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate\"\xee\x02\n\x12\x45\x64itMessageRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\x12\x38\n\nmessage_id\x18\x02 \x01(\tB\x19\xbaH\x16r\x14\x32\x12^msg_[0-9a-z]{26}$R\tmessageId\x12\xcc\x01\n\x04text\x18\x03 \x01(\tB\xb7\x01\xbaH\xb3\x01r\x05\x10\x01\x18\xa0\x1f\xba\x01\xa8\x01\n\x0etext.not_blank\x12,text must contain a non-whitespace character\x1ahthis.size() == 0 || !this.matches(\'^[\\\\s\\\\p{Z}\\\\x{85}\\\\x{180E}\\\\x{200B}-\\\\x{200D}\\\\x{2060}\\\\x{FEFF}]*$\')R\x04text\"E\n\x13\x45\x64itMessageResponse\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\"\xa1\x01\n\x14\x44\x65leteMessageRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\x12\x38\n\nmessage_id\x18\x02 \x01(\tB\x19\xbaH\x16r\x14\x32\x12^msg_[0-9a-z]{26}$R\tmessageId\"\x17\n\x15\x44\x65leteMessageResponse\"{\n\x10SetTypingRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\x12\x16\n\x06typing\x18\x02 \x01(\x08R\x06typing\"\x13\n\x11SetTypingResponse\"}\n\x0fMarkReadRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\x12\x19\n\x03seq\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00R\x03seq\"6\n\x10MarkReadResponse\x12\"\n\rlast_read_seq\x18\x01 \x01(\x03R\x0blastReadSeq2\xa0\x05\n\x0e\x43ommandService\x12V\n\rCreateChannel\x12!.chatmesh.v1.CreateChannelRequest\x1a\".chatmesh.v1.CreateChannelResponse\x12P\n\x0bJoinChannel\x12\x1f.chatmesh.v1.JoinChannelRequest\x1a .chatmesh.v1.JoinChannelResponse\x12S\n\x0cLeaveChannel\x12 .chatmesh.v1.LeaveChannelRequest\x1a!.chatmesh.v1.LeaveChannelResponse\x12P\n\x0bSendMessage\x12\x1f.chatmesh.v1.SendMessageRequest\x1a .chatmesh.v1.SendMessageResponse\x12P\n\x0b\x45\x64itMessage\x12\x1f.chatmesh.v1.EditMessageRequest\x1a .chatmesh.v1.EditMessageResponse\x12V\n\rDeleteMessage\x12!.chatmesh.v1.DeleteMessageRequest\x1a\".chatmesh.v1.DeleteMessageResponse\x12J\n\tSetTyping\x12\x1d.chatmesh.v1.SetTypingRequest\x1a\x1e.chatmesh.v1.SetTypingResponse\x12G\n\x08MarkRead\x12\x1c.chatmesh.v1.MarkReadRequest\x1a\x1d.chatmesh.v1.MarkReadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,29 +43,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECHANNELREQUEST'].fields_by_name['client_request_id']._loaded_options = None
   _globals['_CREATECHANNELREQUEST'].fields_by_name['client_request_id']._serialized_options = b'\272H\021r\0172\r^[!-~]{0,64}$'
   _globals['_JOINCHANNELREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_JOINCHANNELREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_JOINCHANNELREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_LEAVECHANNELREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_LEAVECHANNELREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_LEAVECHANNELREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_SENDMESSAGEREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['text']._loaded_options = None
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['text']._serialized_options = b'\272H\263\001r\005\020\001\030\240\037\272\001\250\001\n\016text.not_blank\022,text must contain a non-whitespace character\032hthis.size() == 0 || !this.matches(\'^[\\\\s\\\\p{Z}\\\\x{85}\\\\x{180E}\\\\x{200B}-\\\\x{200D}\\\\x{2060}\\\\x{FEFF}]*$\')'
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['client_msg_id']._loaded_options = None
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['client_msg_id']._serialized_options = b'\272H\021r\0172\r^[!-~]{1,64}$'
   _globals['_EDITMESSAGEREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_EDITMESSAGEREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_EDITMESSAGEREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_EDITMESSAGEREQUEST'].fields_by_name['message_id']._loaded_options = None
   _globals['_EDITMESSAGEREQUEST'].fields_by_name['message_id']._serialized_options = b'\272H\026r\0242\022^msg_[0-9a-z]{26}$'
   _globals['_EDITMESSAGEREQUEST'].fields_by_name['text']._loaded_options = None
   _globals['_EDITMESSAGEREQUEST'].fields_by_name['text']._serialized_options = b'\272H\263\001r\005\020\001\030\240\037\272\001\250\001\n\016text.not_blank\022,text must contain a non-whitespace character\032hthis.size() == 0 || !this.matches(\'^[\\\\s\\\\p{Z}\\\\x{85}\\\\x{180E}\\\\x{200B}-\\\\x{200D}\\\\x{2060}\\\\x{FEFF}]*$\')'
   _globals['_DELETEMESSAGEREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_DELETEMESSAGEREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_DELETEMESSAGEREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_DELETEMESSAGEREQUEST'].fields_by_name['message_id']._loaded_options = None
   _globals['_DELETEMESSAGEREQUEST'].fields_by_name['message_id']._serialized_options = b'\272H\026r\0242\022^msg_[0-9a-z]{26}$'
   _globals['_SETTYPINGREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_SETTYPINGREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_SETTYPINGREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_MARKREADREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_MARKREADREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_MARKREADREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_MARKREADREQUEST'].fields_by_name['seq']._loaded_options = None
   _globals['_MARKREADREQUEST'].fields_by_name['seq']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_CREATECHANNELREQUEST']._serialized_start=134
@@ -73,33 +73,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECHANNELRESPONSE']._serialized_start=420
   _globals['_CREATECHANNELRESPONSE']._serialized_end=491
   _globals['_JOINCHANNELREQUEST']._serialized_start=493
-  _globals['_JOINCHANNELREQUEST']._serialized_end=570
-  _globals['_JOINCHANNELRESPONSE']._serialized_start=572
-  _globals['_JOINCHANNELRESPONSE']._serialized_end=641
-  _globals['_LEAVECHANNELREQUEST']._serialized_start=643
-  _globals['_LEAVECHANNELREQUEST']._serialized_end=721
-  _globals['_LEAVECHANNELRESPONSE']._serialized_start=723
-  _globals['_LEAVECHANNELRESPONSE']._serialized_end=745
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=748
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1090
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=1092
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1191
-  _globals['_EDITMESSAGEREQUEST']._serialized_start=1194
-  _globals['_EDITMESSAGEREQUEST']._serialized_end=1536
-  _globals['_EDITMESSAGERESPONSE']._serialized_start=1538
-  _globals['_EDITMESSAGERESPONSE']._serialized_end=1607
-  _globals['_DELETEMESSAGEREQUEST']._serialized_start=1610
-  _globals['_DELETEMESSAGEREQUEST']._serialized_end=1747
-  _globals['_DELETEMESSAGERESPONSE']._serialized_start=1749
-  _globals['_DELETEMESSAGERESPONSE']._serialized_end=1772
-  _globals['_SETTYPINGREQUEST']._serialized_start=1774
-  _globals['_SETTYPINGREQUEST']._serialized_end=1873
-  _globals['_SETTYPINGRESPONSE']._serialized_start=1875
-  _globals['_SETTYPINGRESPONSE']._serialized_end=1894
-  _globals['_MARKREADREQUEST']._serialized_start=1896
-  _globals['_MARKREADREQUEST']._serialized_end=1997
-  _globals['_MARKREADRESPONSE']._serialized_start=1999
-  _globals['_MARKREADRESPONSE']._serialized_end=2053
-  _globals['_COMMANDSERVICE']._serialized_start=2056
-  _globals['_COMMANDSERVICE']._serialized_end=2728
+  _globals['_JOINCHANNELREQUEST']._serialized_end=594
+  _globals['_JOINCHANNELRESPONSE']._serialized_start=596
+  _globals['_JOINCHANNELRESPONSE']._serialized_end=665
+  _globals['_LEAVECHANNELREQUEST']._serialized_start=667
+  _globals['_LEAVECHANNELREQUEST']._serialized_end=769
+  _globals['_LEAVECHANNELRESPONSE']._serialized_start=771
+  _globals['_LEAVECHANNELRESPONSE']._serialized_end=793
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=796
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1162
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1164
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1263
+  _globals['_EDITMESSAGEREQUEST']._serialized_start=1266
+  _globals['_EDITMESSAGEREQUEST']._serialized_end=1632
+  _globals['_EDITMESSAGERESPONSE']._serialized_start=1634
+  _globals['_EDITMESSAGERESPONSE']._serialized_end=1703
+  _globals['_DELETEMESSAGEREQUEST']._serialized_start=1706
+  _globals['_DELETEMESSAGEREQUEST']._serialized_end=1867
+  _globals['_DELETEMESSAGERESPONSE']._serialized_start=1869
+  _globals['_DELETEMESSAGERESPONSE']._serialized_end=1892
+  _globals['_SETTYPINGREQUEST']._serialized_start=1894
+  _globals['_SETTYPINGREQUEST']._serialized_end=2017
+  _globals['_SETTYPINGRESPONSE']._serialized_start=2019
+  _globals['_SETTYPINGRESPONSE']._serialized_end=2038
+  _globals['_MARKREADREQUEST']._serialized_start=2040
+  _globals['_MARKREADREQUEST']._serialized_end=2165
+  _globals['_MARKREADRESPONSE']._serialized_start=2167
+  _globals['_MARKREADRESPONSE']._serialized_end=2221
+  _globals['_COMMANDSERVICE']._serialized_start=2224
+  _globals['_COMMANDSERVICE']._serialized_end=2896
 # @@protoc_insertion_point(module_scope)

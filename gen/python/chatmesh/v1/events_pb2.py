@@ -28,31 +28,39 @@ from chatmesh.v1 import presence_pb2 as chatmesh_dot_v1_dot_presence__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatmesh/v1/events.proto\x12\x0b\x63hatmesh.v1\x1a\x19\x63hatmesh/v1/channel.proto\x1a\x19\x63hatmesh/v1/message.proto\x1a\x1a\x63hatmesh/v1/presence.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x06\n\x05\x45vent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1d\n\nchannel_id\x18\x02 \x01(\tR\tchannelId\x12\x10\n\x03seq\x18\x03 \x01(\x03R\x03seq\x12#\n\rorigin_region\x18\x04 \x01(\tR\x0coriginRegion\x12;\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\noccurredAt\x12\"\n\ractor_user_id\x18\x06 \x01(\tR\x0b\x61\x63torUserId\x12\x46\n\x0fmessage_created\x18\n \x01(\x0b\x32\x1b.chatmesh.v1.MessageCreatedH\x00R\x0emessageCreated\x12\x43\n\x0emessage_edited\x18\x0b \x01(\x0b\x32\x1a.chatmesh.v1.MessageEditedH\x00R\rmessageEdited\x12\x46\n\x0fmessage_deleted\x18\x0c \x01(\x0b\x32\x1b.chatmesh.v1.MessageDeletedH\x00R\x0emessageDeleted\x12@\n\rmember_joined\x18\r \x01(\x0b\x32\x19.chatmesh.v1.MemberJoinedH\x00R\x0cmemberJoined\x12:\n\x0bmember_left\x18\x0e \x01(\x0b\x32\x17.chatmesh.v1.MemberLeftH\x00R\nmemberLeft\x12\x46\n\x0f\x63hannel_created\x18\x0f \x01(\x0b\x32\x1b.chatmesh.v1.ChannelCreatedH\x00R\x0e\x63hannelCreated\x12\x43\n\x0etyping_changed\x18\x10 \x01(\x0b\x32\x1a.chatmesh.v1.TypingChangedH\x00R\rtypingChanged\x12I\n\x10presence_changed\x18\x11 \x01(\x0b\x32\x1c.chatmesh.v1.PresenceChangedH\x00R\x0fpresenceChanged\x12P\n\x13read_marker_updated\x18\x12 \x01(\x0b\x32\x1e.chatmesh.v1.ReadMarkerUpdatedH\x00R\x11readMarkerUpdatedB\t\n\x07payload\"@\n\x0eMessageCreated\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\"?\n\rMessageEdited\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\"P\n\x0eMessageDeleted\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1f\n\x0bmessage_seq\x18\x02 \x01(\x03R\nmessageSeq\"\'\n\x0cMemberJoined\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"%\n\nMemberLeft\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\"@\n\x0e\x43hannelCreated\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"{\n\rTypingChanged\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x16\n\x06typing\x18\x02 \x01(\x08R\x06typing\x12\x39\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"D\n\x0fPresenceChanged\x12\x31\n\x08presence\x18\x01 \x01(\x0b\x32\x15.chatmesh.v1.PresenceR\x08presence\"P\n\x11ReadMarkerUpdated\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\"\n\rlast_read_seq\x18\x02 \x01(\x03R\x0blastReadSeqb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatmesh/v1/events.proto\x12\x0b\x63hatmesh.v1\x1a\x19\x63hatmesh/v1/channel.proto\x1a\x19\x63hatmesh/v1/message.proto\x1a\x1a\x63hatmesh/v1/presence.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x07\n\x05\x45vent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1d\n\nchannel_id\x18\x02 \x01(\tR\tchannelId\x12\x10\n\x03seq\x18\x03 \x01(\x03R\x03seq\x12#\n\rorigin_region\x18\x04 \x01(\tR\x0coriginRegion\x12;\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\noccurredAt\x12\"\n\ractor_user_id\x18\x06 \x01(\tR\x0b\x61\x63torUserId\x12\x10\n\x03hlc\x18\x07 \x01(\x04R\x03hlc\x12\x1d\n\norigin_seq\x18\x08 \x01(\x03R\toriginSeq\x12\x46\n\x0fmessage_created\x18\n \x01(\x0b\x32\x1b.chatmesh.v1.MessageCreatedH\x00R\x0emessageCreated\x12\x43\n\x0emessage_edited\x18\x0b \x01(\x0b\x32\x1a.chatmesh.v1.MessageEditedH\x00R\rmessageEdited\x12\x46\n\x0fmessage_deleted\x18\x0c \x01(\x0b\x32\x1b.chatmesh.v1.MessageDeletedH\x00R\x0emessageDeleted\x12@\n\rmember_joined\x18\r \x01(\x0b\x32\x19.chatmesh.v1.MemberJoinedH\x00R\x0cmemberJoined\x12:\n\x0bmember_left\x18\x0e \x01(\x0b\x32\x17.chatmesh.v1.MemberLeftH\x00R\nmemberLeft\x12\x46\n\x0f\x63hannel_created\x18\x0f \x01(\x0b\x32\x1b.chatmesh.v1.ChannelCreatedH\x00R\x0e\x63hannelCreated\x12\x43\n\x0etyping_changed\x18\x10 \x01(\x0b\x32\x1a.chatmesh.v1.TypingChangedH\x00R\rtypingChanged\x12I\n\x10presence_changed\x18\x11 \x01(\x0b\x32\x1c.chatmesh.v1.PresenceChangedH\x00R\x0fpresenceChanged\x12P\n\x13read_marker_updated\x18\x12 \x01(\x0b\x32\x1e.chatmesh.v1.ReadMarkerUpdatedH\x00R\x11readMarkerUpdatedB\t\n\x07payload\"@\n\x0eMessageCreated\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\"?\n\rMessageEdited\x12.\n\x07message\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.MessageR\x07message\"P\n\x0eMessageDeleted\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1f\n\x0bmessage_seq\x18\x02 \x01(\x03R\nmessageSeq\"\xa9\x01\n\x0cMemberJoined\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x43\n\x08observed\x18\x02 \x03(\x0b\x32\'.chatmesh.v1.MemberJoined.ObservedEntryR\x08observed\x1a;\n\rObservedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"\xa5\x01\n\nMemberLeft\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x41\n\x08observed\x18\x02 \x03(\x0b\x32%.chatmesh.v1.MemberLeft.ObservedEntryR\x08observed\x1a;\n\rObservedEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"@\n\x0e\x43hannelCreated\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"{\n\rTypingChanged\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\x16\n\x06typing\x18\x02 \x01(\x08R\x06typing\x12\x39\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"D\n\x0fPresenceChanged\x12\x31\n\x08presence\x18\x01 \x01(\x0b\x32\x15.chatmesh.v1.PresenceR\x08presence\"P\n\x11ReadMarkerUpdated\x12\x17\n\x07user_id\x18\x01 \x01(\tR\x06userId\x12\"\n\rlast_read_seq\x18\x02 \x01(\x03R\x0blastReadSeqb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmesh.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MEMBERJOINED_OBSERVEDENTRY']._loaded_options = None
+  _globals['_MEMBERJOINED_OBSERVEDENTRY']._serialized_options = b'8\001'
+  _globals['_MEMBERLEFT_OBSERVEDENTRY']._loaded_options = None
+  _globals['_MEMBERLEFT_OBSERVEDENTRY']._serialized_options = b'8\001'
   _globals['_EVENT']._serialized_start=157
-  _globals['_EVENT']._serialized_end=1022
-  _globals['_MESSAGECREATED']._serialized_start=1024
-  _globals['_MESSAGECREATED']._serialized_end=1088
-  _globals['_MESSAGEEDITED']._serialized_start=1090
-  _globals['_MESSAGEEDITED']._serialized_end=1153
-  _globals['_MESSAGEDELETED']._serialized_start=1155
-  _globals['_MESSAGEDELETED']._serialized_end=1235
-  _globals['_MEMBERJOINED']._serialized_start=1237
-  _globals['_MEMBERJOINED']._serialized_end=1276
-  _globals['_MEMBERLEFT']._serialized_start=1278
-  _globals['_MEMBERLEFT']._serialized_end=1315
-  _globals['_CHANNELCREATED']._serialized_start=1317
-  _globals['_CHANNELCREATED']._serialized_end=1381
-  _globals['_TYPINGCHANGED']._serialized_start=1383
-  _globals['_TYPINGCHANGED']._serialized_end=1506
-  _globals['_PRESENCECHANGED']._serialized_start=1508
-  _globals['_PRESENCECHANGED']._serialized_end=1576
-  _globals['_READMARKERUPDATED']._serialized_start=1578
-  _globals['_READMARKERUPDATED']._serialized_end=1658
+  _globals['_EVENT']._serialized_end=1071
+  _globals['_MESSAGECREATED']._serialized_start=1073
+  _globals['_MESSAGECREATED']._serialized_end=1137
+  _globals['_MESSAGEEDITED']._serialized_start=1139
+  _globals['_MESSAGEEDITED']._serialized_end=1202
+  _globals['_MESSAGEDELETED']._serialized_start=1204
+  _globals['_MESSAGEDELETED']._serialized_end=1284
+  _globals['_MEMBERJOINED']._serialized_start=1287
+  _globals['_MEMBERJOINED']._serialized_end=1456
+  _globals['_MEMBERJOINED_OBSERVEDENTRY']._serialized_start=1397
+  _globals['_MEMBERJOINED_OBSERVEDENTRY']._serialized_end=1456
+  _globals['_MEMBERLEFT']._serialized_start=1459
+  _globals['_MEMBERLEFT']._serialized_end=1624
+  _globals['_MEMBERLEFT_OBSERVEDENTRY']._serialized_start=1397
+  _globals['_MEMBERLEFT_OBSERVEDENTRY']._serialized_end=1456
+  _globals['_CHANNELCREATED']._serialized_start=1626
+  _globals['_CHANNELCREATED']._serialized_end=1690
+  _globals['_TYPINGCHANGED']._serialized_start=1692
+  _globals['_TYPINGCHANGED']._serialized_end=1815
+  _globals['_PRESENCECHANGED']._serialized_start=1817
+  _globals['_PRESENCECHANGED']._serialized_end=1885
+  _globals['_READMARKERUPDATED']._serialized_start=1887
+  _globals['_READMARKERUPDATED']._serialized_end=1967
 # @@protoc_insertion_point(module_scope)

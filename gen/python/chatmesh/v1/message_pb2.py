@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatmesh/v1/message.proto\x12\x0b\x63hatmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x02\n\x07Message\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n\nchannel_id\x18\x02 \x01(\tR\tchannelId\x12\x10\n\x03seq\x18\x03 \x01(\x03R\x03seq\x12$\n\x0esender_user_id\x18\x04 \x01(\tR\x0csenderUserId\x12\x12\n\x04text\x18\x05 \x01(\tR\x04text\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x37\n\tedited_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65\x64itedAt\x12\x18\n\x07\x64\x65leted\x18\x08 \x01(\x08R\x07\x64\x65leted\x12#\n\rorigin_region\x18\t \x01(\tR\x0coriginRegion\x12\"\n\rclient_msg_id\x18\n \x01(\tR\x0b\x63lientMsgIdb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatmesh/v1/message.proto\x12\x0b\x63hatmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n\x07Message\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n\nchannel_id\x18\x02 \x01(\tR\tchannelId\x12\x10\n\x03seq\x18\x03 \x01(\x03R\x03seq\x12$\n\x0esender_user_id\x18\x04 \x01(\tR\x0csenderUserId\x12\x12\n\x04text\x18\x05 \x01(\tR\x04text\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x37\n\tedited_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x65\x64itedAt\x12\x18\n\x07\x64\x65leted\x18\x08 \x01(\x08R\x07\x64\x65leted\x12#\n\rorigin_region\x18\t \x01(\tR\x0coriginRegion\x12\"\n\rclient_msg_id\x18\n \x01(\tR\x0b\x63lientMsgId\x12\x10\n\x03hlc\x18\x0b \x01(\x04R\x03hlc\x12\x1d\n\norigin_seq\x18\x0c \x01(\x03R\toriginSeqb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmesh.v1.message_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGE']._serialized_start=76
-  _globals['_MESSAGE']._serialized_end=438
+  _globals['_MESSAGE']._serialized_end=487
 # @@protoc_insertion_point(module_scope)

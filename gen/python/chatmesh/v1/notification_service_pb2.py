@@ -27,7 +27,7 @@ from chatmesh.v1 import events_pb2 as chatmesh_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatmesh/v1/notification_service.proto\x12\x0b\x63hatmesh.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x18\x63hatmesh/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x10SubscribeRequest\x12v\n\x0bresume_from\x18\x01 \x03(\x0b\x32-.chatmesh.v1.SubscribeRequest.ResumeFromEntryB&\xbaH#\x9a\x01 \x10\xe8\x07\"\x15r\x13\x32\x11^ch_[0-9a-z]{26}$*\x04\"\x02(\x00R\nresumeFrom\x1a=\n\x0fResumeFromEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"\xc7\x01\n\x11SubscribeResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.chatmesh.v1.EventH\x00R\x05\x65vent\x12\x36\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.chatmesh.v1.HeartbeatH\x00R\theartbeat\x12\x46\n\x0freplay_complete\x18\x03 \x01(\x0b\x32\x1b.chatmesh.v1.ReplayCompleteH\x00R\x0ereplayCompleteB\x06\n\x04kind\"g\n\tHeartbeat\x12;\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nserverTime\x12\x1d\n\ntimeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\"r\n\x0eReplayComplete\x12\'\n\x0freplayed_events\x18\x01 \x01(\x03R\x0ereplayedEvents\x12\x16\n\x06region\x18\x02 \x01(\tR\x06region\x12\x1f\n\x0binstance_id\x18\x03 \x01(\tR\ninstanceId2c\n\x13NotificationService\x12L\n\tSubscribe\x12\x1d.chatmesh.v1.SubscribeRequest\x1a\x1e.chatmesh.v1.SubscribeResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&chatmesh/v1/notification_service.proto\x12\x0b\x63hatmesh.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x18\x63hatmesh/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n\x10SubscribeRequest\x12\x8e\x01\n\x0bresume_from\x18\x01 \x03(\x0b\x32-.chatmesh.v1.SubscribeRequest.ResumeFromEntryB>\xbaH;\x9a\x01\x38\x10\xe8\x07\"-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$*\x04\"\x02(\x00R\nresumeFrom\x12\x9e\x01\n\x13resume_from_origins\x18\x02 \x03(\x0b\x32\x34.chatmesh.v1.SubscribeRequest.ResumeFromOriginsEntryB8\xbaH5\x9a\x01\x32\x10\xe8\x07\"-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\x11resumeFromOrigins\x1a=\n\x0fResumeFromEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\x1a\x62\n\x16ResumeFromOriginsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x32\n\x05value\x18\x02 \x01(\x0b\x32\x1c.chatmesh.v1.OriginPositionsR\x05value:\x02\x38\x01\"\xcb\x01\n\x0fOriginPositions\x12y\n\x0borigin_seqs\x18\x01 \x03(\x0b\x32,.chatmesh.v1.OriginPositions.OriginSeqsEntryB*\xbaH\'\x9a\x01$\x10@\"\x1ar\x18\x32\x16^[a-z][a-z0-9-]{0,31}$*\x04\"\x02(\x00R\noriginSeqs\x1a=\n\x0fOriginSeqsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"\xc7\x01\n\x11SubscribeResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.chatmesh.v1.EventH\x00R\x05\x65vent\x12\x36\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.chatmesh.v1.HeartbeatH\x00R\theartbeat\x12\x46\n\x0freplay_complete\x18\x03 \x01(\x0b\x32\x1b.chatmesh.v1.ReplayCompleteH\x00R\x0ereplayCompleteB\x06\n\x04kind\"g\n\tHeartbeat\x12;\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nserverTime\x12\x1d\n\ntimeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\"r\n\x0eReplayComplete\x12\'\n\x0freplayed_events\x18\x01 \x01(\x03R\x0ereplayedEvents\x12\x16\n\x06region\x18\x02 \x01(\tR\x06region\x12\x1f\n\x0binstance_id\x18\x03 \x01(\tR\ninstanceId2c\n\x13NotificationService\x12L\n\tSubscribe\x12\x1d.chatmesh.v1.SubscribeRequest\x1a\x1e.chatmesh.v1.SubscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,18 +36,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBEREQUEST_RESUMEFROMENTRY']._loaded_options = None
   _globals['_SUBSCRIBEREQUEST_RESUMEFROMENTRY']._serialized_options = b'8\001'
+  _globals['_SUBSCRIBEREQUEST_RESUMEFROMORIGINSENTRY']._loaded_options = None
+  _globals['_SUBSCRIBEREQUEST_RESUMEFROMORIGINSENTRY']._serialized_options = b'8\001'
   _globals['_SUBSCRIBEREQUEST'].fields_by_name['resume_from']._loaded_options = None
-  _globals['_SUBSCRIBEREQUEST'].fields_by_name['resume_from']._serialized_options = b'\272H#\232\001 \020\350\007\"\025r\0232\021^ch_[0-9a-z]{26}$*\004\"\002(\000'
+  _globals['_SUBSCRIBEREQUEST'].fields_by_name['resume_from']._serialized_options = b'\272H;\232\0018\020\350\007\"-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$*\004\"\002(\000'
+  _globals['_SUBSCRIBEREQUEST'].fields_by_name['resume_from_origins']._loaded_options = None
+  _globals['_SUBSCRIBEREQUEST'].fields_by_name['resume_from_origins']._serialized_options = b'\272H5\232\0012\020\350\007\"-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
+  _globals['_ORIGINPOSITIONS_ORIGINSEQSENTRY']._loaded_options = None
+  _globals['_ORIGINPOSITIONS_ORIGINSEQSENTRY']._serialized_options = b'8\001'
+  _globals['_ORIGINPOSITIONS'].fields_by_name['origin_seqs']._loaded_options = None
+  _globals['_ORIGINPOSITIONS'].fields_by_name['origin_seqs']._serialized_options = b'\272H\'\232\001$\020@\"\032r\0302\026^[a-z][a-z0-9-]{0,31}$*\004\"\002(\000'
   _globals['_SUBSCRIBEREQUEST']._serialized_start=144
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=345
-  _globals['_SUBSCRIBEREQUEST_RESUMEFROMENTRY']._serialized_start=284
-  _globals['_SUBSCRIBEREQUEST_RESUMEFROMENTRY']._serialized_end=345
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=348
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=547
-  _globals['_HEARTBEAT']._serialized_start=549
-  _globals['_HEARTBEAT']._serialized_end=652
-  _globals['_REPLAYCOMPLETE']._serialized_start=654
-  _globals['_REPLAYCOMPLETE']._serialized_end=768
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=770
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=869
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=631
+  _globals['_SUBSCRIBEREQUEST_RESUMEFROMENTRY']._serialized_start=470
+  _globals['_SUBSCRIBEREQUEST_RESUMEFROMENTRY']._serialized_end=531
+  _globals['_SUBSCRIBEREQUEST_RESUMEFROMORIGINSENTRY']._serialized_start=533
+  _globals['_SUBSCRIBEREQUEST_RESUMEFROMORIGINSENTRY']._serialized_end=631
+  _globals['_ORIGINPOSITIONS']._serialized_start=634
+  _globals['_ORIGINPOSITIONS']._serialized_end=837
+  _globals['_ORIGINPOSITIONS_ORIGINSEQSENTRY']._serialized_start=776
+  _globals['_ORIGINPOSITIONS_ORIGINSEQSENTRY']._serialized_end=837
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=840
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1039
+  _globals['_HEARTBEAT']._serialized_start=1041
+  _globals['_HEARTBEAT']._serialized_end=1144
+  _globals['_REPLAYCOMPLETE']._serialized_start=1146
+  _globals['_REPLAYCOMPLETE']._serialized_end=1260
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1262
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1361
 # @@protoc_insertion_point(module_scope)

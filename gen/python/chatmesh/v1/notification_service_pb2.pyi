@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("resume_from",)
+    __slots__ = ("resume_from", "resume_from_origins")
     class ResumeFromEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,9 +20,31 @@ class SubscribeRequest(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ResumeFromOriginsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: OriginPositions
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[OriginPositions, _Mapping]] = ...) -> None: ...
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     resume_from: _containers.ScalarMap[str, int]
-    def __init__(self, resume_from: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    resume_from_origins: _containers.MessageMap[str, OriginPositions]
+    def __init__(self, resume_from: _Optional[_Mapping[str, int]] = ..., resume_from_origins: _Optional[_Mapping[str, OriginPositions]] = ...) -> None: ...
+
+class OriginPositions(_message.Message):
+    __slots__ = ("origin_seqs",)
+    class OriginSeqsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ORIGIN_SEQS_FIELD_NUMBER: _ClassVar[int]
+    origin_seqs: _containers.ScalarMap[str, int]
+    def __init__(self, origin_seqs: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
     __slots__ = ("event", "heartbeat", "replay_complete")

@@ -28,7 +28,7 @@ from chatmesh.v1 import message_pb2 as chatmesh_dot_v1_dot_message__pb2
 from chatmesh.v1 import presence_pb2 as chatmesh_dot_v1_dot_presence__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63hatmesh/v1/query_service.proto\x12\x0b\x63hatmesh.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x19\x63hatmesh/v1/channel.proto\x1a\x19\x63hatmesh/v1/message.proto\x1a\x1a\x63hatmesh/v1/presence.proto\"\xaa\x03\n\x11GetHistoryRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\x12+\n\nbefore_seq\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00R\tbeforeSeq\x88\x01\x01\x12)\n\tafter_seq\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00H\x01R\x08\x61\x66terSeq\x88\x01\x01\x12%\n\x05limit\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xc8\x01(\x01H\x02R\x05limit\x88\x01\x01:\xb5\x01\xbaH\xb1\x01\x1a\xae\x01\n\x14history.bounds_order\x12?before_seq must be greater than after_seq + 1 when both are set\x1aU!has(this.before_seq) || !has(this.after_seq) || this.before_seq - 1 > this.after_seqB\r\n\x0b_before_seqB\x0c\n\n_after_seqB\x08\n\x06_limit\"|\n\x12GetHistoryResponse\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x14.chatmesh.v1.MessageR\x08messages\x12\x19\n\x08has_more\x18\x02 \x01(\x08R\x07hasMore\x12\x19\n\x08last_seq\x18\x03 \x01(\x03R\x07lastSeq\"L\n\x11GetChannelRequest\x12\x37\n\nchannel_id\x18\x01 \x01(\tB\x18\xbaH\x15r\x13\x32\x11^ch_[0-9a-z]{26}$R\tchannelId\"D\n\x12GetChannelResponse\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"\x15\n\x13ListChannelsRequest\"O\n\x14ListChannelsResponse\x12\x37\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1b.chatmesh.v1.ChannelSummaryR\x08\x63hannels\"d\n\x12GetPresenceRequest\x12N\n\x08user_ids\x18\x01 \x03(\tB3\xbaH0\x92\x01-\x08\x01\x10\xc8\x01\x18\x01\"$r\"2 ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$R\x07userIds\"J\n\x13GetPresenceResponse\x12\x33\n\tpresences\x18\x01 \x03(\x0b\x32\x15.chatmesh.v1.PresenceR\tpresences2\xd3\x02\n\x0cQueryService\x12M\n\nGetHistory\x12\x1e.chatmesh.v1.GetHistoryRequest\x1a\x1f.chatmesh.v1.GetHistoryResponse\x12M\n\nGetChannel\x12\x1e.chatmesh.v1.GetChannelRequest\x1a\x1f.chatmesh.v1.GetChannelResponse\x12S\n\x0cListChannels\x12 .chatmesh.v1.ListChannelsRequest\x1a!.chatmesh.v1.ListChannelsResponse\x12P\n\x0bGetPresence\x12\x1f.chatmesh.v1.GetPresenceRequest\x1a .chatmesh.v1.GetPresenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63hatmesh/v1/query_service.proto\x12\x0b\x63hatmesh.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x19\x63hatmesh/v1/channel.proto\x1a\x19\x63hatmesh/v1/message.proto\x1a\x1a\x63hatmesh/v1/presence.proto\"\xeb\x03\n\x11GetHistoryRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\x12+\n\nbefore_seq\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02 \x00H\x00R\tbeforeSeq\x88\x01\x01\x12)\n\tafter_seq\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00H\x01R\x08\x61\x66terSeq\x88\x01\x01\x12%\n\x05limit\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xc8\x01(\x01H\x02R\x05limit\x88\x01\x01\x12\'\n\npage_token\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02R\tpageToken:\xb5\x01\xbaH\xb1\x01\x1a\xae\x01\n\x14history.bounds_order\x12?before_seq must be greater than after_seq + 1 when both are set\x1aU!has(this.before_seq) || !has(this.after_seq) || this.before_seq - 1 > this.after_seqB\r\n\x0b_before_seqB\x0c\n\n_after_seqB\x08\n\x06_limit\"\xc6\x02\n\x12GetHistoryResponse\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x14.chatmesh.v1.MessageR\x08messages\x12\x19\n\x08has_more\x18\x02 \x01(\x08R\x07hasMore\x12\x19\n\x08last_seq\x18\x03 \x01(\x03R\x07lastSeq\x12&\n\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken\x12]\n\x10last_origin_seqs\x18\x05 \x03(\x0b\x32\x33.chatmesh.v1.GetHistoryResponse.LastOriginSeqsEntryR\x0elastOriginSeqs\x1a\x41\n\x13LastOriginSeqsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01\"d\n\x11GetChannelRequest\x12O\n\nchannel_id\x18\x01 \x01(\tB0\xbaH-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$R\tchannelId\"D\n\x12GetChannelResponse\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\"\x15\n\x13ListChannelsRequest\"O\n\x14ListChannelsResponse\x12\x37\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x1b.chatmesh.v1.ChannelSummaryR\x08\x63hannels\"d\n\x12GetPresenceRequest\x12N\n\x08user_ids\x18\x01 \x03(\tB3\xbaH0\x92\x01-\x08\x01\x10\xc8\x01\x18\x01\"$r\"2 ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$R\x07userIds\"J\n\x13GetPresenceResponse\x12\x33\n\tpresences\x18\x01 \x03(\x0b\x32\x15.chatmesh.v1.PresenceR\tpresences2\xd3\x02\n\x0cQueryService\x12M\n\nGetHistory\x12\x1e.chatmesh.v1.GetHistoryRequest\x1a\x1f.chatmesh.v1.GetHistoryResponse\x12M\n\nGetChannel\x12\x1e.chatmesh.v1.GetChannelRequest\x1a\x1f.chatmesh.v1.GetChannelResponse\x12S\n\x0cListChannels\x12 .chatmesh.v1.ListChannelsRequest\x1a!.chatmesh.v1.ListChannelsResponse\x12P\n\x0bGetPresence\x12\x1f.chatmesh.v1.GetPresenceRequest\x1a .chatmesh.v1.GetPresenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmesh.v1.query_service_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETHISTORYREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_GETHISTORYREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_GETHISTORYREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_GETHISTORYREQUEST'].fields_by_name['before_seq']._loaded_options = None
   _globals['_GETHISTORYREQUEST'].fields_by_name['before_seq']._serialized_options = b'\272H\004\"\002 \000'
   _globals['_GETHISTORYREQUEST'].fields_by_name['after_seq']._loaded_options = None
   _globals['_GETHISTORYREQUEST'].fields_by_name['after_seq']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_GETHISTORYREQUEST'].fields_by_name['limit']._loaded_options = None
   _globals['_GETHISTORYREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\007\032\005\030\310\001(\001'
+  _globals['_GETHISTORYREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_GETHISTORYREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\002'
   _globals['_GETHISTORYREQUEST']._loaded_options = None
   _globals['_GETHISTORYREQUEST']._serialized_options = b'\272H\261\001\032\256\001\n\024history.bounds_order\022?before_seq must be greater than after_seq + 1 when both are set\032U!has(this.before_seq) || !has(this.after_seq) || this.before_seq - 1 > this.after_seq'
+  _globals['_GETHISTORYRESPONSE_LASTORIGINSEQSENTRY']._loaded_options = None
+  _globals['_GETHISTORYRESPONSE_LASTORIGINSEQSENTRY']._serialized_options = b'8\001'
   _globals['_GETCHANNELREQUEST'].fields_by_name['channel_id']._loaded_options = None
-  _globals['_GETCHANNELREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H\025r\0232\021^ch_[0-9a-z]{26}$'
+  _globals['_GETCHANNELREQUEST'].fields_by_name['channel_id']._serialized_options = b'\272H-r+2)^ch_([a-z][a-z0-9-]{0,31}_)?[0-9a-z]{26}$'
   _globals['_GETPRESENCEREQUEST'].fields_by_name['user_ids']._loaded_options = None
   _globals['_GETPRESENCEREQUEST'].fields_by_name['user_ids']._serialized_options = b'\272H0\222\001-\010\001\020\310\001\030\001\"$r\"2 ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$'
   _globals['_GETHISTORYREQUEST']._serialized_start=160
-  _globals['_GETHISTORYREQUEST']._serialized_end=586
-  _globals['_GETHISTORYRESPONSE']._serialized_start=588
-  _globals['_GETHISTORYRESPONSE']._serialized_end=712
-  _globals['_GETCHANNELREQUEST']._serialized_start=714
-  _globals['_GETCHANNELREQUEST']._serialized_end=790
-  _globals['_GETCHANNELRESPONSE']._serialized_start=792
-  _globals['_GETCHANNELRESPONSE']._serialized_end=860
-  _globals['_LISTCHANNELSREQUEST']._serialized_start=862
-  _globals['_LISTCHANNELSREQUEST']._serialized_end=883
-  _globals['_LISTCHANNELSRESPONSE']._serialized_start=885
-  _globals['_LISTCHANNELSRESPONSE']._serialized_end=964
-  _globals['_GETPRESENCEREQUEST']._serialized_start=966
-  _globals['_GETPRESENCEREQUEST']._serialized_end=1066
-  _globals['_GETPRESENCERESPONSE']._serialized_start=1068
-  _globals['_GETPRESENCERESPONSE']._serialized_end=1142
-  _globals['_QUERYSERVICE']._serialized_start=1145
-  _globals['_QUERYSERVICE']._serialized_end=1484
+  _globals['_GETHISTORYREQUEST']._serialized_end=651
+  _globals['_GETHISTORYRESPONSE']._serialized_start=654
+  _globals['_GETHISTORYRESPONSE']._serialized_end=980
+  _globals['_GETHISTORYRESPONSE_LASTORIGINSEQSENTRY']._serialized_start=915
+  _globals['_GETHISTORYRESPONSE_LASTORIGINSEQSENTRY']._serialized_end=980
+  _globals['_GETCHANNELREQUEST']._serialized_start=982
+  _globals['_GETCHANNELREQUEST']._serialized_end=1082
+  _globals['_GETCHANNELRESPONSE']._serialized_start=1084
+  _globals['_GETCHANNELRESPONSE']._serialized_end=1152
+  _globals['_LISTCHANNELSREQUEST']._serialized_start=1154
+  _globals['_LISTCHANNELSREQUEST']._serialized_end=1175
+  _globals['_LISTCHANNELSRESPONSE']._serialized_start=1177
+  _globals['_LISTCHANNELSRESPONSE']._serialized_end=1256
+  _globals['_GETPRESENCEREQUEST']._serialized_start=1258
+  _globals['_GETPRESENCEREQUEST']._serialized_end=1358
+  _globals['_GETPRESENCERESPONSE']._serialized_start=1360
+  _globals['_GETPRESENCERESPONSE']._serialized_end=1434
+  _globals['_QUERYSERVICE']._serialized_start=1437
+  _globals['_QUERYSERVICE']._serialized_end=1776
 # @@protoc_insertion_point(module_scope)

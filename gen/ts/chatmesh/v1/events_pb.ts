@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatmesh/v1/events.proto.
  */
 export const file_chatmesh_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0bWVzaC92MS9ldmVudHMucHJvdG8SC2NoYXRtZXNoLnYxIpUFCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRISCgpjaGFubmVsX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIVCg1vcmlnaW5fcmVnaW9uGAQgASgJEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1hY3Rvcl91c2VyX2lkGAYgASgJEjYKD21lc3NhZ2VfY3JlYXRlZBgKIAEoCzIbLmNoYXRtZXNoLnYxLk1lc3NhZ2VDcmVhdGVkSAASNAoObWVzc2FnZV9lZGl0ZWQYCyABKAsyGi5jaGF0bWVzaC52MS5NZXNzYWdlRWRpdGVkSAASNgoPbWVzc2FnZV9kZWxldGVkGAwgASgLMhsuY2hhdG1lc2gudjEuTWVzc2FnZURlbGV0ZWRIABIyCg1tZW1iZXJfam9pbmVkGA0gASgLMhkuY2hhdG1lc2gudjEuTWVtYmVySm9pbmVkSAASLgoLbWVtYmVyX2xlZnQYDiABKAsyFy5jaGF0bWVzaC52MS5NZW1iZXJMZWZ0SAASNgoPY2hhbm5lbF9jcmVhdGVkGA8gASgLMhsuY2hhdG1lc2gudjEuQ2hhbm5lbENyZWF0ZWRIABI0Cg50eXBpbmdfY2hhbmdlZBgQIAEoCzIaLmNoYXRtZXNoLnYxLlR5cGluZ0NoYW5nZWRIABI4ChBwcmVzZW5jZV9jaGFuZ2VkGBEgASgLMhwuY2hhdG1lc2gudjEuUHJlc2VuY2VDaGFuZ2VkSAASPQoTcmVhZF9tYXJrZXJfdXBkYXRlZBgSIAEoCzIeLmNoYXRtZXNoLnYxLlJlYWRNYXJrZXJVcGRhdGVkSABCCQoHcGF5bG9hZCI3Cg5NZXNzYWdlQ3JlYXRlZBIlCgdtZXNzYWdlGAEgASgLMhQuY2hhdG1lc2gudjEuTWVzc2FnZSI2Cg1NZXNzYWdlRWRpdGVkEiUKB21lc3NhZ2UYASABKAsyFC5jaGF0bWVzaC52MS5NZXNzYWdlIjkKDk1lc3NhZ2VEZWxldGVkEhIKCm1lc3NhZ2VfaWQYASABKAkSEwoLbWVzc2FnZV9zZXEYAiABKAMiHwoMTWVtYmVySm9pbmVkEg8KB3VzZXJfaWQYASABKAkiHQoKTWVtYmVyTGVmdBIPCgd1c2VyX2lkGAEgASgJIjcKDkNoYW5uZWxDcmVhdGVkEiUKB2NoYW5uZWwYASABKAsyFC5jaGF0bWVzaC52MS5DaGFubmVsImAKDVR5cGluZ0NoYW5nZWQSDwoHdXNlcl9pZBgBIAEoCRIOCgZ0eXBpbmcYAiABKAgSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoPUHJlc2VuY2VDaGFuZ2VkEicKCHByZXNlbmNlGAEgASgLMhUuY2hhdG1lc2gudjEuUHJlc2VuY2UiOwoRUmVhZE1hcmtlclVwZGF0ZWQSDwoHdXNlcl9pZBgBIAEoCRIVCg1sYXN0X3JlYWRfc2VxGAIgASgDYgZwcm90bzM", [file_chatmesh_v1_channel, file_chatmesh_v1_message, file_chatmesh_v1_presence, file_google_protobuf_timestamp]);
+  fileDesc("ChhjaGF0bWVzaC92MS9ldmVudHMucHJvdG8SC2NoYXRtZXNoLnYxIrYFCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRISCgpjaGFubmVsX2lkGAIgASgJEgsKA3NlcRgDIAEoAxIVCg1vcmlnaW5fcmVnaW9uGAQgASgJEi8KC29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1hY3Rvcl91c2VyX2lkGAYgASgJEgsKA2hsYxgHIAEoBBISCgpvcmlnaW5fc2VxGAggASgDEjYKD21lc3NhZ2VfY3JlYXRlZBgKIAEoCzIbLmNoYXRtZXNoLnYxLk1lc3NhZ2VDcmVhdGVkSAASNAoObWVzc2FnZV9lZGl0ZWQYCyABKAsyGi5jaGF0bWVzaC52MS5NZXNzYWdlRWRpdGVkSAASNgoPbWVzc2FnZV9kZWxldGVkGAwgASgLMhsuY2hhdG1lc2gudjEuTWVzc2FnZURlbGV0ZWRIABIyCg1tZW1iZXJfam9pbmVkGA0gASgLMhkuY2hhdG1lc2gudjEuTWVtYmVySm9pbmVkSAASLgoLbWVtYmVyX2xlZnQYDiABKAsyFy5jaGF0bWVzaC52MS5NZW1iZXJMZWZ0SAASNgoPY2hhbm5lbF9jcmVhdGVkGA8gASgLMhsuY2hhdG1lc2gudjEuQ2hhbm5lbENyZWF0ZWRIABI0Cg50eXBpbmdfY2hhbmdlZBgQIAEoCzIaLmNoYXRtZXNoLnYxLlR5cGluZ0NoYW5nZWRIABI4ChBwcmVzZW5jZV9jaGFuZ2VkGBEgASgLMhwuY2hhdG1lc2gudjEuUHJlc2VuY2VDaGFuZ2VkSAASPQoTcmVhZF9tYXJrZXJfdXBkYXRlZBgSIAEoCzIeLmNoYXRtZXNoLnYxLlJlYWRNYXJrZXJVcGRhdGVkSABCCQoHcGF5bG9hZCI3Cg5NZXNzYWdlQ3JlYXRlZBIlCgdtZXNzYWdlGAEgASgLMhQuY2hhdG1lc2gudjEuTWVzc2FnZSI2Cg1NZXNzYWdlRWRpdGVkEiUKB21lc3NhZ2UYASABKAsyFC5jaGF0bWVzaC52MS5NZXNzYWdlIjkKDk1lc3NhZ2VEZWxldGVkEhIKCm1lc3NhZ2VfaWQYASABKAkSEwoLbWVzc2FnZV9zZXEYAiABKAMiiwEKDE1lbWJlckpvaW5lZBIPCgd1c2VyX2lkGAEgASgJEjkKCG9ic2VydmVkGAIgAygLMicuY2hhdG1lc2gudjEuTWVtYmVySm9pbmVkLk9ic2VydmVkRW50cnkaLwoNT2JzZXJ2ZWRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIocBCgpNZW1iZXJMZWZ0Eg8KB3VzZXJfaWQYASABKAkSNwoIb2JzZXJ2ZWQYAiADKAsyJS5jaGF0bWVzaC52MS5NZW1iZXJMZWZ0Lk9ic2VydmVkRW50cnkaLwoNT2JzZXJ2ZWRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIjcKDkNoYW5uZWxDcmVhdGVkEiUKB2NoYW5uZWwYASABKAsyFC5jaGF0bWVzaC52MS5DaGFubmVsImAKDVR5cGluZ0NoYW5nZWQSDwoHdXNlcl9pZBgBIAEoCRIOCgZ0eXBpbmcYAiABKAgSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoPUHJlc2VuY2VDaGFuZ2VkEicKCHByZXNlbmNlGAEgASgLMhUuY2hhdG1lc2gudjEuUHJlc2VuY2UiOwoRUmVhZE1hcmtlclVwZGF0ZWQSDwoHdXNlcl9pZBgBIAEoCRIVCg1sYXN0X3JlYWRfc2VxGAIgASgDYgZwcm90bzM", [file_chatmesh_v1_channel, file_chatmesh_v1_message, file_chatmesh_v1_presence, file_google_protobuf_timestamp]);
 
 /**
  * The envelope of everything that happens, as it rides NATS (protobuf bytes)
@@ -73,6 +73,26 @@ export type Event = Message<"chatmesh.v1.Event"> & {
    * @generated from field: string actor_user_id = 6;
    */
   actorUserId: string;
+
+  /**
+   * Hybrid logical clock stamp of the event in the every-region write mode
+   * (ADR-026): the high 48 bits are wall-clock milliseconds since the Unix
+   * epoch, the low 16 bits a counter. Channel events are shown in
+   * (hlc, origin_region, event_id) order. 0 in the primary write mode.
+   *
+   * @generated from field: uint64 hlc = 7;
+   */
+  hlc: bigint;
+
+  /**
+   * Position among `origin_region`'s events of the channel (1, 2, ...) in the
+   * every-region write mode: gap detection and resume are per channel and per
+   * origin region. 0 in the primary write mode (where `seq` is the position)
+   * and for ephemeral and user events.
+   *
+   * @generated from field: int64 origin_seq = 8;
+   */
+  originSeq: bigint;
 
   /**
    * What happened.
@@ -243,6 +263,16 @@ export type MemberJoined = Message<"chatmesh.v1.MemberJoined"> & {
    * @generated from field: string user_id = 1;
    */
   userId: string;
+
+  /**
+   * Every-region write mode: the highest `origin_seq` of the channel the
+   * writing region had applied per origin region when it wrote this join (a
+   * version vector). A join that had seen every leave of the user re-adds
+   * them; a leave it had not seen wins (ADR-026). Empty in the primary mode.
+   *
+   * @generated from field: map<string, int64> observed = 2;
+   */
+  observed: { [key: string]: bigint };
 };
 
 /**
@@ -264,6 +294,14 @@ export type MemberLeft = Message<"chatmesh.v1.MemberLeft"> & {
    * @generated from field: string user_id = 1;
    */
   userId: string;
+
+  /**
+   * Every-region write mode: the writing region's version vector of the
+   * channel, as in `MemberJoined.observed`. Empty in the primary mode.
+   *
+   * @generated from field: map<string, int64> observed = 2;
+   */
+  observed: { [key: string]: bigint };
 };
 
 /**

@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file chatmesh/v1/message.proto.
  */
 export const file_chatmesh_v1_message: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0bWVzaC92MS9tZXNzYWdlLnByb3RvEgtjaGF0bWVzaC52MSKCAgoHTWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEhIKCmNoYW5uZWxfaWQYAiABKAkSCwoDc2VxGAMgASgDEhYKDnNlbmRlcl91c2VyX2lkGAQgASgJEgwKBHRleHQYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJZWRpdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkZWxldGVkGAggASgIEhUKDW9yaWdpbl9yZWdpb24YCSABKAkSFQoNY2xpZW50X21zZ19pZBgKIAEoCWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChljaGF0bWVzaC92MS9tZXNzYWdlLnByb3RvEgtjaGF0bWVzaC52MSKjAgoHTWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEhIKCmNoYW5uZWxfaWQYAiABKAkSCwoDc2VxGAMgASgDEhYKDnNlbmRlcl91c2VyX2lkGAQgASgJEgwKBHRleHQYBSABKAkSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJZWRpdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkZWxldGVkGAggASgIEhUKDW9yaWdpbl9yZWdpb24YCSABKAkSFQoNY2xpZW50X21zZ19pZBgKIAEoCRILCgNobGMYCyABKAQSEgoKb3JpZ2luX3NlcRgMIAEoA2IGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A chat message as stored in a channel's history.
@@ -91,6 +91,23 @@ export type Message = Message$1<"chatmesh.v1.Message"> & {
    * @generated from field: string client_msg_id = 10;
    */
   clientMsgId: string;
+
+  /**
+   * Every-region write mode (ADR-026): the hybrid logical clock stamp of the
+   * message's creation; history is ordered by (hlc, origin_region,
+   * message_id). 0 in the primary write mode, where `seq` orders it.
+   *
+   * @generated from field: uint64 hlc = 11;
+   */
+  hlc: bigint;
+
+  /**
+   * Every-region write mode: the creation's position among `origin_region`'s
+   * events of the channel. 0 in the primary write mode.
+   *
+   * @generated from field: int64 origin_seq = 12;
+   */
+  originSeq: bigint;
 };
 
 /**

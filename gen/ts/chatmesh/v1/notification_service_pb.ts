@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatmesh/v1/notification_service.proto.
  */
 export const file_chatmesh_v1_notification_service: GenFile = /*@__PURE__*/
-  fileDesc("CiZjaGF0bWVzaC92MS9ub3RpZmljYXRpb25fc2VydmljZS5wcm90bxILY2hhdG1lc2gudjEisQEKEFN1YnNjcmliZVJlcXVlc3QSagoLcmVzdW1lX2Zyb20YASADKAsyLS5jaGF0bWVzaC52MS5TdWJzY3JpYmVSZXF1ZXN0LlJlc3VtZUZyb21FbnRyeUImukgjmgEgEOgHIhVyEzIRXmNoX1swLTlhLXpdezI2fSQqBCICKAAaMQoPUmVzdW1lRnJvbUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEipQEKEVN1YnNjcmliZVJlc3BvbnNlEiMKBWV2ZW50GAEgASgLMhIuY2hhdG1lc2gudjEuRXZlbnRIABIrCgloZWFydGJlYXQYAiABKAsyFi5jaGF0bWVzaC52MS5IZWFydGJlYXRIABI2Cg9yZXBsYXlfY29tcGxldGUYAyABKAsyGy5jaGF0bWVzaC52MS5SZXBsYXlDb21wbGV0ZUgAQgYKBGtpbmQiUAoJSGVhcnRiZWF0Ei8KC3NlcnZlcl90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgp0aW1lb3V0X21zGAIgASgDIk4KDlJlcGxheUNvbXBsZXRlEhcKD3JlcGxheWVkX2V2ZW50cxgBIAEoAxIOCgZyZWdpb24YAiABKAkSEwoLaW5zdGFuY2VfaWQYAyABKAkyYwoTTm90aWZpY2F0aW9uU2VydmljZRJMCglTdWJzY3JpYmUSHS5jaGF0bWVzaC52MS5TdWJzY3JpYmVSZXF1ZXN0Gh4uY2hhdG1lc2gudjEuU3Vic2NyaWJlUmVzcG9uc2UwAWIGcHJvdG8z", [file_buf_validate_validate, file_chatmesh_v1_events, file_google_protobuf_timestamp]);
+  fileDesc("CiZjaGF0bWVzaC92MS9ub3RpZmljYXRpb25fc2VydmljZS5wcm90bxILY2hhdG1lc2gudjEisAMKEFN1YnNjcmliZVJlcXVlc3QSggEKC3Jlc3VtZV9mcm9tGAEgAygLMi0uY2hhdG1lc2gudjEuU3Vic2NyaWJlUmVxdWVzdC5SZXN1bWVGcm9tRW50cnlCPrpIO5oBOBDoByItcisyKV5jaF8oW2Etel1bYS16MC05LV17MCwzMX1fKT9bMC05YS16XXsyNn0kKgQiAigAEosBChNyZXN1bWVfZnJvbV9vcmlnaW5zGAIgAygLMjQuY2hhdG1lc2gudjEuU3Vic2NyaWJlUmVxdWVzdC5SZXN1bWVGcm9tT3JpZ2luc0VudHJ5Qji6SDWaATIQ6AciLXIrMileY2hfKFthLXpdW2EtejAtOS1dezAsMzF9Xyk/WzAtOWEtel17MjZ9JBoxCg9SZXN1bWVGcm9tRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ARpWChZSZXN1bWVGcm9tT3JpZ2luc0VudHJ5EgsKA2tleRgBIAEoCRIrCgV2YWx1ZRgCIAEoCzIcLmNoYXRtZXNoLnYxLk9yaWdpblBvc2l0aW9uczoCOAEiswEKD09yaWdpblBvc2l0aW9ucxJtCgtvcmlnaW5fc2VxcxgBIAMoCzIsLmNoYXRtZXNoLnYxLk9yaWdpblBvc2l0aW9ucy5PcmlnaW5TZXFzRW50cnlCKrpIJ5oBJBBAIhpyGDIWXlthLXpdW2EtejAtOS1dezAsMzF9JCoEIgIoABoxCg9PcmlnaW5TZXFzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASKlAQoRU3Vic2NyaWJlUmVzcG9uc2USIwoFZXZlbnQYASABKAsyEi5jaGF0bWVzaC52MS5FdmVudEgAEisKCWhlYXJ0YmVhdBgCIAEoCzIWLmNoYXRtZXNoLnYxLkhlYXJ0YmVhdEgAEjYKD3JlcGxheV9jb21wbGV0ZRgDIAEoCzIbLmNoYXRtZXNoLnYxLlJlcGxheUNvbXBsZXRlSABCBgoEa2luZCJQCglIZWFydGJlYXQSLwoLc2VydmVyX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnRpbWVvdXRfbXMYAiABKAMiTgoOUmVwbGF5Q29tcGxldGUSFwoPcmVwbGF5ZWRfZXZlbnRzGAEgASgDEg4KBnJlZ2lvbhgCIAEoCRITCgtpbnN0YW5jZV9pZBgDIAEoCTJjChNOb3RpZmljYXRpb25TZXJ2aWNlEkwKCVN1YnNjcmliZRIdLmNoYXRtZXNoLnYxLlN1YnNjcmliZVJlcXVlc3QaHi5jaGF0bWVzaC52MS5TdWJzY3JpYmVSZXNwb25zZTABYgZwcm90bzM", [file_buf_validate_validate, file_chatmesh_v1_events, file_google_protobuf_timestamp]);
 
 /**
  * Request of NotificationService.Subscribe.
@@ -29,6 +29,16 @@ export type SubscribeRequest = Message<"chatmesh.v1.SubscribeRequest"> & {
    * @generated from field: map<string, int64> resume_from = 1;
    */
   resumeFrom: { [key: string]: bigint };
+
+  /**
+   * Every-region write mode (ADR-026): per channel, the last `origin_seq`
+   * seen from each origin region; the server replays every later event of
+   * each origin, then goes live. A channel named here and in `resume_from`
+   * is resumed by this map. Ignored in the primary write mode.
+   *
+   * @generated from field: map<string, chatmesh.v1.OriginPositions> resume_from_origins = 2;
+   */
+  resumeFromOrigins: { [key: string]: OriginPositions };
 };
 
 /**
@@ -37,6 +47,27 @@ export type SubscribeRequest = Message<"chatmesh.v1.SubscribeRequest"> & {
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
   messageDesc(file_chatmesh_v1_notification_service, 0);
+
+/**
+ * Per origin region, the last `origin_seq` seen of one channel.
+ *
+ * @generated from message chatmesh.v1.OriginPositions
+ */
+export type OriginPositions = Message<"chatmesh.v1.OriginPositions"> & {
+  /**
+   * Origin region -> last origin_seq seen (0: nothing yet).
+   *
+   * @generated from field: map<string, int64> origin_seqs = 1;
+   */
+  originSeqs: { [key: string]: bigint };
+};
+
+/**
+ * Describes the message chatmesh.v1.OriginPositions.
+ * Use `create(OriginPositionsSchema)` to create a new message.
+ */
+export const OriginPositionsSchema: GenMessage<OriginPositions> = /*@__PURE__*/
+  messageDesc(file_chatmesh_v1_notification_service, 1);
 
 /**
  * One item of the stream.
@@ -81,7 +112,7 @@ export type SubscribeResponse = Message<"chatmesh.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_chatmesh_v1_notification_service, 1);
+  messageDesc(file_chatmesh_v1_notification_service, 2);
 
 /**
  * Keep-alive of an idle stream.
@@ -110,7 +141,7 @@ export type Heartbeat = Message<"chatmesh.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_chatmesh_v1_notification_service, 2);
+  messageDesc(file_chatmesh_v1_notification_service, 3);
 
 /**
  * Marks the end of the replay.
@@ -145,7 +176,7 @@ export type ReplayComplete = Message<"chatmesh.v1.ReplayComplete"> & {
  * Use `create(ReplayCompleteSchema)` to create a new message.
  */
 export const ReplayCompleteSchema: GenMessage<ReplayComplete> = /*@__PURE__*/
-  messageDesc(file_chatmesh_v1_notification_service, 3);
+  messageDesc(file_chatmesh_v1_notification_service, 4);
 
 /**
  * Live event streams, served in every region.

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatmesh/v1/query_service.proto.
  */
 export const file_chatmesh_v1_query_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9jaGF0bWVzaC92MS9xdWVyeV9zZXJ2aWNlLnByb3RvEgtjaGF0bWVzaC52MSKDAwoRR2V0SGlzdG9yeVJlcXVlc3QSLAoKY2hhbm5lbF9pZBgBIAEoCUIYukgVchMyEV5jaF9bMC05YS16XXsyNn0kEiAKCmJlZm9yZV9zZXEYAiABKANCB7pIBCICIABIAIgBARIfCglhZnRlcl9zZXEYAyABKANCB7pIBCICKABIAYgBARIeCgVsaW1pdBgEIAEoBUIKukgHGgUYyAEoAUgCiAEBOrUBukixARquAQoUaGlzdG9yeS5ib3VuZHNfb3JkZXISP2JlZm9yZV9zZXEgbXVzdCBiZSBncmVhdGVyIHRoYW4gYWZ0ZXJfc2VxICsgMSB3aGVuIGJvdGggYXJlIHNldBpVIWhhcyh0aGlzLmJlZm9yZV9zZXEpIHx8ICFoYXModGhpcy5hZnRlcl9zZXEpIHx8IHRoaXMuYmVmb3JlX3NlcSAtIDEgPiB0aGlzLmFmdGVyX3NlcUINCgtfYmVmb3JlX3NlcUIMCgpfYWZ0ZXJfc2VxQggKBl9saW1pdCJgChJHZXRIaXN0b3J5UmVzcG9uc2USJgoIbWVzc2FnZXMYASADKAsyFC5jaGF0bWVzaC52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIEhAKCGxhc3Rfc2VxGAMgASgDIkEKEUdldENoYW5uZWxSZXF1ZXN0EiwKCmNoYW5uZWxfaWQYASABKAlCGLpIFXITMhFeY2hfWzAtOWEtel17MjZ9JCI7ChJHZXRDaGFubmVsUmVzcG9uc2USJQoHY2hhbm5lbBgBIAEoCzIULmNoYXRtZXNoLnYxLkNoYW5uZWwiFQoTTGlzdENoYW5uZWxzUmVxdWVzdCJFChRMaXN0Q2hhbm5lbHNSZXNwb25zZRItCghjaGFubmVscxgBIAMoCzIbLmNoYXRtZXNoLnYxLkNoYW5uZWxTdW1tYXJ5IlsKEkdldFByZXNlbmNlUmVxdWVzdBJFCgh1c2VyX2lkcxgBIAMoCUIzukgwkgEtCAEQyAEYASIkciIyIF5bQS1aYS16MC05XVtBLVphLXowLTlfLV17MCw2M30kIj8KE0dldFByZXNlbmNlUmVzcG9uc2USKAoJcHJlc2VuY2VzGAEgAygLMhUuY2hhdG1lc2gudjEuUHJlc2VuY2Uy0wIKDFF1ZXJ5U2VydmljZRJNCgpHZXRIaXN0b3J5Eh4uY2hhdG1lc2gudjEuR2V0SGlzdG9yeVJlcXVlc3QaHy5jaGF0bWVzaC52MS5HZXRIaXN0b3J5UmVzcG9uc2USTQoKR2V0Q2hhbm5lbBIeLmNoYXRtZXNoLnYxLkdldENoYW5uZWxSZXF1ZXN0Gh8uY2hhdG1lc2gudjEuR2V0Q2hhbm5lbFJlc3BvbnNlElMKDExpc3RDaGFubmVscxIgLmNoYXRtZXNoLnYxLkxpc3RDaGFubmVsc1JlcXVlc3QaIS5jaGF0bWVzaC52MS5MaXN0Q2hhbm5lbHNSZXNwb25zZRJQCgtHZXRQcmVzZW5jZRIfLmNoYXRtZXNoLnYxLkdldFByZXNlbmNlUmVxdWVzdBogLmNoYXRtZXNoLnYxLkdldFByZXNlbmNlUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_chatmesh_v1_channel, file_chatmesh_v1_message, file_chatmesh_v1_presence]);
+  fileDesc("Ch9jaGF0bWVzaC92MS9xdWVyeV9zZXJ2aWNlLnByb3RvEgtjaGF0bWVzaC52MSK5AwoRR2V0SGlzdG9yeVJlcXVlc3QSRAoKY2hhbm5lbF9pZBgBIAEoCUIwukgtcisyKV5jaF8oW2Etel1bYS16MC05LV17MCwzMX1fKT9bMC05YS16XXsyNn0kEiAKCmJlZm9yZV9zZXEYAiABKANCB7pIBCICIABIAIgBARIfCglhZnRlcl9zZXEYAyABKANCB7pIBCICKABIAYgBARIeCgVsaW1pdBgEIAEoBUIKukgHGgUYyAEoAUgCiAEBEhwKCnBhZ2VfdG9rZW4YBSABKAlCCLpIBXIDGIACOrUBukixARquAQoUaGlzdG9yeS5ib3VuZHNfb3JkZXISP2JlZm9yZV9zZXEgbXVzdCBiZSBncmVhdGVyIHRoYW4gYWZ0ZXJfc2VxICsgMSB3aGVuIGJvdGggYXJlIHNldBpVIWhhcyh0aGlzLmJlZm9yZV9zZXEpIHx8ICFoYXModGhpcy5hZnRlcl9zZXEpIHx8IHRoaXMuYmVmb3JlX3NlcSAtIDEgPiB0aGlzLmFmdGVyX3NlcUINCgtfYmVmb3JlX3NlcUIMCgpfYWZ0ZXJfc2VxQggKBl9saW1pdCL/AQoSR2V0SGlzdG9yeVJlc3BvbnNlEiYKCG1lc3NhZ2VzGAEgAygLMhQuY2hhdG1lc2gudjEuTWVzc2FnZRIQCghoYXNfbW9yZRgCIAEoCBIQCghsYXN0X3NlcRgDIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YBCABKAkSTQoQbGFzdF9vcmlnaW5fc2VxcxgFIAMoCzIzLmNoYXRtZXNoLnYxLkdldEhpc3RvcnlSZXNwb25zZS5MYXN0T3JpZ2luU2Vxc0VudHJ5GjUKE0xhc3RPcmlnaW5TZXFzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJZChFHZXRDaGFubmVsUmVxdWVzdBJECgpjaGFubmVsX2lkGAEgASgJQjC6SC1yKzIpXmNoXyhbYS16XVthLXowLTktXXswLDMxfV8pP1swLTlhLXpdezI2fSQiOwoSR2V0Q2hhbm5lbFJlc3BvbnNlEiUKB2NoYW5uZWwYASABKAsyFC5jaGF0bWVzaC52MS5DaGFubmVsIhUKE0xpc3RDaGFubmVsc1JlcXVlc3QiRQoUTGlzdENoYW5uZWxzUmVzcG9uc2USLQoIY2hhbm5lbHMYASADKAsyGy5jaGF0bWVzaC52MS5DaGFubmVsU3VtbWFyeSJbChJHZXRQcmVzZW5jZVJlcXVlc3QSRQoIdXNlcl9pZHMYASADKAlCM7pIMJIBLQgBEMgBGAEiJHIiMiBeW0EtWmEtejAtOV1bQS1aYS16MC05Xy1dezAsNjN9JCI/ChNHZXRQcmVzZW5jZVJlc3BvbnNlEigKCXByZXNlbmNlcxgBIAMoCzIVLmNoYXRtZXNoLnYxLlByZXNlbmNlMtMCCgxRdWVyeVNlcnZpY2USTQoKR2V0SGlzdG9yeRIeLmNoYXRtZXNoLnYxLkdldEhpc3RvcnlSZXF1ZXN0Gh8uY2hhdG1lc2gudjEuR2V0SGlzdG9yeVJlc3BvbnNlEk0KCkdldENoYW5uZWwSHi5jaGF0bWVzaC52MS5HZXRDaGFubmVsUmVxdWVzdBofLmNoYXRtZXNoLnYxLkdldENoYW5uZWxSZXNwb25zZRJTCgxMaXN0Q2hhbm5lbHMSIC5jaGF0bWVzaC52MS5MaXN0Q2hhbm5lbHNSZXF1ZXN0GiEuY2hhdG1lc2gudjEuTGlzdENoYW5uZWxzUmVzcG9uc2USUAoLR2V0UHJlc2VuY2USHy5jaGF0bWVzaC52MS5HZXRQcmVzZW5jZVJlcXVlc3QaIC5jaGF0bWVzaC52MS5HZXRQcmVzZW5jZVJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_chatmesh_v1_channel, file_chatmesh_v1_message, file_chatmesh_v1_presence]);
 
 /**
  * Request of QueryService.GetHistory.
@@ -52,6 +52,15 @@ export type GetHistoryRequest = Message<"chatmesh.v1.GetHistoryRequest"> & {
    * @generated from field: optional int32 limit = 4;
    */
   limit?: number | undefined;
+
+  /**
+   * Every-region write mode (ADR-026): the `next_page_token` of the previous
+   * page, to read older messages; empty for the newest page. `before_seq` and
+   * `after_seq` apply to the primary write mode only.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
 };
 
 /**
@@ -87,6 +96,23 @@ export type GetHistoryResponse = Message<"chatmesh.v1.GetHistoryResponse"> & {
    * @generated from field: int64 last_seq = 3;
    */
   lastSeq: bigint;
+
+  /**
+   * Every-region write mode: the token of the next older page; empty when
+   * this page holds the oldest message.
+   *
+   * @generated from field: string next_page_token = 4;
+   */
+  nextPageToken: string;
+
+  /**
+   * Every-region write mode: per origin region, the newest `origin_seq` of
+   * the channel this region has applied (subscribe with these to go live
+   * exactly after what the history holds). Empty in the primary write mode.
+   *
+   * @generated from field: map<string, int64> last_origin_seqs = 5;
+   */
+  lastOriginSeqs: { [key: string]: bigint };
 };
 
 /**

@@ -45,6 +45,7 @@ __all__ = (
     "MessageDeleted",
     "MessageEdited",
     "NotificationServiceStub",
+    "OriginPositions",
     "Presence",
     "PresenceChanged",
     "PresenceStatus",
@@ -591,6 +592,22 @@ class Event(betterproto2.Message):
     Who caused the event.
     """
 
+    hlc: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+    """
+    Hybrid logical clock stamp of the event in the every-region write mode
+    (ADR-026): the high 48 bits are wall-clock milliseconds since the Unix
+    epoch, the low 16 bits a counter. Channel events are shown in
+    (hlc, origin_region, event_id) order. 0 in the primary write mode.
+    """
+
+    origin_seq: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    Position among `origin_region`'s events of the channel (1, 2, ...) in the
+    every-region write mode: gap detection and resume are per channel and per
+    origin region. 0 in the primary write mode (where `seq` is the position)
+    and for ephemeral and user events.
+    """
+
     message_created: "MessageCreated | None" = betterproto2.field(
         10, betterproto2.TYPE_MESSAGE, optional=True, group="payload"
     )
@@ -714,6 +731,13 @@ class GetHistoryRequest(betterproto2.Message):
     Page size, 1–200; 50 when unset.
     """
 
+    page_token: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Every-region write mode (ADR-026): the `next_page_token` of the previous
+    page, to read older messages; empty for the newest page. `before_seq` and
+    `after_seq` apply to the primary write mode only.
+    """
+
 
 default_message_pool.register_message("chatmesh.v1", "GetHistoryRequest", GetHistoryRequest)
 
@@ -737,6 +761,23 @@ class GetHistoryResponse(betterproto2.Message):
     last_seq: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
     """
     The newest seq of the channel's log known to this region.
+    """
+
+    next_page_token: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Every-region write mode: the token of the next older page; empty when
+    this page holds the oldest message.
+    """
+
+    last_origin_seqs: "dict[str, int]" = betterproto2.field(
+        5,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode: per origin region, the newest `origin_seq` of
+    the channel this region has applied (subscribe with these to go live
+    exactly after what the history holds). Empty in the primary write mode.
     """
 
 
@@ -1075,6 +1116,18 @@ class MemberJoined(betterproto2.Message):
     The user who joined.
     """
 
+    observed: "dict[str, int]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode: the highest `origin_seq` of the channel the
+    writing region had applied per origin region when it wrote this join (a
+    version vector). A join that had seen every leave of the user re-adds
+    them; a leave it had not seen wins (ADR-026). Empty in the primary mode.
+    """
+
 
 default_message_pool.register_message("chatmesh.v1", "MemberJoined", MemberJoined)
 
@@ -1088,6 +1141,16 @@ class MemberLeft(betterproto2.Message):
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
     The user who left.
+    """
+
+    observed: "dict[str, int]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode: the writing region's version vector of the
+    channel, as in `MemberJoined.observed`. Empty in the primary mode.
     """
 
 
@@ -1156,6 +1219,19 @@ class Message(betterproto2.Message):
     The sender's idempotency key. Only returned to the sender.
     """
 
+    hlc: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+    """
+    Every-region write mode (ADR-026): the hybrid logical clock stamp of the
+    message's creation; history is ordered by (hlc, origin_region,
+    message_id). 0 in the primary write mode, where `seq` orders it.
+    """
+
+    origin_seq: "int" = betterproto2.field(12, betterproto2.TYPE_INT64)
+    """
+    Every-region write mode: the creation's position among `origin_region`'s
+    events of the channel. 0 in the primary write mode.
+    """
+
 
 default_message_pool.register_message("chatmesh.v1", "Message", Message)
 
@@ -1208,6 +1284,25 @@ class MessageEdited(betterproto2.Message):
 
 
 default_message_pool.register_message("chatmesh.v1", "MessageEdited", MessageEdited)
+
+
+@dataclass(eq=False, repr=False)
+class OriginPositions(betterproto2.Message):
+    """
+    Per origin region, the last `origin_seq` seen of one channel.
+    """
+
+    origin_seqs: "dict[str, int]" = betterproto2.field(
+        1,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Origin region -> last origin_seq seen (0: nothing yet).
+    """
+
+
+default_message_pool.register_message("chatmesh.v1", "OriginPositions", OriginPositions)
 
 
 @dataclass(eq=False, repr=False)
@@ -1395,6 +1490,18 @@ class SubscribeRequest(betterproto2.Message):
     )
     """
     channel_id → the last seq the client has. Up to 1000 channels.
+    """
+
+    resume_from_origins: "dict[str, OriginPositions]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
+    )
+    """
+    Every-region write mode (ADR-026): per channel, the last `origin_seq`
+    seen from each origin region; the server replays every later event of
+    each origin, then goes live. A channel named here and in `resume_from`
+    is resumed by this map. Ignored in the primary write mode.
     """
 
 
