@@ -10,14 +10,34 @@ Example:
     'chatmesh.dlv.eu.n-eu-1-ab12'
     >>> mirror_stream_name("us-west")
     'EVENTS_US_WEST'
+    >>> Subjects.origin_channel_events("eu", "ch_0123"), all_stream_name("eu")
+    ('chatmesh.evt.eu.ch.ch_0123', 'ALL_EU')
+
+The every-region write mode (ADR-026) has no EVENTS stream: each region writes
+its own ``EVENTS_<REGION>`` (:func:`origin_stream_name`, subjects
+``chatmesh.evt.<region>.>``) and reads ``ALL_<REGION>`` (:func:`all_stream_name`),
+which sources every region's ``EVENTS_<REGION>``.
 """
 
 from __future__ import annotations
 
-__all__ = ["EVENTS_STREAM", "Subjects", "mirror_stream_name"]
+__all__ = [
+    "EVENTS_STREAM",
+    "WRITES_EVERY_REGION",
+    "WRITES_PRIMARY",
+    "Subjects",
+    "all_stream_name",
+    "mirror_stream_name",
+    "origin_stream_name",
+]
 
 EVENTS_STREAM = "EVENTS"
 """The durable channel event log, placed in the primary region."""
+
+WRITES_PRIMARY = "primary"
+"""Write mode: every write goes to the primary region (ADR-010; the default)."""
+WRITES_EVERY_REGION = "every-region"
+"""Write mode: every region takes its own users' writes (ADR-026)."""
 
 
 class Subjects:
@@ -83,6 +103,21 @@ class Subjects:
         return f"chatmesh.mirror.{region}"
 
     @staticmethod
+    def origin_events_all(region: str) -> str:
+        """Every-region mode: every event ``region`` writes (its ``EVENTS_<REGION>``)."""
+        return f"chatmesh.evt.{region}.>"
+
+    @staticmethod
+    def origin_channel_events(region: str, channel_id: str) -> str:
+        """Every-region mode: subject of a channel's events written in ``region``."""
+        return f"chatmesh.evt.{region}.ch.{channel_id}"
+
+    @staticmethod
+    def origin_user_events(region: str, user_id: str) -> str:
+        """Every-region mode: subject of a user's events written in ``region``."""
+        return f"chatmesh.evt.{region}.user.{user_id}"
+
+    @staticmethod
     def route_heartbeat(region: str, instance_id: str) -> str:
         """Subject of an instance's heartbeats."""
         return f"chatmesh.route.hb.{region}.{instance_id}"
@@ -91,3 +126,13 @@ class Subjects:
 def mirror_stream_name(region: str) -> str:
     """Name of a secondary region's mirror of EVENTS (``EVENTS_EU``, ``EVENTS_US_WEST``)."""
     return f"{EVENTS_STREAM}_{region.upper().replace('-', '_')}"
+
+
+def origin_stream_name(region: str) -> str:
+    """Every-region mode: the stream of the events ``region`` writes (``EVENTS_EU``), placed there."""
+    return mirror_stream_name(region)
+
+
+def all_stream_name(region: str) -> str:
+    """Every-region mode: ``region``'s stream sourcing every region's events (``ALL_EU``)."""
+    return f"ALL_{region.upper().replace('-', '_')}"
