@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from mesh.stores.base import (
     UNREAD_CAP,
+    ChannelClock,
     CommandStore,
     HistoryPage,
     HistoryStore,
@@ -36,10 +37,13 @@ from mesh.stores.base import (
     LogEntry,
     MessageRecord,
     MetadataStore,
+    OrderedPage,
+    OrderKey,
 )
 
 __all__ = [
     "UNREAD_CAP",
+    "ChannelClock",
     "CommandStore",
     "HistoryPage",
     "HistoryStore",
@@ -47,6 +51,9 @@ __all__ = [
     "LogEntry",
     "MessageRecord",
     "MetadataStore",
+    "OrderKey",
+    "OrderedPage",
+    "check_write_mode",
     "open_command",
     "open_history",
     "open_metadata",
@@ -58,6 +65,34 @@ def _scheme(dsn: str) -> str:
     if not scheme:
         raise ValueError(f"store DSN {dsn!r} has no scheme (sqlite://, cassandra://, mongodb://)")
     return scheme
+
+
+EVERY_REGION_SCHEMES = frozenset({"sqlite"})
+"""Backends that implement the every-region write mode (ADR-026)."""
+
+
+def check_write_mode(writes: str, **dsns: str) -> None:
+    """Refuses a write mode the named stores cannot serve (call at start-up).
+
+    Args:
+        writes: ``"primary"`` or ``"every-region"`` (the services' ``writes`` setting).
+        dsns: Setting name -> DSN of each store the service opens (empty: none).
+
+    Raises:
+        ValueError: An unknown mode, or the every-region mode with a store whose backend
+            does not implement it yet (Cassandra, MongoDB: ADR-026).
+    """
+    if writes not in ("primary", "every-region"):
+        raise ValueError(f"writes = {writes!r}: expected 'primary' or 'every-region'")
+    if writes == "primary":
+        return
+    for name, dsn in dsns.items():
+        if dsn and _scheme(dsn) not in EVERY_REGION_SCHEMES:
+            raise ValueError(
+                f"{name} = {dsn!r}: the every-region write mode (ADR-026) is built for the "
+                f"embedded SQLite stores only; {_scheme(dsn)}:// does not apply events by "
+                "origin and order key yet. Use sqlite:// stores or writes = 'primary'."
+            )
 
 
 def _sqlite_path(dsn: str) -> Path:

@@ -17,6 +17,20 @@ Three stores, by who writes them:
 Every write method is idempotent, because events are delivered at least once.
 The shared contract suite (``tests/stores/test_contract.py``) runs against every
 backend.
+
+**The every-region write mode (ADR-026).** Each region writes its own events
+(``seq`` 0, ``origin_seq`` 1, 2, ... per origin region and channel, an ``hlc``),
+and every region applies every region's events in whatever order they arrive.
+The stores tell the two kinds of event apart by their stamps (``origin_seq`` > 0
+and ``seq`` 0), so ``apply`` needs no mode switch; an event of either kind is
+applied idempotently by its position, ``(channel_id, seq)`` or ``(channel_id,
+origin_region, origin_seq)``. Applied origin events are shown by the rules of
+:mod:`mesh.core.convergence` (order by :data:`OrderKey`, last-writer-wins edits,
+final deletes, one message per derived id, observed-remove membership), so two
+regions holding the same events answer alike. The methods marked *every-region*
+below serve that mode only; the SQLite backend implements them, Cassandra and
+MongoDB raise :class:`NotImplementedError` (the services refuse the mode with
+those backends at start-up, :func:`mesh.stores.check_write_mode`).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
 
 __all__ = [
     "UNREAD_CAP",
+    "ChannelClock",
     "CommandStore",
     "HistoryPage",
     "HistoryStore",
@@ -36,6 +51,8 @@ __all__ = [
     "LogEntry",
     "MessageRecord",
     "MetadataStore",
+    "OrderKey",
+    "OrderedPage",
 ]
 
 UNREAD_CAP = 1000
@@ -52,6 +69,38 @@ class HistoryPage:
     """More messages lie beyond the page in the direction of travel."""
     last_seq: int
     """Newest seq of the channel's log in this store."""
+
+
+OrderKey = tuple[int, str, str]
+"""``(hlc, origin_region, event_id)``: where an event (or the message it creates) sits
+in a channel in the every-region mode (:func:`mesh.core.convergence.order_key`)."""
+
+
+@dataclass(frozen=True)
+class OrderedPage:
+    """One page of :meth:`HistoryStore.ordered_history` (every-region mode)."""
+
+    messages: list[message_pb2.Message]
+    """Ascending by order key (each message at its kept creation's key)."""
+    has_more: bool
+    """Older messages exist before ``messages[0]``."""
+    oldest: OrderKey | None
+    """Order key of ``messages[0]`` (None for an empty page): pass it as ``before``
+    to read the next older page; no message is skipped or repeated, ties at one
+    hlc included, because the key is a total order."""
+
+
+@dataclass(frozen=True)
+class ChannelClock:
+    """What a region has applied of a channel (every-region mode)."""
+
+    seen: dict[str, int]
+    """Origin region -> the highest ``origin_seq`` up to which every event of that
+    origin is applied (a hole stops it): the version vector a join or leave records."""
+    max_hlc: int
+    """The greatest ``hlc`` among the channel's applied events (0 if none): the clock
+    of a region that writes to the channel observes it first, so a reply sorts after
+    what it answers."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +219,20 @@ class MetadataStore(Protocol):
         """A page of ``(channel_id, membership_seq, members)`` ordered by channel id (for loading caches)."""
         ...
 
+    async def channel_clock(self, channel_id: str) -> ChannelClock:
+        """Every-region: the channel's applied positions and greatest hlc (empty, 0 if unknown)."""
+        ...
+
+    async def known_message(self, message_id: str) -> MessageRecord | None:
+        """Every-region: a message created in any region, as this region knows it.
+
+        Enough to authorize an edit or delete of a message written elsewhere:
+        channel, sender, whether deleted (a delete is final, even one applied
+        before the creation arrived) and ``body``, the kept creation's message
+        (empty once deleted). ``seq`` is 0. None until a creation is applied.
+        """
+        ...
+
     async def close(self) -> None:
         """Releases connections."""
         ...
@@ -221,6 +284,48 @@ class HistoryStore(Protocol):
 
     async def applied_stream_seq(self) -> int:
         """The highest EVENTS stream sequence applied to this store."""
+        ...
+
+    async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
+        """Every-region: origin region -> the channel's applied ``origin_seq`` (no hole below).
+
+        The highest ``origin_seq`` up to which every event of that origin is applied.
+        A hole stops the count (events after it are applied, but not counted until it
+        is filled), so resuming or gap-filling after these positions misses nothing.
+        Origins with nothing applied are absent; ``{}`` for an unknown channel.
+        """
+        ...
+
+    async def origin_events_after(
+        self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
+    ) -> list[events_pb2.Event]:
+        """Every-region: the channel's events of one origin after an ``origin_seq``.
+
+        Those written in ``origin_region`` with ``origin_seq`` > ``after_origin_seq``,
+        ascending by ``origin_seq``, at most ``limit``. The events as published (read them through :class:`mesh.stores.current.CurrentHistory`
+        to show messages in their current state). Holes are not filled: the list may
+        skip a position this store has not applied.
+        """
+        ...
+
+    async def ordered_history(
+        self, channel_id: str, *, before: OrderKey | None = None, limit: int = 50
+    ) -> OrderedPage:
+        """Every-region: a page of messages in order key order, newest page first.
+
+        The newest ``limit`` messages with order key < ``before`` (no bound if None),
+        ascending by order key, in their current state (edits by last writer,
+        deletes as tombstones, one message per id).
+        """
+        ...
+
+    async def messages_by_id(
+        self, channel_id: str, message_ids: Sequence[str]
+    ) -> dict[str, message_pb2.Message]:
+        """Every-region: the current state of the channel's messages with these ids.
+
+        Messages not created yet (in this store) are absent.
+        """
         ...
 
     async def close(self) -> None:

@@ -157,7 +157,7 @@ from cassandra.query import BoundStatement, PreparedStatement, SimpleStatement, 
 
 from chatmesh.v1 import events_pb2, message_pb2
 from mesh.core.errors import Unavailable
-from mesh.stores.base import UNREAD_CAP, HistoryPage
+from mesh.stores.base import UNREAD_CAP, HistoryPage, OrderedPage, OrderKey
 
 __all__ = [
     "BUCKET_SIZE",
@@ -868,9 +868,38 @@ class CassandraHistoryStore:
         rows = await self._cql.run(self._q.meta, (_WATERMARK,), self._read)
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
+    # -- every-region mode (ADR-026): not built for Cassandra ------------------------
+
+    async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
+        """Not built: the services refuse the every-region mode with Cassandra (ADR-026)."""
+        raise NotImplementedError(_EVERY_REGION)
+
+    async def origin_events_after(
+        self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
+    ) -> list[events_pb2.Event]:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(_EVERY_REGION)
+
+    async def ordered_history(
+        self, channel_id: str, *, before: OrderKey | None = None, limit: int = 50
+    ) -> OrderedPage:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(_EVERY_REGION)
+
+    async def messages_by_id(
+        self, channel_id: str, message_ids: Sequence[str]
+    ) -> dict[str, message_pb2.Message]:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(_EVERY_REGION)
+
     async def close(self) -> None:
         """Shuts the driver down (its threads and connections)."""
         await asyncio.to_thread(self._cluster.shutdown)
+
+
+_EVERY_REGION = (
+    "the Cassandra history store does not implement the every-region write mode (ADR-026)"
+)
 
 
 # ------------------------------------------------------------------------------ opening

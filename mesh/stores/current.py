@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chatmesh.v1 import events_pb2, message_pb2
-from mesh.stores.base import UNREAD_CAP, HistoryPage, HistoryStore
+from mesh.stores.base import UNREAD_CAP, HistoryPage, HistoryStore, OrderedPage, OrderKey
 
-__all__ = ["CurrentHistory", "current_events"]
+__all__ = ["CurrentHistory", "current_events", "current_origin_events"]
 
 
 def _message_of(event: events_pb2.Event) -> message_pb2.Message | None:
@@ -69,21 +69,48 @@ async def current_events(
         if message is None or now is None or now == message:
             out.append(event)
             continue
-        shown = events_pb2.Event()
-        shown.CopyFrom(event)
-        target = _message_of(shown)
-        assert target is not None
-        key = target.client_msg_id  # the event's own idempotency key (edits clear it)
-        target.CopyFrom(now)
-        target.client_msg_id = key
-        out.append(shown)
+        out.append(_shown(event, now))
+    return out
+
+
+def _shown(event: events_pb2.Event, now: message_pb2.Message) -> events_pb2.Event:
+    shown = events_pb2.Event()
+    shown.CopyFrom(event)
+    target = _message_of(shown)
+    assert target is not None
+    key = target.client_msg_id  # the event's own idempotency key (edits clear it)
+    target.CopyFrom(now)
+    target.client_msg_id = key
+    return shown
+
+
+async def current_origin_events(
+    store: HistoryStore, channel_id: str, events: list[events_pb2.Event]
+) -> list[events_pb2.Event]:
+    """Every-region mode (ADR-026): :func:`current_events` for events stamped by origin.
+
+    Messages are found by id (they have no seq); the event's stamps (``hlc``,
+    ``origin_seq``, ``origin_region``) do not change.
+    """
+    messages = [_message_of(e) for e in events]
+    wanted = sorted({m.message_id for m in messages if m is not None})
+    if not wanted:
+        return events
+    current = await store.messages_by_id(channel_id, wanted)
+    out: list[events_pb2.Event] = []
+    for event, message in zip(events, messages, strict=True):
+        now = current.get(message.message_id) if message is not None else None
+        out.append(
+            event if message is None or now is None or now == message else _shown(event, now)
+        )
     return out
 
 
 class CurrentHistory:
-    """A :class:`HistoryStore` whose ``events_after`` shows messages in their current state.
+    """A :class:`HistoryStore` whose replays show messages in their current state.
 
-    Everything else is the wrapped store's.
+    ``events_after`` and ``origin_events_after`` do; everything else is the
+    wrapped store's.
     """
 
     def __init__(self, store: HistoryStore) -> None:
@@ -121,6 +148,27 @@ class CurrentHistory:
 
     async def applied_stream_seq(self) -> int:
         return await self.store.applied_stream_seq()
+
+    async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
+        return await self.store.last_origin_seqs(channel_id)
+
+    async def origin_events_after(
+        self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
+    ) -> list[events_pb2.Event]:
+        events = await self.store.origin_events_after(
+            channel_id, origin_region, after_origin_seq, limit
+        )
+        return await current_origin_events(self.store, channel_id, events)
+
+    async def ordered_history(
+        self, channel_id: str, *, before: OrderKey | None = None, limit: int = 50
+    ) -> OrderedPage:
+        return await self.store.ordered_history(channel_id, before=before, limit=limit)
+
+    async def messages_by_id(
+        self, channel_id: str, message_ids: Sequence[str]
+    ) -> dict[str, message_pb2.Message]:
+        return await self.store.messages_by_id(channel_id, message_ids)
 
     async def close(self) -> None:
         await self.store.close()

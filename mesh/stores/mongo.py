@@ -139,7 +139,7 @@ from pymongo.read_preferences import (
 
 from chatmesh.v1 import channel_pb2, events_pb2
 from mesh.core.errors import Unavailable
-from mesh.stores.base import LogConflict, LogEntry, MessageRecord
+from mesh.stores.base import ChannelClock, LogConflict, LogEntry, MessageRecord
 
 __all__ = [
     "DEFAULT_DATABASE",
@@ -584,6 +584,18 @@ class MongoMetadataStore:
                 (str(c["_id"]), int(c.get("membership_seq", 0)), members[str(c["_id"])])
                 for c in chans
             ]
+
+    async def channel_clock(self, channel_id: str) -> ChannelClock:
+        """Not built: the services refuse the every-region mode with MongoDB (ADR-026)."""
+        raise NotImplementedError(
+            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
+        )
+
+    async def known_message(self, message_id: str) -> MessageRecord | None:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(
+            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
+        )
 
     async def close(self) -> None:
         """Releases connections."""

@@ -35,7 +35,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
-from mesh.stores.base import UNREAD_CAP, HistoryPage, LogConflict, LogEntry, MessageRecord
+from mesh.stores.base import (
+    UNREAD_CAP,
+    ChannelClock,
+    HistoryPage,
+    LogConflict,
+    LogEntry,
+    MessageRecord,
+    OrderedPage,
+    OrderKey,
+)
 
 __all__ = ["SqliteCommandStore", "SqliteHistoryStore", "SqliteMetadataStore"]
 
@@ -627,6 +636,12 @@ class SqliteMetadataStore(_Db):
             members[channel_id].append(user_id)
         return [(r[0], int(r[1]), members[r[0]]) for r in rows]
 
+    async def channel_clock(self, channel_id: str) -> ChannelClock:
+        raise NotImplementedError("every-region mode: next commit")
+
+    async def known_message(self, message_id: str) -> MessageRecord | None:
+        raise NotImplementedError("every-region mode: next commit")
+
 
 class SqliteHistoryStore(_Db):
     """Event logs and message state of one region."""
@@ -778,3 +793,21 @@ class SqliteHistoryStore(_Db):
             "SELECT value FROM meta WHERE key = 'applied_stream_seq'"
         ).fetchone()
         return int(row[0]) if row else 0
+
+    async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
+        raise NotImplementedError("every-region mode: next commit")
+
+    async def origin_events_after(
+        self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
+    ) -> list[events_pb2.Event]:
+        raise NotImplementedError("every-region mode: next commit")
+
+    async def ordered_history(
+        self, channel_id: str, *, before: OrderKey | None = None, limit: int = 50
+    ) -> OrderedPage:
+        raise NotImplementedError("every-region mode: next commit")
+
+    async def messages_by_id(
+        self, channel_id: str, message_ids: Sequence[str]
+    ) -> dict[str, message_pb2.Message]:
+        raise NotImplementedError("every-region mode: next commit")
