@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import sqlite3
 import threading
@@ -35,6 +37,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from chatmesh.v1 import channel_pb2, events_pb2, message_pb2
+from mesh.core.convergence import Stamp, is_member
+from mesh.stores._origin import (
+    HLC_LIMIT,
+    current_message,
+    is_origin_event,
+    membership_change,
+    message_id_of,
+    order_key_of,
+)
 from mesh.stores.base import (
     UNREAD_CAP,
     ChannelClock,
@@ -47,6 +58,8 @@ from mesh.stores.base import (
 )
 
 __all__ = ["SqliteCommandStore", "SqliteHistoryStore", "SqliteMetadataStore"]
+
+logger = logging.getLogger(__name__)
 
 
 _FILE_MODE = 0o600
@@ -451,10 +464,65 @@ def _settle(
             future.set_exception(error)
 
 
+_ORIGIN_POSITIONS = """
+    CREATE TABLE IF NOT EXISTS origin_positions (
+        channel_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        applied_seq INTEGER NOT NULL DEFAULT 0,
+        max_hlc INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (channel_id, origin_region)
+    ) WITHOUT ROWID;
+"""
+"""Every-region mode: per channel and origin, the applied seq below the first hole and the
+greatest hlc applied (both stores)."""
+
+
+def _record_position(conn: sqlite3.Connection, applied_table: str, event: events_pb2.Event) -> None:
+    """Counts a newly applied origin event into ``origin_positions``.
+
+    ``applied_table`` holds ``(channel_id, origin_region, origin_seq)`` of every applied
+    event; ``applied_seq`` moves past the event and every applied seq right after it,
+    and stops below the first hole (the event that fills it moves it on).
+    """
+    channel_id, origin, origin_seq = event.channel_id, event.origin_region, event.origin_seq
+    conn.execute(
+        "INSERT INTO origin_positions (channel_id, origin_region, max_hlc) VALUES (?, ?, ?) "
+        "ON CONFLICT (channel_id, origin_region) DO UPDATE SET max_hlc = MAX(max_hlc, excluded.max_hlc)",
+        (channel_id, origin, event.hlc),
+    )
+    row = conn.execute(
+        "SELECT applied_seq FROM origin_positions WHERE channel_id = ? AND origin_region = ?",
+        (channel_id, origin),
+    ).fetchone()
+    if origin_seq != int(row[0]) + 1:
+        return
+    position = origin_seq
+    while conn.execute(
+        f"SELECT 1 FROM {applied_table} WHERE channel_id = ? AND origin_region = ? AND origin_seq = ?",
+        (channel_id, origin, position + 1),
+    ).fetchone():
+        position += 1
+    conn.execute(
+        "UPDATE origin_positions SET applied_seq = ? WHERE channel_id = ? AND origin_region = ?",
+        (position, channel_id, origin),
+    )
+
+
+def _fits(event: events_pb2.Event) -> bool:
+    if event.hlc < HLC_LIMIT:
+        return True
+    logger.error(
+        "skipping event %s of %s: hlc %d does not fit the store (a broken clock in %s)",
+        event.event_id, event.channel_id, event.hlc, event.origin_region,
+    )  # fmt: skip
+    return False
+
+
 class SqliteMetadataStore(_Db):
     """Channels, memberships and read markers of one region."""
 
-    SCHEMA = """
+    SCHEMA = (
+        """
     CREATE TABLE IF NOT EXISTS channels (
         channel_id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -477,7 +545,43 @@ class SqliteMetadataStore(_Db):
         seq INTEGER NOT NULL,
         PRIMARY KEY (user_id, channel_id)
     ) WITHOUT ROWID;
+    -- Every-region mode (ADR-026): which origin events are applied, and what they decide.
+    CREATE TABLE IF NOT EXISTS origin_applied (
+        channel_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        origin_seq INTEGER NOT NULL,
+        PRIMARY KEY (channel_id, origin_region, origin_seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS origin_channels (
+        channel_id TEXT PRIMARY KEY,
+        hlc INTEGER NOT NULL,
+        origin_region TEXT NOT NULL,
+        event_id TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS membership_changes (
+        channel_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        origin_seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        hlc INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        seen TEXT NOT NULL,
+        PRIMARY KEY (channel_id, user_id, origin_region, origin_seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS known_messages (
+        message_id TEXT PRIMARY KEY,
+        channel_id TEXT NOT NULL,
+        sender_user_id TEXT NOT NULL,
+        deleted INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        hlc INTEGER,
+        origin_region TEXT NOT NULL,
+        event_id TEXT NOT NULL
+    ) WITHOUT ROWID;
     """
+        + _ORIGIN_POSITIONS
+    )
 
     _BUMP = (
         "UPDATE channels SET last_seq = MAX(last_seq, ?), last_activity_ms = MAX(last_activity_ms, ?) "
@@ -495,6 +599,10 @@ class SqliteMetadataStore(_Db):
                 "ON CONFLICT (user_id, channel_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
                 (rm.user_id, event.channel_id, rm.last_read_seq),
             )
+            return
+        if is_origin_event(event):
+            if _fits(event):
+                self._apply_origin(event)
             return
         if event.seq <= 0 or not event.channel_id:
             return  # ephemeral events carry no state
@@ -636,17 +744,155 @@ class SqliteMetadataStore(_Db):
             members[channel_id].append(user_id)
         return [(r[0], int(r[1]), members[r[0]]) for r in rows]
 
+    # -- every-region mode (ADR-026) -------------------------------------------------
+
+    def _apply_origin(self, event: events_pb2.Event) -> None:
+        """Applies an origin-stamped event once, by the rules of :mod:`mesh.core.convergence`.
+
+        Whatever order a channel's events arrive in, the channel row, members and known
+        messages end the same: the kept creation is the first in order, membership is
+        recomputed from every join and leave of the user, a delete is final.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = conn.execute(
+                "INSERT OR IGNORE INTO origin_applied (channel_id, origin_region, origin_seq) VALUES (?, ?, ?)",
+                (event.channel_id, event.origin_region, event.origin_seq),
+            ).rowcount
+            if fresh:
+                _record_position(conn, "origin_applied", event)
+                self._decide(event)
+                conn.execute(
+                    "UPDATE channels SET last_activity_ms = MAX(last_activity_ms, ?) WHERE channel_id = ?",
+                    (event.occurred_at.ToMilliseconds(), event.channel_id),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _decide(self, event: events_pb2.Event) -> None:
+        # Edits change nothing here: a message's text lives in the history store.
+        conn, kind, key = self.conn, event.WhichOneof("payload"), order_key_of(event)
+        if kind == "channel_created":
+            ch = event.channel_created.channel
+            row = conn.execute(
+                "SELECT hlc, origin_region, event_id FROM origin_channels WHERE channel_id = ?",
+                (event.channel_id,),
+            ).fetchone()
+            # The same id created twice (a retried CreateChannel through another region):
+            # one channel, described by the creation first in order.
+            if row is None or key < (int(row[0]), str(row[1]), str(row[2])):
+                conn.execute(
+                    "INSERT OR REPLACE INTO origin_channels (channel_id, hlc, origin_region, event_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    (event.channel_id, *key),
+                )
+                conn.execute(
+                    "INSERT INTO channels (channel_id, name, created_by, created_at_ms, visibility, last_seq, "
+                    "membership_seq, last_activity_ms) VALUES (?, ?, ?, ?, ?, 0, 0, ?) ON CONFLICT (channel_id) "
+                    "DO UPDATE SET name = excluded.name, created_by = excluded.created_by, "
+                    "created_at_ms = excluded.created_at_ms, visibility = excluded.visibility",
+                    (event.channel_id, ch.name, ch.created_by_user_id, ch.created_at.ToMilliseconds(),
+                     int(ch.visibility), event.occurred_at.ToMilliseconds()),
+                )  # fmt: skip
+            # The initial members join with the creation (having seen nothing: any leave
+            # of theirs removes them).
+            for user in ch.member_user_ids:
+                self._membership(event, "join", user, {})
+        elif kind == "member_joined":
+            self._membership(
+                event, "join", event.member_joined.user_id, dict(event.member_joined.observed)
+            )
+        elif kind == "member_left":
+            self._membership(
+                event, "leave", event.member_left.user_id, dict(event.member_left.observed)
+            )
+        elif kind == "message_created":
+            m = event.message_created.message
+            row = conn.execute(
+                "SELECT hlc, origin_region, event_id, deleted FROM known_messages WHERE message_id = ?",
+                (m.message_id,),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO known_messages (message_id, channel_id, sender_user_id, deleted, body, hlc, "
+                    "origin_region, event_id) VALUES (?, ?, ?, 0, ?, ?, ?, ?)",
+                    (m.message_id, m.channel_id, m.sender_user_id, m.SerializeToString(), *key),
+                )
+            elif row[0] is None or key < (int(row[0]), str(row[1]), str(row[2])):
+                # First creation here (a delete came first), or an earlier copy of it.
+                deleted = bool(row[3])
+                conn.execute(
+                    "UPDATE known_messages SET channel_id = ?, sender_user_id = ?, body = ?, hlc = ?, "
+                    "origin_region = ?, event_id = ? WHERE message_id = ?",
+                    (m.channel_id, m.sender_user_id, b"" if deleted else m.SerializeToString(),
+                     *key, m.message_id),
+                )  # fmt: skip
+        elif kind == "message_deleted":
+            d = event.message_deleted
+            # Final, even before the creation arrives (its text is never kept then).
+            conn.execute(
+                "INSERT INTO known_messages (message_id, channel_id, sender_user_id, deleted, body, hlc, "
+                "origin_region, event_id) VALUES (?, ?, ?, 1, x'', NULL, '', '') "
+                "ON CONFLICT (message_id) DO UPDATE SET deleted = 1, body = x''",
+                (d.message_id, event.channel_id, event.actor_user_id),
+            )
+
+    def _membership(
+        self, event: events_pb2.Event, kind: str, user: str, seen: dict[str, int]
+    ) -> None:
+        conn = self.conn
+        conn.execute(
+            "INSERT OR IGNORE INTO membership_changes (channel_id, user_id, origin_region, origin_seq, kind, "
+            "hlc, event_id, seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.channel_id, user, event.origin_region, event.origin_seq, kind, event.hlc,
+             event.event_id, json.dumps(seen, sort_keys=True)),
+        )  # fmt: skip
+        changes = [
+            membership_change(r[0], user, Stamp(int(r[1]), str(r[2]), str(r[3]), int(r[4])), r[5])
+            for r in conn.execute(
+                "SELECT kind, hlc, origin_region, event_id, origin_seq, seen FROM membership_changes "
+                "WHERE channel_id = ? AND user_id = ?",
+                (event.channel_id, user),
+            )
+        ]
+        if is_member(user, changes):
+            conn.execute(
+                "INSERT OR IGNORE INTO members (channel_id, user_id) VALUES (?, ?)",
+                (event.channel_id, user),
+            )
+        else:
+            conn.execute(
+                "DELETE FROM members WHERE channel_id = ? AND user_id = ?", (event.channel_id, user)
+            )
+
     async def channel_clock(self, channel_id: str) -> ChannelClock:
-        raise NotImplementedError("every-region mode: next commit")
+        rows = self.conn.execute(
+            "SELECT origin_region, applied_seq, max_hlc FROM origin_positions WHERE channel_id = ?",
+            (channel_id,),
+        ).fetchall()
+        return ChannelClock(
+            {str(r[0]): int(r[1]) for r in rows if r[1]}, max((int(r[2]) for r in rows), default=0)
+        )
 
     async def known_message(self, message_id: str) -> MessageRecord | None:
-        raise NotImplementedError("every-region mode: next commit")
+        row = self.conn.execute(
+            "SELECT message_id, channel_id, sender_user_id, deleted, body FROM known_messages "
+            "WHERE message_id = ? AND hlc IS NOT NULL",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return MessageRecord(str(row[0]), str(row[1]), 0, str(row[2]), bool(row[3]), bytes(row[4]))
 
 
 class SqliteHistoryStore(_Db):
     """Event logs and message state of one region."""
 
-    SCHEMA = """
+    SCHEMA = (
+        """
     CREATE TABLE IF NOT EXISTS events (
         channel_id TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -665,7 +911,33 @@ class SqliteHistoryStore(_Db):
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS messages_by_id ON messages (message_id);
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    -- Every-region mode (ADR-026): every origin's events, and each message as shown.
+    CREATE TABLE IF NOT EXISTS origin_events (
+        channel_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        origin_seq INTEGER NOT NULL,
+        hlc INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        event BLOB NOT NULL,
+        PRIMARY KEY (channel_id, origin_region, origin_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS origin_events_by_message ON origin_events (channel_id, message_id)
+        WHERE message_id != '';
+    CREATE TABLE IF NOT EXISTS origin_messages (
+        channel_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        hlc INTEGER NOT NULL,
+        origin_region TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (channel_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS origin_messages_in_order
+        ON origin_messages (channel_id, hlc, origin_region, event_id);
     """
+        + _ORIGIN_POSITIONS
+    )
 
     async def apply(self, events: Sequence[events_pb2.Event], stream_seq: int = 0) -> int:
         conn = self.conn
@@ -673,6 +945,9 @@ class SqliteHistoryStore(_Db):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for event in events:
+                if is_origin_event(event):
+                    applied += self._apply_origin(event)
+                    continue
                 if event.seq <= 0 or not event.channel_id:
                     continue
                 cur = conn.execute(
@@ -794,20 +1069,97 @@ class SqliteHistoryStore(_Db):
         ).fetchone()
         return int(row[0]) if row else 0
 
+    # -- every-region mode (ADR-026) -------------------------------------------------
+
+    def _apply_origin(self, event: events_pb2.Event) -> bool:
+        """Stores an origin-stamped event once and recomputes the message it is about."""
+        if not _fits(event):
+            return False
+        message_id = message_id_of(event)
+        fresh = self.conn.execute(
+            "INSERT OR IGNORE INTO origin_events (channel_id, origin_region, origin_seq, hlc, event_id, "
+            "message_id, event) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event.channel_id, event.origin_region, event.origin_seq, event.hlc, event.event_id,
+             message_id, event.SerializeToString()),
+        ).rowcount  # fmt: skip
+        if not fresh:
+            return False  # seen before: applying it again must change nothing
+        _record_position(self.conn, "origin_events", event)
+        if message_id:
+            self._resolve(event.channel_id, message_id)
+        return True
+
+    def _resolve(self, channel_id: str, message_id: str) -> None:
+        """Recomputes a message from every event about it (so arrival order cannot matter)."""
+        rows = self.conn.execute(
+            "SELECT event FROM origin_events WHERE channel_id = ? AND message_id = ? AND message_id != ''",
+            (channel_id, message_id),
+        ).fetchall()
+        current = current_message(events_pb2.Event.FromString(r[0]) for r in rows)
+        if current is None:
+            return  # edits and deletes wait for the creation
+        (hlc, origin, event_id), message = current
+        self.conn.execute(
+            "INSERT OR REPLACE INTO origin_messages (channel_id, message_id, hlc, origin_region, event_id, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (channel_id, message_id, hlc, origin, event_id, message.SerializeToString()),
+        )
+
     async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
-        raise NotImplementedError("every-region mode: next commit")
+        return {
+            str(r[0]): int(r[1])
+            for r in self.conn.execute(
+                "SELECT origin_region, applied_seq FROM origin_positions "
+                "WHERE channel_id = ? AND applied_seq > 0",
+                (channel_id,),
+            )
+        }
 
     async def origin_events_after(
         self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
     ) -> list[events_pb2.Event]:
-        raise NotImplementedError("every-region mode: next commit")
+        rows = self.conn.execute(
+            "SELECT event FROM origin_events WHERE channel_id = ? AND origin_region = ? AND origin_seq > ? "
+            "ORDER BY origin_seq ASC LIMIT ?",
+            (channel_id, origin_region, after_origin_seq, limit),
+        ).fetchall()
+        return [events_pb2.Event.FromString(r[0]) for r in rows]
 
     async def ordered_history(
         self, channel_id: str, *, before: OrderKey | None = None, limit: int = 50
     ) -> OrderedPage:
-        raise NotImplementedError("every-region mode: next commit")
+        newest_first = "ORDER BY hlc DESC, origin_region DESC, event_id DESC LIMIT ?"
+        if before is None or before[0] >= HLC_LIMIT:  # no stored key reaches that far
+            rows = self.conn.execute(
+                "SELECT hlc, origin_region, event_id, body FROM origin_messages WHERE channel_id = ? "
+                + newest_first,
+                (channel_id, limit + 1),
+            ).fetchall()
+        else:
+            # A row-value comparison: the whole key, so ties at one hlc are kept apart.
+            rows = self.conn.execute(
+                "SELECT hlc, origin_region, event_id, body FROM origin_messages WHERE channel_id = ? "
+                "AND (hlc, origin_region, event_id) < (?, ?, ?) " + newest_first,
+                (channel_id, *before, limit + 1),
+            ).fetchall()
+        page = list(reversed(rows[:limit]))
+        return OrderedPage(
+            [message_pb2.Message.FromString(r[3]) for r in page],
+            len(rows) > limit,
+            (int(page[0][0]), str(page[0][1]), str(page[0][2])) if page else None,
+        )
 
     async def messages_by_id(
         self, channel_id: str, message_ids: Sequence[str]
     ) -> dict[str, message_pb2.Message]:
-        raise NotImplementedError("every-region mode: next commit")
+        found: dict[str, message_pb2.Message] = {}
+        ids = list(dict.fromkeys(message_ids))
+        for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for message_id, body in self.conn.execute(
+                f"SELECT message_id, body FROM origin_messages WHERE channel_id = ? AND message_id IN ({marks})",
+                (channel_id, *chunk),
+            ):
+                found[str(message_id)] = message_pb2.Message.FromString(body)
+        return found
