@@ -44,7 +44,10 @@ class CommonConfig:
     region: str = "us-east"
     """The region this process serves."""
     primary_region: str = "us-east"
-    """The region that takes writes."""
+    """The region that takes writes (``writes = "primary"``)."""
+    writes: str = "primary"
+    """Write mode: ``"primary"`` (every write goes to ``primary_region``, ADR-010) or
+    ``"every-region"`` (each region takes its own users' writes, ADR-026)."""
     instance_id: str = ""
     """Unique id of this process (generated when empty)."""
     grpc_listen: str = "127.0.0.1:0"

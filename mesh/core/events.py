@@ -13,7 +13,13 @@ import time
 from chatmesh.v1 import events_pb2
 from mesh.core import ids
 
-__all__ = ["CHANNEL_LOG_KINDS", "is_channel_log_event", "new_event", "now_ms"]
+__all__ = [
+    "CHANNEL_LOG_KINDS",
+    "is_channel_log_event",
+    "is_origin_log_event",
+    "new_event",
+    "now_ms",
+]
 
 CHANNEL_LOG_KINDS = frozenset(
     {
@@ -51,3 +57,17 @@ def new_event(
 def is_channel_log_event(event: events_pb2.Event) -> bool:
     """True for events that belong to a channel's durable log."""
     return event.WhichOneof("payload") in CHANNEL_LOG_KINDS and event.seq > 0
+
+
+def is_origin_log_event(event: events_pb2.Event) -> bool:
+    """True for channel-log events of the every-region write mode (ADR-026).
+
+    They carry ``origin_seq`` (their position among their origin region's events
+    of the channel) and ``seq`` 0, where the primary mode's carry ``seq``.
+    """
+    return (
+        event.origin_seq > 0
+        and event.seq == 0
+        and bool(event.channel_id)
+        and event.WhichOneof("payload") in CHANNEL_LOG_KINDS
+    )

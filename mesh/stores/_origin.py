@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from chatmesh.v1 import events_pb2, message_pb2
 from mesh.core.convergence import MembershipChange, MessageOp, Stamp, resolve_message
-from mesh.core.events import CHANNEL_LOG_KINDS
+from mesh.core.events import is_origin_log_event as is_origin_event
 from mesh.stores.base import OrderKey
 
 __all__ = [
@@ -38,16 +38,6 @@ __all__ = [
 
 HLC_LIMIT = 1 << 63
 """Stamps at or above this do not fit a signed 64-bit column (the year ~4400): refused."""
-
-
-def is_origin_event(event: events_pb2.Event) -> bool:
-    """A channel event of the every-region mode (``origin_seq`` > 0, ``seq`` 0)."""
-    return (
-        event.origin_seq > 0
-        and event.seq == 0
-        and bool(event.channel_id)
-        and event.WhichOneof("payload") in CHANNEL_LOG_KINDS
-    )
 
 
 def stamp_of(event: events_pb2.Event) -> Stamp:

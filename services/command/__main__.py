@@ -19,7 +19,7 @@ from mesh.core import config as config_mod, loop
 from mesh.core.ratelimit import RateLimiter
 from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
-from mesh.stores import open_command, open_metadata
+from mesh.stores import check_write_mode, open_command, open_metadata
 from services.command.config import CommandConfig
 from services.command.server import CommandServicer
 from services.command.service import Commands
@@ -31,6 +31,7 @@ SERVICE_NAME = "chatmesh.v1.CommandService"
 
 
 async def main(cfg: CommandConfig) -> None:
+    check_write_mode(cfg.writes, command_store=cfg.command_store, metadata_store=cfg.metadata_store)
     nc = await connect(list(cfg.nats_servers), name=f"command-{cfg.instance_id}", user=cfg.nats_user,
                        password=cfg.nats_password, tls_ca=cfg.nats_tls_ca)  # fmt: skip
     command_store = await open_command(cfg.command_store)
@@ -56,6 +57,8 @@ async def main(cfg: CommandConfig) -> None:
             cfg.limits(),
             on_refusal=lambda action: RATE_LIMITED_TOTAL.labels("command", action).inc(),
         ),
+        writes=cfg.writes,
+        events_stream=cfg.events_stream,
     )
     # Serve at once, shedding (UNAVAILABLE + RetryInfo) until the log's unpublished
     # entries are out: a client retries on a quick answer instead of waiting for a

@@ -20,6 +20,10 @@ class CommandConfig(CommonConfig):
     """DSN of the primary metadata store (channels, members, read markers)."""
     publish_timeout: float = 5.0
     """Seconds to wait for JetStream to acknowledge an event."""
+    events_stream: str = ""
+    """The stream this service publishes channel events to: empty means ``EVENTS`` with
+    ``writes = "primary"`` and the region's own ``EVENTS_<REGION>`` with
+    ``writes = "every-region"`` (ADR-026)."""
     typing_ttl: float = 6.0
     """Seconds a typing indicator stays visible without a refresh."""
     republish_interval: float = 1.0

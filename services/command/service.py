@@ -19,6 +19,23 @@ A crash between any two steps is repaired by the next command on the channel
 or the periodic republisher: steps 4 and 5 are idempotent, and the event bytes
 come from the log, so a retry publishes the very same event.
 
+**The every-region write mode** (ADR-026, ``writes="every-region"``): every
+region runs this service for its own users and writes its own stream
+``EVENTS_<REGION>``; the steps are the same. The command log holds this region's
+events only, so a channel's log position is exactly the event's ``origin_seq``;
+on the wire ``seq`` is 0, ``origin_region`` is this region and ``hlc`` comes
+from a :class:`~mesh.core.hlc.Clock` that first observed the greatest hlc this
+region has applied to the channel (the metadata store's
+:meth:`~mesh.stores.MetadataStore.channel_clock`, kept by this service and by
+the worker applying ``ALL_<REGION>``), so a reply sorts after what it answers.
+Joins and leaves carry the region's version vector of the channel
+(``observed``). Channels, members and messages written in other regions are
+known from the same metadata store, so membership checks and edits or deletes
+of a message written elsewhere work as for local ones; a send or a
+``client_request_id`` creation already known from another region is answered
+as a duplicate instead of being written again (and two concurrent ones converge
+to one message or channel).
+
 This module knows nothing of gRPC: it takes request messages and the caller's
 id, and raises :mod:`mesh.core.errors` exceptions.
 """
@@ -33,7 +50,13 @@ from collections.abc import AsyncIterator, Callable
 
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
 from mesh.bus.interfaces import Bus, EventPublisher, JetStream
-from mesh.bus.subjects import EVENTS_STREAM, Subjects
+from mesh.bus.subjects import (
+    EVENTS_STREAM,
+    WRITES_EVERY_REGION,
+    WRITES_PRIMARY,
+    Subjects,
+    origin_stream_name,
+)
 from mesh.core import ids
 from mesh.core.errors import (
     AlreadyExists,
@@ -45,6 +68,7 @@ from mesh.core.errors import (
     Unavailable,
 )
 from mesh.core.events import new_event, now_ms
+from mesh.core.hlc import Clock, ClockSkewError
 from mesh.core.ratelimit import RateLimiter
 from mesh.stores import CommandStore, LogConflict, LogEntry, MessageRecord, MetadataStore
 
@@ -187,6 +211,9 @@ class Commands:
         fence: Callable[[], bool] | None = None,
         max_inflight: int = 512,
         limiter: RateLimiter | None = None,
+        writes: str = WRITES_PRIMARY,
+        events_stream: str = "",
+        clock: Clock | None = None,
     ) -> None:
         """Wires the stores and the bus.
 
@@ -206,6 +233,10 @@ class Commands:
             max_inflight: Commands in progress above which new ones are shed.
             limiter: Per-user token buckets (``send``, ``typing``, ``create_channel``,
                 ``join``); None: no limits.
+            writes: ``"primary"`` or ``"every-region"`` (ADR-026; see the module docstring).
+            events_stream: The stream events are published to; empty: ``EVENTS``, or
+                ``EVENTS_<REGION>`` in the every-region mode.
+            clock: The region's hybrid logical clock (every-region mode; default a new one).
         """
         self.bus = bus
         self.events = events
@@ -227,6 +258,15 @@ class Commands:
         self.shed = 0
         """Commands refused by :meth:`admit` (standby, catching up, overloaded)."""
         self.limiter = limiter if limiter is not None else RateLimiter({})
+        if writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ValueError(
+                f"writes = {writes!r}: expected {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )
+        self.every_region = writes == WRITES_EVERY_REGION
+        self.events_stream = events_stream or (
+            origin_stream_name(region) if self.every_region else EVENTS_STREAM
+        )
+        self.clock = clock if clock is not None else Clock()
 
     # -- admission -------------------------------------------------------------
 
@@ -282,16 +322,23 @@ class Commands:
         """The seq of the channel's newest event in EVENTS (0 if none or unknown)."""
         try:
             msg = await self.jetstream.get_last_msg(
-                EVENTS_STREAM, Subjects.channel_events(channel_id), timeout=self.publish_timeout
+                self.events_stream, self._subject(channel_id), timeout=self.publish_timeout
             )
         except Exception:  # noqa: BLE001 - JetStream down: the log alone decides (see _next_seq)
             return 0
         if msg is None:
             return 0
         try:
-            return events_pb2.Event.FromString(msg.data).seq
+            event = events_pb2.Event.FromString(msg.data)
         except Exception:  # noqa: BLE001
             return 0
+        return event.origin_seq if self.every_region else event.seq
+
+    def _subject(self, channel_id: str) -> str:
+        """The subject of the channel's events this service writes."""
+        if self.every_region:
+            return Subjects.origin_channel_events(self.region, channel_id)
+        return Subjects.channel_events(channel_id)
 
     async def _next_seq(self, channel_id: str) -> int:
         last = self._last_seq.get(channel_id)
@@ -309,10 +356,11 @@ class Commands:
         holds: the bytes it just serialized are not parsed again.
         """
         await self.events.publish_event(
-            Subjects.channel_events(channel_id),
+            self._subject(channel_id),
             payload,
             msg_id,
             timeout=self.publish_timeout,
+            expected_stream=self.events_stream,
         )
         await self.log.mark_published(channel_id, seq)
 
@@ -411,6 +459,8 @@ class Commands:
             for attempt in range(2):
                 seq = await self._next_seq(channel_id)
                 event = build(seq)
+                if self.every_region:
+                    await self._stamp(event, seq)
                 payload = event.SerializeToString()
                 record = await self._message_record(event)
                 # The fence (ADR-019): a paused old leader finds its lease run out here.
@@ -442,6 +492,42 @@ class Commands:
             await self._publish(channel_id, seq, payload, dedup_id(event))
             return event, False
 
+    async def _stamp(self, event: events_pb2.Event, seq: int) -> None:
+        """Every-region mode: turns a built event's log position into its origin stamps.
+
+        ``seq`` (the log's position, this region's events only) becomes ``origin_seq``;
+        ``seq`` fields become 0; the hlc follows everything the region applied to the
+        channel; joins and leaves record the region's version vector of the channel.
+        """
+        applied = await self.metadata.channel_clock(event.channel_id)
+        try:
+            hlc = self.clock.observe(applied.max_hlc)
+        except ClockSkewError as exc:
+            # A remote clock far ahead must not drag this one along (ADR-026); the
+            # write goes on with the local clock, possibly sorting before what it answers.
+            logger.warning("channel %s: not following its newest hlc (%s)", event.channel_id, exc)
+            hlc = self.clock.now()
+        event.seq, event.origin_seq, event.hlc = 0, seq, hlc
+        event.origin_region = self.region
+        kind = event.WhichOneof("payload")
+        if kind == "message_created":
+            m = event.message_created.message
+            m.seq, m.hlc, m.origin_seq, m.origin_region = 0, hlc, seq, self.region
+        elif kind == "channel_created":
+            event.channel_created.channel.last_seq = 0
+        elif kind == "message_deleted":
+            event.message_deleted.message_seq = 0
+        elif kind in ("member_joined", "member_left"):
+            seen = dict(applied.seen)
+            # This region's own events are all in its log, below this one.
+            seen[self.region] = seq - 1
+            observed = (
+                event.member_joined.observed
+                if kind == "member_joined"
+                else event.member_left.observed
+            )
+            observed.update({origin: n for origin, n in seen.items() if n > 0})
+
     async def _replay_existing(self, entry: LogEntry) -> events_pb2.Event:
         """Makes sure a logged entry is published, and returns its event."""
         if not entry.published:
@@ -461,9 +547,15 @@ class Commands:
             "NOT_A_MEMBER", f"you are not a member of channel {channel_id}", channel_id=channel_id
         )
 
+    async def _message(self, message_id: str) -> MessageRecord | None:
+        """A message by id: this region's (primary mode: the only) writes, or any region's."""
+        if self.every_region:
+            return await self.metadata.known_message(message_id)
+        return await self.log.message(message_id)
+
     async def _own_message(self, channel_id: str, message_id: str, user: str) -> MessageRecord:
         await self._require_member(channel_id, user)
-        record = await self.log.message(message_id)
+        record = await self._message(message_id)
         if record is None or record.channel_id != channel_id:
             raise NotFound("MESSAGE_NOT_FOUND", f"message {message_id} does not exist in channel {channel_id}",
                            message_id=message_id)  # fmt: skip
@@ -481,7 +573,12 @@ class Commands:
         """CommandService.CreateChannel."""
         self.limiter.take(user, "create_channel")
         key = f"create:{user}:{req.client_request_id}" if req.client_request_id else None
-        channel_id = ids.derived("ch", user, req.client_request_id) if key else ids.new("ch")
+        if key:
+            # Derived without a region (like message ids): a retry through another
+            # region names the same channel (ADR-026).
+            channel_id = ids.derived("ch", user, req.client_request_id)
+        else:
+            channel_id = ids.new(f"ch_{self.region}" if self.every_region else "ch")
         members = sorted({user, *req.member_user_ids})
         visibility = req.visibility or channel_pb2.CHANNEL_VISIBILITY_PRIVATE
         if len(members) - 1 > self.max_initial_members:
@@ -509,7 +606,33 @@ class Commands:
             ch.last_seq = seq
             return event
 
-        event, duplicate = await self._commit(channel_id, user, build, idempotency_key=key)
+        known: list[channel_pb2.Channel] = []
+
+        async def known_elsewhere() -> None:
+            channel = await self.metadata.channel(channel_id)
+            if channel is not None:  # created through another region (or its log is gone)
+                known.append(channel)
+                raise _Known
+
+        try:
+            event, duplicate = await self._commit(
+                channel_id,
+                user,
+                build,
+                idempotency_key=key,
+                check=known_elsewhere if self.every_region and key else None,
+            )
+        except _Known:
+            channel = known[0]
+            if (
+                channel.created_by_user_id != user
+                or channel.name != req.name
+                or channel.visibility != visibility
+            ):
+                raise AlreadyExists(
+                    "IDEMPOTENCY_KEY_REUSED", "client_request_id was used for a different channel"
+                ) from None
+            return pb.CreateChannelResponse(channel=channel)
         created = event.channel_created.channel
         if duplicate and (
             created.name != req.name
@@ -588,13 +711,28 @@ class Commands:
             m.client_msg_id = req.client_msg_id
             return event
 
-        event, duplicate = await self._commit(
-            req.channel_id,
-            user,
-            build,
-            idempotency_key=key,
-            check=lambda: self._require_member(req.channel_id, user),
-        )
+        known: list[MessageRecord] = []
+
+        async def check() -> None:
+            await self._require_member(req.channel_id, user)
+            if self.every_region:
+                record = await self.metadata.known_message(message_id)
+                if record is not None:  # sent through another region (a retry)
+                    known.append(record)
+                    raise _Known
+
+        try:
+            event, duplicate = await self._commit(
+                req.channel_id,
+                user,
+                build,
+                idempotency_key=key,
+                check=check
+                if self.every_region
+                else lambda: self._require_member(req.channel_id, user),
+            )
+        except _Known:
+            return self._known_send(known[0], req)
         if event.WhichOneof("payload") != "message_created":
             raise AlreadyExists(
                 "IDEMPOTENCY_KEY_REUSED", "client_msg_id was used for another kind of command"
@@ -607,6 +745,27 @@ class Commands:
                 message_id=message.message_id,
             )
         return pb.SendMessageResponse(message=message, duplicate=duplicate)
+
+    @staticmethod
+    def _known_send(record: MessageRecord, req: pb.SendMessageRequest) -> pb.SendMessageResponse:
+        """The answer to a send whose message another region wrote already (a duplicate)."""
+        if record.body:
+            message = message_pb2.Message.FromString(record.body)
+        else:  # deleted meanwhile: the tombstone
+            message = message_pb2.Message(
+                message_id=record.message_id, channel_id=record.channel_id,
+                sender_user_id=record.sender_user_id, deleted=True,
+                client_msg_id=req.client_msg_id,
+            )  # fmt: skip
+        if message.channel_id != req.channel_id or (
+            not message.deleted and message.text != req.text
+        ):
+            raise AlreadyExists(
+                "IDEMPOTENCY_KEY_REUSED",
+                f"client_msg_id {req.client_msg_id!r} was already used for a different message",
+                message_id=message.message_id,
+            )
+        return pb.SendMessageResponse(message=message, duplicate=True)
 
     async def edit_message(
         self, user: str, req: pb.EditMessageRequest, origin: str
@@ -691,13 +850,20 @@ class Commands:
         event.read_marker_updated.last_read_seq = target
         await self.metadata.apply(event)
         await self.events.publish_event(
-            Subjects.user_events(user),
+            Subjects.origin_user_events(self.region, user)
+            if self.every_region
+            else Subjects.user_events(user),
             event.SerializeToString(),
             f"rm:{user}:{req.channel_id}:{target}",
             timeout=self.publish_timeout,
+            expected_stream=self.events_stream,
         )
         return pb.MarkReadResponse(last_read_seq=target)
 
 
 class _AlreadyDeleted(Exception):
     """Raised inside the lock when a concurrent delete got there first."""
+
+
+class _Known(Exception):
+    """Raised inside the lock: what the command would create exists already (from another region)."""

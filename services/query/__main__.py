@@ -7,7 +7,7 @@ import sys
 from chatmesh.v1 import query_service_pb2_grpc as pb_grpc
 from mesh.core import config as config_mod, loop
 from mesh.rpc.server import GrpcServer, configure_logging
-from mesh.stores import open_history, open_metadata
+from mesh.stores import check_write_mode, open_history, open_metadata
 from mesh.stores.presence import PresenceStore
 from services.query.config import QueryConfig
 from services.query.server import QueryServicer
@@ -15,6 +15,7 @@ from services.query.service import Queries
 
 
 async def main(cfg: QueryConfig) -> None:
+    check_write_mode(cfg.writes, history_store=cfg.history_store, metadata_store=cfg.metadata_store)
     history = await open_history(cfg.history_store)
     metadata = await open_metadata(cfg.metadata_store)
     # Reads only: both "primary" and replica point at the region's replica.
@@ -22,7 +23,7 @@ async def main(cfg: QueryConfig) -> None:
         primary_url=cfg.valkey_replica, replica_url=cfg.valkey_replica, region=cfg.region
     )
     server = GrpcServer(cfg, "query")
-    server.add(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(Queries(history, metadata, presence)),
+    server.add(pb_grpc.add_QueryServiceServicer_to_server, QueryServicer(Queries(history, metadata, presence, writes=cfg.writes)),
                "chatmesh.v1.QueryService")  # fmt: skip
 
     async def close() -> None:

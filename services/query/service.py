@@ -2,18 +2,82 @@
 
 Reads never leave the region (ADR-010): during a WAN partition a region keeps
 answering from what it has.
+
+In the every-region write mode (ADR-026) a channel's history is shown in
+:func:`mesh.core.convergence.order_key` order and paged by opaque tokens
+(:func:`encode_page_token`): each names the order key of the oldest message of
+its page, so the next page starts exactly below it, ties at one hlc included.
+Channels, members and messages of every region are in the region's stores (its
+worker applies every region's events), so nothing else changes.
+
+Example:
+    >>> token = encode_page_token("ch_x", (7, "eu", "evt_1"))
+    >>> decode_page_token("ch_x", token)
+    (7, 'eu', 'evt_1')
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+
 from chatmesh.v1 import channel_pb2, message_pb2, presence_pb2, query_service_pb2 as pb
-from mesh.core.errors import NotFound, PermissionDenied
-from mesh.stores import HistoryStore, MetadataStore
+from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
+from mesh.core.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from mesh.stores import HistoryStore, MetadataStore, OrderKey
 from mesh.stores.presence import PresenceStore
 
-__all__ = ["Queries", "for_viewer"]
+__all__ = ["Queries", "decode_page_token", "encode_page_token", "for_viewer"]
 
 DEFAULT_LIMIT = 50
+
+_TOKEN_RULE = "history.page_token"
+
+
+def encode_page_token(channel_id: str, oldest: OrderKey) -> str:
+    """The ``next_page_token`` after a page whose oldest message sits at ``oldest``.
+
+    Opaque to clients: URL-safe base64 of the channel and the order key (well under
+    the contract's 256 characters for any valid channel id and region name).
+    """
+    hlc, origin, event_id = oldest
+    raw = json.dumps([channel_id, hlc, origin, event_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _bad_token(description: str) -> InvalidArgument:
+    return InvalidArgument(
+        [FieldViolation("page_token", _TOKEN_RULE, description)],
+        f"invalid page_token: {description}",
+    )
+
+
+def decode_page_token(channel_id: str, token: str) -> OrderKey:
+    """The order key a :func:`encode_page_token` token names.
+
+    Raises:
+        InvalidArgument: The token was not made by GetHistory, or for another channel.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise _bad_token("not a next_page_token of GetHistory") from None
+    if not (
+        isinstance(data, list)
+        and len(data) == 4
+        and isinstance(data[0], str)
+        and isinstance(data[1], int)
+        and not isinstance(data[1], bool)
+        and 0 <= data[1] < 1 << 64
+        and isinstance(data[2], str)
+        and isinstance(data[3], str)
+    ):
+        raise _bad_token("not a next_page_token of GetHistory")
+    if data[0] != channel_id:
+        raise _bad_token("the token belongs to another channel's history")
+    return data[1], data[2], data[3]
 
 
 def for_viewer(message: message_pb2.Message, viewer: str) -> message_pb2.Message:
@@ -27,11 +91,18 @@ class Queries:
     """The read side of chatmesh, for one region."""
 
     def __init__(
-        self, history: HistoryStore, metadata: MetadataStore, presence: PresenceStore
+        self,
+        history: HistoryStore,
+        metadata: MetadataStore,
+        presence: PresenceStore,
+        *,
+        writes: str = WRITES_PRIMARY,
     ) -> None:
+        """Args: the region's stores; ``writes`` is the write mode (ADR-026)."""
         self.history = history
         self.metadata = metadata
         self.presence = presence
+        self.every_region = writes == WRITES_EVERY_REGION
 
     async def _visible_channel(
         self, channel_id: str, user: str, *, public_ok: bool
@@ -54,6 +125,8 @@ class Queries:
         if not await self.metadata.is_member(req.channel_id, user):
             await self._visible_channel(req.channel_id, user, public_ok=False)
         limit = req.limit if req.HasField("limit") else DEFAULT_LIMIT
+        if self.every_region:
+            return await self._ordered_history(user, req, limit)
         page = await self.history.history(
             req.channel_id,
             before_seq=req.before_seq if req.HasField("before_seq") else None,
@@ -64,6 +137,29 @@ class Queries:
             messages=[for_viewer(m, user) for m in page.messages],
             has_more=page.has_more,
             last_seq=page.last_seq,
+        )
+
+    async def _ordered_history(
+        self, user: str, req: pb.GetHistoryRequest, limit: int
+    ) -> pb.GetHistoryResponse:
+        """Every-region GetHistory: newest page first, older ones by ``page_token``.
+
+        ``before_seq`` and ``after_seq`` belong to the primary mode and are ignored.
+        ``last_origin_seqs`` is read before the page, so a subscriber resuming from
+        them may see a message twice (dropped by its id) but never misses one.
+        """
+        before = decode_page_token(req.channel_id, req.page_token) if req.page_token else None
+        positions = await self.history.last_origin_seqs(req.channel_id)
+        page = await self.history.ordered_history(req.channel_id, before=before, limit=limit)
+        return pb.GetHistoryResponse(
+            messages=[for_viewer(m, user) for m in page.messages],
+            has_more=page.has_more,
+            next_page_token=(
+                encode_page_token(req.channel_id, page.oldest)
+                if page.has_more and page.oldest is not None
+                else ""
+            ),
+            last_origin_seqs=positions,
         )
 
     async def get_channel(self, user: str, req: pb.GetChannelRequest) -> pb.GetChannelResponse:

@@ -11,10 +11,10 @@ from mesh.bus.connection import connect
 from mesh.bus.eventbus import PullConsumer
 from mesh.bus.natsbus import NatsBus
 from mesh.bus.replication import ReplicationMonitor
-from mesh.bus.subjects import EVENTS_STREAM
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION
 from mesh.core import config as config_mod, loop
 from mesh.rpc.server import GrpcServer, configure_logging
-from mesh.stores import open_history, open_metadata
+from mesh.stores import check_write_mode, open_history, open_metadata
 from services.worker.config import WorkerConfig
 from services.worker.service import Projector
 
@@ -22,6 +22,15 @@ logger = logging.getLogger("services.worker")
 
 
 async def main(cfg: WorkerConfig) -> None:
+    check_write_mode(cfg.writes, history_store=cfg.history_store, metadata_store=cfg.metadata_store)
+    every_region = cfg.writes == WRITES_EVERY_REGION
+    if every_region and not cfg.metadata_store:
+        # The region's Command Service authorizes against channels, members and
+        # messages written in other regions: only this worker brings them (ADR-026).
+        raise config_mod.ConfigError(
+            "writes = 'every-region' needs metadata_store: the worker projects every "
+            "region's events into the region's metadata (ADR-026)"
+        )
     nc = await connect(list(cfg.nats_servers), name=f"worker-{cfg.instance_id}", user=cfg.nats_user,
                        password=cfg.nats_password, tls_ca=cfg.nats_tls_ca)  # fmt: skip
     history = await open_history(cfg.history_store)
@@ -30,7 +39,9 @@ async def main(cfg: WorkerConfig) -> None:
     bus = NatsBus(nc)
     # A secondary's mirror may hold a hole where EVENTS has messages: those are
     # read from EVENTS's leader (across the gateway) before anything after them.
-    origin = EVENTS_STREAM if cfg.stream != EVENTS_STREAM else None
+    # Every-region mode: ALL_<REGION> sources every region's stream; there is no
+    # EVENTS leader to read a hole from.
+    origin = EVENTS_STREAM if cfg.stream != EVENTS_STREAM and not every_region else None
     consumer = PullConsumer(
         bus, bus, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch, origin=origin
     )
@@ -51,7 +62,7 @@ async def main(cfg: WorkerConfig) -> None:
 
     task = asyncio.create_task(consume())
     tasks = [task]
-    if cfg.stream != EVENTS_STREAM and cfg.replication_interval > 0:
+    if cfg.stream != EVENTS_STREAM and cfg.replication_interval > 0 and not every_region:
         # A secondary's worker reads the region's mirror: it also watches the mirror.
         monitor = ReplicationMonitor(nc, cfg.stream, interval=cfg.replication_interval)
         tasks.append(asyncio.create_task(monitor.run(), name="replication-monitor"))

@@ -19,9 +19,12 @@ class WorkerConfig(CommonConfig):
     """DSN of the metadata store to project channel/member/read-marker events into
     (embedded backend outside the primary only); empty: leave metadata alone (the
     Command Service writes it, and MongoDB replicates it — a worker must never be
-    a second writer of a ``mongodb://`` metadata store)."""
+    a second writer of a ``mongodb://`` metadata store). Required with
+    ``writes = "every-region"``: the region's ``metadata.db``, the one its Command
+    Service uses, which learns other regions' channels, members and messages here."""
     stream: str = "EVENTS"
-    """Stream to consume: EVENTS in the primary, the region's mirror elsewhere."""
+    """Stream to consume: EVENTS in the primary, the region's mirror elsewhere;
+    ``ALL_<REGION>`` with ``writes = "every-region"`` (ADR-026)."""
     consumer_name: str = "worker-us-east"
     """Durable consumer name."""
     replication_interval: float = 2.0
