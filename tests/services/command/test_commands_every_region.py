@@ -1,0 +1,229 @@
+"""The Command Service in the every-region write mode (ADR-026), two regions, nothing started.
+
+Each region has its own Commands over its own SQLite files (command log,
+metadata, history); one in-memory bus holds both regions' streams,
+``EVENTS_EU`` and ``EVENTS_US``. :meth:`Region.receive` plays the region's
+worker reading ``ALL_<REGION>``: it hands the chosen regions' new stream
+messages to the real :class:`~services.worker.service.Projector`, so a test
+decides exactly what each region has seen when it writes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2
+from mesh.bus.interfaces import StreamMsg
+from mesh.bus.subjects import EVENTS_STREAM, Subjects, origin_stream_name
+from mesh.core.errors import FailedPrecondition, NotFound, PermissionDenied
+from mesh.core.hlc import Clock, unpack
+from mesh.stores import open_command, open_history, open_metadata
+from services.command.service import Commands
+from services.worker.service import Projector
+from tests.bus.fakes import FakeBus
+
+PUBLIC = channel_pb2.CHANNEL_VISIBILITY_PUBLIC
+
+
+class Region:
+    """One region's Command Service, worker projection and stores."""
+
+    def __init__(self, name: str, bus: FakeBus, tmp: Path, wall_ms: Callable[[], int]) -> None:
+        self.name, self.bus, self.dir, self.wall_ms = name, bus, tmp / name, wall_ms
+        self.received: dict[str, int] = {}
+        bus.add_stream(origin_stream_name(name), [Subjects.origin_events_all(name)])
+
+    async def open(self) -> None:
+        self.log = await open_command(f"sqlite:///{self.dir}/command.db")
+        self.metadata = await open_metadata(f"sqlite:///{self.dir}/metadata.db", primary_reads=True)
+        self.history = await open_history(f"sqlite:///{self.dir}/history.db")
+        self.commands = Commands(
+            bus=self.bus, events=self.bus, jetstream=self.bus, command_store=self.log,
+            metadata=self.metadata, region=self.name, publish_timeout=1,
+            writes="every-region", clock=Clock(wall_ms=self.wall_ms),
+        )  # fmt: skip
+        self.projector = Projector(self.history, self.metadata)
+
+    async def close(self) -> None:
+        for store in (self.log, self.metadata, self.history):
+            await store.close()
+
+    def written(self) -> list[events_pb2.Event]:
+        """This region's events in its own stream, in stream order."""
+        return [
+            events_pb2.Event.FromString(m.data)
+            for m in self.bus.stored(origin_stream_name(self.name))
+        ]
+
+    async def receive(self, *regions: Region) -> None:
+        """Applies what ``regions`` wrote since the last call (this region's worker)."""
+        for region in regions:
+            stream = origin_stream_name(region.name)
+            new = [
+                StreamMsg(m.data, m.seq, m.subject)
+                for m in self.bus.stored(stream)
+                if m.seq > self.received.get(stream, 0)
+            ]
+            if new:
+                await self.projector.handle(new)
+                self.received[stream] = new[-1].stream_seq
+
+    async def send(self, user: str, channel_id: str, text: str, key: str) -> pb.SendMessageResponse:
+        req = pb.SendMessageRequest(channel_id=channel_id, text=text, client_msg_id=key)
+        return await self.commands.send_message(user, req, self.name)
+
+    async def shown(self, channel_id: str) -> list[tuple[str, str, bool]]:
+        """The channel's history as this region shows it: (id, text, deleted)."""
+        page = await self.history.ordered_history(channel_id, limit=200)
+        return [(m.message_id, m.text, m.deleted) for m in page.messages]
+
+
+@pytest.fixture
+async def regions(tmp_path: Path) -> AsyncIterator[tuple[Region, Region]]:
+    bus = FakeBus()
+    del bus.streams[EVENTS_STREAM]  # the every-region mode has none
+    # us-east's wall clock runs 4 s behind eu's.
+    eu = Region("eu", bus, tmp_path, lambda: 1_800_000_005_000)
+    us = Region("us-east", bus, tmp_path, lambda: 1_800_000_001_000)
+    for region in (eu, us):
+        await region.open()
+    yield eu, us
+    for region in (eu, us):
+        await region.close()
+    await bus.close()
+
+
+async def create(region: Region, user: str, members: list[str], **kw: object) -> str:
+    req = pb.CreateChannelRequest(name="room", member_user_ids=members, **kw)  # type: ignore[arg-type]
+    return (await region.commands.create_channel(user, req, region.name)).channel.channel_id
+
+
+async def test_events_carry_origin_stamps_on_the_regions_own_stream(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, _ = regions
+    channel_id = await create(eu, "alice", ["bob"])
+    assert re.fullmatch(r"ch_eu_[0-9a-z]{26}", channel_id)
+    sent = await eu.send("alice", channel_id, "hello", "k1")
+    await eu.send("bob", channel_id, "hi", "k2")
+    events = eu.written()
+    assert [e.WhichOneof("payload") for e in events] == [
+        "channel_created",
+        "message_created",
+        "message_created",
+    ]
+    assert [(e.seq, e.origin_seq, e.origin_region) for e in events] == [
+        (0, n, "eu") for n in (1, 2, 3)
+    ]
+    hlcs = [e.hlc for e in events]
+    assert hlcs == sorted(set(hlcs)) and unpack(hlcs[0])[0] == 1_800_000_005_000
+    assert [m.subject for m in eu.bus.stored("EVENTS_EU")] == [
+        Subjects.origin_channel_events("eu", channel_id)
+    ] * 3
+    m = sent.message
+    assert (m.seq, m.origin_seq, m.hlc, m.origin_region) == (0, 2, hlcs[1], "eu")
+    assert events[0].channel_created.channel.last_seq == 0
+
+
+async def test_a_reply_sorts_after_the_message_it_answers_though_its_clock_is_behind(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, us = regions
+    channel_id = await create(eu, "alice", ["bob"])
+    asked = await eu.send("alice", channel_id, "lunch?", "q")
+    await us.receive(eu)
+    answer = await us.send("bob", channel_id, "yes", "a")
+    assert answer.message.hlc > asked.message.hlc  # us-east's wall clock alone would sort it first
+    await eu.receive(eu, us)
+    await us.receive(us)
+    expected = [
+        (asked.message.message_id, "lunch?", False),
+        (answer.message.message_id, "yes", False),
+    ]
+    assert await eu.shown(channel_id) == await us.shown(channel_id) == expected
+
+
+async def test_members_edits_and_deletes_of_another_regions_channel_and_message(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, us = regions
+    channel_id = await create(eu, "alice", [], visibility=PUBLIC)
+    sent = await eu.send("alice", channel_id, "v1", "k1")
+    with pytest.raises(NotFound):  # us-east has not heard of the channel yet
+        await us.commands.join_channel(
+            "bob", pb.JoinChannelRequest(channel_id=channel_id), "us-east"
+        )
+    await us.receive(eu)
+    joined = await us.commands.join_channel(
+        "bob", pb.JoinChannelRequest(channel_id=channel_id), "us-east"
+    )
+    assert list(joined.channel.member_user_ids) == ["alice", "bob"]
+    join = us.written()[-1]
+    assert dict(join.member_joined.observed) == {"eu": 2} and join.origin_seq == 1
+    with pytest.raises(PermissionDenied):
+        await us.send("carol", channel_id, "let me in", "c1")
+
+    # alice, now travelling, edits and deletes through us-east what she wrote in eu.
+    message_id = sent.message.message_id
+    edit = pb.EditMessageRequest(channel_id=channel_id, message_id=message_id, text="v2")
+    edited = await us.commands.edit_message("alice", edit, "us-east")
+    assert edited.message.text == "v2" and edited.message.origin_region == "eu"
+    with pytest.raises(PermissionDenied):  # still only the author
+        await us.commands.edit_message("bob", edit, "us-east")
+    await us.commands.delete_message(
+        "alice", pb.DeleteMessageRequest(channel_id=channel_id, message_id=message_id), "us-east"
+    )
+    with pytest.raises(FailedPrecondition):
+        await us.commands.edit_message("alice", edit, "us-east")
+    kinds = [(e.WhichOneof("payload"), e.origin_region, e.origin_seq) for e in us.written()]
+    assert kinds == [
+        ("member_joined", "us-east", 1),
+        ("message_edited", "us-east", 2),
+        ("message_deleted", "us-east", 3),
+    ]
+    assert us.written()[2].message_deleted.message_id == message_id
+
+    await us.commands.leave_channel("bob", pb.LeaveChannelRequest(channel_id=channel_id), "us-east")
+    assert dict(us.written()[-1].member_left.observed) == {"eu": 2, "us-east": 3}
+    await eu.receive(eu, us)
+    await us.receive(us)
+    assert await eu.shown(channel_id) == await us.shown(channel_id) == [(message_id, "", True)]
+    assert await eu.metadata.members(channel_id) == await us.metadata.members(channel_id)
+    assert (await eu.metadata.members(channel_id))[0] == ["alice"]
+
+
+async def test_a_retry_through_another_region_names_the_same_message_once(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, us = regions
+    channel_id = await create(eu, "alice", ["bob"])
+    await us.receive(eu)
+    first = await eu.send("alice", channel_id, "once", "k")
+    again_here = await eu.send("alice", channel_id, "once", "k")
+    assert again_here.duplicate and again_here.message == first.message
+    # The ack was lost and the client retried through us-east, which has not seen it:
+    elsewhere = await us.send("alice", channel_id, "once", "k")
+    assert elsewhere.message.message_id == first.message.message_id and not elsewhere.duplicate
+    await eu.receive(eu, us)
+    await us.receive(eu, us)
+    shown = [(first.message.message_id, "once", False)]
+    assert await eu.shown(channel_id) == await us.shown(channel_id) == shown
+    # A later retry through us-east, which knows the message now, writes nothing.
+    written = len(us.written())
+    late = await us.send("alice", channel_id, "once", "k")
+    assert late.duplicate and late.message.message_id == first.message.message_id
+    assert len(us.written()) == written
+
+
+async def test_a_retried_creation_through_another_region_is_the_same_channel(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, us = regions
+    channel_id = await create(eu, "alice", ["bob"], client_request_id="room-1")
+    await us.receive(eu)
+    again = await create(us, "alice", ["bob"], client_request_id="room-1")
+    assert again == channel_id and us.written() == []
