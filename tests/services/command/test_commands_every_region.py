@@ -227,3 +227,36 @@ async def test_a_retried_creation_through_another_region_is_the_same_channel(
     await us.receive(eu)
     again = await create(us, "alice", ["bob"], client_request_id="room-1")
     assert again == channel_id and us.written() == []
+
+
+async def test_concurrent_edits_and_a_delete_from_two_regions_converge(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, us = regions
+    channel_id = await create(eu, "alice", ["bob"])
+    kept = (await eu.send("alice", channel_id, "v1", "k1")).message.message_id
+    gone = (await eu.send("alice", channel_id, "secret", "k2")).message.message_id
+    await us.receive(eu)
+    # Cut off from each other: both edit the first message, and us-east deletes the
+    # second while eu edits it.
+    for region, text in ((eu, "from eu"), (us, "from us")):
+        edit = pb.EditMessageRequest(channel_id=channel_id, message_id=kept, text=text)
+        await region.commands.edit_message("alice", edit, region.name)
+    late_edit = pb.EditMessageRequest(channel_id=channel_id, message_id=gone, text="secret, edited")
+    await eu.commands.edit_message("alice", late_edit, "eu")
+    delete = pb.DeleteMessageRequest(channel_id=channel_id, message_id=gone)
+    await us.commands.delete_message("alice", delete, "us-east")
+    await eu.receive(eu, us)
+    await us.receive(eu, us)
+    # The last writer by (hlc, origin, event id) wins (here both clocks had reached the
+    # same hlc, so the origin's name decides); the delete is final.
+    edits = [
+        e for r in (eu, us) for e in r.written()
+        if e.WhichOneof("payload") == "message_edited" and e.message_edited.message.message_id == kept
+    ]  # fmt: skip
+    last = max(edits, key=lambda e: (e.hlc, e.origin_region, e.event_id))
+    expected = [(kept, last.message_edited.message.text, False), (gone, "", True)]
+    assert await eu.shown(channel_id) == await us.shown(channel_id) == expected
+    for region in (eu, us):
+        record = await region.metadata.known_message(gone)
+        assert record is not None and record.deleted and record.body == b""

@@ -103,3 +103,25 @@ async def test_a_channel_created_in_another_region_is_shown(queries: Queries) ->
     assert got.channel.name == "room" and list(got.channel.member_user_ids) == ["alice", "bob"]
     listed = await queries.list_channels("alice", pb.ListChannelsRequest())
     assert [s.channel.channel_id for s in listed.channels] == [CH]
+
+
+async def test_the_services_refuse_the_mode_with_stores_that_lack_it(tmp_path: Path) -> None:
+    """Checked before any connection is made: the error names the setting and ADR-026."""
+    from services.command.__main__ import main as command_main
+    from services.command.config import CommandConfig
+    from services.query.__main__ import main as query_main
+    from services.query.config import QueryConfig
+    from services.worker.__main__ import main as worker_main
+    from services.worker.config import WorkerConfig
+
+    cassandra, mongo = "cassandra://127.0.0.1:1/chatmesh?dc=eu", "mongodb://127.0.0.1:1/chatmesh"
+    with pytest.raises(ValueError, match=r"history_store.*ADR-026"):
+        await query_main(QueryConfig(writes="every-region", history_store=cassandra))
+    with pytest.raises(ValueError, match=r"metadata_store.*ADR-026"):
+        await command_main(CommandConfig(writes="every-region", metadata_store=mongo))
+    with pytest.raises(ValueError, match=r"history_store.*ADR-026"):
+        await worker_main(WorkerConfig(writes="every-region", history_store=cassandra))
+    with pytest.raises(ValueError, match=r"needs metadata_store.*ADR-026"):
+        await worker_main(
+            WorkerConfig(writes="every-region", history_store=f"sqlite:///{tmp_path}/h.db")
+        )
