@@ -1092,7 +1092,10 @@ class SqliteHistoryStore(_Db):
     def _resolve(self, channel_id: str, message_id: str) -> None:
         """Recomputes a message from every event about it (so arrival order cannot matter)."""
         rows = self.conn.execute(
-            "SELECT event FROM origin_events WHERE channel_id = ? AND message_id = ? AND message_id != ''",
+            # Without statistics the planner prefers the primary key, and would scan every
+            # event the channel ever had for each message event.
+            "SELECT event FROM origin_events INDEXED BY origin_events_by_message "
+            "WHERE channel_id = ? AND message_id = ? AND message_id != ''",
             (channel_id, message_id),
         ).fetchall()
         current = current_message(events_pb2.Event.FromString(r[0]) for r in rows)
