@@ -138,7 +138,7 @@ class Limits:
 
     send_per_s: float = 20.0
     """SendMessage, EditMessage and DeleteMessage per user per second, sustained."""
-    send_burst: int = 60
+    send_burst: int = 20
     """Message writes a user may make at once after a quiet period."""
     typing_per_s: float = 4.0
     """SetTyping per user per second (a client refreshes every few seconds)."""

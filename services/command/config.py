@@ -40,7 +40,7 @@ class CommandConfig(CommonConfig):
     RetryInfo) instead of queueing until their deadline."""
     send_per_s: float = 20.0
     """Per-user token bucket of message writes (send, edit, delete): tokens per second."""
-    send_burst: int = 60
+    send_burst: int = 20
     """... and its size (0 with a rate of 0: no limit). The topology's ``[limits]`` sets these."""
     typing_per_s: float = 4.0
     """Per-user SetTyping bucket: tokens per second."""
