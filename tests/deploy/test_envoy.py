@@ -32,7 +32,7 @@ from google.protobuf import (
     message_factory,
 )
 
-from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory
+from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, MAX_TOKEN_LIFETIME, KeyDirectory
 from mesh.core.headers import INTERNAL_PREFIX, ORIGIN_REGION
 from mesh.deploy import envoy as edge
 from mesh.deploy.tls import DevTls, ServicePki
@@ -492,6 +492,34 @@ def test_jwt_is_required_exactly_on_the_public_services(name: str, region: str) 
     ):
         assert not [p for p in required if free.startswith(p)]
     assert jwt["bypass_cors_preflight"] is True
+
+
+def _jwt_provider(boot: dict[str, Any]) -> Any:
+    """The edge's jwt_authn provider, parsed as Envoy parses it (typed, unknown fields refused)."""
+    [listener] = parse_bootstrap(boot).static_resources.listeners
+    hcm: Any = _unpack(listener.filter_chains[0].filters[0].typed_config)
+    [jwt] = [f for f in hcm.http_filters if f.name == "envoy.filters.http.jwt_authn"]
+    config: Any = _unpack(jwt.typed_config)
+    return config.providers[edge.JWT_PROVIDER]
+
+
+@pytest.mark.parametrize(("name", "region"), CASES)
+def test_the_edge_bounds_token_lifetime_by_the_services_maximum(
+    name: str, region: str, secrets: dict[str, Path]
+) -> None:
+    """Issue 13, finding 6: tokens had no maximum lifetime. The services refuse
+    ``exp - iat`` beyond MAX_TOKEN_LIFETIME (tests/rpc/interceptors/test_auth.py); the
+    edge must hold the same bound, in the production bootstrap and in the harness's."""
+    topo = load(name)
+    for boot in (
+        _yaml_boot(topo, region),
+        json.loads(edge.render_envoy_json(topo, _local_plan(region, secrets, tls=False))),
+    ):
+        provider = _jwt_provider(boot)
+        assert provider.HasField("max_lifetime")  # absent means no bound at all
+        assert _seconds(provider.max_lifetime) == MAX_TOKEN_LIFETIME
+        # A token without exp would have no lifetime to bound.
+        assert provider.require_expiration is True
 
 
 @pytest.mark.parametrize(("name", "region"), CASES)

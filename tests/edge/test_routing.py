@@ -20,7 +20,7 @@ from chatmesh.v1 import (
     query_service_pb2 as qpb,
     query_service_pb2_grpc as qgrpc,
 )
-from mesh.core.auth import mint
+from mesh.core.auth import MAX_TOKEN_LIFETIME, mint
 from mesh.core.headers import ORIGIN_REGION
 from mesh.harness.supervisor import Mesh
 from mesh.rpc.status import from_rpc_error
@@ -197,6 +197,45 @@ async def test_two_authorization_headers_are_refused_at_the_edge(
     assert (resp.status_code, code) == (200, grpc.StatusCode.UNAUTHENTICATED.value[0])
     assert "exactly one" in message
     # Nothing reached the Command Service.
+    assert await _unauthenticated_commands(http, dev_mesh) == before
+
+
+async def test_a_token_living_longer_than_the_maximum_is_refused_at_the_edge(
+    http: httpx.AsyncClient, dev_mesh: Mesh, eu_edge: Edge, auth: Auth
+) -> None:
+    """Issue 13, finding 6: a token whose exp - iat exceeds MAX_TOKEN_LIFETIME (although
+    not expired, correctly signed, right issuer and audience) never reaches a service."""
+    too_long = mint(auth.keys, "long-lou", ttl_seconds=MAX_TOKEN_LIFETIME + 3600)
+    before = await _unauthenticated_commands(http, dev_mesh)
+    async with grpc.aio.insecure_channel(eu_edge.grpc) as channel:
+        stub = cgrpc.CommandServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateChannel(
+                cpb.CreateChannelRequest(name="long-lived"),
+                metadata=(("authorization", f"Bearer {too_long}"),),
+                timeout=10,
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert from_rpc_error(refused.value).reason == "TOKEN_INVALID"
+        # The same user with a token of exactly the maximum lifetime is served.
+        at_most = mint(auth.keys, "long-lou", ttl_seconds=MAX_TOKEN_LIFETIME)
+        await stub.CreateChannel(
+            cpb.CreateChannelRequest(name="long-lived"),
+            metadata=(("authorization", f"Bearer {at_most}"),),
+            timeout=10,
+        )
+    # gRPC-Web over HTTP/1.1: the same refusal, in a gRPC-Web trailer.
+    resp = await http.post(
+        f"{eu_edge.http}/chatmesh.v1.CommandService/CreateChannel",
+        content=grpc_web_frame(cpb.CreateChannelRequest(name="long-lived")),
+        headers=grpc_web_headers(too_long),
+    )
+    reader = GrpcWebReader()
+    reader.feed(resp.content)
+    code, message, _ = grpc_web_status(resp.headers, reader.trailers)
+    assert (resp.status_code, code) == (200, grpc.StatusCode.UNAUTHENTICATED.value[0])
+    assert "invalid token" in message
+    # The edge refused both: the Command Service never saw the token.
     assert await _unauthenticated_commands(http, dev_mesh) == before
 
 

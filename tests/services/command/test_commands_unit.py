@@ -18,6 +18,7 @@ from mesh.bus.subjects import Subjects
 from mesh.core.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
 from mesh.core.events import new_event
 from mesh.core.ratelimit import Limit, RateLimiter
+from mesh.rpc.status import parse_details, to_status
 from mesh.stores import (
     CommandStore,
     LogConflict,
@@ -482,3 +483,55 @@ async def test_a_flooding_user_is_refused_and_nothing_refused_is_stored(env: Env
     # Once the bucket refilled, alice may send again.
     clock[0] += 1.0
     await commands.send_message("alice", _send(ch, "later"), ORIGIN)
+
+
+async def test_joins_beyond_the_burst_are_rate_limited_per_user_and_store_nothing(
+    env: Env,
+) -> None:
+    log, metadata = await env.stores()
+    clock = [0.0]
+    commands = Commands(
+        bus=env.bus, events=env.bus, jetstream=env.bus, command_store=log, metadata=metadata,
+        region=ORIGIN, publish_timeout=1,
+        limiter=RateLimiter({"join": Limit(1.0, 2)}, clock=lambda: clock[0]),
+    )  # fmt: skip
+    public = []
+    for i in range(4):
+        created = await commands.create_channel(
+            "alice",
+            pb.CreateChannelRequest(
+                name=f"open{i}",
+                client_request_id=f"p{i}",
+                visibility=channel_pb2.CHANNEL_VISIBILITY_PUBLIC,
+            ),
+            ORIGIN,
+        )
+        public.append(created.channel.channel_id)
+
+    def join(user: str, channel_id: str) -> Awaitable[pb.JoinChannelResponse]:
+        return commands.join_channel(user, pb.JoinChannelRequest(channel_id=channel_id), ORIGIN)
+
+    await join("carol", public[0])
+    await join("carol", public[1])
+    for channel_id in public[2:]:
+        with pytest.raises(ResourceExhausted) as refused:
+            await join("carol", channel_id)
+        assert refused.value.reason == "RATE_LIMITED"
+        assert refused.value.metadata == {"action": "join"}
+        # The status the client gets carries the wait as google.rpc.RetryInfo.
+        details = parse_details(to_status(refused.value))
+        assert details.reason == "RATE_LIMITED"
+        assert details.retry_delay is not None and 0 < details.retry_delay <= 1.0
+        # Refused before anything was written: carol is not a member, no event was published.
+        assert not await metadata.is_member(channel_id, "carol")
+        assert env.stream(channel_id) == [(1, "channel_created")]
+
+    # Another user's joins, to the same channels, are untouched by carol's empty bucket.
+    for channel_id in public[:2]:
+        await join("dave", channel_id)
+        assert await metadata.is_member(channel_id, "dave")
+
+    # Once carol's bucket refilled (retry_delay later), her next join is served.
+    clock[0] += details.retry_delay
+    await join("carol", public[2])
+    assert await metadata.is_member(public[2], "carol")

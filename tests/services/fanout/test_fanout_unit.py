@@ -297,3 +297,32 @@ async def test_malformed_route_messages_are_ignored(bus: FakeBus, fanout: Fanout
         await bus.publish(subject, b"\xff\xff not protobuf", reply="_INBOX.bad")
     await bus.settle()
     assert bus.published_on("_INBOX.bad") == [] and fanout.table.instances() == []
+
+
+async def test_a_read_marker_reaches_only_its_reader_and_presence_only_the_users_peers(
+    bus: FakeBus, fanout: Fanout, events: Events
+) -> None:
+    n1 = await FakeInstance(bus, "n1").listen()
+    await n1.snapshot(1, ["alice", "bob", "carol"])
+    await events.created("ch_1", ["alice", "bob"])  # carol shares no channel with them
+
+    # A read marker is private to its reader, though it names a channel with peers.
+    marker = new_event("ch_1", seq=0, origin_region="us-east", actor="bob")
+    marker.read_marker_updated.user_id = "bob"
+    marker.read_marker_updated.last_read_seq = 1
+    ack = await bus.publish_event(
+        Subjects.user_events("bob"), marker.SerializeToString(), marker.event_id
+    )
+    await bus.deliver(EVENTS_STREAM, "fanout", [ack.seq])
+    await until(lambda: fanout.consumer.last_stream_seq == ack.seq, "the read marker")
+    await bus.settle()
+    assert n1.kinds()[-1] == ("read_marker_updated", ["bob"])
+
+    # A presence change goes to the user and everyone sharing a channel, not to strangers.
+    online = new_event("", seq=0, origin_region="us-east", actor="alice")
+    online.presence_changed.presence.user_id = "alice"
+    online.presence_changed.presence.status = presence_pb2.PRESENCE_STATUS_ONLINE
+    await bus.publish(Subjects.presence("alice"), online.SerializeToString())
+    await bus.settle()
+    assert n1.kinds()[-1] == ("presence_changed", ["alice", "bob"])
+    assert len(n1.deliveries) == 3

@@ -350,3 +350,34 @@ async def test_lost_deliveries_are_swept_from_history_without_repeats(
     await until(lambda: hub._sweeping is not None and hub._sweeping.done(), "the sweep")
     assert queued(sub) == [("ch_a", 2), ("ch_b", 1), ("ch_a", 3)]
     assert hub.expected_seq == 4
+
+
+async def test_a_held_event_the_fill_sent_meanwhile_is_dropped_not_waited_for(
+    hub: Hub, history: HistoryStore
+) -> None:
+    await history.apply([msg("ch_a", s) for s in (1, 2, 3, 4)], stream_seq=4)
+    gate, reads = asyncio.Event(), []
+    read_gap = hub.read_gap
+
+    async def gated(sub: Subscriber, channel: str, target_seq: int) -> bool:
+        reads.append(target_seq)
+        if len(reads) > 10:
+            raise RuntimeError("the fill keeps reading a range it already has")
+        await gate.wait()
+        return await read_gap(sub, channel, target_seq)
+
+    hub.read_gap = gated  # type: ignore[method-assign]
+    sub = live(hub, last={"ch_a": 1})
+    sub.offer(msg("ch_a", 5))  # 2..4 missing: a fill starts
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert reads == [4], "the fill is reading history"
+    sub.offer(msg("ch_a", 3))  # the live copy of what the fill is about to send: held meanwhile
+    assert sorted(sub.pending["ch_a"]) == [3, 5]
+
+    gate.set()
+    await until(lambda: "ch_a" not in sub.fills, "the fill")
+    assert sub.closed_with is None and not sub.pending and reads == [4]
+    assert queued(sub) == [("ch_a", 2), ("ch_a", 3), ("ch_a", 4), ("ch_a", 5)]
+    sub.offer(msg("ch_a", 6))  # the channel flows again, not held behind a stale entry
+    assert queued(sub) == [("ch_a", 6)]
