@@ -103,6 +103,14 @@ class Subjects:
         return f"chatmesh.mirror.{region}"
 
     @staticmethod
+    def source_delivery(region: str, origin: str) -> str:
+        """Every-region mode: deliver subject of the consumer feeding ``region``'s ``ALL_``.
+
+        The durable consumer on ``origin``'s ``EVENTS_<ORIGIN>``; internal to the servers.
+        """
+        return f"chatmesh.source.{region}.{origin}"
+
+    @staticmethod
     def origin_events_all(region: str) -> str:
         """Every-region mode: every event ``region`` writes (its ``EVENTS_<REGION>``)."""
         return f"chatmesh.evt.{region}.>"
