@@ -40,6 +40,9 @@ async def main(cfg: CommandConfig) -> None:
     if cfg.lease_ttl > 0:
         holder = f"command-{cfg.instance_id or cfg.region}/{os.getpid()}-{secrets.token_hex(3)}"
         lease = Lease(await kv_lease_store(nc), "command", holder, ttl=cfg.lease_ttl)
+    # TODO(data): the every-region mode (ADR-026) publishes to cfg.events_stream
+    # (EVENTS_<REGION>) on Subjects.origin_channel_events/origin_user_events; its
+    # user (command-<region>) may publish nothing else, so writes fail until then.
     commands = Commands(
         bus=bus,
         events=bus,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.core.config import CommonConfig
+from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
+from mesh.core.config import CommonConfig, ConfigError
 from mesh.core.ratelimit import Limit
 
 __all__ = ["CommandConfig"]
@@ -50,6 +51,20 @@ class CommandConfig(CommonConfig):
     """Per-user JoinChannel bucket: tokens per second."""
     join_burst: int = 30
     """... and its size."""
+
+    writes: str = WRITES_PRIMARY
+    """Write mode of the deployment (ADR-026): ``primary`` (every write goes to the
+    primary region) or ``every-region`` (each region writes its own ``EVENTS_<REGION>``
+    and reads ``ALL_<REGION>``)."""
+    events_stream: str = "EVENTS"
+    """Stream the events are published to: EVENTS (primary mode) or the region's own
+    ``EVENTS_<REGION>`` (every-region mode)."""
+
+    def __post_init__(self) -> None:
+        if self.writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ConfigError(
+                f"writes: {self.writes!r} must be {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )
 
     def limits(self) -> dict[str, Limit]:
         """The token bucket of each limited action."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.core.config import CommonConfig
+from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
+from mesh.core.config import CommonConfig, ConfigError
 
 __all__ = ["FanoutConfig"]
 
@@ -27,3 +28,16 @@ class FanoutConfig(CommonConfig):
     """Seconds of the fan-out lease in NATS KV (ADR-019): with two instances, only the one
     holding it consumes EVENTS; the other waits and takes over when it expires. 0: no
     lease, this instance is the only one."""
+    writes: str = WRITES_PRIMARY
+    """Write mode of the deployment (ADR-026): ``primary`` (every write goes to the
+    primary region) or ``every-region`` (each region writes its own ``EVENTS_<REGION>``
+    and reads ``ALL_<REGION>``)."""
+    stream: str = "EVENTS"
+    """Stream to consume: EVENTS (primary mode) or the region's ``ALL_<REGION>``
+    (every-region mode)."""
+
+    def __post_init__(self) -> None:
+        if self.writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ConfigError(
+                f"writes: {self.writes!r} must be {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.core.config import CommonConfig
+from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
+from mesh.core.config import CommonConfig, ConfigError
 
 __all__ = ["NotificationConfig"]
 
@@ -42,3 +43,16 @@ class NotificationConfig(CommonConfig):
     fill_from_primary: bool = True
     """Fill gaps the region's history lacks from the primary's EVENTS stream (direct get
     across the gateway)."""
+    writes: str = WRITES_PRIMARY
+    """Write mode of the deployment (ADR-026): ``primary`` (every write goes to the
+    primary region) or ``every-region`` (each region writes its own ``EVENTS_<REGION>``
+    and reads ``ALL_<REGION>``)."""
+    stream: str = "EVENTS"
+    """The region's stream: EVENTS (primary mode; gap fills read it) or the region's
+    ``ALL_<REGION>`` (every-region mode)."""
+
+    def __post_init__(self) -> None:
+        if self.writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ConfigError(
+                f"writes: {self.writes!r} must be {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.core.config import CommonConfig
+from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
+from mesh.core.config import CommonConfig, ConfigError
 
 __all__ = ["QueryConfig"]
 
@@ -19,3 +20,13 @@ class QueryConfig(CommonConfig):
     """DSN of the region's metadata store (MongoDB: readPreference=nearest)."""
     valkey_replica: str = "redis://127.0.0.1:6379/0"
     """The region's Valkey (replica outside the primary) for presence reads."""
+    writes: str = WRITES_PRIMARY
+    """Write mode of the deployment (ADR-026): ``primary`` (every write goes to the
+    primary region) or ``every-region`` (each region writes its own ``EVENTS_<REGION>``
+    and reads ``ALL_<REGION>``)."""
+
+    def __post_init__(self) -> None:
+        if self.writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ConfigError(
+                f"writes: {self.writes!r} must be {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.core.config import CommonConfig
+from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
+from mesh.core.config import CommonConfig, ConfigError
 
 __all__ = ["WorkerConfig"]
 
@@ -26,6 +27,17 @@ class WorkerConfig(CommonConfig):
     """Durable consumer name."""
     replication_interval: float = 2.0
     """Seconds between checks of the region's mirror against EVENTS (lag metrics, stall
-    repair; secondary regions only). 0: off."""
+    repair; secondary regions only), or in the every-region mode of the region's
+    ``ALL_<REGION>`` against every origin it sources. 0: off."""
     batch: int = 512
     """Events requested per pull (and applied per transaction)."""
+    writes: str = WRITES_PRIMARY
+    """Write mode of the deployment (ADR-026): ``primary`` (every write goes to the
+    primary region) or ``every-region`` (each region writes its own ``EVENTS_<REGION>``
+    and reads ``ALL_<REGION>``)."""
+
+    def __post_init__(self) -> None:
+        if self.writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ConfigError(
+                f"writes: {self.writes!r} must be {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )
