@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from mesh.bus.replication import MirrorHealth, assess
-from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, mirror_stream_name
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory, mint
 from mesh.harness.paths import run_dir as default_run_dir
 from mesh.harness.supervisor import STATE_FILE
@@ -284,6 +284,8 @@ def replication_health(state: dict[str, Any]) -> list[MirrorHealth]:
     """Each secondary's mirror of EVENTS against the source, read from NATS monitoring."""
     regions = state.get("regions") or {}
     primary = state.get("primary", "")
+    if state.get("writes") == WRITES_EVERY_REGION:
+        return []  # no mirrors: each region's worker watches its ALL_ stream's sources
     source = _stream_last_seqs(list((regions.get(primary) or {}).get("nats_monitor") or []))
     source_last = int(source.get(EVENTS_STREAM, {}).get("last_seq", -1))
     out = []
