@@ -236,11 +236,16 @@ def up(
 
 
 def _print_status(state: dict[str, Any], rd: Path) -> None:
+    every = state.get("writes") == WRITES_EVERY_REGION
+    writes = ", writes every-region" if every else ""
     typer.echo(
-        f"topology {state['topology']} (primary {state['primary']}, stores {state['stores']}), run dir {rd}"
+        f"topology {state['topology']} (primary {state['primary']}{writes}, "
+        f"stores {state['stores']}), run dir {rd}"
     )
     for region, info in state["regions"].items():
         role = "primary" if info.get("primary") else "secondary"
+        if every:
+            role = "writes; Valkey primary" if info.get("primary") else "writes"
         typer.echo(f"  {region} ({role})")
         edge = info.get("edge")
         if edge:
