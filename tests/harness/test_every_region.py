@@ -164,6 +164,28 @@ async def test_an_event_written_in_asia_reaches_every_region(mesh: Mesh) -> None
         await eventually(arrived, timeout=30, what=f"asia's event in {stream}")
 
 
+async def test_one_message_id_written_in_two_regions_is_kept_twice_in_every_region(
+    mesh: Mesh,
+) -> None:
+    """A client retrying through another region: every ALL_ keeps both copies (ADR-026 picks one).
+
+    nats-server de-duplicates sourced messages by Nats-Msg-Id; ALL_'s window is the
+    shortest it allows (100 ms), so copies written further apart both arrive.
+    """
+    writers = {r: await _writer(mesh, r) for r in ("eu", "asia")}
+    seqs = {"eu": await _publish(writers["eu"], "eu", "ch_eu_retry", "same-message-id")}
+    await asyncio.sleep(0.5)  # the retry comes later (> the 100 ms window)
+    seqs["asia"] = await _publish(writers["asia"], "asia", "ch_eu_retry", "same-message-id")
+    expected = {(origin_stream_name(r), seq, "same-message-id") for r, seq in seqs.items()}
+    for region in REGIONS:
+        reader = await mesh.nats_client(region, user="admin")
+
+        async def both(region: str = region, reader: NATS = reader) -> bool:
+            return expected <= set(await _contents(reader, all_stream_name(region)))
+
+        await eventually(both, timeout=30, what=f"both copies in {all_stream_name(region)}")
+
+
 async def test_a_region_cut_off_keeps_writing_and_every_region_converges_after(
     mesh: Mesh,
 ) -> None:
