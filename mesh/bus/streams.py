@@ -9,6 +9,11 @@ Example:
     >>> from mesh.topology import load
     >>> events_stream_config(load("dev"))["placement"]
     {'tags': ['region:us-east']}
+    >>> auto = load("three-regions-autonomous")
+    >>> [c["name"] for c in all_stream_configs(auto)]
+    ['EVENTS_US_EAST', 'EVENTS_EU', 'EVENTS_ASIA', 'ALL_US_EAST', 'ALL_EU', 'ALL_ASIA']
+    >>> [src["name"] for src in aggregate_stream_config(auto, "eu")["sources"]]
+    ['EVENTS_US_EAST', 'EVENTS_EU', 'EVENTS_ASIA']
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ from nats.js.api import StreamConfig, StreamInfo
 from nats.js.errors import BadRequestError
 
 from mesh.bus.connection import connect
-from mesh.bus.subjects import EVENTS_STREAM, Subjects, mirror_stream_name
+from mesh.bus.subjects import (
+    EVENTS_STREAM,
+    Subjects,
+    all_stream_name,
+    mirror_stream_name,
+    origin_stream_name,
+)
 from mesh.topology import Topology
 
 __all__ = [
+    "AGGREGATE_DUPLICATE_WINDOW_NS",
+    "aggregate_stream_config",
     "all_stream_configs",
     "ensure_mirror_consumer",
     "ensure_stream",
@@ -40,8 +53,11 @@ __all__ = [
     "mirror_consumer_config",
     "mirror_consumer_name",
     "mirror_stream_config",
+    "origin_stream_config",
     "parse_duration_ns",
     "parse_size",
+    "source_consumer_configs",
+    "source_consumer_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +97,10 @@ def events_stream_config(topology: Topology) -> dict[str, Any]:
         "allow_direct": True,
         "placement": {"tags": [f"region:{topology.primary}"]},
     }
+    return _placed(topology, config)
+
+
+def _placed(topology: Topology, config: dict[str, Any]) -> dict[str, Any]:
     if len(topology.regions) == 1 and topology.region(topology.primary).nats_nodes == 1:
         del config["placement"]  # a standalone server has nowhere else to place it
     return config
@@ -100,16 +120,23 @@ def mirror_consumer_config(mirror: dict[str, Any]) -> dict[str, Any]:
     and no ``ack_wait``. Why a durable one at all: ``docs/replication.md``.
     """
     consumer = mirror["mirror"]["consumer"]
+    return _feeding_consumer_config(consumer, f"feeds the mirror {mirror['name']}",
+                                    mirror["num_replicas"])  # fmt: skip
+
+
+def _feeding_consumer_config(
+    consumer: dict[str, Any], description: str, replicas: int
+) -> dict[str, Any]:
     return {
         "durable_name": consumer["name"],
-        "description": f"feeds the mirror {mirror['name']}",
+        "description": description,
         "deliver_subject": consumer["deliver_subject"],
         "deliver_policy": "all",
         "ack_policy": "flow_control",
         "flow_control": True,
         "idle_heartbeat": 10**9,
         "max_ack_pending": 10_000,
-        "num_replicas": mirror["num_replicas"],
+        "num_replicas": replicas,
     }
 
 
@@ -144,8 +171,112 @@ def mirror_stream_config(topology: Topology, region: str) -> dict[str, Any]:
     }
 
 
+AGGREGATE_DUPLICATE_WINDOW_NS = 100 * 10**6
+"""De-duplication window of every ``ALL_<REGION>``: 100 ms, the least nats-server accepts.
+
+nats-server de-duplicates *sourced* messages by their ``Nats-Msg-Id`` too
+(measured with 2.15.1: two origins' messages with one id, the second never
+reached the aggregate). A source never needs it (it resumes after the last
+source sequence it stored), and across origins it would be wrong: ADR-026 keeps
+every region's copy of a message retried through another region and lets the
+convergence rules pick one, identically everywhere. So the window is as short as
+the server allows, and ids must differ between origins (a ``Nats-Msg-Id`` that
+names the writing region) for copies that arrive together, e.g. after a heal.
+"""
+
+
+def origin_stream_config(topology: Topology, region: str) -> dict[str, Any]:
+    """Every-region mode: ``region``'s own events, ``EVENTS_<REGION>``, placed in ``region``.
+
+    The Command Service of ``region`` writes it on ``chatmesh.evt.<region>.>``; it has
+    EVENTS's retention and de-duplication (a client's retry through the same region
+    is a no-op).
+    """
+    n = topology.nats
+    config: dict[str, Any] = {
+        "name": origin_stream_name(region),
+        "subjects": [Subjects.origin_events_all(region)],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": n.events_replicas,
+        "max_age": parse_duration_ns(n.events_max_age),
+        "duplicate_window": parse_duration_ns(n.duplicate_window),
+        "discard": "old",
+        "allow_direct": True,
+        "placement": {"tags": [f"region:{region}"]},
+    }
+    return _placed(topology, config)
+
+
+def source_consumer_name(region: str) -> str:
+    """Name of the durable consumer on each ``EVENTS_<ORIGIN>`` that feeds ``region``'s ``ALL_``."""
+    return f"all-{region}"
+
+
+def aggregate_stream_config(topology: Topology, region: str) -> dict[str, Any]:
+    """Every-region mode: ``ALL_<REGION>``, placed in ``region``, sourcing every ``EVENTS_<R>``.
+
+    Its own region's stream locally, the others across the gateways. As the
+    primary mode's mirrors do, each source reads through a durable push consumer
+    of its own on the origin stream (:func:`source_consumer_configs`, created first
+    by :func:`ensure_stream`), so after a WAN cut the server only resets that
+    consumer, and the source's position survives; sources resume by themselves
+    once the link heals. The region's worker, Fan-Out and Notification read it.
+    """
+    n = topology.nats
+    config: dict[str, Any] = {
+        "name": all_stream_name(region),
+        "sources": [
+            {
+                "name": origin_stream_name(origin),
+                "consumer": {
+                    "name": source_consumer_name(region),
+                    "deliver_subject": Subjects.source_delivery(region, origin),
+                },
+            }
+            for origin in topology.region_names
+        ],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": n.events_replicas,
+        "max_age": parse_duration_ns(n.events_max_age),
+        "duplicate_window": AGGREGATE_DUPLICATE_WINDOW_NS,
+        "discard": "old",
+        "allow_direct": True,
+        "placement": {"tags": [f"region:{region}"]},
+    }
+    return _placed(topology, config)
+
+
+def source_consumer_configs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The durable push consumers a stream's ``sources`` name, as (origin stream, config).
+
+    The same shape nats-server requires of a mirror's consumer (:func:`mirror_consumer_config`).
+    """
+    return [
+        (
+            source["name"],
+            _feeding_consumer_config(
+                source["consumer"], f"feeds {config['name']}", config["num_replicas"]
+            ),
+        )
+        for source in config.get("sources") or []
+        if source.get("consumer")
+    ]
+
+
 def all_stream_configs(topology: Topology) -> list[dict[str, Any]]:
-    """EVENTS first (the mirrors need it), then every secondary's mirror."""
+    """A topology's streams in creation order.
+
+    Primary mode: EVENTS first (the mirrors need it), then every secondary's
+    mirror. Every-region mode: each region's ``EVENTS_<REGION>``, then each
+    region's ``ALL_<REGION>`` (the sources need their origins).
+    """
+    if topology.every_region:
+        names = topology.region_names
+        return [origin_stream_config(topology, r) for r in names] + [
+            aggregate_stream_config(topology, r) for r in names
+        ]
     return [events_stream_config(topology)] + [
         mirror_stream_config(topology, r) for r in topology.secondaries
     ]
@@ -177,6 +308,8 @@ async def ensure_stream(nc: NATS, config: dict[str, Any], *, timeout: float = 30
     mirror = config.get("mirror") or {}
     if mirror.get("consumer"):
         await ensure_mirror_consumer(nc, config, timeout=timeout)
+    for source, consumer in source_consumer_configs(config):
+        await _ensure_feeding_consumer(nc, source, consumer, timeout=timeout)
     while True:
         try:
             # from_response parses the JSON shape (nanoseconds, nested
@@ -225,7 +358,12 @@ async def ensure_mirror_consumer(
         TimeoutError: Not created within ``timeout`` seconds.
     """
     config = mirror_consumer_config(mirror)
-    source = mirror["mirror"]["name"]
+    return await _ensure_feeding_consumer(nc, mirror["mirror"]["name"], config, timeout=timeout)
+
+
+async def _ensure_feeding_consumer(
+    nc: NATS, source: str, config: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
     subject = f"$JS.API.CONSUMER.DURABLE.CREATE.{source}.{config['durable_name']}"
     body = json.dumps({"stream_name": source, "config": config}).encode()
     loop = asyncio.get_running_loop()
@@ -236,7 +374,7 @@ async def ensure_mirror_consumer(
         try:
             reply = json.loads((await nc.request(subject, body, timeout=5.0)).data)
             if "error" not in reply:
-                logger.info("mirror consumer %s on %s ready", config["durable_name"], source)
+                logger.info("feeding consumer %s on %s ready", config["durable_name"], source)
                 return dict(reply)
             problem = reply["error"]
         except Exception as exc:  # noqa: BLE001 - no meta leader yet, no responders ...

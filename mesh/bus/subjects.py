@@ -21,6 +21,8 @@ which sources every region's ``EVENTS_<REGION>``.
 
 from __future__ import annotations
 
+from mesh.core.config import WRITES_EVERY_REGION, WRITES_PRIMARY
+
 __all__ = [
     "EVENTS_STREAM",
     "WRITES_EVERY_REGION",
@@ -33,11 +35,6 @@ __all__ = [
 
 EVENTS_STREAM = "EVENTS"
 """The durable channel event log, placed in the primary region."""
-
-WRITES_PRIMARY = "primary"
-"""Write mode: every write goes to the primary region (ADR-010; the default)."""
-WRITES_EVERY_REGION = "every-region"
-"""Write mode: every region takes its own users' writes (ADR-026)."""
 
 
 class Subjects:
@@ -101,6 +98,14 @@ class Subjects:
     def mirror_delivery(region: str) -> str:
         """Deliver subject of the durable consumer on EVENTS that feeds ``region``'s mirror."""
         return f"chatmesh.mirror.{region}"
+
+    @staticmethod
+    def source_delivery(region: str, origin: str) -> str:
+        """Every-region mode: deliver subject of the consumer feeding ``region``'s ``ALL_``.
+
+        The durable consumer on ``origin``'s ``EVENTS_<ORIGIN>``; internal to the servers.
+        """
+        return f"chatmesh.source.{region}.{origin}"
 
     @staticmethod
     def origin_events_all(region: str) -> str:

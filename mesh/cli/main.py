@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from mesh.bus.replication import MirrorHealth, assess
-from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, mirror_stream_name
 from mesh.core.auth import DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeyDirectory, mint
 from mesh.harness.paths import run_dir as default_run_dir
 from mesh.harness.supervisor import STATE_FILE
@@ -236,11 +236,16 @@ def up(
 
 
 def _print_status(state: dict[str, Any], rd: Path) -> None:
+    every = state.get("writes") == WRITES_EVERY_REGION
+    writes = ", writes every-region" if every else ""
     typer.echo(
-        f"topology {state['topology']} (primary {state['primary']}, stores {state['stores']}), run dir {rd}"
+        f"topology {state['topology']} (primary {state['primary']}{writes}, "
+        f"stores {state['stores']}), run dir {rd}"
     )
     for region, info in state["regions"].items():
         role = "primary" if info.get("primary") else "secondary"
+        if every:
+            role = "writes; Valkey primary" if info.get("primary") else "writes"
         typer.echo(f"  {region} ({role})")
         edge = info.get("edge")
         if edge:
@@ -284,6 +289,8 @@ def replication_health(state: dict[str, Any]) -> list[MirrorHealth]:
     """Each secondary's mirror of EVENTS against the source, read from NATS monitoring."""
     regions = state.get("regions") or {}
     primary = state.get("primary", "")
+    if state.get("writes") == WRITES_EVERY_REGION:
+        return []  # no mirrors: each region's worker watches its ALL_ stream's sources
     source = _stream_last_seqs(list((regions.get(primary) or {}).get("nats_monitor") or []))
     source_last = int(source.get(EVENTS_STREAM, {}).get("last_seq", -1))
     out = []

@@ -28,13 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["CommonConfig", "ConfigError", "load"]
+__all__ = ["WRITES_EVERY_REGION", "WRITES_PRIMARY", "CommonConfig", "ConfigError", "load"]
 
 T = TypeVar("T", bound="CommonConfig")
 
 
 class ConfigError(ValueError):
     """The configuration file or environment holds a bad value."""
+
+
+WRITES_PRIMARY = "primary"
+"""Write mode: every write goes to the primary region (ADR-010; the default)."""
+WRITES_EVERY_REGION = "every-region"
+"""Write mode: every region takes its own users' writes (ADR-026)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class CommonConfig:
     """The region this process serves."""
     primary_region: str = "us-east"
     """The region that takes writes (``writes = "primary"``)."""
-    writes: str = "primary"
+    writes: str = WRITES_PRIMARY
     """Write mode: ``"primary"`` (every write goes to ``primary_region``, ADR-010) or
     ``"every-region"`` (each region takes its own users' writes, ADR-026)."""
     instance_id: str = ""
@@ -87,6 +93,12 @@ class CommonConfig:
     """Deadline (seconds) for unary calls that arrive without one."""
     shutdown_grace: float = 5.0
     """Seconds in-flight calls get to finish on SIGTERM."""
+
+    def __post_init__(self) -> None:
+        if self.writes not in (WRITES_PRIMARY, WRITES_EVERY_REGION):
+            raise ConfigError(
+                f"writes: {self.writes!r} must be {WRITES_PRIMARY!r} or {WRITES_EVERY_REGION!r}"
+            )
 
 
 def _convert(name: str, value: Any, hint: Any) -> Any:

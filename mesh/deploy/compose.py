@@ -417,6 +417,24 @@ def _chatmesh_service(
     return service
 
 
+def refuse_every_region(topology: Topology) -> None:
+    """Refuses the every-region write mode (ADR-026), which compose does not generate yet.
+
+    The compose shape runs the production stores (Cassandra, MongoDB-wire), whose
+    every-region history and metadata are not built; run that mode through the
+    harness (``chatmesh up --topology three-regions-autonomous``) instead.
+
+    Raises:
+        ValueError: It does.
+    """
+    if topology.every_region:
+        raise ValueError(
+            f"topology {topology.name!r}: docker-compose is not generated for the "
+            "every-region write mode yet (it runs the production stores, whose "
+            "every-region stores are not built); use `chatmesh up` for that mode"
+        )
+
+
 def render_compose(
     topology: Topology,
     *,
@@ -436,7 +454,11 @@ def render_compose(
     Returns:
         A Compose Specification document; paths are relative to the folder the
         compose file is written to (see :func:`write_compose`).
+
+    Raises:
+        ValueError: ``topology`` uses the every-region write mode (not built here yet).
     """
+    refuse_every_region(topology)
     layout = _layout(topology)
     primary = topology.primary
     regions = topology.region_names
@@ -1137,6 +1159,11 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         topology = load(args.topology)
     except TopologyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        refuse_every_region(topology)
+    except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
     out: Path = args.out or Path(__file__).resolve().parents[2]  # the checkout

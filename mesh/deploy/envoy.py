@@ -17,8 +17,8 @@ optionally over TLS (ALPN ``h2`` and ``http/1.1``). Routes:
 * ``/chatmesh.v1.QueryService/`` and ``/chatmesh.v1.NotificationService/`` to
   the region's own services (several notification instances, least-request);
 * ``/chatmesh.v1.CommandService/`` to the primary region's Command Service
-  (across the WAN outside the primary), with ``x-chatmesh-origin-region`` set
-  to the edge's region;
+  (across the WAN outside the primary; the region's own in the every-region write
+  mode, ADR-026), with ``x-chatmesh-origin-region`` set to the edge's region;
 * ``/grpc.reflection.`` and ``/grpc.health.v1.Health/`` to the region's web
   service (:mod:`services.web`), without a token, so ``grpcurl list`` and
   ``describe`` work against the edge;
@@ -248,7 +248,8 @@ class EdgePlan:
     admin: Upstream
     """The admin interface (always a loopback address)."""
     command: Upstream
-    """The primary's Command Service as reached from this region (a WAN link outside the primary)."""
+    """The primary's Command Service as reached from this region (a WAN link outside the
+    primary); in the every-region mode the region's own Command Service."""
     query: tuple[Upstream, ...]
     notification: tuple[Upstream, ...]
     web_http: Upstream
@@ -317,9 +318,10 @@ def cluster_name(kind: str, region: str, *, topology: Topology) -> str:
     """The Envoy cluster that carries ``kind`` traffic from ``region``'s edge.
 
     The command cluster is ``command-primary`` outside the primary region so the
-    WAN hop is visible in stats (``cluster.command-primary.*``).
+    WAN hop is visible in stats (``cluster.command-primary.*``); in the every-region
+    write mode (ADR-026) every region's commands go to its own ``command-<region>``.
     """
-    if kind == "command" and region != topology.primary:
+    if kind == "command" and not topology.writes_in(region):
         return "command-primary"
     return f"{kind}-{region}"
 
@@ -346,7 +348,10 @@ def compose_plan(
         region=region,
         listen=Upstream("0.0.0.0", LISTEN_PORT),
         admin=Upstream("127.0.0.1", ADMIN_PORT),
-        command=Upstream(service_host("command", topology.primary), GRPC_PORT),
+        command=Upstream(
+            service_host("command", region if topology.writes_in(region) else topology.primary),
+            GRPC_PORT,
+        ),
         query=(Upstream(service_host("query", region), GRPC_PORT),),
         notification=tuple(
             Upstream(service_host("notification", region, i), GRPC_PORT)
@@ -1070,7 +1075,7 @@ def render_envoy(topology: Topology, plan: EdgePlan) -> dict[str, Any]:
     """
     region = plan.region
     topology.region(region)  # KeyError for an unknown region
-    wan = region != topology.primary
+    wan = not topology.writes_in(region)
     command_cluster = cluster_name("command", region, topology=topology)
     query_cluster = cluster_name("query", region, topology=topology)
     notification_cluster = cluster_name("notification", region, topology=topology)

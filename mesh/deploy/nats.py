@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.bus.lease import LEASE_BUCKET
-from mesh.bus.streams import mirror_consumer_name, parse_size
-from mesh.bus.subjects import EVENTS_STREAM, Subjects, mirror_stream_name
+from mesh.bus.streams import mirror_consumer_name, parse_size, source_consumer_name
+from mesh.bus.subjects import (
+    EVENTS_STREAM,
+    Subjects,
+    all_stream_name,
+    mirror_stream_name,
+    origin_stream_name,
+)
 from mesh.topology import Topology
 
 __all__ = [
@@ -30,7 +36,10 @@ __all__ = [
     "Credentials",
     "NatsNodePlan",
     "NatsTls",
+    "command_consumer",
+    "command_user",
     "consumer_permissions",
+    "fanout_user",
     "make_credentials",
     "render_server_conf",
     "service_permissions",
@@ -121,12 +130,35 @@ def _lease_permissions(key: str) -> list[str]:
     ]
 
 
+def command_user(topology: Topology, region: str) -> str:
+    """The NATS user of ``region``'s Command Service: ``command`` or ``command-<region>``.
+
+    The second in the every-region mode (ADR-026), one user per region.
+    """
+    return f"command-{region}" if topology.every_region else "command"
+
+
+def fanout_user(topology: Topology, region: str) -> str:
+    """The NATS user of ``region``'s Fan-Out Service: ``fanout`` or ``fanout-<region>``."""
+    return f"fanout-{region}" if topology.every_region else "fanout"
+
+
+def command_consumer(region: str) -> str:
+    """Every-region mode: a durable consumer on ``ALL_<REGION>`` for ``region``'s Command Service.
+
+    It may run one to observe remote events (ADR-026: a reply sorts after what it answers).
+    """
+    return f"command-{region}"
+
+
 def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
     """Publish/subscribe permissions of every service user (least privilege).
 
     Returns:
         user name -> nats-server ``permissions`` block.
     """
+    if topology.every_region:
+        return _every_region_permissions(topology)
     perms: dict[str, dict[str, Any]] = {
         # Writes durable events and typing; nothing else. It never subscribes
         # to events: only to its own inboxes for JetStream acks.
@@ -185,6 +217,93 @@ def service_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
             allow += mirror_monitor_permissions(region)
         perms[f"worker-{region}"] = {
             "publish": {"allow": allow},
+            "subscribe": {"allow": ["_INBOX.>"]},
+        }
+    return perms
+
+
+def _every_region_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
+    """Every-region mode (ADR-026): per region a command, fan-out, notification and worker user.
+
+    Each is confined to its own region's subjects and streams.
+
+    A region's Command Service writes only ``chatmesh.evt.<region>.>`` (its
+    ``EVENTS_<REGION>``) and may read its region's ``ALL_<REGION>``; the Fan-Out, the
+    worker and the notification instances read ``ALL_<REGION>`` only; deliveries and
+    route messages stay inside the region. Typing and presence subjects carry no
+    region: they reach every region's Fan-Out over the gateways.
+    """
+    names = topology.region_names
+    perms: dict[str, dict[str, Any]] = {}
+    for region in names:
+        own = origin_stream_name(region)
+        aggregate = all_stream_name(region)
+        perms[command_user(topology, region)] = {
+            "publish": {
+                "allow": [
+                    Subjects.origin_events_all(region),
+                    Subjects.TYPING_ALL,
+                    f"$JS.API.STREAM.INFO.{own}",
+                    # A channel's newest event of this origin (its origin_seq floor).
+                    f"$JS.API.DIRECT.GET.{own}.chatmesh.evt.{region}.ch.>",
+                    # Remote events of a channel, read from the region's ALL_ stream.
+                    *consumer_permissions(aggregate, command_consumer(region)),
+                ]
+            },
+            "subscribe": {"allow": ["_INBOX.>"]},
+        }
+        perms[fanout_user(topology, region)] = {
+            "publish": {
+                "allow": [
+                    f"chatmesh.dlv.{region}.>",
+                    Subjects.ROUTE_RESYNC,
+                    *consumer_permissions(aggregate, FANOUT_CONSUMER),
+                ]
+            },
+            "subscribe": {
+                "allow": [
+                    "chatmesh.eph.>",
+                    f"chatmesh.route.update.{region}.>",
+                    f"chatmesh.route.snapshot.{region}.>",
+                    f"chatmesh.route.hb.{region}.>",
+                    "_INBOX.>",
+                ]
+            },
+            "allow_responses": True,
+        }
+        perms[f"notification-{region}"] = {
+            "publish": {
+                "allow": [
+                    f"chatmesh.route.update.{region}.>",
+                    f"chatmesh.route.snapshot.{region}.>",
+                    f"chatmesh.route.hb.{region}.>",
+                    Subjects.PRESENCE_ALL,
+                    # Gap fills: from the region's ALL_ stream, or from the origin's
+                    # own stream (answered by its leader, across the gateway).
+                    f"$JS.API.STREAM.INFO.{aggregate}",
+                    f"$JS.API.DIRECT.GET.{aggregate}",
+                    f"$JS.API.DIRECT.GET.{aggregate}.>",
+                    f"$JS.API.STREAM.MSG.GET.{aggregate}",
+                    *(f"$JS.API.STREAM.MSG.GET.{origin_stream_name(r)}" for r in names),
+                ]
+            },
+            "subscribe": {"allow": [f"chatmesh.dlv.{region}.>", Subjects.ROUTE_RESYNC, "_INBOX.>"]},
+            "allow_responses": True,
+        }
+        # The worker also keeps the region's ALL_ sources moving (mesh.bus.sourcing):
+        # it reads each origin's info and may reset the one consumer feeding its region.
+        monitor = [
+            p
+            for r in names
+            for p in (
+                f"$JS.API.STREAM.INFO.{origin_stream_name(r)}",
+                f"$JS.API.CONSUMER.RESET.{origin_stream_name(r)}.{source_consumer_name(region)}",
+            )
+        ]
+        perms[f"worker-{region}"] = {
+            "publish": {
+                "allow": [*consumer_permissions(aggregate, worker_consumer(region)), *monitor]
+            },
             "subscribe": {"allow": ["_INBOX.>"]},
         }
     return perms
@@ -262,11 +381,7 @@ def render_server_conf(
     header comment records where it came from.
     """
     perms = service_permissions(topology)
-    sync = (
-        topology.nats.sync_interval_primary
-        if node.region == topology.primary
-        else topology.nats.sync_interval_other
-    )
+    sync = topology.sync_interval(node.region)
     jetstream: dict[str, Any] = {
         "store_dir": node.store_dir,
         "max_memory_store": parse_size(topology.nats.max_memory_store),

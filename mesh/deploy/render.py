@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mesh.bus.streams import events_stream_config, mirror_stream_config
+from mesh.bus.streams import all_stream_configs
 from mesh.deploy.nats import (
     Credentials,
     NatsNodePlan,
@@ -80,17 +80,18 @@ def render_all(topology: Topology, outdir: Path) -> list[Path]:
             path = outdir / f"nats-{plan.server_name}.conf"
             path.write_text(render_server_conf(topology, plan, creds))
             written.append(path)
-    streams = [events_stream_config(topology)] + [
-        mirror_stream_config(topology, r) for r in topology.secondaries
-    ]
+    streams = all_stream_configs(topology)
     path = outdir / "streams.json"
     path.write_text(json.dumps(streams, indent=2) + "\n")
     written.append(path)
     links = []
     for link in topology.links:
-        links.append({"regions": [link.a, link.b], "latency_ms": link.latency_ms, "jitter_ms": link.jitter_ms,
-                      "carries": ["nats gateways", "valkey replication", "commands to the primary",
-                                  "cassandra inter-DC (production stores)"]})  # fmt: skip
+        carries = ["nats gateways", "valkey replication", "commands to the primary",
+                   "cassandra inter-DC (production stores)"]  # fmt: skip
+        if topology.every_region:
+            carries.remove("commands to the primary")  # each region writes itself
+        links.append({"regions": [link.a, link.b], "latency_ms": link.latency_ms,
+                      "jitter_ms": link.jitter_ms, "carries": carries})  # fmt: skip
     path = outdir / "links.json"
     path.write_text(json.dumps(links, indent=2) + "\n")
     written.append(path)

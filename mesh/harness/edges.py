@@ -13,7 +13,7 @@ hook published). Per region it
    :class:`~mesh.deploy.envoy.EdgePlan` — loopback upstreams, the run's JWKS,
    the primary's Command Service *as reached from that region* (the WAN link
    proxy in a secondary, so commands entering there pay the real cross-region
-   latency) — and starts the stock ``envoy`` (:mod:`mesh.harness.envoy`),
+   latency; the region's own Command Service in the every-region write mode) — and starts the stock ``envoy`` (:mod:`mesh.harness.envoy`),
    supervised like every service.
 
 Each region's endpoints gain ``edge``: ``{"grpc": "127.0.0.1:P", "http":

@@ -11,6 +11,12 @@ gRPC health check answers SERVING. Per region:
 Clients in a secondary region reach the primary's Command Service through a
 WAN link proxy, so commands pay the real cross-region latency.
 
+In the every-region write mode (ADR-026) every region runs Command, Fan-Out,
+Worker, Query and Notification x N; the Command Service writes the region's
+``EVENTS_<REGION>``, the others read its ``ALL_<REGION>``, each with its
+region's own NATS user, and a region's clients reach their own region's
+Command Service (no WAN hop).
+
 Example:
     >>> async def demo(topology, run_dir) -> None:  # doctest: +SKIP
     ...     async with Mesh(topology, run_dir, hooks=[services_hook()]) as mesh:
@@ -29,10 +35,16 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.bus.subjects import EVENTS_STREAM, mirror_stream_name
+from mesh.bus.subjects import (
+    EVENTS_STREAM,
+    WRITES_EVERY_REGION,
+    all_stream_name,
+    mirror_stream_name,
+    origin_stream_name,
+)
 from mesh.core.auth import KeyDirectory
 from mesh.core.identity import SERVICE
-from mesh.deploy.nats import worker_consumer
+from mesh.deploy.nats import command_user, fanout_user, worker_consumer
 from mesh.harness.identity import identity_state, internal_channel, mesh_pki, operator_files
 from mesh.harness.paths import repo_root
 from mesh.harness.process import ManagedProcess, Supervised, wait_until
@@ -210,34 +222,61 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
             return proc
 
         primary = topo.primary
-        p = _dsns(mesh, primary)
+        every = topo.every_region
+        if every and not embedded:
+            raise RuntimeError(
+                "the every-region write mode (ADR-026) runs with the embedded stores only "
+                "for now: its history and metadata stores are not built for production "
+                "backends yet (owner: data)"
+            )
+        # Every-region mode: the settings every service gets, and the stream each reads.
+        mode: dict[str, Any] = {"writes": WRITES_EVERY_REGION} if every else {}
+
+        def read_stream(region: str) -> str:
+            if every:
+                return all_stream_name(region)
+            return EVENTS_STREAM if region == primary else mirror_stream_name(region)
+
         writers = topo.region(primary).write_instances
         lease = {"lease_ttl": cfg.lease_ttl} if writers > 1 else {}
-        for i in range(1, writers + 1):
-            instance = {"instance_id": f"{primary}-{i}", **lease}
-            add("command", primary, {**nats(primary, "command"), "command_store": p["command"],
-                                     "metadata_store": p["metadata"], **command_limits(topo.limits),
-                                     **instance}, index=i)  # fmt: skip
-            add("fanout", primary, {**nats(primary, "fanout"), "metadata_store": p["metadata"],
-                                    "instance_timeout": cfg.instance_timeout,
-                                    "resync_grace": cfg.resync_grace, **instance}, index=i)  # fmt: skip
+        for region in topo.region_names if every else [primary]:
+            p = _dsns(mesh, region)
+            streams_of = (
+                ({"events_stream": origin_stream_name(region)}, {"stream": read_stream(region)})
+                if every
+                else ({}, {})
+            )
+            for i in range(1, writers + 1):
+                instance = {"instance_id": f"{region}-{i}", **lease}
+                add("command", region, {**nats(region, command_user(topo, region)),
+                                        "command_store": p["command"], "metadata_store": p["metadata"],
+                                        **command_limits(topo.limits), **instance, **mode,
+                                        **streams_of[0]}, index=i)  # fmt: skip
+                add("fanout", region, {**nats(region, fanout_user(topo, region)),
+                                       "metadata_store": p["metadata"],
+                                       "instance_timeout": cfg.instance_timeout,
+                                       "resync_grace": cfg.resync_grace, **instance, **mode,
+                                       **streams_of[1]}, index=i)  # fmt: skip
         for region in topo.region_names:
             d = _dsns(mesh, region)
             is_primary = region == primary
             worker: dict[str, Any] = {
                 **nats(region, f"worker-{region}"),
                 "history_store": d["history"],
-                "stream": EVENTS_STREAM if is_primary else mirror_stream_name(region),
+                "stream": read_stream(region),
                 "consumer_name": worker_consumer(region),
+                **mode,
             }
-            if embedded and not is_primary:
+            # Every-region workers project every region's events into the region's
+            # metadata, as embedded secondaries do (the Command Service checks against it).
+            if embedded and (every or not is_primary):
                 worker["metadata_store"] = d["metadata"]
             if embedded or is_primary:
                 add("worker", region, worker)
             valkey_local = mesh.valkey[region].url
             via = mesh.valkey_primary_via[region]
             add("query", region, {"history_store": d["history"], "metadata_store": d["metadata"],
-                                  "valkey_replica": valkey_local})  # fmt: skip
+                                  "valkey_replica": valkey_local, **mode})  # fmt: skip
             for i in range(1, topo.region(region).notification_instances + 1):
                 add(
                     "notification",
@@ -252,6 +291,7 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                         "stream_heartbeat": cfg.stream_heartbeat,
                         "route_heartbeat": cfg.route_heartbeat,
                         "streams_per_user": topo.limits.streams_per_user,
+                        **({"stream": read_stream(region), **mode} if every else {}),
                     },
                     index=i,
                 )
@@ -265,15 +305,17 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
             proc.watch()
 
         # Endpoints per region; secondaries reach the Command Service across the WAN
-        # (one link proxy per instance).
-        commands = [mesh.services[f"command-{primary}"]] + [
-            mesh.services[f"command-{primary}-{i}"] for i in range(2, writers + 1)
-        ]
+        # (one link proxy per instance); in the every-region mode each region its own.
+        def commands_of(writer: str) -> list[ServiceProcess]:
+            return [mesh.services[f"command-{writer}"]] + [
+                mesh.services[f"command-{writer}-{i}"] for i in range(2, writers + 1)
+            ]
+
         for region in topo.region_names:
             command_addrs: list[str] = []
-            for i, command in enumerate(commands, start=1):
+            for i, command in enumerate(commands_of(region if every else primary), start=1):
                 assert command.address is not None
-                if region == primary:
+                if topo.writes_in(region):
                     command_addrs.append(command.address)
                     continue
                 host, port = command.address.rsplit(":", 1)
@@ -292,8 +334,8 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                     for i in range(1, topo.region(region).notification_instances + 1)
                 ],
             }
-            if region == primary:
-                grpc_endpoints["fanout"] = mesh.services[f"fanout-{primary}"].address
+            if topo.writes_in(region):
+                grpc_endpoints["fanout"] = mesh.services[f"fanout-{region}"].address
             mesh.endpoints[region]["grpc"] = grpc_endpoints
             mesh.endpoints[region]["metrics"] = {
                 name: proc.metrics for name, proc in mesh.services.items() if proc.region == region

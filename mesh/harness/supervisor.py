@@ -33,7 +33,13 @@ from nats.aio.client import Client as NATS
 
 from mesh.bus.connection import connect
 from mesh.bus.lease import lease_stream_config
-from mesh.bus.streams import ensure_stream, events_stream_config, mirror_stream_config
+from mesh.bus.streams import (
+    aggregate_stream_config,
+    ensure_stream,
+    events_stream_config,
+    mirror_stream_config,
+    origin_stream_config,
+)
 from mesh.deploy.nats import (
     GATEWAY_ADVERTISE_SENTINEL,
     Credentials,
@@ -291,6 +297,15 @@ class Mesh:
         for n in all_nodes:
             n.watch()
         admin = await self.nats_client(topo.primary, user="admin")
+        if topo.every_region:
+            # ADR-026: each region's own stream, then each region's ALL_ sourcing them all.
+            names = topo.region_names
+            await asyncio.gather(*(ensure_stream(admin, origin_stream_config(topo, r))
+                                   for r in names))  # fmt: skip
+            await ensure_stream(admin, lease_stream_config(topo))
+            await asyncio.gather(*(ensure_stream(admin, aggregate_stream_config(topo, r))
+                                   for r in names))  # fmt: skip
+            return
         await ensure_stream(admin, events_stream_config(topo))
         # The write leases (ADR-019), used when the primary runs two Command/Fan-Out services.
         await ensure_stream(admin, lease_stream_config(topo))
@@ -388,6 +403,7 @@ class Mesh:
         return {
             "topology": topo.name,
             "primary": topo.primary,
+            **({"writes": topo.writes} if topo.every_region else {}),
             "stores": topo.stores.backend,
             "run_dir": str(self.run_dir),
             "supervisor_pid": os.getpid(),

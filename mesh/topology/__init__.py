@@ -7,6 +7,9 @@ topologies live in ``builtin/``. ``docs/topology.md`` documents every key.
 
 from mesh.topology.model import (
     BUILTIN_DIR,
+    WRITES_EVERY_REGION,
+    WRITES_MODES,
+    WRITES_PRIMARY,
     Limits,
     Link,
     NatsSettings,
@@ -21,6 +24,9 @@ from mesh.topology.model import (
 
 __all__ = [
     "BUILTIN_DIR",
+    "WRITES_EVERY_REGION",
+    "WRITES_MODES",
+    "WRITES_PRIMARY",
     "Limits",
     "Link",
     "NatsSettings",

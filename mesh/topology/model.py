@@ -25,6 +25,9 @@ from typing import Any
 
 __all__ = [
     "BUILTIN_DIR",
+    "WRITES_EVERY_REGION",
+    "WRITES_MODES",
+    "WRITES_PRIMARY",
     "Limits",
     "Link",
     "NatsSettings",
@@ -38,6 +41,15 @@ __all__ = [
 ]
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+# The write modes (ADR-026). The same strings as mesh.bus.subjects.WRITES_*, which
+# this layer cannot import (the topology sits below the bus); a test holds them equal.
+WRITES_PRIMARY = "primary"
+"""Every write goes to the primary region (ADR-010; the default)."""
+WRITES_EVERY_REGION = "every-region"
+"""Every region takes its own users' writes (ADR-026)."""
+WRITES_MODES = (WRITES_PRIMARY, WRITES_EVERY_REGION)
+"""The values of the top-level ``writes`` key."""
 
 _REGION_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _DURATION_RE = re.compile(r"^\d+(ms|s|m|h)$")
@@ -70,8 +82,9 @@ class Region:
     notification_instances: int = 1
     """Notification Service processes in the region (1 to 8)."""
     write_instances: int = 1
-    """Command and Fan-Out Service instances (primary only; 1 or 2). With 2, one of each is
-    active and the other on standby, by a lease in NATS KV (ADR-019)."""
+    """Command and Fan-Out Service instances (primary only, primary mode only; 1 or 2).
+    With 2, one of each is active and the other on standby, by a lease in NATS KV
+    (ADR-019). In the every-region mode every region runs one of each."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,9 @@ class NatsSettings:
     """JetStream policy of the super-cluster."""
 
     sync_interval_primary: str = "always"
-    """fsync policy of the primary region's servers, which hold the EVENTS stream.
+    """fsync policy of the primary region's servers, which hold the EVENTS stream
+    (in the every-region mode: of every region's servers, as each holds the
+    acknowledged writes of its own ``EVENTS_<REGION>``).
 
     ``always`` fsyncs every write before acknowledging it: an acknowledged event
     survives power loss (Jepsen, NATS 2.12.1, Dec 2025, showed the default 2 min
@@ -102,7 +117,8 @@ class NatsSettings:
     """
     sync_interval_other: str = "default"
     """fsync policy of the other regions' servers. They hold mirrors that re-sync
-    from the primary after a crash, so the server default is safe there."""
+    from the primary after a crash, so the server default is safe there (unused in
+    the every-region mode, where no region holds only copies)."""
     events_replicas: int = 1
     """Replicas of the EVENTS stream and its regional mirrors (1 or 3; at most nats_nodes)."""
     events_max_age: str = "168h"
@@ -170,11 +186,18 @@ class Topology:
     name: str
     """Short name, shown by ``chatmesh status``."""
     primary: str
-    """The region that takes writes (Command Service, Fan-Out Service, stream leaders)."""
+    """The region that takes writes (Command Service, Fan-Out Service, stream leaders).
+
+    In the every-region mode every region writes; ``primary`` then names where what
+    is still global lives: the Valkey primary (presence writes), the write-lease
+    bucket, the fsync policy ``nats.sync_interval_primary``, and the region listed first."""
     regions: tuple[Region, ...]
     """All regions, the primary included, in file order."""
     links: tuple[Link, ...]
     """One link per pair of regions."""
+    writes: str = WRITES_PRIMARY
+    """``primary`` (every write goes to the primary, ADR-010) or ``every-region``
+    (each region writes its own ``EVENTS_<REGION>`` and reads ``ALL_<REGION>``, ADR-026)."""
     nats: NatsSettings = field(default_factory=NatsSettings)
     """JetStream policy."""
     stores: StoreSettings = field(default_factory=StoreSettings)
@@ -199,6 +222,15 @@ class Topology:
         return [self.primary] + [r.name for r in self.regions if r.name != self.primary]
 
     @property
+    def every_region(self) -> bool:
+        """True in the every-region write mode (ADR-026): a write path in each region."""
+        return self.writes == WRITES_EVERY_REGION
+
+    def writes_in(self, region: str) -> bool:
+        """Whether ``region`` runs a Command and a Fan-Out Service (the primary, or all)."""
+        return self.every_region or region == self.primary
+
+    @property
     def secondaries(self) -> list[str]:
         """Names of the non-primary regions."""
         return [r.name for r in self.regions if r.name != self.primary]
@@ -215,15 +247,27 @@ class Topology:
                 return link
         raise KeyError(f"{a}<->{b}")
 
+    def sync_interval(self, region: str) -> str:
+        """The fsync policy of ``region``'s NATS servers (see :class:`NatsSettings`)."""
+        if self.writes_in(region):
+            return self.nats.sync_interval_primary
+        return self.nats.sync_interval_other
+
     def latency_ms(self, a: str, b: str) -> int:
         """One-way latency between two regions; 0 within a region."""
         return 0 if a == b else self.link(a, b).latency_ms
 
     def describe(self) -> str:
         """A human summary of what this topology starts."""
-        lines = [f"topology {self.name!r}: primary {self.primary}, stores {self.stores.backend}"]
+        lines = [
+            f"topology {self.name!r}: primary {self.primary}, writes {self.writes}, "
+            f"stores {self.stores.backend}"
+        ]
         for region in self.regions:
-            role = "primary" if region.name == self.primary else "secondary"
+            if self.every_region:
+                role = "writes; primary of Valkey" if region.name == self.primary else "writes"
+            else:
+                role = "primary" if region.name == self.primary else "secondary"
             writers = (
                 f", {region.write_instances} command/fan-out instances (active/standby)"
                 if region.write_instances > 1
@@ -240,10 +284,17 @@ class Topology:
                 f"({2 * link.latency_ms} ms RTT)"
             )
         n = self.nats
-        lines.append(
-            f"  JetStream: EVENTS R{n.events_replicas}, fsync primary={n.sync_interval_primary} "
-            f"other={n.sync_interval_other}, dedup window {n.duplicate_window}"
+        streams = (
+            f"EVENTS_<REGION> + ALL_<REGION> per region R{n.events_replicas}"
+            if self.every_region
+            else f"EVENTS R{n.events_replicas}"
         )
+        fsync = (
+            f"fsync every region={n.sync_interval_primary}"
+            if self.every_region
+            else f"fsync primary={n.sync_interval_primary} other={n.sync_interval_other}"
+        )
+        lines.append(f"  JetStream: {streams}, {fsync}, dedup window {n.duplicate_window}")
         return "\n".join(lines)
 
 
@@ -285,7 +336,8 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
         TopologyError: With every problem found.
     """
     problems: list[str] = []
-    _unknown(data, {"name", "primary", "region", "link", "nats", "stores", "limits"}, "", problems)
+    _unknown(data, {"name", "primary", "writes", "region", "link", "nats", "stores", "limits"},
+             "", problems)  # fmt: skip
 
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -325,8 +377,22 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
     if not isinstance(primary, str) or primary not in seen:
         problems.append(f"primary: {primary!r} must name one of the regions {sorted(seen)}")
         primary = regions[0].name if regions else "?"
+    writes = data.get("writes", WRITES_PRIMARY)
+    if writes not in WRITES_MODES:
+        problems.append(
+            f"writes: {writes!r} must be {' or '.join(repr(m) for m in WRITES_MODES)} "
+            f"(default {WRITES_PRIMARY!r})"
+        )
+        writes = WRITES_PRIMARY
     for region in regions:
-        if region.write_instances > 1 and region.name != primary:
+        if region.write_instances == 1:
+            continue
+        if writes == WRITES_EVERY_REGION:
+            problems.append(
+                f"region {region.name}: write_instances: the every-region mode runs one "
+                "Command and one Fan-Out Service per region (no active/standby pair yet)"
+            )
+        elif region.name != primary:
             problems.append(
                 f"region {region.name}: write_instances: only the primary runs the write path"
             )
@@ -394,7 +460,9 @@ def parse(data: dict[str, Any], *, source: str = "<dict>") -> Topology:
 
     if problems:
         raise TopologyError(source, problems)
-    return Topology(str(name), str(primary), tuple(regions), tuple(links), nats, stores, limits)
+    return Topology(
+        str(name), str(primary), tuple(regions), tuple(links), str(writes), nats, stores, limits
+    )
 
 
 def _limits(raw: Any, problems: list[str]) -> Limits:

@@ -81,8 +81,14 @@ def dedup_id(event: events_pb2.Event) -> str:
     """The ``Nats-Msg-Id`` of an event.
 
     For sends it is the message id (itself derived from the sender's
-    idempotency key); for other events, the event id.
+    idempotency key); for other events, the event id. In the every-region mode
+    (ADR-026) it is the event's origin position, ``<origin>:<channel>:<origin_seq>``:
+    a send retried through another region has the same message id in both, and
+    ``ALL_<REGION>``'s sources de-duplicate by this header too, so a region-free id
+    could drop one origin's copy in some regions and leave a hole in its positions.
     """
+    if event.origin_seq > 0:
+        return f"{event.origin_region}:{event.channel_id}:{event.origin_seq}"
     if event.WhichOneof("payload") == "message_created":
         return event.message_created.message.message_id
     return event.event_id

@@ -38,6 +38,11 @@ async def main(cfg: FanoutConfig) -> None:
         resync_grace=cfg.resync_grace,
         consumer_name=cfg.consumer_name,
         batch=cfg.batch,
+        # TODO(stream): the every-region mode (ADR-026) reads ALL_<REGION> but must also
+        # take route updates from its own region only and deliver to its own region's
+        # instances only; its user (fanout-<region>) may subscribe to nothing else, so
+        # the ROUTE_*_ALL subscriptions in Fanout.start are refused until then.
+        stream=cfg.stream,
     )
     # Internal operator API: no client tokens (it is not exposed by the edges);
     # with service identities on, only operators may call it.

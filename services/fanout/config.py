@@ -27,3 +27,6 @@ class FanoutConfig(CommonConfig):
     """Seconds of the fan-out lease in NATS KV (ADR-019): with two instances, only the one
     holding it consumes EVENTS; the other waits and takes over when it expires. 0: no
     lease, this instance is the only one."""
+    stream: str = "EVENTS"
+    """Stream to consume: EVENTS (primary mode) or the region's ``ALL_<REGION>``
+    (every-region mode)."""

@@ -77,6 +77,7 @@ class Fanout:
         resync_grace: float = 1.0,
         consumer_name: str = "fanout",
         batch: int = 512,
+        stream: str = EVENTS_STREAM,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -89,6 +90,8 @@ class Fanout:
             resync_grace: Seconds instances get to send their route sets before events flow.
             consumer_name: The durable EVENTS consumer.
             batch: Events per pull request.
+            stream: The stream consumed: EVENTS, or the region's ``ALL_<REGION>`` in the
+                every-region mode (ADR-026).
         """
         self.bus = bus
         self.metadata = metadata
@@ -98,7 +101,7 @@ class Fanout:
         self.instance_timeout = instance_timeout
         self.resync_grace = resync_grace
         self.consumer = PullConsumer(
-            bus, jetstream, EVENTS_STREAM, consumer_name, self._on_events, batch=batch
+            bus, jetstream, stream, consumer_name, self._on_events, batch=batch
         )
         self.events_processed = 0
         self.deliveries = 0

@@ -42,3 +42,6 @@ class NotificationConfig(CommonConfig):
     fill_from_primary: bool = True
     """Fill gaps the region's history lacks from the primary's EVENTS stream (direct get
     across the gateway)."""
+    stream: str = "EVENTS"
+    """The region's stream: EVENTS (primary mode; gap fills read it) or the region's
+    ``ALL_<REGION>`` (every-region mode)."""

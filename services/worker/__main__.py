@@ -11,6 +11,7 @@ from mesh.bus.connection import connect
 from mesh.bus.eventbus import PullConsumer
 from mesh.bus.natsbus import NatsBus
 from mesh.bus.replication import ReplicationMonitor
+from mesh.bus.sourcing import SourceMonitor
 from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION
 from mesh.core import config as config_mod, loop
 from mesh.rpc.server import GrpcServer, configure_logging
@@ -40,7 +41,8 @@ async def main(cfg: WorkerConfig) -> None:
     # A secondary's mirror may hold a hole where EVENTS has messages: those are
     # read from EVENTS's leader (across the gateway) before anything after them.
     # Every-region mode: ALL_<REGION> sources every region's stream; there is no
-    # EVENTS leader to read a hole from.
+    # EVENTS leader to read a hole from (the history applies per origin and its
+    # positions stop below a hole; SourceMonitor keeps the sources moving).
     origin = EVENTS_STREAM if cfg.stream != EVENTS_STREAM and not every_region else None
     consumer = PullConsumer(
         bus, bus, cfg.stream, cfg.consumer_name, projector.handle, batch=cfg.batch, origin=origin
@@ -62,7 +64,11 @@ async def main(cfg: WorkerConfig) -> None:
 
     task = asyncio.create_task(consume())
     tasks = [task]
-    if cfg.stream != EVENTS_STREAM and cfg.replication_interval > 0 and not every_region:
+    if every_region and cfg.replication_interval > 0:
+        # The region's ALL_ stream: its sources are kept moving after a cut (ADR-026).
+        sources = SourceMonitor(nc, cfg.stream, interval=cfg.replication_interval)
+        tasks.append(asyncio.create_task(sources.run(), name="source-monitor"))
+    elif cfg.stream != EVENTS_STREAM and cfg.replication_interval > 0:
         # A secondary's worker reads the region's mirror: it also watches the mirror.
         monitor = ReplicationMonitor(nc, cfg.stream, interval=cfg.replication_interval)
         tasks.append(asyncio.create_task(monitor.run(), name="replication-monitor"))

@@ -29,6 +29,7 @@ class WorkerConfig(CommonConfig):
     """Durable consumer name."""
     replication_interval: float = 2.0
     """Seconds between checks of the region's mirror against EVENTS (lag metrics, stall
-    repair; secondary regions only). 0: off."""
+    repair; secondary regions only), or in the every-region mode of the region's
+    ``ALL_<REGION>`` against every origin it sources. 0: off."""
     batch: int = 512
     """Events requested per pull (and applied per transaction)."""

@@ -674,3 +674,11 @@ def test_transport_tls_services_connect_over_tls(tls_deployment: tuple[Topology,
         assert "--tls" in valkey_spec["healthcheck"]["test"][-1]
     init = doc["services"]["nats-init"]["environment"]
     assert init["CHATMESH_NATS_TLS_CA"] == "/etc/chatmesh/pki/ca.pem"
+
+
+def test_compose_refuses_the_every_region_mode_clearly(tmp_path: Path) -> None:
+    topo = load("three-regions-autonomous")
+    with pytest.raises(ValueError, match="not generated for the every-region write mode"):
+        compose.render_compose(topo)
+    rc = compose._main(["generate", "--topology", topo.name, "--out", str(tmp_path)])
+    assert rc == 2 and not list(tmp_path.iterdir())

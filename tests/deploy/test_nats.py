@@ -151,3 +151,44 @@ async def test_a_tls_server_refuses_plaintext_and_serves_clients_that_trust_its_
         server.kill()
         await server.wait()
         log.close()
+
+
+def test_every_region_users_are_confined_to_their_region() -> None:
+    topo = load("three-regions-autonomous")
+    perms = service_permissions(topo)
+    assert "command" not in perms and "fanout" not in perms
+    assert {u for u in perms if u.endswith("-eu")} == {
+        "command-eu", "fanout-eu", "notification-eu", "worker-eu"
+    }  # fmt: skip
+    command = perms["command-eu"]["publish"]["allow"]
+    assert [p for p in command if p.startswith("chatmesh.evt")] == ["chatmesh.evt.eu.>"]
+    assert not any("EVENTS_ASIA" in p or "ALL_ASIA" in p or p.endswith(".EVENTS") for p in command)
+    fanout = perms["fanout-eu"]
+    assert [p for p in fanout["publish"]["allow"] if p.startswith("chatmesh.dlv")] == [
+        "chatmesh.dlv.eu.>"
+    ]
+    assert all(
+        ".eu." in p or not p.startswith("chatmesh.route") for p in fanout["subscribe"]["allow"]
+    )
+    assert "$JS.API.CONSUMER.MSG.NEXT.ALL_EU.fanout" in fanout["publish"]["allow"]
+    worker = perms["worker-eu"]["publish"]["allow"]
+    assert "$JS.API.CONSUMER.MSG.NEXT.ALL_EU.worker-eu" in worker
+    # It may reset only the consumer feeding its own region, on each origin.
+    assert [p for p in worker if ".RESET." in p] == [
+        f"$JS.API.CONSUMER.RESET.EVENTS_{r}.all-eu" for r in ("US_EAST", "EU", "ASIA")
+    ]
+    assert not any(
+        p.startswith("chatmesh.evt") for p in perms["notification-eu"]["publish"]["allow"]
+    )
+
+
+def test_every_region_configs_pass_nats_server_config_check(tmp_path: Path) -> None:
+    topo = load("three-regions-autonomous")
+    confs = [p for p in render_all(topo, tmp_path) if p.suffix == ".conf"]
+    assert len(confs) == 3
+    for conf in confs:
+        result = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)],
+                                capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        assert result.returncode == 0, f"{conf.name}: {result.stdout}{result.stderr}"
+        conf_json = json.loads(conf.read_text().split("\n", 1)[1])
+        assert conf_json["jetstream"]["sync_interval"] == "always"  # every region holds writes

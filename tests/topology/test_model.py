@@ -94,3 +94,45 @@ def test_limits_have_safe_defaults_and_are_validated() -> None:
     assert "limits.join: join_per_s and join_burst must both be 0" in problems
     assert "limits.speed: unknown key" in problems
     assert "limits.streams_per_user: 'x' must be an integer" in problems
+
+
+def test_the_write_mode_defaults_to_primary_and_is_validated() -> None:
+    from mesh.bus import subjects
+    from mesh.topology import WRITES_EVERY_REGION, WRITES_PRIMARY
+
+    # The topology cannot import the bus (layers): the two spellings must agree.
+    assert (WRITES_PRIMARY, WRITES_EVERY_REGION) == (
+        subjects.WRITES_PRIMARY,
+        subjects.WRITES_EVERY_REGION,
+    )
+    assert all(load(n).writes == WRITES_PRIMARY for n in ("dev", "three-regions", "ha", "single"))
+    assert not load("three-regions").every_region
+    base = {"name": "x", "primary": "a1", "region": [{"name": "a1"}, {"name": "b1"}],
+            "link": [{"regions": ["a1", "b1"], "latency_ms": 5}]}  # fmt: skip
+    assert parse({**base, "writes": "every-region"}).every_region
+    with pytest.raises(TopologyError) as info:
+        parse({**base, "writes": "everywhere"})
+    assert info.value.problems == [
+        "writes: 'everywhere' must be 'primary' or 'every-region' (default 'primary')"
+    ]
+    # One write path per region in that mode: no active/standby pair anywhere yet.
+    regions = [{"name": "a1", "write_instances": 2}, {"name": "b1"}]
+    with pytest.raises(TopologyError, match="a1: write_instances: the every-region mode"):
+        parse({**base, "writes": "every-region", "region": regions})
+    assert parse({**base, "region": regions}).region("a1").write_instances == 2
+
+
+def test_three_regions_autonomous_is_three_regions_writing_everywhere() -> None:
+    auto, three = load("three-regions-autonomous"), load("three-regions")
+    assert auto.every_region and auto.writes == "every-region"
+    assert (auto.primary, auto.regions, auto.links) == (three.primary, three.regions, three.links)
+    assert all(auto.writes_in(r) for r in auto.region_names)
+    assert [r for r in three.region_names if three.writes_in(r)] == ["us-east"]
+    # Every region holds acknowledged writes: every region fsyncs as the primary does.
+    assert {auto.sync_interval(r) for r in auto.region_names} == {"always"}
+    assert three.sync_interval("eu") == "default"
+    text = auto.describe()
+    assert "writes every-region" in text
+    assert "region asia (writes): 1 NATS node(s)" in text
+    assert "EVENTS_<REGION> + ALL_<REGION> per region" in text
+    assert "writes primary" in three.describe()
