@@ -46,6 +46,8 @@ async def main(cfg: NotificationConfig) -> None:
         catchup_timeout=cfg.catchup_timeout,
         gap_timeout=cfg.gap_timeout,
         events=bus if cfg.fill_from_primary else None,
+        events_stream=cfg.events_stream,
+        writes=cfg.writes,
     )
     quota = StreamQuota(
         cfg.streams_per_user,
