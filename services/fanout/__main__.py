@@ -38,6 +38,8 @@ async def main(cfg: FanoutConfig) -> None:
         resync_grace=cfg.resync_grace,
         consumer_name=cfg.consumer_name,
         batch=cfg.batch,
+        stream=cfg.events_stream,
+        writes=cfg.writes,
     )
     # Internal operator API: no client tokens (it is not exposed by the edges);
     # with service identities on, only operators may call it.
