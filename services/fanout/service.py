@@ -26,7 +26,9 @@ Typing and presence still arrive from every region (core NATS through the
 gateways) and go to local streams only. Membership, without a channel seq,
 follows :func:`mesh.core.convergence.is_member` (observed-remove, remove wins)
 over the joins and leaves this process has seen, on top of the metadata
-store's members.
+store's members. The other regions' route traffic is overheard (never
+answered) into :class:`~services.fanout.remote.RemoteIndex`, so presence
+converges after a partition.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mesh.core import ids
 from mesh.core.convergence import MembershipChange, Stamp, is_member
 from mesh.core.events import new_event
 from mesh.stores import MetadataStore
+from services.fanout.remote import RemoteIndex
 from services.fanout.table import RoutingTable
 
 __all__ = ["Fanout"]
@@ -119,6 +122,9 @@ class Fanout:
         )
         self._changes: dict[tuple[str, str], list[MembershipChange]] = {}
         """Every-region mode: per (channel, user), the joins and leaves seen."""
+        self.remote = RemoteIndex()
+        """Every-region mode: the other regions' instances and their users."""
+        self._resync_asked = float("-inf")
         self.events_processed = 0
         self.deliveries = 0
         self.deliveries_by_region: dict[str, int] = {}
@@ -164,6 +170,13 @@ class Fanout:
             (Subjects.PRESENCE_ALL, self._on_presence),
         ):
             await bus.subscribe(subject, handler, pending_msgs_limit=-1)
+        if self.every_region:  # overheard, never answered: the other regions' Fan-Outs do
+            for subject, handler in (
+                (Subjects.ROUTE_UPDATE_ALL, self._on_remote_update),
+                (Subjects.ROUTE_SNAPSHOT_ALL, self._on_remote_snapshot),
+                (Subjects.ROUTE_HEARTBEAT_ALL, self._on_remote_heartbeat),
+            ):
+                await bus.subscribe(subject, handler, pending_msgs_limit=-1)
         channels = await self.load_memberships()
         await bus.publish(
             Subjects.ROUTE_RESYNC,
@@ -265,6 +278,55 @@ class Fanout:
                 msg.reply, self._ack(slot, resync=not inst.synced or hb.version != inst.version)
             )
 
+    # -- the other regions' routes (every-region mode) -----------------------------------
+
+    async def _on_remote_update(self, msg: Message) -> None:
+        try:
+            update = routing_pb2.RouteUpdate.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if update.region == self.region:
+            return
+        self.remote.update(
+            update.instance_id, update.region, update.version,
+            update.added_user_ids, update.removed_user_ids, now=time.monotonic(),
+        )  # fmt: skip
+
+    async def _on_remote_snapshot(self, msg: Message) -> None:
+        try:
+            snap = routing_pb2.RouteSnapshot.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if snap.region == self.region:
+            return
+        came, went = self.remote.snapshot(
+            snap.instance_id, snap.region, snap.version, snap.user_ids, now=time.monotonic()
+        )
+        for user in came:
+            if not self.table.route_of(user):
+                await self._announce(user, online=True, region=snap.region)
+        for user in went:
+            if not self.table.route_of(user):
+                await self._announce(user, online=False)
+
+    async def _on_remote_heartbeat(self, msg: Message) -> None:
+        try:
+            hb = routing_pb2.InstanceHeartbeat.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if hb.region == self.region:
+            return
+        now = time.monotonic()
+        stale = self.remote.heartbeat(hb.instance_id, hb.region, hb.version, now=now)
+        if stale and now - self._resync_asked >= self.instance_timeout:
+            # Its route set is unknown here (it came back after a cut, or an update was
+            # lost): every instance answers a resync with a snapshot, which we overhear.
+            self._resync_asked = now
+            await self.bus.publish(
+                Subjects.ROUTE_RESYNC,
+                routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString(),
+            )
+
     async def _expire_loop(self) -> None:
         rounds = 0
         while True:
@@ -282,6 +344,10 @@ class Fanout:
         """
         cutoff = now - self.instance_timeout
         offline: list[str] = []
+        if self.every_region:
+            for user in self.remote.expire(cutoff):
+                if not self.table.route_of(user):
+                    await self._announce(user, online=False)
         for inst in self.table.instances():
             if inst.last_seen >= cutoff:
                 continue
@@ -293,6 +359,8 @@ class Fanout:
                 "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
                 inst.instance_id, inst.region, len(inst.users), len(orphans),
             )  # fmt: skip
+            if self.every_region:  # online in another region: not offline
+                orphans = [u for u in orphans if not self.remote.online(u)]
             for i, user in enumerate(orphans):
                 await self._announce_offline(user)
                 if i % 100 == 99:
@@ -302,11 +370,19 @@ class Fanout:
         return offline
 
     async def _announce_offline(self, user_id: str) -> None:
+        await self._announce(user_id, online=False)
+
+    async def _announce(self, user_id: str, *, online: bool, region: str = "") -> None:
+        """Tells the user's peers on this Fan-Out's instances that they went online or offline."""
         event = new_event("", seq=0, origin_region=self.region, actor=user_id)
         presence = event.presence_changed.presence
         presence.user_id = user_id
-        presence.status = presence_pb2.PRESENCE_STATUS_OFFLINE
+        presence.status = (
+            presence_pb2.PRESENCE_STATUS_ONLINE if online else presence_pb2.PRESENCE_STATUS_OFFLINE
+        )
         presence.last_seen_at.CopyFrom(event.occurred_at)
+        if region:
+            presence.regions.append(region)
         await self._deliver(
             event.SerializeToString(), self.table.user_audience(user_id, with_peers=True), 0
         )

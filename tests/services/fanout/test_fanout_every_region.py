@@ -8,13 +8,15 @@ different origins arrive in any order and carry no channel seq).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from nats.errors import NoRespondersError
 
-from chatmesh.v1 import events_pb2
+from chatmesh.internal.v1 import routing_pb2
+from chatmesh.v1 import events_pb2, presence_pb2
 from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, Subjects, all_stream_name
 from mesh.core.events import new_event
 from mesh.stores import open_metadata
@@ -107,8 +109,11 @@ async def test_only_this_regions_instances_are_routed_to(
     local = await FakeInstance(bus, "n-eu-1", "eu").listen()
     remote = await FakeInstance(bus, "n-us-1", "us-east").listen()
     assert not (await local.snapshot(1, ["bob"])).resync_needed
-    with pytest.raises(NoRespondersError):  # another region's instance is not ours to serve
-        await remote.snapshot(1, ["carol"])
+    # Another region's instance is not ours to serve: its snapshot is overheard, not answered.
+    snap = routing_pb2.RouteSnapshot(instance_id="n-us-1", region="us-east", version=1,
+                                     user_ids=["carol"])  # fmt: skip
+    await overhear(bus, Subjects.route_snapshot("us-east", "n-us-1"), snap)
+    assert bus.published_on("_INBOX.theirs") == []
     await writes.created("asia", ["alice", "bob", "carol"])
     await writes.message("us-east")
     await writes.message("eu")
@@ -164,3 +169,71 @@ async def test_a_leave_concurrent_with_a_rejoin_wins_and_a_later_rejoin_readds(
     await writes.send(writes.member("eu", "bob", joined=True, observed={"asia": 2, "us-east": 1}))
     await writes.message("asia")
     assert n1.kinds()[-2:] == [("member_joined", ["bob"]), ("message_created", ["bob"])]
+
+
+def presence_of(n: FakeInstance) -> list[tuple[str, int, list[str]]]:
+    """(user, status, recipients) of the presence deliveries an instance got."""
+    return [
+        (d.event.presence_changed.presence.user_id, d.event.presence_changed.presence.status,
+         sorted(d.user_ids))
+        for d in n.deliveries
+        if d.event.WhichOneof("payload") == "presence_changed"
+    ]  # fmt: skip
+
+
+async def overhear(bus: FakeBus, subject: str, message: Any) -> None:
+    """Another region's instance talking to its own Fan-Out: heard here, never answered here."""
+    await bus.publish(subject, message.SerializeToString(), reply="_INBOX.theirs")
+    await bus.settle()
+
+
+async def test_presence_converges_after_another_region_is_cut_off_and_heals(
+    bus: FakeBus, fanout: Fanout, writes: Writes
+) -> None:
+    n1 = await FakeInstance(bus, "n-eu-1", "eu").listen()
+    await n1.snapshot(1, ["bob"])
+    await writes.created("asia", ["alice", "bob"])
+    snap = routing_pb2.RouteSnapshot(instance_id="n-us-1", region="us-east", version=3,
+                                     user_ids=["alice"])  # fmt: skip
+    await overhear(bus, Subjects.route_snapshot("us-east", "n-us-1"), snap)
+    assert presence_of(n1) == []  # first sight: alice's own region announced her already
+    assert bus.published_on("_INBOX.theirs") == []  # the us-east Fan-Out answers, not this one
+    assert [r.region for r in fanout.remote.where("alice")] == ["us-east"]
+
+    # us-east is cut off: its instance falls silent and alice shows offline here.
+    later = time.monotonic() + 2 * fanout.instance_timeout
+    slot = fanout.table.slot_of("n-eu-1")
+    assert slot is not None
+    fanout.table.instance(slot).last_seen = later  # the local instance keeps beating
+    await fanout.expire(later)
+    await bus.settle()
+    assert presence_of(n1) == [("alice", presence_pb2.PRESENCE_STATUS_OFFLINE, ["bob"])]
+
+    # Healed: its heartbeat is news here, so every instance is asked for its routes;
+    # the snapshot shows alice still online.
+    hb = routing_pb2.InstanceHeartbeat(instance_id="n-us-1", region="us-east", version=3)
+    resyncs = len(bus.published_on(Subjects.ROUTE_RESYNC))
+    await overhear(bus, Subjects.route_heartbeat("us-east", "n-us-1"), hb)
+    assert len(bus.published_on(Subjects.ROUTE_RESYNC)) == resyncs + 1
+    await overhear(bus, Subjects.route_snapshot("us-east", "n-us-1"), snap)
+    assert presence_of(n1)[-1] == ("alice", presence_pb2.PRESENCE_STATUS_ONLINE, ["bob"])
+
+
+async def test_a_user_dropped_here_but_online_in_another_region_is_not_announced_offline(
+    bus: FakeBus, fanout: Fanout, writes: Writes
+) -> None:
+    n1 = await FakeInstance(bus, "n-eu-1", "eu").listen()
+    n2 = await FakeInstance(bus, "n-eu-2", "eu").listen()
+    await n1.snapshot(1, ["bob"])
+    await n2.snapshot(1, ["dave"])
+    await writes.created("asia", ["bob", "dave"])
+    update = routing_pb2.RouteUpdate(instance_id="n-us-1", region="us-east", version=1,
+                                     added_user_ids=["dave"])  # fmt: skip
+    await overhear(bus, Subjects.route_update("us-east", "n-us-1"), update)
+    slot = fanout.table.slot_of("n-eu-2")
+    assert slot is not None
+    fanout.table.instance(slot).last_seen = time.monotonic() - 2 * fanout.instance_timeout
+    fanout.remote.heartbeat("n-us-1", "us-east", 1, now=time.monotonic() + 10)
+    assert await fanout.expire(time.monotonic()) == []
+    await bus.settle()
+    assert presence_of(n1) == []
