@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, WRITES_PRIMARY, all_stream_name
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, all_stream_name
 from mesh.core.config import CommonConfig
 
 __all__ = ["FanoutConfig"]
@@ -28,13 +28,10 @@ class FanoutConfig(CommonConfig):
     """Seconds of the fan-out lease in NATS KV (ADR-019): with two instances, only the one
     holding it consumes EVENTS; the other waits and takes over when it expires. 0: no
     lease, this instance is the only one."""
-    writes: str = WRITES_PRIMARY
-    """Write mode (ADR-026): ``primary`` (one Fan-Out for every region's instances, reading
-    EVENTS) or ``every-region`` (one per region: reads ``stream``, routes to and takes
-    routes from its own region's notification instances only)."""
     stream: str = ""
     """Stream to consume; empty: EVENTS in the primary mode, ``ALL_<REGION>`` in the
-    every-region mode."""
+    every-region mode (``writes``: there one Fan-Out runs per region, routing to and
+    taking routes from its own region's notification instances only)."""
 
     @property
     def events_stream(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, WRITES_PRIMARY, all_stream_name
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, all_stream_name
 from mesh.core.config import CommonConfig
 
 __all__ = ["NotificationConfig"]
@@ -43,9 +43,6 @@ class NotificationConfig(CommonConfig):
     fill_from_primary: bool = True
     """Fill gaps the region's history lacks from the primary's EVENTS stream (direct get
     across the gateway); in the every-region write mode, from ``stream``."""
-    writes: str = WRITES_PRIMARY
-    """Write mode (ADR-026): ``primary`` (per-channel ``seq``) or ``every-region`` (order,
-    dedup, gaps and resume per channel and origin region by ``origin_seq``)."""
     stream: str = ""
     """Every-region write mode: the region's stream sourcing every region's events, the
     second source of a gap (empty: ``ALL_<REGION>``). Unused in the primary mode (EVENTS)."""

@@ -50,7 +50,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -157,20 +156,6 @@ class Outbox:
                 if self._waiter is waiter:
                     self._waiter = None
         return self._items.popleft()
-
-
-class OriginReads(Protocol):
-    """The history store's per-origin reads (every-region write mode, ADR-026)."""
-
-    async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
-        """Per origin region, the newest origin_seq of the channel the store holds."""
-        ...
-
-    async def origin_events_after(
-        self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
-    ) -> list[events_pb2.Event]:
-        """The channel's events from ``origin_region`` with origin_seq > ``after_origin_seq``."""
-        ...
 
 
 Key = tuple[str, str]
@@ -719,11 +704,6 @@ class Hub:
         # Every history read here goes to a client: messages in their current state
         # (a deleted one is a tombstone, an edited one has only its latest text).
         self.history: HistoryStore = CurrentHistory(history)
-        # The per-origin reads: through CurrentHistory once it offers them (messages in
-        # their current state), else straight from the store.
-        self.origin_history = cast(
-            OriginReads, self.history if hasattr(self.history, "last_origin_seqs") else history
-        )
         self.metadata = metadata
         self.presence = presence
         self.region = region
@@ -1155,9 +1135,7 @@ class Hub:
         self, channel: str, origin: str, after: int
     ) -> list[events_pb2.Event]:
         """``channel``'s events from ``origin`` with origin_seq > ``after`` in the region's history."""
-        events = await self.origin_history.origin_events_after(
-            channel, origin, after, self.replay_page
-        )
+        events = await self.history.origin_events_after(channel, origin, after, self.replay_page)
         return sorted(events, key=lambda e: e.origin_seq)
 
     async def _origin_stream_page(
@@ -1301,7 +1279,7 @@ class Hub:
         for channel in list(o.last):
             origins = set(o.last.get(channel, {}))
             if channel not in o.open:
-                origins |= set(await self.origin_history.last_origin_seqs(channel))
+                origins |= set(await self.history.last_origin_seqs(channel))
             for origin in sorted(origins):
                 while sub.closed_with is None:
                     last = o.position(channel, origin)
@@ -1409,19 +1387,22 @@ class Hub:
         """Every event of ``channel`` after ``positions``, origin by origin, each in origin_seq order.
 
         An origin the region's history knows but ``positions`` does not name starts
-        at 1. Where history has an origin's later events but not the next one (its
-        events arrived out of order), replay of that origin stops there and a gap
-        fill takes over once the stream is live: nothing goes out around it.
+        at 1. Where history has an origin's later events but not the next one (they
+        arrived out of order), replay of that origin stops at the hole and a gap
+        fill takes over, up to the furthest event seen, once the stream is live:
+        nothing goes out around it.
         """
         o = sub.origin_state()
         o.last[channel] = dict(positions)
-        known = await self.origin_history.last_origin_seqs(channel)
+        known = await self.history.last_origin_seqs(channel)
         for origin in sorted(set(positions) | set(known)):
+            furthest = known.get(origin, 0)
             while True:
                 at = o.position(channel, origin)
                 if at is None:
                     return  # the user's leave was replayed
                 events = await self._origin_history_page(channel, origin, at)
+                furthest = max([furthest, *(e.origin_seq for e in events)])
                 sent_any = False
                 for event in events:
                     at = o.position(channel, origin)
@@ -1440,8 +1421,10 @@ class Hub:
                 if not sent_any or len(events) < self.replay_page:
                     break
             at = o.position(channel, origin)
-            if at is not None and known.get(origin, 0) > at:
-                o.want[(channel, origin)] = known[origin]
+            if at is not None and furthest > at:
+                # History holds later events of this origin than it could send in
+                # order (a hole): once live, a fill brings the rest, nothing around it.
+                o.want[(channel, origin)] = furthest
 
     async def subscribe(
         self,

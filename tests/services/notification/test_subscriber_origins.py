@@ -6,14 +6,16 @@ a gap of one origin filled from the region's history (per-origin read), else fro
 this mode carry ``seq`` 0, so a stream that fell back to per-channel seq would send
 duplicates and events around gaps: every test here would fail.
 
-History is a small in-memory store with the per-origin reads; the bus is the
-in-memory fake (the test plays the Fan-Out Service's deliveries).
+History is the embedded SQLite store (its per-origin reads, through
+CurrentHistory as the hub reads it); the bus is the in-memory fake (the test
+plays the Fan-Out Service's deliveries).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from chatmesh.v1 import events_pb2, notification_service_pb2 as pb
 from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, Subjects, all_stream_name
 from mesh.core.errors import Unavailable
 from mesh.core.events import new_event
+from mesh.stores import HistoryStore, open_history
 from services.notification.hub import Hub, Subscriber
 from tests.bus.fakes import FakeBus
 from tests.helpers import eventually
@@ -32,51 +35,6 @@ USER = "bob"
 CH = "ch_eu_01jc0000000000000000000000"
 OTHER = "ch_asia_01jc000000000000000000000"
 ALL = all_stream_name("eu")
-
-
-class OriginHistory:
-    """The history store's reads the Notification Service makes in the every-region mode."""
-
-    def __init__(self) -> None:
-        self.events: list[events_pb2.Event] = []
-        self.applied = 0
-
-    async def apply(self, events: Sequence[events_pb2.Event], stream_seq: int = 0) -> int:
-        have = {e.event_id for e in self.events}
-        new = [e for e in events if e.event_id not in have]
-        self.events += new
-        self.applied = max(self.applied, stream_seq)
-        return len(new)
-
-    async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for e in self.events:
-            if e.channel_id == channel_id:
-                out[e.origin_region] = max(out.get(e.origin_region, 0), e.origin_seq)
-        return out
-
-    async def origin_events_after(
-        self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500
-    ) -> list[events_pb2.Event]:
-        found = [
-            e
-            for e in self.events
-            if e.channel_id == channel_id
-            and e.origin_region == origin_region
-            and e.origin_seq > after_origin_seq
-        ]
-        return sorted(found, key=lambda e: e.origin_seq)[:limit]
-
-    async def events_after(
-        self, channel_id: str, after_seq: int, limit: int = 500
-    ) -> list[events_pb2.Event]:
-        return []  # the primary mode's read: nothing has a seq in this mode
-
-    async def applied_stream_seq(self) -> int:
-        return self.applied
-
-    async def close(self) -> None:
-        return None
 
 
 class Members:
@@ -98,7 +56,9 @@ def ev(origin: str, n: int, channel: str = CH, hlc: int = 0) -> events_pb2.Event
     event.origin_seq = n
     event.hlc = hlc or (1_000 + n) << 16
     m = event.message_created.message
+    m.message_id = f"msg_{channel[-4:]}_{origin}_{n}"
     m.channel_id, m.text, m.origin_seq, m.hlc = channel, f"{origin}#{n}", n, event.hlc
+    m.sender_user_id, m.origin_region = "alice", origin
     return event
 
 
@@ -145,12 +105,14 @@ async def bus() -> AsyncIterator[FakeBus]:
 
 
 @pytest.fixture
-def history() -> OriginHistory:
-    return OriginHistory()
+async def history(tmp_path: Path) -> AsyncIterator[HistoryStore]:
+    store = await open_history(f"sqlite:///{tmp_path}/history.db")
+    yield store
+    await store.close()
 
 
 @pytest.fixture
-async def hub(bus: FakeBus, history: OriginHistory) -> AsyncIterator[Hub]:
+async def hub(bus: FakeBus, history: HistoryStore) -> AsyncIterator[Hub]:
     hub = Hub(
         bus=bus, history=history, metadata=Members(), presence=FakePresence(),  # type: ignore[arg-type]
         region="eu", instance_id="n1", route_heartbeat=3600, buffer_size=8, replay_page=2,
@@ -199,7 +161,7 @@ async def test_a_channel_seen_for_the_first_time_starts_live_for_each_origin(hub
 
 
 async def test_a_gap_of_one_origin_waits_for_history_and_holds_up_no_other_origin(
-    hub: Hub, history: OriginHistory
+    hub: Hub, history: HistoryStore
 ) -> None:
     await history.apply([ev("eu", 1), ev("eu", 2), ev("asia", 1)])
     sub = live(hub, {CH: {"eu": 1, "asia": 1}, OTHER: {"eu": 4}})
@@ -222,7 +184,7 @@ async def test_a_gap_of_one_origin_waits_for_history_and_holds_up_no_other_origi
 
 
 async def test_a_gap_history_lacks_is_filled_from_the_regions_all_stream(
-    bus: FakeBus, hub: Hub, history: OriginHistory
+    bus: FakeBus, hub: Hub, history: HistoryStore
 ) -> None:
     # The worker has applied ALL_EU up to stream seq 1; the stream has the rest,
     # interleaved with another origin and another channel.
@@ -246,7 +208,7 @@ async def test_a_gap_history_lacks_is_filled_from_the_regions_all_stream(
 
 
 async def test_a_gap_nothing_fills_ends_the_stream_naming_channel_and_origin_range(
-    hub: Hub, history: OriginHistory
+    hub: Hub, history: HistoryStore
 ) -> None:
     hub.gap_timeout = 0.2
     await history.apply([ev("eu", 1)])
@@ -264,7 +226,7 @@ async def test_a_gap_nothing_fills_ends_the_stream_naming_channel_and_origin_ran
 
 
 async def test_in_a_resumed_channel_an_origin_without_a_position_starts_at_one(
-    hub: Hub, history: OriginHistory
+    hub: Hub, history: HistoryStore
 ) -> None:
     await history.apply([ev("asia", 1), ev("asia", 2)])
     sub = live(hub, {CH: {"eu": 3}})  # the client has seen nothing from asia
@@ -284,7 +246,7 @@ async def deliver(
 
 
 async def test_resume_from_origins_replays_each_origin_then_goes_live_without_loss_or_repeat(
-    bus: FakeBus, hub: Hub, history: OriginHistory
+    bus: FakeBus, hub: Hub, history: HistoryStore
 ) -> None:
     await history.apply([ev("eu", 1), ev("eu", 2), ev("eu", 3), ev("asia", 1), ev("asia", 2)])
     stream = hub.subscribe(USER, {}, {CH: {"eu": 1}})
@@ -313,7 +275,7 @@ async def test_resume_from_origins_replays_each_origin_then_goes_live_without_lo
 
 
 async def test_a_hole_in_history_stops_that_origins_replay_until_it_is_filled(
-    hub: Hub, history: OriginHistory
+    hub: Hub, history: HistoryStore
 ) -> None:
     # eu 3 reached history before eu 2 (its origin published them out of order).
     await history.apply([ev("eu", 1), ev("eu", 3)])
@@ -331,7 +293,7 @@ async def test_a_hole_in_history_stops_that_origins_replay_until_it_is_filled(
 
 
 async def test_lost_deliveries_are_swept_per_origin_without_repeats(
-    bus: FakeBus, hub: Hub, history: OriginHistory
+    bus: FakeBus, hub: Hub, history: HistoryStore
 ) -> None:
     sub = live(hub, {CH: {"eu": 1, "asia": 0}})
     hub.users[USER] = [sub]
