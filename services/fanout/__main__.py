@@ -41,6 +41,7 @@ async def main(cfg: FanoutConfig) -> None:
         batch=cfg.batch,
         stream=cfg.events_stream,
         writes=cfg.writes,
+        presence_index=cfg.presence_index,
     )
     # Internal operator API: no client tokens (it is not exposed by the edges);
     # with service identities on, only operators may call it.

@@ -33,6 +33,13 @@ class FanoutConfig(CommonConfig):
     every-region mode (``writes``: there one Fan-Out runs per region, routing to and
     taking routes from its own region's notification instances only)."""
 
+    presence_index: bool = False
+    """Every-region mode: overhear the other regions' route snapshots, updates and
+    heartbeats (never answered) to know which remote users are online where, so presence
+    converges after a partition (ADR-026). Needs the fan-out's NATS user to be allowed to
+    subscribe to ``chatmesh.route.>`` (the every-region permissions confine it to its own
+    region's route subjects)."""
+
     @property
     def events_stream(self) -> str:
         """The stream the durable consumer reads."""

@@ -27,8 +27,8 @@ gateways) and go to local streams only. Membership, without a channel seq,
 follows :func:`mesh.core.convergence.is_member` (observed-remove, remove wins)
 over the joins and leaves this process has seen, on top of the metadata
 store's members. The other regions' route traffic is overheard (never
-answered) into :class:`~services.fanout.remote.RemoteIndex`, so presence
-converges after a partition.
+answered) into :class:`~services.fanout.remote.RemoteIndex` when
+``presence_index`` is on, so presence converges after a partition.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class Fanout:
         batch: int = 512,
         stream: str = EVENTS_STREAM,
         writes: str = WRITES_PRIMARY,
+        presence_index: bool = False,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -108,6 +109,8 @@ class Fanout:
             batch: Events per pull request.
             stream: The stream consumed (EVENTS; ``ALL_<REGION>`` in the every-region mode).
             writes: The write mode (ADR-026); ``every-region``: this region's instances only.
+            presence_index: Every-region mode: overhear the other regions' route traffic
+                into :attr:`remote` (presence that converges after a partition).
         """
         self.bus = bus
         self.metadata = metadata
@@ -123,7 +126,8 @@ class Fanout:
         self._changes: dict[tuple[str, str], list[MembershipChange]] = {}
         """Every-region mode: per (channel, user), the joins and leaves seen."""
         self.remote = RemoteIndex()
-        """Every-region mode: the other regions' instances and their users."""
+        """Every-region mode with ``presence_index``: the other regions' instances and users."""
+        self.presence_index = self.every_region and presence_index
         self._resync_asked = float("-inf")
         self.events_processed = 0
         self.deliveries = 0
@@ -170,7 +174,7 @@ class Fanout:
             (Subjects.PRESENCE_ALL, self._on_presence),
         ):
             await bus.subscribe(subject, handler, pending_msgs_limit=-1)
-        if self.every_region:  # overheard, never answered: the other regions' Fan-Outs do
+        if self.presence_index:  # overheard, never answered: the other regions' Fan-Outs do
             for subject, handler in (
                 (Subjects.ROUTE_UPDATE_ALL, self._on_remote_update),
                 (Subjects.ROUTE_SNAPSHOT_ALL, self._on_remote_snapshot),
@@ -344,7 +348,7 @@ class Fanout:
         """
         cutoff = now - self.instance_timeout
         offline: list[str] = []
-        if self.every_region:
+        if self.presence_index:
             for user in self.remote.expire(cutoff):
                 if not self.table.route_of(user):
                     await self._announce(user, online=False)
@@ -359,7 +363,7 @@ class Fanout:
                 "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
                 inst.instance_id, inst.region, len(inst.users), len(orphans),
             )  # fmt: skip
-            if self.every_region:  # online in another region: not offline
+            if self.presence_index:  # online in another region: not offline
                 orphans = [u for u in orphans if not self.remote.online(u)]
             for i, user in enumerate(orphans):
                 await self._announce_offline(user)

@@ -42,7 +42,7 @@ async def fanout(bus: FakeBus, tmp_path: Path) -> AsyncIterator[Fanout]:
     metadata = await open_metadata(f"sqlite:///{tmp_path}/metadata.db")
     fanout = Fanout(
         bus=bus, jetstream=bus, metadata=metadata, region="eu", instance_timeout=3600,
-        resync_grace=0, stream=ALL, writes=WRITES_EVERY_REGION,
+        resync_grace=0, stream=ALL, writes=WRITES_EVERY_REGION, presence_index=True,
     )  # fmt: skip
     await fanout.start()
     yield fanout
@@ -237,3 +237,22 @@ async def test_a_user_dropped_here_but_online_in_another_region_is_not_announced
     assert await fanout.expire(time.monotonic()) == []
     await bus.settle()
     assert presence_of(n1) == []
+
+
+async def test_without_the_presence_index_only_this_regions_route_subjects_are_heard(
+    bus: FakeBus, tmp_path: Path
+) -> None:
+    # The every-region NATS permissions confine fanout-<region> to its region's routes.
+    metadata = await open_metadata(f"sqlite:///{tmp_path}/other.db")
+    confined = Fanout(
+        bus=bus, jetstream=bus, metadata=metadata, region="asia", resync_grace=0,
+        stream=all_stream_name("asia"), writes=WRITES_EVERY_REGION, consumer_name="asia",
+    )  # fmt: skip
+    before = len(bus.subs)
+    await confined.start()
+    heard = [s.subject for s in bus.subs[before:] if s.subject.startswith("chatmesh.route")]
+    await confined.stop()
+    await metadata.close()
+    assert sorted(heard) == [
+        "chatmesh.route.hb.asia.>", "chatmesh.route.snapshot.asia.>", "chatmesh.route.update.asia.>"
+    ]  # fmt: skip
