@@ -174,7 +174,7 @@ class Subscription:
                     self._last_seen = loop.time()
                     budget = None  # this connection works: a later failure starts afresh
                     kind = item.WhichOneof("kind")
-                    if kind == "event" and item.event.origin_seq > 0:
+                    if kind == "event" and item.event.origin_seq > 0 and item.event.channel_id:
                         event = item.event
                         at = self.positions.get_origin(event.channel_id, event.origin_region)
                         verdict = self.positions.admit_origin(

@@ -278,7 +278,7 @@ class Subscriber:
         await self._wait_for_space()
         if self.closed_with is not None:
             return
-        if event.origin_seq > 0:
+        if event.origin_seq > 0 and event.channel_id:
             o = self.origins
             at = None if o is None else o.position(event.channel_id, event.origin_region)
             if at is not None and event.origin_seq == at + 1:
@@ -323,7 +323,7 @@ class Subscriber:
                 return
             self.held.append(event)
             return
-        if event.origin_seq > 0:
+        if event.origin_seq > 0 and event.channel_id:
             self._offer_origin(event, source)
             return
         if event.seq <= 0:
