@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from chatmesh.v1 import events_pb2, presence_pb2
-from mesh.client import ChatClient, Subscription
+from mesh.client import ChatClient, Subscription, Timeline
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.errors import ChatmeshError
 
@@ -104,18 +104,30 @@ class _Terminal:
         self.stdout.flush()
 
 
-async def _listen(subscription: Subscription, term: _Terminal, me: str, channel_id: str) -> None:
+async def _listen(
+    subscription: Subscription, term: _Terminal, me: str, channel_id: str, timeline: Timeline
+) -> None:
     shown_reconnects = 0
     try:
         async for item in subscription.responses():
             kind = item.WhichOneof("kind")
             if kind == "replay_complete" and subscription.reconnects > shown_reconnects:
                 shown_reconnects = subscription.reconnects
-                term.say(
-                    f"(reconnected; resumed from seq {subscription.positions.get(channel_id)})"
+                origins = subscription.positions.origins(channel_id)
+                at = (
+                    ", ".join(f"{o} {n}" for o, n in sorted(origins.items()))
+                    if origins
+                    else f"seq {subscription.positions.get(channel_id)}"
                 )
+                term.say(f"(reconnected; resumed from {at})")
             elif kind == "event" and item.event.channel_id in ("", channel_id):
                 line = describe(item.event, me)
+                # Every-region mode: a message from a region that was cut off sorts
+                # before what is on screen already; say so rather than reprint.
+                placed = timeline.apply(item.event)
+                created = item.event.WhichOneof("payload") == "message_created"
+                if line and created and placed is not None and placed < len(timeline) - 1:
+                    line = f"(late, sorts earlier) {line}"
                 if line:
                     term.say(line)
     except ChatmeshError as exc:
@@ -156,9 +168,16 @@ async def _chat(
         for m in history.messages:
             text = "(deleted)" if m.deleted else m.text
             out(f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {text}")
-        last_seq = max([history.last_seq, *(m.seq for m in history.messages)])
-        subscription = client.subscribe({channel_id: last_seq})
-        listener = asyncio.create_task(_listen(subscription, term, user, channel_id))
+        timeline = Timeline(channel_id)
+        for m in history.messages:
+            timeline.add(m)
+        if history.last_origin_seqs:  # every-region mode: positions per origin region
+            positions = {channel_id: dict(history.last_origin_seqs)}
+            subscription = client.subscribe(resume_from_origins=positions)
+        else:
+            last_seq = max([history.last_seq, *(m.seq for m in history.messages)])
+            subscription = client.subscribe({channel_id: last_seq})
+        listener = asyncio.create_task(_listen(subscription, term, user, channel_id, timeline))
         stdout.write("> ")
         stdout.flush()
         while (line := await term.line()) is not None:

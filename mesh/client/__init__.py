@@ -6,7 +6,9 @@ refreshable provider), TLS, typed errors (:mod:`mesh.core.errors`, mapped back b
 :mod:`mesh.rpc.status`), retries with one idempotency key per logical call and
 jittered exponential backoff within a deadline budget (:class:`RetryPolicy`), and
 :class:`Subscription`, an event stream that reconnects and resumes by position
-without gaps or duplicates at the seam.
+without gaps or duplicates at the seam (per channel, or per channel and origin
+region in the every-region write mode), and :class:`Timeline`, a channel's
+messages in (hlc, origin_region, message_id) order with late inserts.
 
 Built on the grpcio stubs rather than the betterproto2 SDK (``chatmesh_sdk``):
 the services, the tests and the benchmark speak the protobuf messages of
@@ -40,6 +42,7 @@ from mesh.client._client import (
 from mesh.client._positions import ResumePositions, Verdict
 from mesh.client._retry import Budget, RetryPolicy, is_transport_failure, resumable, retryable
 from mesh.client._subscription import Subscription
+from mesh.client._timeline import Timeline
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -50,6 +53,7 @@ __all__ = [
     "ResumePositions",
     "RetryPolicy",
     "Subscription",
+    "Timeline",
     "Token",
     "TokenProvider",
     "Verdict",

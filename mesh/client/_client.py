@@ -519,12 +519,24 @@ class ChatClient:
         listed = await self.list_channels(timeout=timeout)
         return {s.channel.channel_id: int(s.channel.last_seq) for s in listed.channels}
 
+    async def origin_positions(
+        self, channel_id: str, *, timeout: float | None = None
+    ) -> dict[str, int]:
+        """Every-region write mode: the channel's newest origin_seq per origin region here.
+
+        Pass ``{channel_id: ...}`` as ``subscribe(resume_from_origins=...)`` after
+        reading the channel's history, to go live exactly after what it held.
+        """
+        page = await self.get_history(channel_id, limit=1, timeout=timeout)
+        return {origin: int(n) for origin, n in page.last_origin_seqs.items()}
+
     # -- NotificationService -----------------------------------------------------------------
 
     def subscribe(
         self,
         resume_from: Mapping[str, int] | None = None,
         *,
+        resume_from_origins: Mapping[str, Mapping[str, int]] | None = None,
         reconnect: bool = True,
         heartbeat_watchdog: bool = True,
         retry: RetryPolicy | None = None,
@@ -534,16 +546,25 @@ class ChatClient:
 
         Args:
             resume_from: Channel -> last seq the caller has; the server replays after it.
+            resume_from_origins: Every-region write mode: channel -> origin region -> last
+                origin_seq the caller has (e.g. :meth:`origin_positions`); the server
+                replays each origin after it. A channel in neither map starts live.
             reconnect: Reconnect and resume when the stream ends transiently.
             heartbeat_watchdog: Treat a stream silent past its heartbeat timeout as dead.
             retry: Reconnect policy; None: the client's ``stream_retry``.
             metadata: Extra call metadata.
         """
 
-        async def open_stream(positions: dict[str, int]) -> Any:
+        async def open_stream(positions: dict[str, int], origins: dict[str, dict[str, int]]) -> Any:
             md = await self._metadata(metadata)
             stub = next(self._turn).notification
-            return stub.Subscribe(npb.SubscribeRequest(resume_from=positions), metadata=md)
+            request = npb.SubscribeRequest(resume_from=positions)
+            for channel_id, at in origins.items():
+                request.resume_from_origins[channel_id].origin_seqs.update(at)
+            return stub.Subscribe(request, metadata=md)
+
+        async def last_origin_seqs(channel_id: str) -> dict[str, int]:
+            return await self.origin_positions(channel_id, timeout=10.0)
 
         async def last_seq(channel_id: str, after_seq: int) -> int:
             page = await self.get_history(channel_id, after_seq=after_seq, limit=1, timeout=10.0)
@@ -556,6 +577,8 @@ class ChatClient:
             reconnect=reconnect,
             heartbeat_watchdog=heartbeat_watchdog,
             last_seq=last_seq,
+            resume_from_origins=resume_from_origins,
+            last_origin_seqs=last_origin_seqs,
         )
         self._subscriptions.add(subscription)
         return subscription

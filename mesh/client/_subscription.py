@@ -21,6 +21,15 @@ region holds the range (its ``last_seq``), then the stream resumes from the
 last seq yielded and the server's replay delivers the range as events — edits,
 joins and leaves included, which GetHistory's messages alone could not carry.
 Nothing is lost and nothing is yielded out of order.
+
+Every-region write mode (ADR-026): events carry ``origin_seq`` and positions are
+kept per channel and origin region; the stream resumes with
+``resume_from_origins``, and a gap (the server's STREAM_GAP naming
+``origin_region`` and ``last_missing_origin_seq``, or a jump seen here) waits
+until GetHistory's ``last_origin_seqs`` shows the region holds the range, then
+resubscribes from the positions: the server replays each origin after them.
+Events are yielded in per-origin order; a channel's display order across
+origins is (hlc, origin_region, message_id): see :class:`~mesh.client.Timeline`.
 """
 
 from __future__ import annotations
@@ -44,11 +53,15 @@ __all__ = ["OpenStream", "Subscription"]
 
 logger = logging.getLogger("mesh.client")
 
-OpenStream = Callable[[dict[str, int]], Awaitable[Any]]
-"""Opens one Subscribe call with the given ``resume_from`` (a ``grpc.aio.UnaryStreamCall``)."""
+OpenStream = Callable[[dict[str, int], dict[str, dict[str, int]]], Awaitable[Any]]
+"""Opens one Subscribe call with the given ``resume_from`` and ``resume_from_origins``
+(a ``grpc.aio.UnaryStreamCall``)."""
 
 LastSeq = Callable[[str, int], Awaitable[int]]
 """``(channel_id, after_seq)`` -> the newest seq of the channel the region holds (GetHistory)."""
+
+LastOriginSeqs = Callable[[str], Awaitable[dict[str, int]]]
+"""``channel_id`` -> per origin region, the newest origin_seq the region holds (GetHistory)."""
 
 GAP_PATIENCE = 60.0
 """Seconds :meth:`Subscription._await_range` asks before resuming anyway (the server waits too)."""
@@ -88,6 +101,8 @@ class Subscription:
         reconnect: bool = True,
         heartbeat_watchdog: bool = True,
         last_seq: LastSeq | None = None,
+        resume_from_origins: Mapping[str, Mapping[str, int]] | None = None,
+        last_origin_seqs: LastOriginSeqs | None = None,
     ) -> None:
         """Prepares the subscription; nothing is sent until iteration starts.
 
@@ -99,8 +114,12 @@ class Subscription:
             heartbeat_watchdog: Reconnect a stream silent for longer than its heartbeat promised.
             last_seq: Asks the region's history how far a channel reaches (GetHistory);
                 after a gap the stream resumes once it holds the missing range.
+            resume_from_origins: Every-region mode: channel -> origin region -> last
+                origin_seq the caller has; replayed from there.
+            last_origin_seqs: Every-region mode's ``last_seq``: how far each origin of
+                a channel reaches in the region's history.
         """
-        self.positions = ResumePositions(resume_from)
+        self.positions = ResumePositions(resume_from, resume_from_origins)
         self.reconnects = 0
         self.duplicates = 0
         self.gaps = 0
@@ -117,6 +136,7 @@ class Subscription:
         self._watchdog: asyncio.Task[None] | None = None
         self._started = False
         self._last_seq = last_seq
+        self._last_origin_seqs = last_origin_seqs
         self.gap_waits = 0
         """Times the stream resumed after a gap (server STREAM_GAP or a jump it saw)."""
 
@@ -145,7 +165,7 @@ class Subscription:
         loop = asyncio.get_running_loop()
         budget: Budget | None = None
         while not self.closed():
-            call = await self._open(self.positions.snapshot())
+            call = await self._open(self.positions.snapshot(), self.positions.origin_snapshot())
             self._call, self._stale, self._last_seen = call, False, loop.time()
             err: ChatmeshError | None = None
             cause: BaseException | None = None
@@ -154,7 +174,19 @@ class Subscription:
                     self._last_seen = loop.time()
                     budget = None  # this connection works: a later failure starts afresh
                     kind = item.WhichOneof("kind")
-                    if kind == "event":
+                    if kind == "event" and item.event.origin_seq > 0 and item.event.channel_id:
+                        event = item.event
+                        at = self.positions.get_origin(event.channel_id, event.origin_region)
+                        verdict = self.positions.admit_origin(
+                            event.channel_id, event.origin_region, event.origin_seq
+                        )
+                        if verdict is Verdict.DUPLICATE:
+                            self.duplicates += 1
+                            continue
+                        if verdict is Verdict.GAP:
+                            self.gaps += 1
+                            raise _Gap(self._on_origin_gap(item, at or 0))
+                    elif kind == "event":
                         event = item.event
                         previous = self.positions.get(event.channel_id) or 0
                         verdict = self.positions.admit(event.channel_id, event.seq)
@@ -232,6 +264,58 @@ class Subscription:
             last_missing_seq=str(event.seq - 1),
         )
 
+    def _on_origin_gap(self, item: npb.SubscribeResponse, previous: int) -> Unavailable:
+        """:meth:`_on_gap` for an every-region event beyond its origin's next origin_seq."""
+        event = item.event
+        channel, origin = event.channel_id, event.origin_region
+        self.positions.rewind_origin(channel, origin, previous)
+        logger.warning(
+            "gap in %s from %s: got origin seq %d after %d; resuming instead of skipping",
+            channel, origin, event.origin_seq, previous,
+        )  # fmt: skip
+        return Unavailable(
+            "STREAM_GAP",
+            f"the stream jumped from {previous} to {event.origin_seq} of {origin} in {channel}",
+            channel_id=channel,
+            origin_region=origin,
+            last_delivered_origin_seq=str(previous),
+            first_missing_origin_seq=str(previous + 1),
+            last_missing_origin_seq=str(event.origin_seq - 1),
+        )
+
+    async def _await_origin_range(self, err: ChatmeshError) -> None:
+        """:meth:`_await_range` for a gap of one origin (every-region mode).
+
+        Asks GetHistory's ``last_origin_seqs``; then the stream resubscribes from
+        its positions and the server replays the range.
+        """
+        channel = err.metadata.get("channel_id", "")
+        origin = err.metadata.get("origin_region", "")
+        try:
+            want = int(err.metadata.get("last_missing_origin_seq", "0"))
+        except ValueError:
+            want = 0
+        if self._last_origin_seqs is None or not channel or not origin or want <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GAP_PATIENCE
+        delay = 0.2
+        while not self.closed():
+            try:
+                known = await self._last_origin_seqs(channel)
+            except ChatmeshError as exc:
+                logger.info("GetHistory for the gap in %s failed (%s); resuming", channel, exc)
+                return
+            if not known:
+                return  # the region tells nothing per origin: the resumed stream waits instead
+            have = known.get(origin, 0)
+            if have >= want or loop.time() + delay > deadline:
+                return
+            logger.info("gap in %s from %s: the region has %d of %d; waiting",
+                        channel, origin, have, want)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     async def _await_range(self, err: ChatmeshError) -> None:
         """Waits until the region's history holds the range ``err`` names (GetHistory).
 
@@ -239,6 +323,9 @@ class Subscription:
         resumed stream waits on the server side as well, and may end with STREAM_GAP
         again: still nothing skipped).
         """
+        if err.metadata.get("origin_region"):
+            await self._await_origin_range(err)
+            return
         channel = err.metadata.get("channel_id", "")
         try:
             want = int(err.metadata.get("last_missing_seq", "0"))

@@ -16,7 +16,7 @@ from mesh.bus.natsbus import NatsBus
 from mesh.core import config as config_mod, loop
 from mesh.core.identity import OPERATOR
 from mesh.rpc.server import GrpcServer, configure_logging
-from mesh.stores import open_metadata
+from mesh.stores import check_write_mode, open_metadata
 from services.fanout.config import FanoutConfig
 from services.fanout.server import FanoutServicer
 from services.fanout.service import Fanout
@@ -25,6 +25,7 @@ logger = logging.getLogger("services.fanout")
 
 
 async def main(cfg: FanoutConfig) -> None:
+    check_write_mode(cfg.writes, metadata_store=cfg.metadata_store)
     nc = await connect(list(cfg.nats_servers), name=f"fanout-{cfg.instance_id}", user=cfg.nats_user,
                        password=cfg.nats_password, tls_ca=cfg.nats_tls_ca, pending_size=64 * 1024 * 1024)  # fmt: skip
     metadata = await open_metadata(cfg.metadata_store)
@@ -38,11 +39,9 @@ async def main(cfg: FanoutConfig) -> None:
         resync_grace=cfg.resync_grace,
         consumer_name=cfg.consumer_name,
         batch=cfg.batch,
-        # TODO(stream): the every-region mode (ADR-026) reads ALL_<REGION> but must also
-        # take route updates from its own region only and deliver to its own region's
-        # instances only; its user (fanout-<region>) may subscribe to nothing else, so
-        # the ROUTE_*_ALL subscriptions in Fanout.start are refused until then.
-        stream=cfg.stream,
+        stream=cfg.events_stream,
+        writes=cfg.writes,
+        presence_index=cfg.presence_index,
     )
     # Internal operator API: no client tokens (it is not exposed by the edges);
     # with service identities on, only operators may call it.

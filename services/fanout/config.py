@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, all_stream_name
 from mesh.core.config import CommonConfig
 
 __all__ = ["FanoutConfig"]
@@ -11,7 +12,7 @@ __all__ = ["FanoutConfig"]
 
 @dataclass(frozen=True)
 class FanoutConfig(CommonConfig):
-    """Settings of the Fan-Out Service (primary region)."""
+    """Settings of the Fan-Out Service (the primary region; every region in the every-region mode)."""
 
     metadata_store: str = "sqlite:///.run/data/us-east/metadata.db"
     """DSN of the primary metadata store (membership snapshot at start-up)."""
@@ -27,6 +28,21 @@ class FanoutConfig(CommonConfig):
     """Seconds of the fan-out lease in NATS KV (ADR-019): with two instances, only the one
     holding it consumes EVENTS; the other waits and takes over when it expires. 0: no
     lease, this instance is the only one."""
-    stream: str = "EVENTS"
-    """Stream to consume: EVENTS (primary mode) or the region's ``ALL_<REGION>``
-    (every-region mode)."""
+    stream: str = ""
+    """Stream to consume; empty: EVENTS in the primary mode, ``ALL_<REGION>`` in the
+    every-region mode (``writes``: there one Fan-Out runs per region, routing to and
+    taking routes from its own region's notification instances only)."""
+
+    presence_index: bool = False
+    """Every-region mode: overhear the other regions' route snapshots, updates and
+    heartbeats (never answered) to know which remote users are online where, so presence
+    converges after a partition (ADR-026). Needs the fan-out's NATS user to be allowed to
+    subscribe to ``chatmesh.route.>`` (the every-region permissions confine it to its own
+    region's route subjects)."""
+
+    @property
+    def events_stream(self) -> str:
+        """The stream the durable consumer reads."""
+        if self.stream:
+            return self.stream
+        return all_stream_name(self.region) if self.writes == WRITES_EVERY_REGION else EVENTS_STREAM

@@ -6,6 +6,7 @@ import resource
 from typing import Any
 
 from chatmesh.v1 import fanout_service_pb2 as pb, fanout_service_pb2_grpc as pb_grpc
+from mesh.bus.subjects import Subjects
 from services.fanout.service import TABLE_BYTES, Fanout
 
 __all__ = ["FanoutServicer", "rss_bytes"]
@@ -28,15 +29,21 @@ class FanoutServicer(pb_grpc.FanoutServiceServicer):
         self.fanout = fanout
 
     async def GetRoute(self, request: pb.GetRouteRequest, context: Any) -> pb.GetRouteResponse:
-        return pb.GetRouteResponse(
-            user_id=request.user_id,
-            instances=[
-                pb.InstanceRoute(
-                    instance_id=i.instance_id, region=i.region, delivery_subject=i.subject
-                )
-                for i in self.fanout.table.route_of(request.user_id)
-            ],
-        )
+        routes = [
+            pb.InstanceRoute(instance_id=i.instance_id, region=i.region, delivery_subject=i.subject)
+            for i in self.fanout.table.route_of(request.user_id)
+        ]
+        # Every-region mode: the other regions' instances, as overheard (empty otherwise).
+        routes += [
+            pb.InstanceRoute(
+                instance_id=r.instance_id,
+                region=r.region,
+                delivery_subject=Subjects.delivery(r.region, r.instance_id),
+            )
+            for r in self.fanout.remote.where(request.user_id)
+        ]
+        routes.sort(key=lambda r: r.instance_id)
+        return pb.GetRouteResponse(user_id=request.user_id, instances=routes)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Any) -> pb.GetStatsResponse:
         table = self.fanout.table

@@ -16,6 +16,19 @@ members get a delivery, an event crosses a gateway only toward regions that
 want it. Deliveries are numbered per instance (``instance_seq``) within this
 process's ``epoch``, so an instance notices lost deliveries and catches up from
 its region's history.
+
+Every-region write mode (ADR-026): each region runs its own Fan-Out. It reads
+``ALL_<REGION>`` (every region's events, sourced), takes route updates,
+snapshots and heartbeats only from its own region's instances
+(``chatmesh.route.*.<region>.>``) and so delivers to them only: a remote user
+is served by their own region's Fan-Out from its own copy of the events.
+Typing and presence still arrive from every region (core NATS through the
+gateways) and go to local streams only. Membership, without a channel seq,
+follows :func:`mesh.core.convergence.is_member` (observed-remove, remove wins)
+over the joins and leaves this process has seen, on top of the metadata
+store's members. The other regions' route traffic is overheard (never
+answered) into :class:`~services.fanout.remote.RemoteIndex` when
+``presence_index`` is on, so presence converges after a partition.
 """
 
 from __future__ import annotations
@@ -32,10 +45,12 @@ from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, presence_pb2
 from mesh.bus.eventbus import PullConsumer
 from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
-from mesh.bus.subjects import EVENTS_STREAM, Subjects
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, WRITES_PRIMARY, Subjects
 from mesh.core import ids
+from mesh.core.convergence import MembershipChange, Stamp, is_member
 from mesh.core.events import new_event
 from mesh.stores import MetadataStore
+from services.fanout.remote import RemoteIndex
 from services.fanout.table import RoutingTable
 
 __all__ = ["Fanout"]
@@ -78,6 +93,8 @@ class Fanout:
         consumer_name: str = "fanout",
         batch: int = 512,
         stream: str = EVENTS_STREAM,
+        writes: str = WRITES_PRIMARY,
+        presence_index: bool = False,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -90,8 +107,10 @@ class Fanout:
             resync_grace: Seconds instances get to send their route sets before events flow.
             consumer_name: The durable EVENTS consumer.
             batch: Events per pull request.
-            stream: The stream consumed: EVENTS, or the region's ``ALL_<REGION>`` in the
-                every-region mode (ADR-026).
+            stream: The stream consumed (EVENTS; ``ALL_<REGION>`` in the every-region mode).
+            writes: The write mode (ADR-026); ``every-region``: this region's instances only.
+            presence_index: Every-region mode: overhear the other regions' route traffic
+                into :attr:`remote` (presence that converges after a partition).
         """
         self.bus = bus
         self.metadata = metadata
@@ -100,9 +119,16 @@ class Fanout:
         self.epoch = ids.new("fo")
         self.instance_timeout = instance_timeout
         self.resync_grace = resync_grace
+        self.every_region = writes == WRITES_EVERY_REGION
         self.consumer = PullConsumer(
             bus, jetstream, stream, consumer_name, self._on_events, batch=batch
         )
+        self._changes: dict[tuple[str, str], list[MembershipChange]] = {}
+        """Every-region mode: per (channel, user), the joins and leaves seen."""
+        self.remote = RemoteIndex()
+        """Every-region mode with ``presence_index``: the other regions' instances and users."""
+        self.presence_index = self.every_region and presence_index
+        self._resync_asked = float("-inf")
         self.events_processed = 0
         self.deliveries = 0
         self.deliveries_by_region: dict[str, int] = {}
@@ -128,14 +154,33 @@ class Fanout:
         """Subscribes, rebuilds the table, then starts consuming events."""
         t0 = time.monotonic()
         bus = self.bus
+        if self.every_region:  # this region's instances only
+            routes = (
+                Subjects.route_update(self.region, ">"),
+                Subjects.route_snapshot(self.region, ">"),
+                Subjects.route_heartbeat(self.region, ">"),
+            )
+        else:
+            routes = (
+                Subjects.ROUTE_UPDATE_ALL,
+                Subjects.ROUTE_SNAPSHOT_ALL,
+                Subjects.ROUTE_HEARTBEAT_ALL,
+            )
         for subject, handler in (
-            (Subjects.ROUTE_UPDATE_ALL, self._on_update),
-            (Subjects.ROUTE_SNAPSHOT_ALL, self._on_snapshot),
-            (Subjects.ROUTE_HEARTBEAT_ALL, self._on_heartbeat),
+            (routes[0], self._on_update),
+            (routes[1], self._on_snapshot),
+            (routes[2], self._on_heartbeat),
             (Subjects.TYPING_ALL, self._on_typing),
             (Subjects.PRESENCE_ALL, self._on_presence),
         ):
             await bus.subscribe(subject, handler, pending_msgs_limit=-1)
+        if self.presence_index:  # overheard, never answered: the other regions' Fan-Outs do
+            for subject, handler in (
+                (Subjects.ROUTE_UPDATE_ALL, self._on_remote_update),
+                (Subjects.ROUTE_SNAPSHOT_ALL, self._on_remote_snapshot),
+                (Subjects.ROUTE_HEARTBEAT_ALL, self._on_remote_heartbeat),
+            ):
+                await bus.subscribe(subject, handler, pending_msgs_limit=-1)
         channels = await self.load_memberships()
         await bus.publish(
             Subjects.ROUTE_RESYNC,
@@ -237,6 +282,55 @@ class Fanout:
                 msg.reply, self._ack(slot, resync=not inst.synced or hb.version != inst.version)
             )
 
+    # -- the other regions' routes (every-region mode) -----------------------------------
+
+    async def _on_remote_update(self, msg: Message) -> None:
+        try:
+            update = routing_pb2.RouteUpdate.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if update.region == self.region:
+            return
+        self.remote.update(
+            update.instance_id, update.region, update.version,
+            update.added_user_ids, update.removed_user_ids, now=time.monotonic(),
+        )  # fmt: skip
+
+    async def _on_remote_snapshot(self, msg: Message) -> None:
+        try:
+            snap = routing_pb2.RouteSnapshot.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if snap.region == self.region:
+            return
+        came, went = self.remote.snapshot(
+            snap.instance_id, snap.region, snap.version, snap.user_ids, now=time.monotonic()
+        )
+        for user in came:
+            if not self.table.route_of(user):
+                await self._announce(user, online=True, region=snap.region)
+        for user in went:
+            if not self.table.route_of(user):
+                await self._announce(user, online=False)
+
+    async def _on_remote_heartbeat(self, msg: Message) -> None:
+        try:
+            hb = routing_pb2.InstanceHeartbeat.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            return
+        if hb.region == self.region:
+            return
+        now = time.monotonic()
+        stale = self.remote.heartbeat(hb.instance_id, hb.region, hb.version, now=now)
+        if stale and now - self._resync_asked >= self.instance_timeout:
+            # Its route set is unknown here (it came back after a cut, or an update was
+            # lost): every instance answers a resync with a snapshot, which we overhear.
+            self._resync_asked = now
+            await self.bus.publish(
+                Subjects.ROUTE_RESYNC,
+                routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString(),
+            )
+
     async def _expire_loop(self) -> None:
         rounds = 0
         while True:
@@ -254,6 +348,10 @@ class Fanout:
         """
         cutoff = now - self.instance_timeout
         offline: list[str] = []
+        if self.presence_index:
+            for user in self.remote.expire(cutoff):
+                if not self.table.route_of(user):
+                    await self._announce(user, online=False)
         for inst in self.table.instances():
             if inst.last_seen >= cutoff:
                 continue
@@ -265,6 +363,8 @@ class Fanout:
                 "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
                 inst.instance_id, inst.region, len(inst.users), len(orphans),
             )  # fmt: skip
+            if self.presence_index:  # online in another region: not offline
+                orphans = [u for u in orphans if not self.remote.online(u)]
             for i, user in enumerate(orphans):
                 await self._announce_offline(user)
                 if i % 100 == 99:
@@ -274,11 +374,19 @@ class Fanout:
         return offline
 
     async def _announce_offline(self, user_id: str) -> None:
+        await self._announce(user_id, online=False)
+
+    async def _announce(self, user_id: str, *, online: bool, region: str = "") -> None:
+        """Tells the user's peers on this Fan-Out's instances that they went online or offline."""
         event = new_event("", seq=0, origin_region=self.region, actor=user_id)
         presence = event.presence_changed.presence
         presence.user_id = user_id
-        presence.status = presence_pb2.PRESENCE_STATUS_OFFLINE
+        presence.status = (
+            presence_pb2.PRESENCE_STATUS_ONLINE if online else presence_pb2.PRESENCE_STATUS_OFFLINE
+        )
         presence.last_seen_at.CopyFrom(event.occurred_at)
+        if region:
+            presence.regions.append(region)
         await self._deliver(
             event.SerializeToString(), self.table.user_audience(user_id, with_peers=True), 0
         )
@@ -306,8 +414,20 @@ class Fanout:
             self.events_processed += 1
             await self._route(event, kind, msg.data, msg.stream_seq)
 
+    def _converge(
+        self, channel_id: str, stamp: Stamp, kind: str, user_id: str, seen: dict[str, int]
+    ) -> None:
+        """Every-region mode: records a join or leave and sets the user's membership by the rules."""
+        changes = self._changes.setdefault((channel_id, user_id), [])
+        if all(c.stamp != stamp for c in changes):  # not a redelivery
+            changes.append(MembershipChange(kind, user_id, stamp, seen))
+        self.table.put_member(channel_id, user_id, is_member(user_id, changes))
+
     async def _route(self, event: events_pb2.Event, kind: str, raw: bytes, stream_seq: int) -> None:
         table = self.table
+        if self.every_region and kind in ("channel_created", "member_joined", "member_left"):
+            await self._route_membership(event, kind, raw, stream_seq)
+            return
         if kind == "read_marker_updated":
             audience = table.user_audience(event.read_marker_updated.user_id, with_peers=False)
         elif kind == "channel_created":
@@ -328,6 +448,36 @@ class Fanout:
             audience = table.channel_audience(event.channel_id)
         else:
             return
+        await self._deliver(raw, audience, stream_seq)
+
+    async def _route_membership(
+        self, event: events_pb2.Event, kind: str, raw: bytes, stream_seq: int
+    ) -> None:
+        """Every-region mode: a creation, join or leave, by the convergence rules.
+
+        Events of different origins arrive in any order (a join written in one
+        region may arrive before the channel's creation from another), so none
+        replaces the member set: each join or leave is one more fact for
+        :func:`~mesh.core.convergence.is_member`.
+        """
+        stamp = Stamp(event.hlc, event.origin_region, event.event_id, event.origin_seq)
+        if kind == "channel_created":
+            ch = event.channel_created.channel
+            channel_id = ch.channel_id or event.channel_id
+            await self._ensure_channel(channel_id)  # what else of it the region has applied
+            for user in ch.member_user_ids:  # each initial member joined at the creation
+                self._converge(channel_id, stamp, "join", user, {})
+            audience = self.table.channel_audience(channel_id)
+        elif kind == "member_joined":
+            await self._ensure_channel(event.channel_id)
+            joined = event.member_joined
+            self._converge(event.channel_id, stamp, "join", joined.user_id, dict(joined.observed))
+            audience = self.table.channel_audience(event.channel_id)
+        else:
+            await self._ensure_channel(event.channel_id)
+            leaver = event.member_left
+            audience = self.table.channel_audience(event.channel_id, extra=[leaver.user_id])
+            self._converge(event.channel_id, stamp, "leave", leaver.user_id, dict(leaver.observed))
         await self._deliver(raw, audience, stream_seq)
 
     async def _deliver(self, raw_event: bytes, audience: Iterable[int], stream_seq: int) -> None:

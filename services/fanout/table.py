@@ -147,6 +147,26 @@ class RoutingTable:
             self._unlink(u, c)
         return True
 
+    def put_member(self, channel_id: str, user_id: str, present: bool) -> None:
+        """Makes ``user_id`` a member of the channel or not, whatever the membership seq.
+
+        The every-region write mode (ADR-026) has no channel seq: its caller decides
+        membership by the convergence rules and states the outcome here.
+        """
+        c = self._channel(channel_id)
+        u = self._user(user_id)
+        members = self._members[c]
+        i = bisect_left(members, u)
+        there = i < len(members) and members[i] == u
+        if present and not there:
+            members.insert(i, u)
+            self.memberships += 1
+            self._link(u, c)
+        elif there and not present:
+            del members[i]
+            self.memberships -= 1
+            self._unlink(u, c)
+
     def _link(self, u: int, c: int) -> None:
         chans = self._user_channels[u]
         if chans is None:

@@ -10,7 +10,7 @@ from mesh.core import config as config_mod, ids, loop
 from mesh.core.ratelimit import StreamQuota
 from mesh.rpc.interceptors.metrics import RATE_LIMITED_TOTAL
 from mesh.rpc.server import GrpcServer, configure_logging
-from mesh.stores import open_history, open_metadata
+from mesh.stores import check_write_mode, open_history, open_metadata
 from mesh.stores.presence import PresenceStore
 from services.notification.config import NotificationConfig
 from services.notification.hub import Hub
@@ -18,6 +18,7 @@ from services.notification.server import NotificationServicer, add_notification_
 
 
 async def main(cfg: NotificationConfig) -> None:
+    check_write_mode(cfg.writes, history_store=cfg.history_store, metadata_store=cfg.metadata_store)
     instance_id = cfg.instance_id or ids.new(f"n-{cfg.region}")
     nc = await connect(list(cfg.nats_servers), name=f"notification-{instance_id}", user=cfg.nats_user,
                        password=cfg.nats_password, tls_ca=cfg.nats_tls_ca, pending_size=64 * 1024 * 1024)  # fmt: skip
@@ -46,6 +47,8 @@ async def main(cfg: NotificationConfig) -> None:
         catchup_timeout=cfg.catchup_timeout,
         gap_timeout=cfg.gap_timeout,
         events=bus if cfg.fill_from_primary else None,
+        events_stream=cfg.events_stream,
+        writes=cfg.writes,
     )
     quota = StreamQuota(
         cfg.streams_per_user,

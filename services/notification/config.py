@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, all_stream_name
 from mesh.core.config import CommonConfig
 
 __all__ = ["NotificationConfig"]
@@ -41,7 +42,14 @@ class NotificationConfig(CommonConfig):
     stream ends with UNAVAILABLE (STREAM_GAP) naming it. Never delivered around."""
     fill_from_primary: bool = True
     """Fill gaps the region's history lacks from the primary's EVENTS stream (direct get
-    across the gateway)."""
-    stream: str = "EVENTS"
-    """The region's stream: EVENTS (primary mode; gap fills read it) or the region's
-    ``ALL_<REGION>`` (every-region mode)."""
+    across the gateway); in the every-region write mode, from ``stream``."""
+    stream: str = ""
+    """Every-region write mode: the region's stream sourcing every region's events, the
+    second source of a gap (empty: ``ALL_<REGION>``). Unused in the primary mode (EVENTS)."""
+
+    @property
+    def events_stream(self) -> str:
+        """The stream gaps are read from when history lacks them."""
+        if self.writes != WRITES_EVERY_REGION:
+            return EVENTS_STREAM
+        return self.stream or all_stream_name(self.region)

@@ -25,6 +25,16 @@ partitions. How:
   stream with RESOURCE_EXHAUSTED (SLOW_CONSUMER) — the dispatcher never waits
   for a client. The client resumes with ``resume_from`` and loses nothing.
 
+Every-region write mode (ADR-026): channel events carry ``seq`` 0 and a
+per-origin ``origin_seq``, and every rule above applies per (channel, origin
+region) instead of per channel (:class:`Origins`): a gap of one origin holds
+back only that origin's later events, is filled from the region's history
+(per-origin read), else from ``ALL_<REGION>``, and past ``gap_timeout`` ends the
+stream with STREAM_GAP naming the channel, the origin and its origin_seq range.
+``resume_from_origins`` replays each origin after its position (an origin the
+client has no position for starts at 1), then goes live across the same seam.
+Across origins the client orders a channel by (hlc, origin_region, event_id).
+
 Presence: a user is online while they have a stream anywhere; the first stream
 on this instance counts them in Valkey (primary, across the WAN) and publishes
 a PresenceChanged event if they were offline everywhere.
@@ -38,7 +48,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -46,7 +56,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from chatmesh.internal.v1 import routing_pb2
 from chatmesh.v1 import events_pb2, notification_service_pb2 as pb, presence_pb2
 from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
-from mesh.bus.subjects import EVENTS_STREAM, Subjects
+from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, WRITES_PRIMARY, Subjects
 from mesh.core.errors import NotFound, PermissionDenied, ResourceExhausted, Unavailable
 from mesh.core.events import new_event, now_ms
 from mesh.stores import HistoryStore, MetadataStore
@@ -76,7 +86,7 @@ SLOW = Counter(
 # service's CPU (issue 14's profile).
 _SENT_BY_SOURCE = {
     source: EVENTS_SENT.labels(source)
-    for source in ("live", "catchup", "gapfill", "primary", "replay")
+    for source in ("live", "catchup", "gapfill", "primary", "stream", "replay")
 }
 
 
@@ -148,6 +158,47 @@ class Outbox:
         return self._items.popleft()
 
 
+Key = tuple[str, str]
+"""(channel id, origin region): the unit of order in the every-region write mode."""
+
+
+@dataclass(slots=True, eq=False)
+class Origins:
+    """Every-region write mode (ADR-026): a stream's positions per channel and origin region.
+
+    The same rules as the primary mode's per-channel ``seq``, applied to each
+    (channel, origin) pair's ``origin_seq``: strictly increasing, no duplicates,
+    nothing sent around a gap. Made for a stream on its first event or resume
+    position of this mode (a primary-mode stream never has one).
+    """
+
+    last: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per channel, per origin region: the highest origin_seq sent to the client."""
+    open: set[str] = field(default_factory=set)
+    """Channels that started live on this stream: an origin not seen yet starts where its
+    events start. In a resumed channel an origin without a position starts at 1."""
+    pending: dict[Key, dict[int, events_pb2.Event]] = field(default_factory=dict)
+    """Events beyond a gap, waiting for it to be filled."""
+    want: dict[Key, int] = field(default_factory=dict)
+    """origin_seq a pair must reach that nothing live may reveal (history had more than
+    its replay could send in order): a fill runs until the pair has it."""
+    fills: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+
+    def position(self, channel: str, origin: str) -> int | None:
+        """The pair's last origin_seq sent (0: nothing yet, its next event is 1).
+
+        None where the pair's next event is taken as it comes: the channel is not
+        on the stream, or it started live and this origin is new to it.
+        """
+        positions = self.last.get(channel)
+        if positions is None:
+            return None
+        last = positions.get(origin)
+        if last is None and channel not in self.open:
+            return 0
+        return last
+
+
 @dataclass(slots=True, eq=False)
 class Subscriber:
     """One client stream."""
@@ -172,6 +223,8 @@ class Subscriber:
     stream when made up front (ADR-025)."""
     idle_since: float = 0.0
     """Loop time the stream's writer last took an item (heartbeats are due from it)."""
+    origins: Origins | None = None
+    """Every-region write mode: per (channel, origin) positions (made on first use)."""
 
     # -- delivery -----------------------------------------------------------------
 
@@ -223,7 +276,14 @@ class Subscriber:
     async def advance_catchup(self, event: events_pb2.Event, source: str) -> None:
         """:meth:`_advance` for events read from history, with backpressure."""
         await self._wait_for_space()
-        if self.closed_with is None and event.seq == self.last.get(event.channel_id, -1) + 1:
+        if self.closed_with is not None:
+            return
+        if event.origin_seq > 0 and event.channel_id:
+            o = self.origins
+            at = None if o is None else o.position(event.channel_id, event.origin_region)
+            if at is not None and event.origin_seq == at + 1:
+                self._advance_origin(event, source)
+        elif event.seq == self.last.get(event.channel_id, -1) + 1:
             self._advance(event, source)
 
     def _advance(self, event: events_pb2.Event, source: str) -> None:
@@ -246,6 +306,9 @@ class Subscriber:
             self.queue.put_nowait(_CLOSE)
         for task in self.fills.values():
             task.cancel()
+        if self.origins is not None:
+            for task in self.origins.fills.values():
+                task.cancel()
 
     def offer(self, event: events_pb2.Event, source: str = "live") -> None:
         """Accepts an event for this stream, enforcing per-channel order and dedup."""
@@ -259,6 +322,9 @@ class Subscriber:
                 )
                 return
             self.held.append(event)
+            return
+        if event.origin_seq > 0 and event.channel_id:
+            self._offer_origin(event, source)
             return
         if event.seq <= 0:
             self._push(event, source)
@@ -361,6 +427,186 @@ class Subscriber:
         finally:
             self.fills.pop(channel, None)
 
+    # -- every-region write mode: order per (channel, origin) ---------------------
+
+    def origin_state(self) -> Origins:
+        """The stream's per-origin positions (made on first use)."""
+        if self.origins is None:
+            self.origins = Origins()
+        return self.origins
+
+    def _offer_origin(self, event: events_pb2.Event, source: str) -> None:
+        """:meth:`offer` for an event of the every-region mode: ordered per (channel, origin)."""
+        o = self.origin_state()
+        channel, origin, n = event.channel_id, event.origin_region, event.origin_seq
+        positions = o.last.get(channel)
+        if positions is None:  # first sight of this channel on this stream: it starts live
+            o.last[channel] = {}
+            o.open.add(channel)
+        key = (channel, origin)
+        last = o.position(channel, origin)
+        if last is None:
+            if key not in o.pending:
+                self._advance_origin(event, source)  # first sight of this origin here
+                return
+            last = 0
+        if n <= last:
+            return  # already sent
+        if n == last + 1 and key not in o.fills:
+            self._advance_origin(event, source)
+            self._release_origin(key)
+            return
+        held = o.pending.setdefault(key, {})
+        if len(held) >= 2 * self.capacity:
+            SLOW.inc()
+            self.close(ResourceExhausted(
+                "SLOW_CONSUMER",
+                "too many events arrived while catching up; reconnect with resume_from_origins",
+            ))  # fmt: skip
+            return
+        held[n] = event
+        self._start_fill(key)
+
+    def _start_fill(self, key: Key) -> None:
+        o = self.origin_state()
+        if key not in o.fills and self.closed_with is None:
+            o.fills[key] = asyncio.create_task(self._fill_origin(key))
+
+    def _advance_origin(self, event: events_pb2.Event, source: str) -> None:
+        """Sends the event that directly follows what the client has of its channel and origin."""
+        o = self.origin_state()
+        channel = event.channel_id
+        positions = o.last.get(channel)
+        if positions is None:
+            return  # left the channel meanwhile
+        positions[event.origin_region] = event.origin_seq
+        self._push(event, source)
+        if (
+            event.WhichOneof("payload") == "member_left"
+            and event.member_left.user_id == self.user_id
+        ):
+            # As in the primary mode: nothing more of this channel belongs on the stream.
+            o.last.pop(channel, None)
+            o.open.discard(channel)
+            for key in [k for k in o.pending if k[0] == channel]:
+                del o.pending[key]
+            for key in [k for k in o.want if k[0] == channel]:
+                del o.want[key]
+
+    def _release_origin(self, key: Key) -> None:
+        o = self.origin_state()
+        channel, origin = key
+        held = o.pending.get(key)
+        while held:
+            last = o.position(channel, origin)
+            if last is None:
+                break
+            event = held.pop(last + 1, None)
+            if event is None:
+                for n in [n for n in held if n <= last]:
+                    del held[n]
+                break
+            self._advance_origin(event, "live")
+        if not held:
+            o.pending.pop(key, None)
+
+    def _origin_target(self, key: Key) -> int:
+        """The origin_seq a fill of ``key`` must reach now (0: nothing to fill)."""
+        o = self.origin_state()
+        held = o.pending.get(key)
+        if held:
+            return min(held) - 1
+        return o.want.get(key, 0)
+
+    async def _fill_origin(self, key: Key) -> None:
+        """:meth:`_fill` for one (channel, origin) pair: fills its gap, then releases what waits.
+
+        From the region's history (per-origin read), else from the region's ALL
+        stream (:meth:`Hub.read_origin_gap`), retried with backoff while anything
+        makes progress; never around the gap. A range nothing supplies within
+        ``gap_timeout`` ends the stream with UNAVAILABLE (STREAM_GAP) naming the
+        channel, the origin and the origin_seq range missing (``origin_region``,
+        ``last_delivered_origin_seq``, ``first_missing_origin_seq``,
+        ``last_missing_origin_seq``): the client resubscribes from its positions.
+        """
+        o = self.origin_state()
+        channel, origin = key
+        try:
+            started = time.monotonic()
+            delay = 0.05
+            while self.closed_with is None:
+                last = o.position(channel, origin)
+                if last is None:
+                    return  # left the channel
+                target = self._origin_target(key)
+                if target <= last:
+                    o.want.pop(key, None)
+                    if not o.pending.get(key):
+                        return
+                    self._release_origin(key)
+                    continue
+                ok = await self.hub.read_origin_gap(self, channel, origin, target)
+                if ok:
+                    GAPS.labels("origin", "filled").inc()
+                    self._release_origin(key)
+                    started, delay = time.monotonic(), 0.05
+                    continue
+                now_at = o.position(channel, origin)
+                if self.closed_with is not None or now_at is None:
+                    return
+                if now_at != last:
+                    started, delay = time.monotonic(), 0.05  # progress: the clock restarts
+                elif time.monotonic() - started >= self.hub.gap_timeout:
+                    GAPS.labels("origin", "unfilled").inc()
+                    logger.warning(
+                        "gap in %s from %s for %s: origin seqs %d..%d found nowhere in %.0fs; "
+                        "ending the stream with STREAM_GAP",
+                        channel, origin, self.user_id, last + 1, target, self.hub.gap_timeout,
+                    )  # fmt: skip
+                    self.close(
+                        Unavailable(
+                            "STREAM_GAP",
+                            f"events {last + 1}..{target} from {origin} of channel {channel} "
+                            "are not available in this region yet; resubscribe with "
+                            "resume_from_origins",
+                            channel_id=channel,
+                            origin_region=origin,
+                            last_delivered_origin_seq=str(last),
+                            first_missing_origin_seq=str(last + 1),
+                            last_missing_origin_seq=str(target),
+                        )
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("gap fill failed for %s in %s from %s", self.user_id, channel, origin)
+            self.close(
+                Unavailable(
+                    "BACKEND_UNAVAILABLE",
+                    "history unavailable; reconnect with resume_from_origins",
+                )
+            )
+        finally:
+            o.fills.pop(key, None)
+
+    async def deliver_origin_history(self, events: list[events_pb2.Event]) -> None:
+        """Sends history events of one (channel, origin) that follow the stream's position."""
+        o = self.origin_state()
+        keys: set[Key] = set()
+        for event in events:
+            key = (event.channel_id, event.origin_region)
+            keys.add(key)
+            if key in o.fills:
+                continue  # a gap fill owns it now
+            last = o.position(*key)
+            if last is not None and event.origin_seq == last + 1:
+                await self.advance_catchup(self.hub.visible(event, self.user_id), "catchup")
+        for key in keys:
+            self._release_origin(key)
+
     async def deliver_history(self, events: list[events_pb2.Event]) -> None:
         """Sends history events that follow ``last`` (catch-up after a sweep)."""
         for event in events:
@@ -380,6 +626,9 @@ class Subscriber:
         held, self.held = self.held, []
         for event in held:
             self.offer(event)
+        if self.origins is not None:
+            for key in list(self.origins.want):
+                self._start_fill(key)
 
 
 def _decode(msg: StreamMsg) -> events_pb2.Event | None:
@@ -421,6 +670,7 @@ class Hub:
         gap_timeout: float = 60.0,
         events: JetStream | None = None,
         events_stream: str = EVENTS_STREAM,
+        writes: str = WRITES_PRIMARY,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -444,7 +694,11 @@ class Hub:
                 from any source) before its stream ends with STREAM_GAP.
             events: Direct reads of the primary's EVENTS stream (across the gateway),
                 the second source of a gap; None: history only.
-            events_stream: The stream ``events`` reads (EVENTS).
+            events_stream: The stream ``events`` reads (EVENTS; the region's
+                ``ALL_<REGION>`` in the every-region write mode).
+            writes: The write mode (ADR-026). ``every-region``: channel events are
+                ordered per (channel, origin region) by ``origin_seq``, and streams
+                resume with ``resume_from_origins``.
         """
         self.bus = bus
         # Every history read here goes to a client: messages in their current state
@@ -463,6 +717,7 @@ class Hub:
         self.gap_timeout = gap_timeout
         self.events = events
         self.events_stream = events_stream
+        self.every_region = writes == WRITES_EVERY_REGION
         self.subject = Subjects.delivery(region, instance_id)
         self.users: dict[str, list[Subscriber]] = {}
         self.frames = Frames()
@@ -488,9 +743,10 @@ class Hub:
         """(Fan-Out delivery count, monotonic time) of the first acknowledgement that said
         more was sent than had arrived; checked again at later ones."""
         """The highest Fan-Out stream position a sweep must reach."""
-        self._stream_seqs: dict[str, collections.deque[tuple[int, int]]] = {}
-        """Per channel: recent (channel seq, EVENTS stream seq) pairs seen in deliveries,
-        where a scan of the primary's EVENTS for what follows a seq can start."""
+        self._stream_seqs: dict[str | Key, collections.deque[tuple[int, int]]] = {}
+        """Per channel (every-region mode: per (channel, origin)): recent (seq or origin_seq,
+        stream seq) pairs seen in deliveries, where a scan of the stream for what follows
+        a position can start."""
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -742,8 +998,13 @@ class Hub:
                 self._sweep(delivery.stream_seq)
             self.expected_seq = max(self.expected_seq, delivery.instance_seq + 1)
         event = delivery.event
-        if event.seq > 0 and delivery.stream_seq:
-            self._remember(event.channel_id, event.seq, delivery.stream_seq)
+        if delivery.stream_seq:
+            if event.origin_seq > 0:
+                self._remember(
+                    (event.channel_id, event.origin_region), event.origin_seq, delivery.stream_seq
+                )
+            elif event.seq > 0:
+                self._remember(event.channel_id, event.seq, delivery.stream_seq)
         stripped: events_pb2.Event | None = None
         sender = _private_sender(event)
         for user in delivery.user_ids:
@@ -806,15 +1067,102 @@ class Hub:
     async def _history_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
         return await self.history.events_after(channel, after_seq, self.replay_page)
 
-    def _remember(self, channel: str, seq: int, stream_seq: int) -> None:
+    def _remember(self, channel: str | Key, seq: int, stream_seq: int) -> None:
         known = self._stream_seqs.get(channel)
         if known is None:
             known = self._stream_seqs[channel] = collections.deque(maxlen=256)
         known.append((seq, stream_seq))
 
-    def _stream_floor(self, channel: str, seq: int) -> int:
+    def _stream_floor(self, channel: str | Key, seq: int) -> int:
         """The stream seq of a known event of ``channel`` at or below ``seq`` (0: none known)."""
         return max((ss for cs, ss in self._stream_seqs.get(channel, ()) if cs <= seq), default=0)
+
+    # -- catch-up in the every-region write mode ------------------------------------
+
+    async def read_origin_gap(
+        self, sub: Subscriber, channel: str, origin: str, target: int
+    ) -> bool:
+        """:meth:`read_gap` for one origin: ``channel``'s events from ``origin`` up to ``target``.
+
+        One attempt, from the region's history (its per-origin read) first, then
+        from the region's ``ALL_<REGION>`` stream (the worker may not have applied
+        it yet) by a leader read.
+
+        Returns:
+            True once the stream has that origin's events up to ``target`` (or left the channel).
+        """
+        o = sub.origin_state()
+
+        def short() -> bool:
+            at = o.position(channel, origin)
+            return at is not None and at < target and sub.closed_with is None
+
+        await self._origin_gap_from(sub, channel, origin, target, self._origin_history_page, "gapfill")  # fmt: skip
+        if short() and self.events is not None:
+            await self._origin_gap_from(sub, channel, origin, target, self._origin_stream_page, "stream")  # fmt: skip
+        at = o.position(channel, origin)
+        return at is None or at >= target
+
+    async def _origin_gap_from(
+        self,
+        sub: Subscriber,
+        channel: str,
+        origin: str,
+        target: int,
+        page: Callable[[str, str, int], Awaitable[list[events_pb2.Event]]],
+        source: str,
+    ) -> None:
+        o = sub.origin_state()
+        while sub.closed_with is None:
+            before = o.position(channel, origin)
+            if before is None or before >= target:
+                return
+            try:
+                events = await page(channel, origin, before)
+            except Unavailable as exc:
+                logger.info("gap fill of %s/%s from %s failed: %s", channel, origin, source, exc.message)  # fmt: skip
+                return
+            for event in events:
+                at = o.position(channel, origin)
+                if at is None or event.origin_seq > target:
+                    break
+                if event.origin_seq == at + 1:
+                    await sub.advance_catchup(self.visible(event, sub.user_id), source)
+            if o.position(channel, origin) == before:
+                return  # this source has nothing more of the gap (yet)
+
+    async def _origin_history_page(
+        self, channel: str, origin: str, after: int
+    ) -> list[events_pb2.Event]:
+        """``channel``'s events from ``origin`` with origin_seq > ``after`` in the region's history."""
+        events = await self.history.origin_events_after(channel, origin, after, self.replay_page)
+        return sorted(events, key=lambda e: e.origin_seq)
+
+    async def _origin_stream_page(
+        self, channel: str, origin: str, after: int
+    ) -> list[events_pb2.Event]:
+        """``channel``'s events from ``origin`` after ``after`` read from ``ALL_<REGION>``'s leader.
+
+        As :meth:`_primary_page`: the scan starts after the later of the history's
+        applied position (the worker applies the same stream in order) and that of a
+        known event of the pair at or below ``after``.
+        """
+        assert self.events is not None
+        key = (channel, origin)
+        start = max(await self.history.applied_stream_seq(), self._stream_floor(key, after)) + 1
+        subject = Subjects.origin_channel_events(origin, channel)
+        while True:
+            msgs = await self.events.get_msgs_after(
+                self.events_stream, subject, start, batch=_PRIMARY_PAGE, timeout=5.0
+            )
+            decoded = [(m, _decode(m)) for m in msgs]
+            for m, e in decoded:
+                if e is not None and e.origin_seq > 0:
+                    self._remember(key, e.origin_seq, m.stream_seq)
+            events = [e for _, e in decoded if e is not None and e.origin_seq > after]
+            if events or len(msgs) < _PRIMARY_PAGE:
+                return sorted(events, key=lambda e: e.origin_seq)
+            start = msgs[-1].stream_seq + 1
 
     async def _primary_page(self, channel: str, after_seq: int) -> list[events_pb2.Event]:
         """Channel events after ``after_seq`` read from the primary's EVENTS stream.
@@ -897,6 +1245,8 @@ class Hub:
             for sub in subs:
                 if sub.replaying or sub.closed_with is not None:
                     continue
+                if sub.origins is not None:
+                    swept += await self._sweep_origins(sub, from_primary=from_primary)
                 for channel in list(sub.last):
                     while sub.closed_with is None:
                         last = sub.last.get(channel)
@@ -915,6 +1265,39 @@ class Hub:
                         swept += len(events)
                         if sub.last.get(channel) == last:
                             break
+        return swept
+
+    async def _sweep_origins(self, sub: Subscriber, *, from_primary: bool) -> int:
+        """:meth:`_sweep_streams` for one stream's (channel, origin) pairs.
+
+        Every origin the stream has a position for, plus, in a resumed channel,
+        every origin the region's history knows (one whose first events were lost
+        has no position yet, and in a resumed channel it starts at 1).
+        """
+        o = sub.origin_state()
+        swept = 0
+        for channel in list(o.last):
+            origins = set(o.last.get(channel, {}))
+            if channel not in o.open:
+                origins |= set(await self.history.last_origin_seqs(channel))
+            for origin in sorted(origins):
+                while sub.closed_with is None:
+                    last = o.position(channel, origin)
+                    if last is None or (channel, origin) in o.fills:
+                        break
+                    events = await self._origin_history_page(channel, origin, last)
+                    if not events and from_primary and self.events is not None:
+                        try:
+                            events = await self._origin_stream_page(channel, origin, last)
+                        except Unavailable as exc:
+                            logger.info("sweep of %s/%s from %s failed: %s", channel, origin,
+                                        self.events_stream, exc.message)  # fmt: skip
+                    if not events:
+                        break
+                    await sub.deliver_origin_history(events)
+                    swept += len(events)
+                    if o.position(channel, origin) == last:
+                        break
         return swept
 
     # -- streams -----------------------------------------------------------------
@@ -968,7 +1351,7 @@ class Hub:
             await self._route_change([], [sub.user_id])
             await self._presence_change(sub.user_id, False)
 
-    async def _authorize_resume(self, user: str, resume_from: dict[str, int]) -> None:
+    async def _authorize_resume(self, user: str, resume_from: Iterable[str]) -> None:
         for channel in resume_from:
             if await self.metadata.is_member(channel, user):
                 continue
@@ -980,17 +1363,95 @@ class Hub:
                 "NOT_A_MEMBER", f"you are not a member of channel {channel}", channel_id=channel
             )
 
+    def _resume_positions(
+        self, resume_from: dict[str, int], resume_from_origins: Mapping[str, Mapping[str, int]]
+    ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The per-channel and the per-origin resume positions this write mode uses.
+
+        Primary mode: ``resume_from`` only (``resume_from_origins`` is ignored).
+        Every-region mode: ``resume_from_origins``; a channel only in ``resume_from``
+        with 0 ("nothing yet") is replayed from its start, other seqs mean nothing
+        in this mode and the channel starts live.
+        """
+        if not self.every_region:
+            return resume_from, {}
+        origins = {ch: {o: int(n) for o, n in p.items()} for ch, p in resume_from_origins.items()}
+        for channel, since in resume_from.items():
+            if since == 0:
+                origins.setdefault(channel, {})
+        return {}, origins
+
+    async def _replay_origins(
+        self, sub: Subscriber, channel: str, positions: dict[str, int]
+    ) -> AsyncIterator[events_pb2.Event]:
+        """Every event of ``channel`` after ``positions``, origin by origin, each in origin_seq order.
+
+        An origin the region's history knows but ``positions`` does not name starts
+        at 1. Where history has an origin's later events but not the next one (they
+        arrived out of order), replay of that origin stops at the hole and a gap
+        fill takes over, up to the furthest event seen, once the stream is live:
+        nothing goes out around it.
+        """
+        o = sub.origin_state()
+        o.last[channel] = dict(positions)
+        known = await self.history.last_origin_seqs(channel)
+        for origin in sorted(set(positions) | set(known)):
+            furthest = known.get(origin, 0)
+            while True:
+                at = o.position(channel, origin)
+                if at is None:
+                    return  # the user's leave was replayed
+                events = await self._origin_history_page(channel, origin, at)
+                furthest = max([furthest, *(e.origin_seq for e in events)])
+                sent_any = False
+                for event in events:
+                    at = o.position(channel, origin)
+                    if at is None or event.origin_seq > at + 1:
+                        break
+                    if event.origin_seq <= at:
+                        continue
+                    visible = self.visible(event, sub.user_id)
+                    o.last[channel][origin] = event.origin_seq
+                    sent_any = True
+                    yield visible
+                    if (event.WhichOneof("payload") == "member_left"
+                            and event.member_left.user_id == sub.user_id):  # fmt: skip
+                        o.last.pop(channel, None)
+                        return
+                if not sent_any or len(events) < self.replay_page:
+                    break
+            at = o.position(channel, origin)
+            if at is not None and furthest > at:
+                # History holds later events of this origin than it could send in
+                # order (a hole): once live, a fill brings the rest, nothing around it.
+                o.want[(channel, origin)] = furthest
+
     async def subscribe(
-        self, user: str, resume_from: dict[str, int]
+        self,
+        user: str,
+        resume_from: dict[str, int],
+        resume_from_origins: Mapping[str, Mapping[str, int]] | None = None,
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        """The body of NotificationService.Subscribe for ``user``."""
+        """The body of NotificationService.Subscribe for ``user``.
+
+        Args:
+            user: The caller.
+            resume_from: Channel -> last seq the client has (the primary write mode).
+            resume_from_origins: Channel -> origin region -> last origin_seq the client
+                has (the every-region write mode; see :meth:`_resume_positions`).
+        """
         if self.shutting_down:
             raise Unavailable("SHUTTING_DOWN", "the server is shutting down; reconnect")
-        await self._authorize_resume(user, resume_from)
+        resume_from, by_origin = self._resume_positions(resume_from, resume_from_origins or {})
+        await self._authorize_resume(user, [*resume_from, *by_origin])
         sub = Subscriber(self, user, self.buffer_size)
         await self._attach(sub)
         try:
             replayed = 0
+            for channel, positions in sorted(by_origin.items()):
+                async for event in self._replay_origins(sub, channel, positions):
+                    replayed += 1
+                    yield pb.SubscribeResponse(event=event)
             for channel, since in sorted(resume_from.items()):
                 sub.last[channel] = since
                 while True:

@@ -34,7 +34,11 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         user = current_user()
         self.quota.acquire(user)
         try:
-            async for item in self.hub.subscribe(user, dict(request.resume_from)):
+            by_origin = {
+                channel: dict(positions.origin_seqs)
+                for channel, positions in request.resume_from_origins.items()
+            }
+            async for item in self.hub.subscribe(user, dict(request.resume_from), by_origin):
                 yield item
         finally:
             self.quota.release(user)

@@ -20,6 +20,13 @@
  * same way and not delivered. The subscription then asks GetHistory
  * (`historyLastSeq`) until the region holds the missing range, and resumes from
  * the last delivered seq: the replay brings the range as events, in order.
+ *
+ * Every-region write mode (ADR-026): events carrying `originSeq` are tracked per
+ * channel and origin region ({@link OriginTracker}) and the stream resumes with
+ * `resume_from_origins`; a gap of one origin (STREAM_GAP naming `origin_region`,
+ * or a jump seen here) resumes at once from the positions, and the server
+ * replays the range. Across origins, show a channel in (hlc, origin_region,
+ * message_id) order.
  */
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Event } from "../../../gen/ts/chatmesh/v1/events_pb.js";
@@ -30,7 +37,7 @@ import type {
 } from "../../../gen/ts/chatmesh/v1/notification_service_pb.js";
 import { backoffDelay, sleep, type BackoffOptions } from "./backoff.js";
 import { errorInfo, errorReason, isFatal } from "./errors.js";
-import { SeqTracker, type PositionsInit } from "./positions.js";
+import { OriginTracker, SeqTracker, type OriginPositionsInit, type PositionsInit } from "./positions.js";
 
 /** Where a subscription is. */
 export type StreamState =
@@ -81,6 +88,11 @@ export interface SubscribeOptions {
   readonly signal?: AbortSignal;
   /** Where to start: channel → last seq the caller already has (e.g. restored from storage). */
   readonly resumeFrom?: PositionsInit;
+  /**
+   * Every-region write mode: channel → origin region → last originSeq the caller
+   * already has (e.g. GetHistory's `lastOriginSeqs`); the server replays each origin after it.
+   */
+  readonly resumeFromOrigins?: OriginPositionsInit;
   /** Reconnection delays. */
   readonly backoff?: BackoffOptions;
   /** How long to wait for the first item of a stream before reconnecting (ms, default 60 000). */
@@ -104,6 +116,8 @@ export interface SubscribeOptions {
 interface Gap {
   readonly channelId: string;
   readonly want: bigint;
+  /** Every-region mode: the origin region whose originSeqs are missing (`want` is one). */
+  readonly originRegion?: string;
 }
 
 /**
@@ -122,6 +136,11 @@ function gapOf(err: ConnectError): Gap | undefined {
   if (errorReason(err) !== "STREAM_GAP") return undefined;
   const meta = errorInfo(err)?.metadata ?? {};
   const channelId = meta["channel_id"];
+  const originRegion = meta["origin_region"];
+  if (channelId && originRegion) {
+    const upTo = meta["last_missing_origin_seq"] ?? "0";
+    return { channelId, originRegion, want: /^\d+$/.test(upTo) ? BigInt(upTo) : 0n };
+  }
   const want = meta["last_missing_seq"];
   if (!channelId || !want || !/^\d+$/.test(want)) return undefined;
   return { channelId, want: BigInt(want) };
@@ -133,6 +152,8 @@ export interface Subscription {
   readonly done: Promise<void>;
   /** The last delivered seq of every tracked channel (what the next `resume_from` will be). */
   positions(): Map<string, bigint>;
+  /** Every-region mode: the last delivered originSeq per channel and origin region. */
+  originPositions(): Map<string, Map<string, bigint>>;
   /** Raises a channel's position: the caller already has everything up to `seq`. */
   track(channelId: string, seq: bigint): void;
   /** Stops resuming a channel. */
@@ -180,6 +201,7 @@ export function subscribeWithResume(
   options: SubscribeOptions = {},
 ): Subscription {
   const tracker = new SeqTracker(options.resumeFrom);
+  const origins = new OriginTracker(options.resumeFromOrigins);
   const signal = options.signal;
   const firstIdleMs = options.idleTimeoutMs ?? 60_000;
 
@@ -201,7 +223,7 @@ export function subscribeWithResume(
     armIdleTimer();
     try {
       const stream = notifications.subscribe(
-        { resumeFrom: tracker.resumeFrom() },
+        { resumeFrom: tracker.resumeFrom(), resumeFromOrigins: origins.resumeFromOrigins() },
         { signal: attempt.signal },
       );
       for await (const item of stream) {
@@ -209,6 +231,17 @@ export function subscribeWithResume(
         switch (item.kind.case) {
           case "event": {
             const event = item.kind.value;
+            if (event.originSeq > 0n) {
+              if (origins.isGap(event)) {
+                throw new GapSeen({
+                  channelId: event.channelId,
+                  originRegion: event.originRegion,
+                  want: event.originSeq - 1n,
+                });
+              }
+              if (origins.accept(event, userId)) call(handlers.onEvent, event);
+              break;
+            }
             if (tracker.isGap(event)) {
               // Never deliver past a gap: resume before it instead.
               throw new GapSeen({ channelId: event.channelId, want: event.seq - 1n });
@@ -253,7 +286,9 @@ export function subscribeWithResume(
   /** Waits (bounded) until the region's history holds `gap`'s range. */
   async function awaitRange(gap: Gap): Promise<void> {
     const lastSeq = options.historyLastSeq;
-    if (!lastSeq) return;
+    // A gap of one origin: resume at once from the positions; the server fills it
+    // (from its history or its region's stream) before it sends anything after it.
+    if (!lastSeq || gap.originRegion !== undefined) return;
     const deadline = Date.now() + (options.gapPatienceMs ?? 60_000);
     let delayMs = 200;
     while (!signal?.aborted) {
@@ -325,6 +360,7 @@ export function subscribeWithResume(
   return {
     done,
     positions: () => tracker.positions(),
+    originPositions: () => origins.positions(),
     track: (channelId, seq) => tracker.track(channelId, seq),
     forget: (channelId) => tracker.forget(channelId),
   };

@@ -1,0 +1,224 @@
+"""Live delivery in the every-region write mode (ADR-026), on real servers.
+
+A ``three-regions-autonomous`` mesh (every service in every region, each
+region's edge), started once for the module through the harness ``chatmesh up``
+uses. Users in three regions share a channel and subscribe through their own
+region's edge with :class:`mesh.client.ChatClient`: every subscriber gets every
+message once, each origin's events in origin_seq order; one region cut off
+from both others keeps chatting inside itself while the other two go on, and
+after the heal every subscriber holds every message, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chatmesh.v1 import events_pb2
+from mesh.client import ChatClient, RetryPolicy, Subscription, Timeline
+from mesh.core.auth import KeyDirectory, mint
+from mesh.harness.edges import edges_hook
+from mesh.harness.services import services_hook
+from mesh.harness.supervisor import Mesh
+from mesh.topology import Topology, load
+from mesh.topology.model import TopologyError
+from tests.conftest import TEST_SETTINGS, assert_no_unexpected_crashes
+from tests.helpers import eventually
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+REGIONS = ("us-east", "eu", "asia")
+USERS = {"ann": "us-east", "bea": "eu", "cho": "asia", "dan": "asia"}
+
+
+def _autonomous() -> Topology:
+    try:
+        return load("three-regions-autonomous")
+    except TopologyError:  # the harness step (issue 15, `infra`) brings the built-in
+        pytest.skip("no three-regions-autonomous topology in this tree yet")
+
+
+@pytest.fixture(scope="module")
+async def mesh(run_root: Path) -> AsyncIterator[Mesh]:
+    async with Mesh(
+        _autonomous(),
+        run_root / "autonomous-live",
+        hooks=[services_hook(TEST_SETTINGS), edges_hook()],
+    ) as running:
+        yield running
+        for link in running.topology.links:
+            await running.wan.heal(link.a, link.b)
+        assert_no_unexpected_crashes(running)
+
+
+class Member:
+    """A user on their region's edge with one subscription, recording what it yields."""
+
+    def __init__(self, mesh: Mesh, user: str) -> None:
+        self.user = user
+        self.region = USERS[user]
+        keys = KeyDirectory(mesh.run_dir / "keys")
+        self.client = ChatClient.from_edge(
+            mesh.endpoints[self.region]["edge"], token=mint(keys, user),
+            retry=RetryPolicy(max_attempts=None),
+        )  # fmt: skip
+        self.events: list[events_pb2.Event] = []
+        self.subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def listen(self, channel_id: str) -> None:
+        """Subscribes from the channel's start once the region has the channel.
+
+        Resuming a channel the region does not know yet (created in another region
+        a moment ago) is NOT_FOUND, as in the primary mode before its mirror has it.
+        """
+
+        async def known() -> bool:
+            return bool((await self.client.get_channel(channel_id)).channel.channel_id)
+
+        await eventually(known, timeout=30, what=f"{channel_id} in {self.region}")
+        self.subscription = self.client.subscribe(resume_from_origins={channel_id: {}})
+
+        async def read() -> None:
+            assert self.subscription is not None
+            async for event in self.subscription:
+                if event.channel_id == channel_id:
+                    self.events.append(event)
+
+        self._task = asyncio.create_task(read())
+
+    def texts(self) -> list[str]:
+        return [
+            e.message_created.message.text
+            for e in self.events
+            if e.WhichOneof("payload") == "message_created"
+        ]
+
+    async def close(self) -> None:
+        if self.subscription is not None:
+            await self.subscription.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.client.close()
+
+
+@pytest.fixture
+async def members(mesh: Mesh) -> AsyncIterator[dict[str, Member]]:
+    made = {user: Member(mesh, user) for user in USERS}
+    yield made
+    for member in made.values():
+        await member.close()
+
+
+def assert_per_origin_order(member: Member) -> None:
+    """Each origin's events reached ``member`` once each, in origin_seq order, from 1."""
+    by_origin: dict[str, list[int]] = {}
+    for e in member.events:
+        by_origin.setdefault(e.origin_region, []).append(e.origin_seq)
+    for origin, seqs in by_origin.items():
+        assert seqs == list(range(1, len(seqs) + 1)), (member.user, origin, seqs)
+    assert member.subscription is not None and member.subscription.duplicates == 0
+
+
+async def test_every_subscriber_gets_every_region_s_messages_once_in_origin_order(
+    members: dict[str, Member],
+) -> None:
+    ann = members["ann"]
+    created = await ann.client.create_channel("live", [u for u in USERS if u != "ann"])
+    channel = created.channel.channel_id
+    for member in members.values():
+        await member.listen(channel)
+    sent: list[str] = []
+    for i in range(5):
+        for user, member in members.items():
+            text = f"{user}-{i}"
+            await member.client.send_message(channel, text)
+            sent.append(text)
+    for member in members.values():
+        await eventually(lambda m=member: len(m.texts()) >= len(sent), timeout=60,  # type: ignore[misc]
+                         what=f"{member.user}'s messages")  # fmt: skip
+        assert sorted(member.texts()) == sorted(sent)
+        assert_per_origin_order(member)
+        for user in USERS:  # each sender's own messages in the order they were sent
+            assert [t for t in member.texts() if t.startswith(user)] == [
+                f"{user}-{i}" for i in range(5)
+            ]
+    # Every region shows the channel in the same (hlc, origin, id) order.
+    orders = {}
+    for member in members.values():
+        timeline = Timeline(channel)
+        for e in member.events:
+            timeline.apply(e)
+        orders[member.user] = [m.text for m in timeline.messages()]
+    assert len({tuple(o) for o in orders.values()}) == 1, orders
+
+
+async def test_a_region_cut_off_chats_inside_and_every_subscriber_converges_after(
+    mesh: Mesh, members: dict[str, Member]
+) -> None:
+    ann, bea, cho, dan = (members[u] for u in ("ann", "bea", "cho", "dan"))
+    created = await bea.client.create_channel("cut", ["ann", "cho", "dan"])
+    channel = created.channel.channel_id
+    for member in members.values():
+        await member.listen(channel)
+    await bea.client.send_message(channel, "before")
+    for member in members.values():
+        await eventually(lambda m=member: "before" in m.texts(), timeout=60,  # type: ignore[misc]
+                         what=f"{member.user} live")  # fmt: skip
+
+    sent: list[str] = ["before"]
+    stop = asyncio.Event()
+
+    async def chat(member: Member) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            text = f"{member.user}-{i}"
+            await member.client.send_message(channel, text)
+            sent.append(text)
+            await asyncio.sleep(0.2)
+
+    tasks = [asyncio.create_task(chat(m)) for m in (ann, bea, cho)]
+    try:
+        await asyncio.sleep(1)
+        for other in ("us-east", "eu"):
+            await mesh.wan.cut("asia", other)
+        try:
+            cut_at = time.monotonic()
+            # Inside asia: cho's messages written during the cut reach dan, and
+            # ann's and bea's keep reaching each other.
+            mark = len(sent)
+            await eventually(
+                lambda: any(t.startswith("cho-") for t in dan.texts()[mark // 2:])
+                and len([t for t in sent[mark:] if t.startswith("cho-")]) >= 5,
+                timeout=30, what="asia chatting inside itself",
+            )  # fmt: skip
+            during = [t for t in sent[mark:] if t.startswith(("ann-", "bea-"))][:5]
+            await eventually(
+                lambda: set(during) <= set(ann.texts()) and set(during) <= set(bea.texts()),
+                timeout=30, what="us-east and eu chatting during the cut",
+            )  # fmt: skip
+            while time.monotonic() - cut_at < 5:
+                await asyncio.sleep(0.5)
+        finally:
+            for other in ("us-east", "eu"):
+                await mesh.wan.heal("asia", other)
+        await asyncio.sleep(2)  # the load stays on while the sources resume
+    finally:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    for member in members.values():
+        await eventually(lambda m=member: set(sent) <= set(m.texts()), timeout=150, interval=0.5,  # type: ignore[misc]
+                         what=f"{member.user} converged")  # fmt: skip
+        assert sorted(member.texts()) == sorted(sent), member.user
+        assert_per_origin_order(member)
