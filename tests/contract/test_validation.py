@@ -34,6 +34,8 @@ GEN_PYTHON = Path(__file__).resolve().parents[2] / "gen" / "python"
 
 CH = "ch_" + "a" * 26
 CH2 = "ch_" + "b" * 26
+CH_EU = "ch_eu_" + "d" * 26
+"""A channel id with a region prefix (the every-region write mode, ADR-026)."""
 MSG = "msg_" + "c" * 26
 
 # Rule fields that modify how rules apply rather than being rules themselves.
@@ -42,6 +44,17 @@ _MODIFIERS = frozenset({"ignore"})
 
 def _channel_ids(count: int) -> list[str]:
     return [f"ch_{i:026d}" for i in range(count)]
+
+
+def _origins(positions: dict[str, dict[str, int]]) -> Callable[[Any], None]:
+    """Sets ``resume_from_origins`` (a map of messages: ``_set`` cannot ``update`` it)."""
+
+    def mutate(message: Any) -> None:
+        message.resume_from_origins.clear()
+        for channel_id, seqs in positions.items():
+            message.resume_from_origins[channel_id].origin_seqs.update(seqs)
+
+    return mutate
 
 
 def _user_ids(count: int) -> list[str]:
@@ -69,7 +82,13 @@ GOOD: dict[str, Message] = {
         query_service_pb2.GetHistoryRequest(channel_id=CH, before_seq=10, after_seq=2, limit=50),
         query_service_pb2.GetChannelRequest(channel_id=CH),
         query_service_pb2.GetPresenceRequest(user_ids=["bob", "carol"]),
-        notification_service_pb2.SubscribeRequest(resume_from={CH: 5, CH2: 0}),
+        notification_service_pb2.SubscribeRequest(
+            resume_from={CH: 5, CH2: 0},
+            resume_from_origins={
+                CH_EU: notification_service_pb2.OriginPositions(origin_seqs={"eu": 3, "asia": 0})
+            },
+        ),
+        notification_service_pb2.OriginPositions(origin_seqs={"eu": 3, "us-east": 0}),
         fanout_service_pb2.GetRouteRequest(user_id="bob"),
     ]
 }
@@ -157,6 +176,7 @@ MARK = "chatmesh.v1.MarkReadRequest"
 HISTORY = "chatmesh.v1.GetHistoryRequest"
 PRESENCE = "chatmesh.v1.GetPresenceRequest"
 SUBSCRIBE = "chatmesh.v1.SubscribeRequest"
+ORIGINS = "chatmesh.v1.OriginPositions"
 ROUTE = "chatmesh.v1.GetRouteRequest"
 
 CASES: list[Case] = [
@@ -220,6 +240,13 @@ CASES: list[Case] = [
     # QueryService
     _channel_id_case(HISTORY),
     # after_seq cleared: with both set, a zero before_seq would also break the bounds rule.
+    Case(
+        HISTORY,
+        "page_token: string.max_len",
+        _set(page_token="t" * 257),
+        (("page_token", None),),
+        "string.max_len",
+    ),
     Case(
         HISTORY,
         "before_seq: int64.gt",
@@ -304,6 +331,43 @@ CASES: list[Case] = [
         "resume_from: map.values.int64.gte",
         _set(resume_from={CH: -1}),
         (("resume_from", CH),),
+        "int64.gte",
+    ),
+    Case(
+        SUBSCRIBE,
+        "resume_from_origins: map.max_pairs",
+        _origins(dict.fromkeys(_channel_ids(1001), {"eu": 1})),
+        (("resume_from_origins", None),),
+        "map.max_pairs",
+    ),
+    Case(
+        SUBSCRIBE,
+        "resume_from_origins: map.keys.string.pattern",
+        _origins({"general": {"eu": 1}}),
+        (("resume_from_origins", "general"),),
+        "string.pattern",
+        for_key=True,
+    ),
+    Case(
+        ORIGINS,
+        "origin_seqs: map.max_pairs",
+        _set(origin_seqs={f"r{i}": 1 for i in range(65)}),
+        (("origin_seqs", None),),
+        "map.max_pairs",
+    ),
+    Case(
+        ORIGINS,
+        "origin_seqs: map.keys.string.pattern",
+        _set(origin_seqs={"eu": 1, "EU_WEST": 2}),
+        (("origin_seqs", "EU_WEST"),),
+        "string.pattern",
+        for_key=True,
+    ),
+    Case(
+        ORIGINS,
+        "origin_seqs: map.values.int64.gte",
+        _set(origin_seqs={"eu": -1}),
+        (("origin_seqs", "eu"),),
         "int64.gte",
     ),
     # FanoutService
