@@ -7,6 +7,12 @@ channel's recent history, then a :class:`~mesh.client.Subscription` resumed from
 the history's last seq, which reconnects by itself; sends are retried with one
 ``client_msg_id`` each, and refusals arrive as typed errors.
 
+In the every-region write mode (ADR-026: messages carry an ``hlc`` and events an
+``origin_seq``, seq 0) the channel is shown in ``(hlc, origin_region,
+message_id)`` order by :class:`~mesh.cli.ordered.OrderedChannel`: a message that
+arrives late is printed with a line saying where it belongs, and ``/view``
+reprints the channel in order. The primary mode prints as it always did.
+
 Example:
     >>> # chatmesh chat alice --region us-east --with bob      (terminal 1)
     >>> # chatmesh chat bob --region eu                        (terminal 2)
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from chatmesh.v1 import events_pb2, presence_pb2
+from mesh.cli.ordered import OrderedChannel, is_ordered_event
 from mesh.client import ChatClient, Subscription
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.errors import ChatmeshError
@@ -104,7 +111,13 @@ class _Terminal:
         self.stdout.flush()
 
 
-async def _listen(subscription: Subscription, term: _Terminal, me: str, channel_id: str) -> None:
+async def _listen(
+    subscription: Subscription,
+    term: _Terminal,
+    me: str,
+    channel_id: str,
+    ordered: OrderedChannel,
+) -> None:
     shown_reconnects = 0
     try:
         async for item in subscription.responses():
@@ -115,6 +128,10 @@ async def _listen(subscription: Subscription, term: _Terminal, me: str, channel_
                     f"(reconnected; resumed from seq {subscription.positions.get(channel_id)})"
                 )
             elif kind == "event" and item.event.channel_id in ("", channel_id):
+                if is_ordered_event(item.event):
+                    for shown in ordered.apply(item.event):
+                        term.say(shown)
+                    continue
                 line = describe(item.event, me)
                 if line:
                     term.say(line)
@@ -153,12 +170,20 @@ async def _chat(
                     await asyncio.sleep(0.5)
         history = await client.get_history(channel_id, limit=20)
         out(f"{user} in {region}, channel {channel_id} — type to send, /quit to leave")
+        ordered = OrderedChannel()
+        ordered.add_history([m for m in history.messages if m.hlc > 0])
+        for shown in ordered.render():
+            out(shown)
         for m in history.messages:
+            if m.hlc > 0:
+                continue  # every-region mode: shown in order above
             text = "(deleted)" if m.deleted else m.text
             out(f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {text}")
         last_seq = max([history.last_seq, *(m.seq for m in history.messages)])
+        # Every-region mode: the Subscription keeps the per-origin positions
+        # itself (mesh.client); this view only orders what it delivers.
         subscription = client.subscribe({channel_id: last_seq})
-        listener = asyncio.create_task(_listen(subscription, term, user, channel_id))
+        listener = asyncio.create_task(_listen(subscription, term, user, channel_id, ordered))
         stdout.write("> ")
         stdout.flush()
         while (line := await term.line()) is not None:
@@ -166,6 +191,10 @@ async def _chat(
             if text in ("/quit", "/exit"):
                 break
             if not text:
+                continue
+            if text == "/view" and len(ordered) > 0:  # every-region mode only
+                for shown in ordered.render():
+                    term.say(shown)
                 continue
             try:
                 await client.send_message(channel_id, text)
