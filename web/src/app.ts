@@ -314,7 +314,7 @@ class ChatPage {
       });
       return;
     }
-    if (message.hlc > 0n) {
+    if (message.hlc > 0n || (event !== undefined && event.originSeq > 0n)) {
       this.upsertOrdered(view, message, event);
       return;
     }
