@@ -7,6 +7,12 @@ channel's recent history, then a :class:`~mesh.client.Subscription` resumed from
 the history's last seq, which reconnects by itself; sends are retried with one
 ``client_msg_id`` each, and refusals arrive as typed errors.
 
+In the every-region write mode (ADR-026: messages carry an ``hlc`` and events an
+``origin_seq``, seq 0) the channel is shown in ``(hlc, origin_region,
+message_id)`` order by :class:`~mesh.cli.ordered.OrderedChannel`: a message that
+arrives late is printed with a line saying where it belongs, and ``/view``
+reprints the channel in order. The primary mode prints as it always did.
+
 Example:
     >>> # chatmesh chat alice --region us-east --with bob      (terminal 1)
     >>> # chatmesh chat bob --region eu                        (terminal 2)
@@ -23,7 +29,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from chatmesh.v1 import events_pb2, presence_pb2
-from mesh.client import ChatClient, Subscription, Timeline
+from mesh.cli.ordered import OrderedChannel, is_ordered_event
+from mesh.client import ChatClient, Subscription
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.errors import ChatmeshError
 
@@ -105,7 +112,11 @@ class _Terminal:
 
 
 async def _listen(
-    subscription: Subscription, term: _Terminal, me: str, channel_id: str, timeline: Timeline
+    subscription: Subscription,
+    term: _Terminal,
+    me: str,
+    channel_id: str,
+    ordered: OrderedChannel,
 ) -> None:
     shown_reconnects = 0
     try:
@@ -121,13 +132,11 @@ async def _listen(
                 )
                 term.say(f"(reconnected; resumed from {at})")
             elif kind == "event" and item.event.channel_id in ("", channel_id):
+                if is_ordered_event(item.event):
+                    for shown in ordered.apply(item.event):
+                        term.say(shown)
+                    continue
                 line = describe(item.event, me)
-                # Every-region mode: a message from a region that was cut off sorts
-                # before what is on screen already; say so rather than reprint.
-                placed = timeline.apply(item.event)
-                created = item.event.WhichOneof("payload") == "message_created"
-                if line and created and placed is not None and placed < len(timeline) - 1:
-                    line = f"(late, sorts earlier) {line}"
                 if line:
                     term.say(line)
     except ChatmeshError as exc:
@@ -165,19 +174,22 @@ async def _chat(
                     await asyncio.sleep(0.5)
         history = await client.get_history(channel_id, limit=20)
         out(f"{user} in {region}, channel {channel_id} — type to send, /quit to leave")
+        ordered = OrderedChannel()
+        ordered.add_history([m for m in history.messages if m.hlc > 0])
+        for shown in ordered.render():
+            out(shown)
         for m in history.messages:
+            if m.hlc > 0:
+                continue  # every-region mode: shown in order above
             text = "(deleted)" if m.deleted else m.text
             out(f"[{m.seq}] {m.sender_user_id}@{m.origin_region}: {text}")
-        timeline = Timeline(channel_id)
-        for m in history.messages:
-            timeline.add(m)
         if history.last_origin_seqs:  # every-region mode: positions per origin region
             positions = {channel_id: dict(history.last_origin_seqs)}
             subscription = client.subscribe(resume_from_origins=positions)
         else:
             last_seq = max([history.last_seq, *(m.seq for m in history.messages)])
             subscription = client.subscribe({channel_id: last_seq})
-        listener = asyncio.create_task(_listen(subscription, term, user, channel_id, timeline))
+        listener = asyncio.create_task(_listen(subscription, term, user, channel_id, ordered))
         stdout.write("> ")
         stdout.flush()
         while (line := await term.line()) is not None:
@@ -185,6 +197,10 @@ async def _chat(
             if text in ("/quit", "/exit"):
                 break
             if not text:
+                continue
+            if text == "/view" and len(ordered) > 0:  # every-region mode only
+                for shown in ordered.render():
+                    term.say(shown)
                 continue
             try:
                 await client.send_message(channel_id, text)

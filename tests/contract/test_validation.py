@@ -336,7 +336,7 @@ CASES: list[Case] = [
     Case(
         SUBSCRIBE,
         "resume_from_origins: map.max_pairs",
-        _origins(dict.fromkeys(_channel_ids(1001), {"eu": 1})),
+        _origins({ch: {"eu": 1} for ch in _channel_ids(1001)}),
         (("resume_from_origins", None),),
         "map.max_pairs",
     ),

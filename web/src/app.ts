@@ -5,8 +5,14 @@
  * creation, history with "load older", live messages from the resuming event
  * stream, typing indicator, and members' presence. A reload resumes the stream
  * from the positions this tab stored, so nothing is shown twice or missed.
+ *
+ * In the every-region write mode (ADR-026; messages carry an `hlc`) a channel
+ * is shown in `(hlc, originRegion, messageId)` order by a `ChannelTimeline`: a
+ * message from a region that was cut off is inserted where its timestamp puts
+ * it, not at the end. Primary-mode channels are shown by seq, as before.
  */
 import {
+  ChannelTimeline,
   ConnectError,
   createChatClient,
   errorReason,
@@ -23,9 +29,11 @@ import {
   clearSession,
   loadConfig,
   loadOpenChannel,
+  loadOriginPositions,
   loadPositions,
   loadSession,
   saveOpenChannel,
+  saveOriginPositions,
   savePositions,
   saveSession,
   tokenSource,
@@ -41,7 +49,8 @@ const PRESENCE_REFRESH_MS = 10_000;
 
 /** Diagnostics the browser test reads: what the stream delivered, and each replay. */
 interface Diagnostics {
-  delivered: { channelId: string; seq: string; kind: string }[];
+  /** Channel events; in the every-region mode also `originRegion`, `originSeq` and `hlc` (seq "0"). */
+  delivered: { channelId: string; seq: string; kind: string; originRegion?: string; originSeq?: string; hlc?: string }[];
   replays: { replayed: string; region: string }[];
 }
 declare global {
@@ -85,10 +94,28 @@ interface ChannelView {
   unread: number;
   /** The highest seq already counted (from ListChannels or events): unread counts only newer ones. */
   countedSeq: bigint;
-  /** By message id. */
+  /** By message id (primary mode: shown by seq). */
   messages: Map<string, Message>;
+  /** Every-region mode: the messages that carry an hlc, in (hlc, origin, id) order. */
+  timeline: ChannelTimeline;
+  /** Every-region mode: GetHistory's token of the next older page. */
+  olderToken: string;
   historyLoaded: boolean;
   hasOlder: boolean;
+}
+
+/** A channel view with nothing loaded yet. */
+function emptyView(channel: Channel, unread: number): ChannelView {
+  return {
+    channel,
+    unread,
+    countedSeq: channel.lastSeq,
+    messages: new Map(),
+    timeline: new ChannelTimeline(),
+    olderToken: "",
+    historyLoaded: false,
+    hasOlder: false,
+  };
 }
 
 /** A signed-in page. */
@@ -117,14 +144,7 @@ class ChatPage {
     const positions = loadPositions(this.user);
     for (const summary of await this.chat.listChannels()) {
       if (!summary.channel) continue;
-      this.#channels.set(summary.channel.channelId, {
-        channel: summary.channel,
-        unread: Number(summary.unreadCount),
-        countedSeq: summary.channel.lastSeq,
-        messages: new Map(),
-        historyLoaded: false,
-        hasOlder: false,
-      });
+      this.#channels.set(summary.channel.channelId, emptyView(summary.channel, Number(summary.unreadCount)));
       // Channels this tab never streamed start live from what ListChannels saw;
       // the ones it did resume from where the tab left off.
       if (!positions.has(summary.channel.channelId)) {
@@ -133,6 +153,10 @@ class ChatPage {
     }
     for (const channelId of [...positions.keys()]) {
       if (!this.#channels.has(channelId)) positions.delete(channelId); // left meanwhile
+    }
+    const originPositions = loadOriginPositions(this.user);
+    for (const channelId of [...originPositions.keys()]) {
+      if (!this.#channels.has(channelId)) originPositions.delete(channelId);
     }
     this.renderChannels();
     this.#subscription = this.chat.subscribe(
@@ -144,12 +168,18 @@ class ChatPage {
           void this.refreshPresence();
         },
       },
-      { signal: this.#stop.signal, resumeFrom: positions, userId: this.user },
+      {
+        signal: this.#stop.signal,
+        resumeFrom: positions,
+        ...(originPositions.size > 0 ? { resumeFromOrigins: originPositions } : {}),
+        userId: this.user,
+      },
     );
     this.#subscription.done.catch((err: unknown) => {
       $("connection").textContent = `stopped: ${describe(err)}`;
     });
     savePositions(this.user, positions);
+    saveOriginPositions(this.user, originPositions);
     this.#presenceTimer = setInterval(() => void this.refreshPresence(), PRESENCE_REFRESH_MS);
     const reopen = loadOpenChannel(this.user);
     if (reopen && this.#channels.has(reopen)) await this.openChannel(reopen);
@@ -180,7 +210,9 @@ class ChatPage {
         // The stream ended rather than skip messages this region does not have yet;
         // the client resumes (and the page gets them, in order) once history holds them.
         out.textContent =
-          state.regionHas === undefined
+          state.originRegion !== undefined
+            ? `catching up on ${state.channelId} from ${state.originRegion}…`
+            : state.regionHas === undefined
             ? `catching up on ${state.channelId}…`
             : `catching up on ${state.channelId}: ${state.regionHas} of ${state.want} here`;
         break;
@@ -197,15 +229,31 @@ class ChatPage {
         seq: event.seq.toString(),
         kind: event.payload.case ?? "unknown",
       });
+    } else if (event.originSeq > 0n) {
+      this.diagnostics.delivered.push({
+        channelId: event.channelId,
+        seq: "0",
+        kind: event.payload.case ?? "unknown",
+        originRegion: event.originRegion,
+        originSeq: event.originSeq.toString(),
+        hlc: event.hlc.toString(),
+      });
     }
     const payload = event.payload;
     switch (payload.case) {
       case "messageCreated":
       case "messageEdited":
-        if (payload.value.message) this.upsertMessage(payload.value.message, event.seq);
+        if (payload.value.message) this.upsertMessage(payload.value.message, event.seq, event);
         break;
       case "messageDeleted": {
         const view = this.#channels.get(event.channelId);
+        if (view && event.originSeq > 0n) {
+          // Every-region mode: final even if the message is not here yet.
+          if (view.timeline.apply(event).kind !== "ignored" && event.channelId === this.#open) {
+            this.renderMessages();
+          }
+          break;
+        }
         const message = view?.messages.get(payload.value.messageId);
         if (view && message) {
           message.deleted = true;
@@ -249,17 +297,25 @@ class ChatPage {
       default:
         break;
     }
-    if (this.#subscription) savePositions(this.user, this.#subscription.positions());
+    if (this.#subscription) {
+      savePositions(this.user, this.#subscription.positions());
+      saveOriginPositions(this.user, this.#subscription.originPositions());
+    }
   }
 
-  upsertMessage(message: Message, eventSeq: bigint): void {
+  /** A message from an event (`event`), a SendMessage answer or history. */
+  upsertMessage(message: Message, eventSeq: bigint, event?: Event): void {
     const view = this.#channels.get(message.channelId);
     if (!view) {
       // A channel we have not seen yet (created while this page was loading).
       void this.chat.getChannel(message.channelId).then((channel) => {
         this.addChannel(channel);
-        this.upsertMessage(message, eventSeq);
+        this.upsertMessage(message, eventSeq, event);
       });
+      return;
+    }
+    if (message.hlc > 0n || (event !== undefined && event.originSeq > 0n)) {
+      this.upsertOrdered(view, message, event);
       return;
     }
     // A deletion is final: nothing that arrives later (an older page, an edit that
@@ -279,16 +335,28 @@ class ChatPage {
     this.renderChannels();
   }
 
+  /**
+   * Every-region mode: the message goes where its (hlc, origin, id) puts it;
+   * edits and deletes follow the convergence rules (the timeline's).
+   */
+  upsertOrdered(view: ChannelView, message: Message, event?: Event): void {
+    const change = event ? view.timeline.apply(event) : view.timeline.upsert(message);
+    if (change.kind === "ignored") return;
+    // No seqs to count unread by in this mode: count the messages that arrive while elsewhere.
+    if (change.kind === "inserted" && message.channelId !== this.#open && message.senderUserId !== this.user) {
+      view.unread += 1;
+    }
+    if (message.channelId === this.#open) {
+      this.renderMessages();
+      this.#typing.delete(message.senderUserId);
+      this.renderTyping();
+    }
+    this.renderChannels();
+  }
+
   addChannel(channel: Channel): void {
     if (this.#channels.has(channel.channelId)) return;
-    this.#channels.set(channel.channelId, {
-      channel,
-      unread: 0,
-      countedSeq: channel.lastSeq,
-      messages: new Map(),
-      historyLoaded: false,
-      hasOlder: false,
-    });
+    this.#channels.set(channel.channelId, emptyView(channel, 0));
     this.renderChannels();
   }
 
@@ -325,7 +393,11 @@ class ChatPage {
     this.renderConversation();
     if (!view.historyLoaded) {
       const page = await this.chat.getHistory(channelId, { limit: 50 });
-      for (const message of page.messages) view.messages.set(message.messageId, message);
+      this.addHistory(view, page.messages, page.nextPageToken);
+      // Every-region mode: a resumed stream starts after what the history holds.
+      if (Object.keys(page.lastOriginSeqs).length > 0) {
+        this.#subscription?.trackOrigins(channelId, page.lastOriginSeqs);
+      }
       view.historyLoaded = true;
       view.hasOlder = page.hasMore;
       if (page.lastSeq > view.countedSeq) view.countedSeq = page.lastSeq;
@@ -340,18 +412,28 @@ class ChatPage {
     const oldest = this.sortedMessages(view)[0];
     const page = await this.chat.getHistory(view.channel.channelId, {
       limit: 50,
-      ...(oldest ? { beforeSeq: oldest.seq } : {}),
+      ...(view.olderToken ? { pageToken: view.olderToken } : oldest ? { beforeSeq: oldest.seq } : {}),
     });
-    for (const message of page.messages) view.messages.set(message.messageId, message);
+    this.addHistory(view, page.messages, page.nextPageToken);
     view.hasOlder = page.hasMore;
     this.renderConversation();
+  }
+
+  /** A page of history: primary-mode messages by id, every-region ones into the timeline. */
+  addHistory(view: ChannelView, messages: Message[], nextPageToken: string): void {
+    for (const message of messages) {
+      if (message.hlc > 0n) view.timeline.upsert(message);
+      else view.messages.set(message.messageId, message);
+    }
+    view.olderToken = nextPageToken;
   }
 
   async markRead(): Promise<void> {
     const view = this.#open ? this.#channels.get(this.#open) : undefined;
     if (!view || this.#markingRead || document.visibilityState === "hidden") return;
     const newest = this.sortedMessages(view).at(-1);
-    if (!newest) return;
+    // Every-region mode has no seqs (ADR-026: read markers are not built there yet).
+    if (!newest || newest.seq === 0n) return;
     this.#markingRead = true;
     try {
       await this.chat.markRead(view.channel.channelId, newest.seq);
@@ -418,6 +500,8 @@ class ChatPage {
   // -- rendering --------------------------------------------------------------
 
   sortedMessages(view: ChannelView): Message[] {
+    // A channel is written in one mode: hlc-stamped messages make it an every-region channel.
+    if (view.timeline.size > 0) return view.timeline.messages();
     return [...view.messages.values()].sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
   }
 
@@ -457,6 +541,7 @@ class ChatPage {
           {
             "data-seq": m.seq.toString(),
             "data-message-id": m.messageId,
+            ...(m.hlc > 0n ? { "data-hlc": m.hlc.toString(), "data-origin-seq": m.originSeq.toString() } : {}),
             class: [m.senderUserId === this.user ? "mine" : "", m.deleted ? "deleted" : ""].join(" ").trim(),
           },
           el("span", { class: "sender" }, m.senderUserId),

@@ -2,9 +2,17 @@
  * What the page keeps outside the DOM: the edge list from `/config.json`,
  * tokens, and the per-tab session (user, edge, open channel, stream positions)
  * in sessionStorage, so a reload picks up where the tab was: same user, same
- * channel, and a stream resumed from the last seq delivered per channel.
+ * channel, and a stream resumed from the last seq delivered per channel (in
+ * the every-region write mode: per channel and origin region).
  */
-import { decodePositions, encodePositions, type Positions } from "@chatmesh/client";
+import {
+  decodeOriginPositions,
+  decodePositions,
+  encodeOriginPositions,
+  encodePositions,
+  type OriginPositions,
+  type Positions,
+} from "@chatmesh/client";
 
 /** One regional edge, as `/config.json` lists it. */
 export interface EdgeInfo {
@@ -75,6 +83,7 @@ export interface SavedSession {
 
 const SESSION_KEY = "chatmesh:session";
 const positionsKey = (user: string): string => `chatmesh:positions:${user}`;
+const originPositionsKey = (user: string): string => `chatmesh:origin-positions:${user}`;
 const openKey = (user: string): string => `chatmesh:open:${user}`;
 
 export function saveSession(session: SavedSession): void {
@@ -96,6 +105,7 @@ export function loadSession(): SavedSession | undefined {
 export function clearSession(user: string): void {
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(positionsKey(user));
+  sessionStorage.removeItem(originPositionsKey(user));
   sessionStorage.removeItem(openKey(user));
 }
 
@@ -106,6 +116,17 @@ export function loadPositions(user: string): Map<string, bigint> {
 
 export function savePositions(user: string, positions: Positions): void {
   sessionStorage.setItem(positionsKey(user), encodePositions(positions));
+}
+
+/** Every-region mode: the per-origin positions this tab had delivered. */
+export function loadOriginPositions(user: string): Map<string, Map<string, bigint>> {
+  return decodeOriginPositions(sessionStorage.getItem(originPositionsKey(user)));
+}
+
+export function saveOriginPositions(user: string, positions: OriginPositions): void {
+  // Nothing to keep in the primary mode: leave its storage as it always was.
+  if (positions.size === 0 && sessionStorage.getItem(originPositionsKey(user)) === null) return;
+  sessionStorage.setItem(originPositionsKey(user), encodeOriginPositions(positions));
 }
 
 export function loadOpenChannel(user: string): string | undefined {

@@ -79,13 +79,24 @@ export interface CallOpts {
   readonly signal?: AbortSignal;
 }
 
-/** A page of history: messages ascending by seq. */
+/**
+ * A page of history: messages ascending by seq (primary write mode) or by
+ * `(hlc, originRegion, messageId)` (every-region mode, ADR-026).
+ */
 export interface HistoryPage {
   readonly messages: Message[];
   /** More messages lie beyond the page in the direction of travel. */
   readonly hasMore: boolean;
-  /** The channel's newest seq known to the serving region. */
+  /** The channel's newest seq known to the serving region (0 in the every-region mode). */
   readonly lastSeq: bigint;
+  /** Every-region mode: the token of the next older page ("" at the oldest, and in the primary mode). */
+  readonly nextPageToken: string;
+  /**
+   * Every-region mode: origin region → the newest origin_seq of the channel the
+   * region had applied when it read the page (subscribe from these with
+   * `resumeFromOrigins`, or `Subscription.trackOrigins`). Empty in the primary mode.
+   */
+  readonly lastOriginSeqs: Record<string, bigint>;
 }
 
 /** Bounds of a history request (see QueryService.GetHistory). */
@@ -96,6 +107,8 @@ export interface HistoryQuery extends CallOpts {
   readonly afterSeq?: bigint;
   /** Page size, 1–200 (server default 50). */
   readonly limit?: number;
+  /** Every-region mode: a page's `nextPageToken`, to read the page before it. */
+  readonly pageToken?: string;
 }
 
 /** The result of {@link ChatClient.sendMessage}. */
@@ -146,7 +159,10 @@ export interface ChatClient {
   getPresence(userIds: readonly string[], options?: CallOpts): Promise<Presence[]>;
   /** One page of history. */
   getHistory(channelId: string, query?: HistoryQuery): Promise<HistoryPage>;
-  /** Pages going back in time from `beforeSeq` (default: the newest), until the start. */
+  /**
+   * Pages going back in time from `beforeSeq` (default: the newest), until the
+   * start; in the every-region mode by `nextPageToken` (`beforeSeq` ignored).
+   */
   olderHistory(
     channelId: string,
     options?: CallOpts & { readonly beforeSeq?: bigint; readonly pageSize?: number },
@@ -226,11 +242,18 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
           ...(q.beforeSeq !== undefined ? { beforeSeq: q.beforeSeq } : {}),
           ...(q.afterSeq !== undefined ? { afterSeq: q.afterSeq } : {}),
           ...(q.limit !== undefined ? { limit: q.limit } : {}),
+          ...(q.pageToken ? { pageToken: q.pageToken } : {}),
         },
         call,
       ),
     );
-    return { messages: resp.messages, hasMore: resp.hasMore, lastSeq: resp.lastSeq };
+    return {
+      messages: resp.messages,
+      hasMore: resp.hasMore,
+      lastSeq: resp.lastSeq,
+      nextPageToken: resp.nextPageToken,
+      lastOriginSeqs: resp.lastOriginSeqs,
+    };
   }
 
   return {
@@ -319,13 +342,20 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
 
     async *olderHistory(channelId, opts = {}) {
       let beforeSeq = opts.beforeSeq;
+      let pageToken = "";
       for (;;) {
         const page = await getHistory(channelId, {
-          ...(beforeSeq !== undefined ? { beforeSeq } : {}),
+          ...(pageToken ? { pageToken } : beforeSeq !== undefined ? { beforeSeq } : {}),
           ...(opts.pageSize !== undefined ? { limit: opts.pageSize } : {}),
           ...(opts.signal ? { signal: opts.signal } : {}),
         });
         yield page;
+        if (page.nextPageToken) {
+          // Every-region mode: seqs are 0, the token carries the order key.
+          if (!page.hasMore) return;
+          pageToken = page.nextPageToken;
+          continue;
+        }
         const oldest = page.messages[0];
         if (!page.hasMore || oldest === undefined || oldest.seq <= 1n) return;
         beforeSeq = oldest.seq;

@@ -20,8 +20,22 @@ export type {
 } from "./client.js";
 export { subscribeWithResume, tokenSubject } from "./subscribe.js";
 export type { StreamState, SubscribeHandlers, SubscribeOptions, Subscription } from "./subscribe.js";
-export { OriginTracker, SeqTracker, decodePositions, encodePositions } from "./positions.js";
-export type { OriginPositions, OriginPositionsInit, Positions, PositionsInit } from "./positions.js";
+export {
+  SeqTracker,
+  decodeOriginPositions,
+  decodePositions,
+  encodeOriginPositions,
+  encodePositions,
+} from "./positions.js";
+export type {
+  OriginPositions,
+  OriginPositionsInit,
+  Positions,
+  PositionsInit,
+  ResumeFromOrigins,
+} from "./positions.js";
+export { ChannelTimeline, compareOrderKeys, eventOrderKey, messageOrderKey } from "./timeline.js";
+export type { OrderKey, TimelineChange } from "./timeline.js";
 export { backoffDelay, sleep } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
 export { newClientId } from "./ids.js";

@@ -21,12 +21,13 @@
  * (`historyLastSeq`) until the region holds the missing range, and resumes from
  * the last delivered seq: the replay brings the range as events, in order.
  *
- * Every-region write mode (ADR-026): events carrying `originSeq` are tracked per
- * channel and origin region ({@link OriginTracker}) and the stream resumes with
- * `resume_from_origins`; a gap of one origin (STREAM_GAP naming `origin_region`,
- * or a jump seen here) resumes at once from the positions, and the server
- * replays the range. Across origins, show a channel in (hlc, origin_region,
- * message_id) order.
+ * Every-region write mode (ADR-026): channel events carry `originSeq` and the
+ * rules above hold per channel *and* per origin region; the stream resumes with
+ * `resume_from_origins`. After a STREAM_GAP (or a jump in one origin's
+ * originSeqs) the subscription resubscribes at once from its per-origin
+ * positions: the server replays the missing events from its history. Handlers
+ * get each channel's events in per-origin order, not in the channel's display
+ * order; {@link ChannelTimeline} puts messages where their hlc belongs.
  */
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { Event } from "../../../gen/ts/chatmesh/v1/events_pb.js";
@@ -37,7 +38,7 @@ import type {
 } from "../../../gen/ts/chatmesh/v1/notification_service_pb.js";
 import { backoffDelay, sleep, type BackoffOptions } from "./backoff.js";
 import { errorInfo, errorReason, isFatal } from "./errors.js";
-import { OriginTracker, SeqTracker, type OriginPositionsInit, type PositionsInit } from "./positions.js";
+import { SeqTracker, type OriginPositionsInit, type PositionsInit } from "./positions.js";
 
 /** Where a subscription is. */
 export type StreamState =
@@ -58,10 +59,16 @@ export type StreamState =
       readonly error: ConnectError;
     }
   | {
-      /** The stream ended at a gap; waiting for the region's history to hold the range. */
+      /**
+       * The stream ended at a gap; waiting for the region's history to hold the
+       * range (primary mode), or resubscribing from the origin's position
+       * (every-region mode: `originRegion` is set and no `regionHas` follows).
+       */
       readonly kind: "gap";
       readonly channelId: string;
-      /** The last seq delivered in that channel. */
+      /** The origin region whose events are missing (every-region mode). */
+      readonly originRegion?: string;
+      /** The last seq (or that origin's origin_seq) delivered in that channel. */
       readonly lastDelivered: bigint;
       /** The newest seq the region holds (from GetHistory), once known. */
       readonly regionHas?: bigint;
@@ -89,8 +96,9 @@ export interface SubscribeOptions {
   /** Where to start: channel → last seq the caller already has (e.g. restored from storage). */
   readonly resumeFrom?: PositionsInit;
   /**
-   * Every-region write mode: channel → origin region → last originSeq the caller
-   * already has (e.g. GetHistory's `lastOriginSeqs`); the server replays each origin after it.
+   * Every-region write mode: channel → origin region → last origin_seq the
+   * caller already has (e.g. GetHistory's `lastOriginSeqs`, or restored from
+   * storage); sent as `resume_from_origins`.
    */
   readonly resumeFromOrigins?: OriginPositionsInit;
   /** Reconnection delays. */
@@ -116,7 +124,7 @@ export interface SubscribeOptions {
 interface Gap {
   readonly channelId: string;
   readonly want: bigint;
-  /** Every-region mode: the origin region whose originSeqs are missing (`want` is one). */
+  /** Set for a gap in one origin's events (every-region mode). */
   readonly originRegion?: string;
 }
 
@@ -127,23 +135,38 @@ interface Gap {
  */
 class GapSeen extends Error {
   constructor(readonly gap: Gap) {
-    super(`the stream jumped past seq ${gap.want} in ${gap.channelId}`);
+    super(
+      gap.originRegion === undefined
+        ? `the stream jumped past seq ${gap.want} in ${gap.channelId}`
+        : `the stream jumped past ${gap.originRegion}'s origin_seq ${gap.want} in ${gap.channelId}`,
+    );
   }
 }
 
-/** The gap a server's STREAM_GAP ending names, if any. */
-function gapOf(err: ConnectError): Gap | undefined {
+/**
+ * The gap a server's STREAM_GAP ending names, if any. It is an origin's gap
+ * (every-region mode) when the metadata names `origin_region`, or when the
+ * channel is tracked by origin; the range then only serves the status line.
+ */
+function gapOf(err: ConnectError, tracker: SeqTracker): Gap | undefined {
   if (errorReason(err) !== "STREAM_GAP") return undefined;
   const meta = errorInfo(err)?.metadata ?? {};
   const channelId = meta["channel_id"];
+  if (!channelId) return undefined;
+  const number = (key: string): bigint | undefined => {
+    const value = meta[key];
+    return value && /^\d+$/.test(value) ? BigInt(value) : undefined;
+  };
   const originRegion = meta["origin_region"];
-  if (channelId && originRegion) {
-    const upTo = meta["last_missing_origin_seq"] ?? "0";
-    return { channelId, originRegion, want: /^\d+$/.test(upTo) ? BigInt(upTo) : 0n };
+  if (originRegion || tracker.getOrigins(channelId) !== undefined) {
+    const origin = originRegion ?? "";
+    const last = tracker.getOrigins(channelId)?.get(origin) ?? 0n;
+    const want = number("last_missing_origin_seq") ?? number("last_missing_seq") ?? last + 1n;
+    return { channelId, want, originRegion: origin };
   }
-  const want = meta["last_missing_seq"];
-  if (!channelId || !want || !/^\d+$/.test(want)) return undefined;
-  return { channelId, want: BigInt(want) };
+  const want = number("last_missing_seq");
+  if (want === undefined) return undefined;
+  return { channelId, want };
 }
 
 /** A running subscription. */
@@ -152,10 +175,14 @@ export interface Subscription {
   readonly done: Promise<void>;
   /** The last delivered seq of every tracked channel (what the next `resume_from` will be). */
   positions(): Map<string, bigint>;
-  /** Every-region mode: the last delivered originSeq per channel and origin region. */
+  /** Every-region mode: channel → origin → last delivered origin_seq (the next `resume_from_origins`). */
   originPositions(): Map<string, Map<string, bigint>>;
   /** Raises a channel's position: the caller already has everything up to `seq`. */
   track(channelId: string, seq: bigint): void;
+  /** Every-region mode: raises a channel's per-origin positions (e.g. to GetHistory's `lastOriginSeqs`). */
+  trackOrigins(channelId: string, originSeqs: PositionsInit): void;
+  /** Channel events dropped as at or below their position (0 unless something repeated them). */
+  dropped(): number;
   /** Stops resuming a channel. */
   forget(channelId: string): void;
 }
@@ -200,13 +227,15 @@ export function subscribeWithResume(
   handlers: SubscribeHandlers,
   options: SubscribeOptions = {},
 ): Subscription {
-  const tracker = new SeqTracker(options.resumeFrom);
-  const origins = new OriginTracker(options.resumeFromOrigins);
+  const tracker = new SeqTracker(options.resumeFrom, options.resumeFromOrigins);
   const signal = options.signal;
   const firstIdleMs = options.idleTimeoutMs ?? 60_000;
 
   /** One stream, until it ends or fails. `progress.live` tells whether it went live. */
-  async function connectOnce(userId: string | undefined, progress: { live: boolean }): Promise<void> {
+  async function connectOnce(
+    userId: string | undefined,
+    progress: { live: boolean; delivered: number },
+  ): Promise<void> {
     const attempt = new AbortController();
     let idleMs = firstIdleMs;
     let idleExpired = false;
@@ -223,7 +252,7 @@ export function subscribeWithResume(
     armIdleTimer();
     try {
       const stream = notifications.subscribe(
-        { resumeFrom: tracker.resumeFrom(), resumeFromOrigins: origins.resumeFromOrigins() },
+        { resumeFrom: tracker.resumeFrom(), resumeFromOrigins: tracker.resumeFromOrigins() },
         { signal: attempt.signal },
       );
       for await (const item of stream) {
@@ -231,22 +260,18 @@ export function subscribeWithResume(
         switch (item.kind.case) {
           case "event": {
             const event = item.kind.value;
-            if (event.originSeq > 0n) {
-              if (origins.isGap(event)) {
-                throw new GapSeen({
-                  channelId: event.channelId,
-                  originRegion: event.originRegion,
-                  want: event.originSeq - 1n,
-                });
-              }
-              if (origins.accept(event, userId)) call(handlers.onEvent, event);
-              break;
-            }
             if (tracker.isGap(event)) {
               // Never deliver past a gap: resume before it instead.
-              throw new GapSeen({ channelId: event.channelId, want: event.seq - 1n });
+              throw new GapSeen(
+                event.originSeq > 0n
+                  ? { channelId: event.channelId, want: event.originSeq - 1n, originRegion: event.originRegion }
+                  : { channelId: event.channelId, want: event.seq - 1n },
+              );
             }
-            if (tracker.accept(event, userId)) call(handlers.onEvent, event);
+            if (tracker.accept(event, userId)) {
+              progress.delivered += 1;
+              call(handlers.onEvent, event);
+            }
             break;
           }
           case "heartbeat":
@@ -286,9 +311,7 @@ export function subscribeWithResume(
   /** Waits (bounded) until the region's history holds `gap`'s range. */
   async function awaitRange(gap: Gap): Promise<void> {
     const lastSeq = options.historyLastSeq;
-    // A gap of one origin: resume at once from the positions; the server fills it
-    // (from its history or its region's stream) before it sends anything after it.
-    if (!lastSeq || gap.originRegion !== undefined) return;
+    if (!lastSeq) return;
     const deadline = Date.now() + (options.gapPatienceMs ?? 60_000);
     let delayMs = 200;
     while (!signal?.aborted) {
@@ -312,7 +335,7 @@ export function subscribeWithResume(
     let failures = 0;
     while (!signal?.aborted) {
       call(handlers.onState, { kind: "connecting", attempt: failures + 1 });
-      const progress = { live: false };
+      const progress = { live: false, delivered: 0 };
       let error: ConnectError;
       let gap: Gap | undefined;
       try {
@@ -336,7 +359,22 @@ export function subscribeWithResume(
         handlers.onState?.({ kind: "stopped", error });
         throw error;
       }
-      gap ??= gapOf(error);
+      gap ??= gapOf(error, tracker);
+      if (gap?.originRegion !== undefined) {
+        // Every-region mode: the server replays an origin's missing events
+        // from its history, so resubscribing from the positions is the fill.
+        // Only a stream that brought nothing new waits before the next try.
+        call(handlers.onState, {
+          kind: "gap",
+          channelId: gap.channelId,
+          originRegion: gap.originRegion,
+          lastDelivered: tracker.getOrigins(gap.channelId)?.get(gap.originRegion) ?? 0n,
+          want: gap.want,
+        });
+        failures = progress.live || progress.delivered > 0 ? 0 : failures + 1;
+        if (failures > 0) await sleep(backoffDelay(failures, options.backoff), signal);
+        continue;
+      }
       if (gap) {
         await awaitRange(gap);
         failures = 0; // nothing is wrong with the connection: resume at once
@@ -360,8 +398,10 @@ export function subscribeWithResume(
   return {
     done,
     positions: () => tracker.positions(),
-    originPositions: () => origins.positions(),
+    originPositions: () => tracker.originPositions(),
     track: (channelId, seq) => tracker.track(channelId, seq),
+    trackOrigins: (channelId, originSeqs) => tracker.trackOrigins(channelId, originSeqs),
+    dropped: () => tracker.dropped,
     forget: (channelId) => tracker.forget(channelId),
   };
 }
