@@ -515,15 +515,25 @@ class LoadGen:
         count = int(args["count"])
         last: dict[str, int] = {}
 
+        async def send(channel: str, i: int) -> Any:
+            # Seeding is set-up, not the measurement: one writer filling several
+            # channels meets its own send bucket (the topology's send_burst), so it
+            # waits as the server's RetryInfo says, with the same key.
+            key = f"seed-{channel}-{i}"
+            while True:
+                try:
+                    return await self.command(user).send_message(
+                        channel, f"history message {i} " + "x" * 80, client_msg_id=key, timeout=30
+                    )
+                except ChatmeshError as err:
+                    if err.reason != "RATE_LIMITED":
+                        raise
+                    await asyncio.sleep(err.retry_delay or 0.5)
+
         async def fill(channel: str) -> None:
             for start in range(0, count, 5):
                 batch = await asyncio.gather(
-                    *(
-                        self.command(user).send_message(
-                            channel, f"history message {i} " + "x" * 80, timeout=30
-                        )
-                        for i in range(start, min(count, start + 5))
-                    )
+                    *(send(channel, i) for i in range(start, min(count, start + 5)))
                 )
                 last[channel] = max(last.get(channel, 0), *(int(r.message.seq) for r in batch))
 
