@@ -16,12 +16,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from chatmesh.v1 import events_pb2
+from chatmesh.v1 import events_pb2, query_service_pb2 as qpb
 from mesh.client import ChatClient, RetryPolicy, Subscription, Timeline
 from mesh.core.auth import KeyDirectory, mint
+from mesh.core.convergence import MessageOp, Stamp, order_key, resolve_message
 from mesh.harness.edges import edges_hook
 from mesh.harness.services import services_hook
 from mesh.harness.supervisor import Mesh
@@ -222,3 +224,164 @@ async def test_a_region_cut_off_chats_inside_and_every_subscriber_converges_afte
                          what=f"{member.user} converged")  # fmt: skip
         assert sorted(member.texts()) == sorted(sent), member.user
         assert_per_origin_order(member)
+
+
+CUT_SECONDS = 60.0
+"""How long the partition test keeps asia cut off (issue 15: 60 s)."""
+
+
+async def _full_history(client: ChatClient, channel_id: str) -> list[Any]:
+    """Every message of the channel in the client's region, oldest first (paging by token)."""
+    pages: list[list[Any]] = []
+    token = ""
+    while True:
+        resp = await client.get_history(
+            qpb.GetHistoryRequest(channel_id=channel_id, limit=200, page_token=token)
+        )
+        pages.append(list(resp.messages))
+        token = resp.next_page_token
+        if not token:
+            return [m for page in reversed(pages) for m in page]
+
+
+def _row(message: Any) -> tuple[Any, ...]:
+    """What a user sees of a message: identity, position, order key and current state."""
+    return (
+        message.message_id, message.origin_region, message.origin_seq, message.hlc,
+        message.sender_user_id, message.deleted, "" if message.deleted else message.text,
+    )  # fmt: skip
+
+
+def _seen(events: list[events_pb2.Event]) -> list[tuple[Any, ...]]:
+    """A subscriber's view of the channel: every message event it received, resolved by
+    the convergence rules (ADR-026) and shown in (hlc, origin_region, id) order."""
+    ops: dict[str, list[MessageOp]] = {}
+    created: dict[str, Any] = {}
+    for e in events:
+        stamp = Stamp(hlc=e.hlc, origin=e.origin_region, event_id=e.event_id)
+        kind = e.WhichOneof("payload")
+        if kind == "message_created":
+            msg = e.message_created.message
+            created.setdefault(msg.message_id, msg)
+            ops.setdefault(msg.message_id, []).append(
+                MessageOp("create", msg.message_id, stamp, msg.text)
+            )
+        elif kind == "message_edited":
+            msg = e.message_edited.message
+            ops.setdefault(msg.message_id, []).append(
+                MessageOp("edit", msg.message_id, stamp, msg.text)
+            )
+        elif kind == "message_deleted":
+            mid = e.message_deleted.message_id
+            ops.setdefault(mid, []).append(MessageOp("delete", mid, stamp))
+    rows = []
+    for mid, message_ops in ops.items():
+        state = resolve_message(message_ops)
+        if state is None or mid not in created:
+            continue
+        msg = created[mid]
+        text = "" if state.deleted else state.text
+        row = (mid, state.created.origin, msg.origin_seq, state.created.hlc,
+               msg.sender_user_id, state.deleted, text)  # fmt: skip
+        rows.append((order_key(state.created), row))
+    return [row for _, row in sorted(rows)]
+
+
+async def test_a_60s_partition_converges_every_region_s_history_and_last_writer_wins(
+    mesh: Mesh, members: dict[str, Member]
+) -> None:
+    """Asia is cut off from both other regions for 60 s while users on both sides keep
+    chatting, and one message is edited in two regions and another deleted in one and
+    edited later in the other. After the heal every region's GetHistory is identical
+    (messages, order, edit/delete state), every acknowledged send is in it once, the
+    last edit won and the delete is final, and every subscriber's view equals it."""
+    ann, bea, cho, dan = (members[u] for u in ("ann", "bea", "cho", "dan"))
+    keys = KeyDirectory(mesh.run_dir / "keys")
+    # ann's second device, travelling in asia (its edits are written there).
+    ann_asia = ChatClient.from_edge(
+        mesh.endpoints["asia"]["edge"], token=mint(keys, "ann"),
+        retry=RetryPolicy(max_attempts=None),
+    )  # fmt: skip
+    try:
+        channel = (await ann.client.create_channel("partition", ["bea", "cho", "dan"])).channel
+        channel_id = channel.channel_id
+        for member in members.values():
+            await member.listen(channel_id)
+        acked: list[str] = []
+
+        async def send(client: ChatClient, text: str) -> str:
+            message_id = str((await client.send_message(channel_id, text)).message.message_id)
+            acked.append(message_id)
+            return message_id
+
+        edited = await send(ann.client, "to be edited in two regions")
+        deleted = await send(ann.client, "to be deleted in us-east, edited in asia")
+        for member in members.values():
+            await eventually(lambda m=member: len(m.texts()) >= 2, timeout=60,  # type: ignore[misc]
+                             what=f"{member.user} has the first messages")  # fmt: skip
+        await eventually(lambda: ann_asia.get_channel(channel_id), timeout=30, what="asia")
+
+        for other in ("us-east", "eu"):
+            await mesh.wan.cut("asia", other)
+        try:
+            cut_at = time.monotonic()
+            inside: list[str] = []
+            outside: list[str] = []
+            for i in range(3):
+                inside.append(await send(cho.client, f"cho in the cut {i}"))
+                inside.append(await send(dan.client, f"dan in the cut {i}"))
+                outside.append(await send(ann.client, f"ann in the cut {i}"))
+                outside.append(await send(bea.client, f"bea in the cut {i}"))
+            # The conflicts, in wall-clock order (one machine: the regions' clocks agree):
+            # asia edits first, us-east edits last; us-east deletes, asia edits afterwards.
+            await ann_asia.edit_message(channel_id, edited, "edited in asia")
+            await ann.client.edit_message(channel_id, edited, "edited in us-east, last")
+            await ann.client.delete_message(channel_id, deleted)
+            await ann_asia.edit_message(channel_id, deleted, "edited in asia after the delete")
+
+            def ids(member: Member) -> set[str]:
+                return {
+                    e.message_created.message.message_id
+                    for e in member.events
+                    if e.WhichOneof("payload") == "message_created"
+                }
+
+            # Same-region delivery keeps working on both sides of the cut ...
+            for member in members.values():
+                wanted = set(inside if member.region == "asia" else outside)
+                await eventually(lambda m=member, w=wanted: w <= ids(m), timeout=60,  # type: ignore[misc]
+                                 what=f"{member.user} hears its side during the cut")  # fmt: skip
+            # ... and nothing crosses it.
+            for member in members.values():
+                other_side = set(outside if member.region == "asia" else inside)
+                assert not ids(member) & other_side, f"{member.user} heard through the cut"
+            while time.monotonic() - cut_at < CUT_SECONDS:
+                await asyncio.sleep(1)
+        finally:
+            for other in ("us-east", "eu"):
+                await mesh.wan.heal("asia", other)
+
+        readers = {"us-east": ann.client, "eu": bea.client, "asia": cho.client}
+
+        async def converged() -> bool:
+            views = [
+                [_row(m) for m in await _full_history(c, channel_id)] for c in readers.values()
+            ]
+            return all(v == views[0] for v in views) and {r[0] for r in views[0]} >= set(acked)
+
+        await eventually(converged, timeout=180, interval=1.0, what="every region's history")
+        history = await _full_history(cho.client, channel_id)
+        message_ids = [m.message_id for m in history]
+        assert sorted(message_ids) == sorted(acked), "every acknowledged send, exactly once"
+        keys_in_order = [(m.hlc, m.origin_region, m.message_id) for m in history]
+        assert keys_in_order == sorted(keys_in_order)
+        by_id = {m.message_id: m for m in history}
+        assert by_id[edited].text == "edited in us-east, last" and not by_id[edited].deleted
+        assert by_id[deleted].deleted and by_id[deleted].text == ""
+        want = [_row(m) for m in history]
+        for member in members.values():
+            await eventually(lambda m=member: _seen(m.events) == want, timeout=120,  # type: ignore[misc]
+                             interval=0.5, what=f"{member.user}'s view equals the history")  # fmt: skip
+            assert member.subscription is not None and member.subscription.duplicates == 0
+    finally:
+        await ann_asia.close()
