@@ -84,10 +84,15 @@ def parse_duration_ns(text: str) -> int:
 
 def events_stream_config(topology: Topology) -> dict[str, Any]:
     """JetStream config (JSON API shape) of the EVENTS stream, placed in the primary."""
+    return _event_log_config(topology, EVENTS_STREAM, Subjects.EVENTS_ALL, topology.primary)
+
+
+def _event_log_config(topology: Topology, name: str, subjects: str, region: str) -> dict[str, Any]:
+    """A durable event log (EVENTS, or an ``EVENTS_<REGION>``) placed in ``region``."""
     n = topology.nats
     config: dict[str, Any] = {
-        "name": EVENTS_STREAM,
-        "subjects": [Subjects.EVENTS_ALL],
+        "name": name,
+        "subjects": [subjects],
         "retention": "limits",
         "storage": "file",
         "num_replicas": n.events_replicas,
@@ -95,7 +100,7 @@ def events_stream_config(topology: Topology) -> dict[str, Any]:
         "duplicate_window": parse_duration_ns(n.duplicate_window),
         "discard": "old",
         "allow_direct": True,
-        "placement": {"tags": [f"region:{topology.primary}"]},
+        "placement": {"tags": [f"region:{region}"]},
     }
     return _placed(topology, config)
 
@@ -192,20 +197,9 @@ def origin_stream_config(topology: Topology, region: str) -> dict[str, Any]:
     EVENTS's retention and de-duplication (a client's retry through the same region
     is a no-op).
     """
-    n = topology.nats
-    config: dict[str, Any] = {
-        "name": origin_stream_name(region),
-        "subjects": [Subjects.origin_events_all(region)],
-        "retention": "limits",
-        "storage": "file",
-        "num_replicas": n.events_replicas,
-        "max_age": parse_duration_ns(n.events_max_age),
-        "duplicate_window": parse_duration_ns(n.duplicate_window),
-        "discard": "old",
-        "allow_direct": True,
-        "placement": {"tags": [f"region:{region}"]},
-    }
-    return _placed(topology, config)
+    return _event_log_config(
+        topology, origin_stream_name(region), Subjects.origin_events_all(region), region
+    )
 
 
 def source_consumer_name(region: str) -> str:
