@@ -84,11 +84,23 @@ def _private_file(path: Path) -> None:
 def _connect(path: Path, *, durable: bool) -> sqlite3.Connection:
     _private_file(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    # WAL is a property of the file: set once, every later open finds it. Several
+    # processes open one region's metadata file at start-up (worker, query,
+    # notification; in the every-region mode the Command Service too); switching the
+    # mode needs the file to itself, so a process that meets another's transaction
+    # waits and tries again instead of failing its start.
+    deadline = time.monotonic() + 60.0
+    while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     # FULL: every commit is fsynced (the command log must survive power loss);
     # NORMAL: fsync at checkpoints only (projections can be rebuilt from the stream).
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=OFF")
     return conn
 

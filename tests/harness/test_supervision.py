@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import valkey.asyncio as valkey_async
@@ -167,17 +168,19 @@ async def test_killed_toxiproxy_comes_back_with_every_link(mesh: Mesh, keys: Key
     old_pid = await _crash(toxiproxy)
     await _restarted(toxiproxy, old_pid, crashes)
 
-    async def restored() -> bool:
-        return len(await toxiproxy.proxies()) == len(links_before)
+    def shape(links: dict[str, Any]) -> dict[str, Any]:
+        return {
+            n: (p["listen"], p["upstream"], p["enabled"], sorted(t["name"] for t in p["toxics"]))
+            for n, p in links.items()
+        }
 
-    await eventually(restored, timeout=30, what="toxiproxy's proxies restored")
-    links_after = await toxiproxy.proxies()
-    assert {n: (p["listen"], p["upstream"], p["enabled"]) for n, p in links_after.items()} == {
-        n: (p["listen"], p["upstream"], p["enabled"]) for n, p in links_before.items()
-    }
-    assert {n: sorted(t["name"] for t in p["toxics"]) for n, p in links_after.items()} == {
-        n: sorted(t["name"] for t in p["toxics"]) for n, p in links_before.items()
-    }
+    # The harness puts back each proxy, then its toxics: wait until the last toxic
+    # is back (checking only the proxy count raced the last proxy's toxics).
+    async def restored() -> bool:
+        return shape(await toxiproxy.proxies()) == shape(links_before)
+
+    await eventually(restored, timeout=30, what="toxiproxy's proxies and toxics restored")
+    assert shape(await toxiproxy.proxies()) == shape(links_before)
     # eu's commands cross the restored command link, and every NATS node has its
     # gateway to the other region again (they dial through the restored proxies).
     async with _client(mesh, keys, "eu", "sup-eve") as eve:
