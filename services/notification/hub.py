@@ -199,6 +199,31 @@ class Origins:
         return last
 
 
+class _Patience:
+    """A gap fill's backoff (50 ms doubling to 1 s) and its clock.
+
+    Restarted by any progress; expired after ``timeout`` seconds without any.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.restart()
+
+    def restart(self) -> None:
+        """Starts the clock and the backoff again (the fill made progress)."""
+        self.started = time.monotonic()
+        self.delay = 0.05
+
+    def expired(self) -> bool:
+        """Whether ``timeout`` passed without progress."""
+        return time.monotonic() - self.started >= self.timeout
+
+    async def wait(self) -> None:
+        """Sleeps the current backoff, then doubles it (at most 1 s)."""
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 1.0)
+
+
 @dataclass(slots=True, eq=False)
 class Subscriber:
     """One client stream."""
@@ -376,9 +401,8 @@ class Subscriber:
         channel, the last seq delivered and the range missing: the client fetches
         it (GetHistory) and resumes, so it learns of the gap instead of losing it.
         """
+        patience = _Patience(self.hub.gap_timeout)
         try:
-            started = time.monotonic()
-            delay = 0.05
             while self.pending.get(channel):
                 target = min(self.pending[channel]) - 1
                 before = self.last.get(channel)
@@ -386,13 +410,13 @@ class Subscriber:
                 if ok:
                     GAPS.labels("channel", "filled").inc()
                     self._release(channel)
-                    started, delay = time.monotonic(), 0.05
+                    patience.restart()
                     continue
                 if self.closed_with is not None or channel not in self.last:
                     return
                 if self.last.get(channel) != before:
-                    started, delay = time.monotonic(), 0.05  # progress: the clock restarts
-                elif time.monotonic() - started >= self.hub.gap_timeout:
+                    patience.restart()  # progress: the clock restarts
+                elif patience.expired():
                     GAPS.labels("channel", "unfilled").inc()
                     last = self.last[channel]
                     logger.warning(
@@ -413,8 +437,7 @@ class Subscriber:
                         )
                     )
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await patience.wait()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -531,9 +554,8 @@ class Subscriber:
         """
         o = self.origin_state()
         channel, origin = key
+        patience = _Patience(self.hub.gap_timeout)
         try:
-            started = time.monotonic()
-            delay = 0.05
             while self.closed_with is None:
                 last = o.position(channel, origin)
                 if last is None:
@@ -549,14 +571,14 @@ class Subscriber:
                 if ok:
                     GAPS.labels("origin", "filled").inc()
                     self._release_origin(key)
-                    started, delay = time.monotonic(), 0.05
+                    patience.restart()
                     continue
                 now_at = o.position(channel, origin)
                 if self.closed_with is not None or now_at is None:
                     return
                 if now_at != last:
-                    started, delay = time.monotonic(), 0.05  # progress: the clock restarts
-                elif time.monotonic() - started >= self.hub.gap_timeout:
+                    patience.restart()  # progress: the clock restarts
+                elif patience.expired():
                     GAPS.labels("origin", "unfilled").inc()
                     logger.warning(
                         "gap in %s from %s for %s: origin seqs %d..%d found nowhere in %.0fs; "
@@ -577,8 +599,7 @@ class Subscriber:
                         )
                     )
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await patience.wait()
         except asyncio.CancelledError:
             raise
         except Exception:
