@@ -291,14 +291,18 @@ def _every_region_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
             "allow_responses": True,
         }
         # The worker also keeps the region's ALL_ sources moving (mesh.bus.sourcing):
-        # it reads each origin's info and may reset the one consumer feeding its region.
+        # it reads each origin's info, may reset the one consumer feeding its region,
+        # and takes a stalled source out of its region's ALL_ and back while doing so.
         monitor = [
-            p
-            for r in names
-            for p in (
-                f"$JS.API.STREAM.INFO.{origin_stream_name(r)}",
-                f"$JS.API.CONSUMER.RESET.{origin_stream_name(r)}.{source_consumer_name(region)}",
-            )
+            f"$JS.API.STREAM.UPDATE.{aggregate}",
+            *(
+                p
+                for r in names
+                for p in (
+                    f"$JS.API.STREAM.INFO.{origin_stream_name(r)}",
+                    f"$JS.API.CONSUMER.RESET.{origin_stream_name(r)}.{source_consumer_name(region)}",
+                )
+            ),
         ]
         perms[f"worker-{region}"] = {
             "publish": {

@@ -177,6 +177,8 @@ def test_every_region_users_are_confined_to_their_region() -> None:
     assert [p for p in worker if ".RESET." in p] == [
         f"$JS.API.CONSUMER.RESET.EVENTS_{r}.all-eu" for r in ("US_EAST", "EU", "ASIA")
     ]
+    # ... and update only its own region's ALL_ (a stalled source out and back).
+    assert [p for p in worker if ".UPDATE." in p] == ["$JS.API.STREAM.UPDATE.ALL_EU"]
     assert not any(
         p.startswith("chatmesh.evt") for p in perms["notification-eu"]["publish"]["allow"]
     )

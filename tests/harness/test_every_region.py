@@ -256,8 +256,13 @@ async def test_a_region_cut_off_keeps_writing_and_every_region_converges_after(
         return all(counts[w] >= last[w] for w in writers)
 
     for region in REGIONS:
-        await eventually(lambda r=region: converged(r), timeout=120, interval=0.5,  # type: ignore[misc]
-                         what=f"{all_stream_name(region)} caught up")  # fmt: skip
+        try:
+            await eventually(lambda r=region: converged(r), timeout=120, interval=0.5,  # type: ignore[misc]
+                             what=f"{all_stream_name(region)} caught up")  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; {await _lag_report(readers[region], region, last)}"
+            ) from None
         contents = await _contents(readers[region], all_stream_name(region))
         for writer in writers:
             origin = origin_stream_name(writer)
@@ -268,6 +273,21 @@ async def test_a_region_cut_off_keeps_writing_and_every_region_converges_after(
             assert set(acked[writer]) <= {s for s, _ in got}, (region, origin)
     # The sources were kept moving by the workers' source monitors, not waited out.
     print(f"\nsource resets after the heal: {await _resets(mesh)}")
+
+
+async def _lag_report(reader: NATS, region: str, last: dict[str, int]) -> str:
+    """What ``region``'s aggregate holds of each writer and what its source info says."""
+    contents = await _contents(reader, all_stream_name(region))
+    parts = []
+    for writer, last_seq in last.items():
+        origin = origin_stream_name(writer)
+        have = {s for o, s, _ in contents if o == origin}
+        missing = sorted(set(range(1, last_seq + 1)) - have)
+        parts.append(f"{origin}: holds {len(have)} of {last_seq}, missing {missing[:5]}"
+                     f"{'...' if len(missing) > 5 else ''} ({len(missing)})")  # fmt: skip
+    info = await reader.jetstream().stream_info(all_stream_name(region))
+    sources = [(s.name, s.lag, s.active, s.error) for s in info.sources or []]
+    return "; ".join(parts) + f"; source info {sources}"
 
 
 async def _resets(mesh: Mesh) -> dict[str, int]:
