@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from chatmesh.v1 import channel_pb2, command_service_pb2 as pb, events_pb2, message_pb2
 from mesh.bus.interfaces import Bus, EventPublisher, JetStream
@@ -134,14 +134,11 @@ class FairLock:
         """True while held or waited for."""
         return self._held or bool(self._waiters)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, caller: str) -> AsyncIterator[None]:
+    def hold(self, caller: str) -> _Hold:
         """Holds the lock for ``caller`` (queued behind one turn of each other caller)."""
-        await self._acquire(caller)
-        try:
-            yield
-        finally:
-            self._release()
+        # A small class rather than @asynccontextmanager: every command takes this
+        # lock, and the generator-based form cost a generator and a wrapper per call.
+        return _Hold(self, caller)
 
     async def _acquire(self, caller: str) -> None:
         if not self.locked():
@@ -176,6 +173,22 @@ class FairLock:
                 future.set_result(None)  # stays held: handed over
                 return
         self._held = False
+
+
+class _Hold:
+    """``async with lock.hold(caller)``: acquires on entry, releases on exit."""
+
+    __slots__ = ("_caller", "_lock")
+
+    def __init__(self, lock: FairLock, caller: str) -> None:
+        self._lock = lock
+        self._caller = caller
+
+    async def __aenter__(self) -> None:
+        await self._lock._acquire(self._caller)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock._release()
 
 
 class _Locks:
@@ -255,6 +268,10 @@ class Commands:
         self.max_initial_members = max_initial_members
         self._locks = _Locks()
         self._last_seq: dict[str, int] = {}
+        self._published_through: dict[str, int] = {}
+        """Channel -> the seq this process last appended *and* published there. While it
+        equals ``_last_seq`` nothing of the channel's can be unpublished (any other
+        writer's append makes ours conflict first), so a send skips the pending read."""
         self.fence = fence
         self.max_inflight = max_inflight
         self.catching_up = False
@@ -313,6 +330,7 @@ class Commands:
         self.catching_up = True
         try:
             self._last_seq.clear()
+            self._published_through.clear()
             return await self.republish_pending()
         finally:
             self.catching_up = False
@@ -453,7 +471,11 @@ class Commands:
         check: Callable[[], object] | None,
     ) -> tuple[events_pb2.Event, bool]:
         async with self._locks.get(channel_id).hold(user):
-            await self._flush_channel(channel_id)
+            last = self._last_seq.get(channel_id)
+            if last is None or self._published_through.get(channel_id) != last:
+                # A publish failed here, or this process has not written the
+                # channel since it started: what the log holds unpublished goes first.
+                await self._flush_channel(channel_id)
             if idempotency_key is not None:
                 existing = await self.log.by_idempotency_key(idempotency_key)
                 if existing is not None:
@@ -496,6 +518,7 @@ class Commands:
             self._last_seq[channel_id] = seq
             await self._project(event, with_message=False)
             await self._publish(channel_id, seq, payload, dedup_id(event))
+            self._published_through[channel_id] = seq
             return event, False
 
     async def _stamp(self, event: events_pb2.Event, seq: int) -> None:

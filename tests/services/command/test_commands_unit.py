@@ -275,6 +275,26 @@ async def test_a_second_writer_is_detected_and_the_next_seq_taken(env: Env) -> N
     assert [s for s, _ in env.stream(ch)] == [1, 2, 3, 4]
 
 
+async def test_a_second_writers_unpublished_entry_goes_out_before_the_next_send(
+    env: Env,
+) -> None:
+    # ``a`` last published its own append (so it skips the pending read); ``b`` then
+    # logs seq 3 but fails to publish it: ``a``'s append conflicts, publishes 3, takes 4.
+    log, metadata = await env.stores()
+    a = await env.commands(log, metadata)
+    b = await env.commands(log, metadata)
+    ch = await _channel(a)
+    await a.send_message("alice", _send(ch, "a1", "a1"), ORIGIN)
+    env.bus.fail_publishes = 1
+    with pytest.raises(Unavailable):
+        await b.send_message("bob", _send(ch, "b1", "b1"), ORIGIN)
+    third = await a.send_message("alice", _send(ch, "a2", "a2"), ORIGIN)
+
+    assert third.message.seq == 4
+    assert [s for s, _ in env.stream(ch)] == [1, 2, 3, 4]
+    assert env.texts(ch) == ["a1", "b1", "a2"] and await log.unpublished() == []
+
+
 class _Log:
     """The real command log, with a hook run just before each append."""
 
