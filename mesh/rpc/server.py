@@ -32,15 +32,30 @@ from typing import Any
 import grpc
 from grpc_health.v1 import _async as health_aio, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import Histogram, start_http_server
 
 from mesh.core.auth import TokenVerifier
 from mesh.core.config import CommonConfig
+from mesh.core.pauses import PauseProbe, tune_gc
 from mesh.rpc.interceptors import standard_chain
 
 __all__ = ["GrpcServer", "configure_logging", "server_options"]
 
 logger = logging.getLogger(__name__)
+
+_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+GC_PAUSE = Histogram(
+    "chatmesh_gc_pause_seconds",
+    "Cyclic garbage collections and how long each held the process (mesh.core.pauses)",
+    ["service", "generation"],
+    buckets=_PAUSE_BUCKETS,
+)
+LOOP_LAG = Histogram(
+    "chatmesh_event_loop_lag_seconds",
+    "How late a 20 ms timer of the event loop fired: time the loop was held by other work",
+    ["service"],
+    buckets=_PAUSE_BUCKETS,
+)
 
 
 def configure_logging(level: str, service: str) -> None:
@@ -140,6 +155,8 @@ class GrpcServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopping = asyncio.Event()
+        self.pauses: PauseProbe | None = None
+        """GC pauses and event-loop lag, exported as metrics once started."""
         self.serving = asyncio.Event()
         """Set once :meth:`start` has bound the port and the health service answers."""
 
@@ -193,6 +210,16 @@ class GrpcServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.config.ready_file:
             self._write_ready()
+        # Start-up is over: what it allocated stays, so the collector stops
+        # traversing it (CHATMESH_GC=default keeps CPython's settings, to compare).
+        if os.environ.get("CHATMESH_GC", "tuned") != "default":
+            tune_gc()
+        gc_children = [GC_PAUSE.labels(self.service, str(g)) for g in range(3)]
+        self.pauses = PauseProbe(
+            on_gc=lambda gen, seconds: gc_children[gen].observe(seconds),
+            on_lag=LOOP_LAG.labels(self.service).observe,
+        )
+        self.pauses.start()
         self.serving.set()
         logger.info(
             "%s serving gRPC on %s (metrics port %s)", self.service, self.address, self.metrics_port
@@ -222,6 +249,8 @@ class GrpcServer:
             except Exception:
                 logger.exception("drain hook failed")
         await self.server.stop(self.config.shutdown_grace)
+        if self.pauses is not None:
+            self.pauses.stop()
         while self._on_shutdown:
             hook = self._on_shutdown.pop()
             try:

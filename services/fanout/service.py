@@ -38,6 +38,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -64,6 +65,15 @@ DELIVERIES = Counter(
 ROUTED_USERS = Gauge("chatmesh_fanout_routed_users", "Users with at least one live stream")
 INSTANCES = Gauge("chatmesh_fanout_instances", "Live notification instances")
 TABLE_BYTES = Gauge("chatmesh_fanout_table_bytes", "Estimated bytes held by the routing table")
+_CHILDREN: dict[tuple[Counter, str], Any] = {}
+
+
+def _child(counter: Counter, label: str) -> Any:
+    """``counter.labels(label)``, bound once: ``labels()`` takes a lock and builds a key per call."""
+    child = _CHILDREN.get((counter, label))
+    if child is None:
+        child = _CHILDREN[counter, label] = counter.labels(label)
+    return child
 
 
 def _varint(n: int) -> bytes:
@@ -410,7 +420,7 @@ class Fanout:
                 logger.error("skipping undecodable event at stream seq %s", msg.stream_seq)
                 continue
             kind = event.WhichOneof("payload") or "unknown"
-            EVENTS_PROCESSED.labels(kind).inc()
+            _child(EVENTS_PROCESSED, kind).inc()
             self.events_processed += 1
             await self._route(event, kind, msg.data, msg.stream_seq)
 
@@ -498,7 +508,7 @@ class Fanout:
             self.deliveries_by_region[inst.region] = (
                 self.deliveries_by_region.get(inst.region, 0) + 1
             )
-            DELIVERIES.labels(inst.region).inc()
+            _child(DELIVERIES, inst.region).inc()
 
     async def _on_typing(self, msg: Message) -> None:
         try:

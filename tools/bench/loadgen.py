@@ -60,8 +60,10 @@ from chatmesh.v1 import (
 from mesh.bus.connection import connect
 from mesh.bus.subjects import Subjects
 from mesh.client import ChatClient, RetryPolicy, Subscription
+from mesh.core import loop as event_loop
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.errors import ChatmeshError
+from mesh.core.pauses import PauseProbe, tune_gc
 from mesh.harness.identity import internal_channel
 
 __all__ = ["LoadGen", "main"]
@@ -199,6 +201,8 @@ class LoadGen:
     _opened_streams: int = 0
     fanout_nats: NATS | None = None
     """The bare-NATS fan-out floor's connection (single-region scenario)."""
+    pauses: PauseProbe = field(default_factory=PauseProbe)
+    """This process's GC pauses and loop lag: a receiver's stall is in its latencies."""
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -495,6 +499,10 @@ class LoadGen:
             "lag_max_ms": max(lags_us, default=0) / 1000.0,
             "ack_us": ack_us,
         }
+
+    async def cmd_pauses(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
+        """This process's GC pauses and event-loop lag since the last call (then resets)."""
+        return self.pauses.take()
 
     async def cmd_received(self, args: dict[str, Any], rep: Reporter) -> dict[str, Any]:
         """Deliveries received so far in each phase."""
@@ -1069,6 +1077,11 @@ async def _serve(name: str) -> None:
             logger.exception("command %s failed", cmd)
             gen.emit({"id": call_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
+    # A receiver holds a thousand streams: like the services, keep the collector
+    # off what start-up made and collect the young generation less often (ADR-027).
+    if os.environ.get("CHATMESH_GC", "tuned") != "default":
+        tune_gc()
+    gen.pauses.start()
     gen.emit({"ready": True, "pid": os.getpid()})
     try:
         while True:
@@ -1099,7 +1112,9 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s",
     )
     logging.getLogger("nats").setLevel(logging.WARNING)
-    asyncio.run(_serve(name))
+    # The services' loop (uvloop): a receiver's CPU per delivery is mostly loop
+    # callbacks and grpc.aio reads, and the bench reports it beside the servers'.
+    event_loop.run(_serve(name))
     return 0
 
 

@@ -41,6 +41,7 @@ from chatmesh.v1 import command_service_pb2, query_service_pb2
 from mesh.core.auth import KeyDirectory, mint
 from mesh.harness.servers.gotools import GoTool, GoToolError
 from mesh.topology import Limits
+from tools.bench import pauses
 from tools.bench.plan import SinglePlan
 from tools.bench.procstat import CpuSampler, CpuUsage, rss_bytes
 from tools.bench.scenarios import Context, progress_bar
@@ -188,6 +189,10 @@ async def _deliver(
     per_send = sum(s.streaming.get(ch, 0) for _, ch in s.choices) / max(1, len(s.choices))
     rate = deliveries_per_s / max(per_send, 1e-9)
     senders = s.senders
+    gens = [*s.receivers, *s.unary, s.ctx.gens[s.ctx.primary]]
+    metrics = s.ctx.mesh.endpoints[s.ctx.primary].get("metrics") or {}
+    await asyncio.gather(*(g.call("pauses", {}, timeout=10) for g in gens))
+    pauses_before = await pauses.scrape(metrics)
     sampler = s.sampler()
     before = sampler.snapshot()
     results = await asyncio.gather(
@@ -218,6 +223,8 @@ async def _deliver(
         if received >= expected or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
+    pauses_after = await pauses.scrape(metrics)
+    gen_pauses = await asyncio.gather(*(g.call("pauses", {}, timeout=10) for g in gens))
     taken = await asyncio.gather(
         *(g.call("take_samples", {"phase": phase}, timeout=60) for g in s.receivers)
     )
@@ -273,6 +280,13 @@ async def _deliver(
             split["server_percent_of_one_core"], achieved
         ),
         "cpu_per_1000_by_process": {n: per_1000(p, achieved) for n, p in split["servers"].items()},
+        "pauses": {
+            **{
+                n: pauses.diff(pauses_before.get(n, {}), after)
+                for n, after in sorted(pauses_after.items())
+            },
+            **{g.name: pauses.generator(p) for g, p in zip(gens, gen_pauses, strict=True)},
+        },
         "passed": not why,
         "why_not": "; ".join(why),
         "_samples": samples,
@@ -718,6 +732,7 @@ async def _measure(s: _Single, ghz_build: asyncio.Task[Path]) -> dict[str, Any]:
         f"generators {delivery['cpu']['generators_percent_of_one_core']}% of a core"
         + (f" [yellow]({delivery['why_not']})[/yellow]" if delivery["why_not"] else "")
     )
+    ctx.console.print(f"    pauses: {pauses.brief(delivery['pauses'])}")
     png = ctx.plot(
         "single-delivery-cdf",
         f"{ctx.name}: send->receive @ {plan.delivery_rate:g} deliveries/s, chatmesh vs bare NATS",
@@ -753,6 +768,7 @@ async def _measure(s: _Single, ghz_build: asyncio.Task[Path]) -> dict[str, Any]:
             f"{step['cpu']['machine_percent_of_all_cores']}%"
             + (f" [yellow]({step['why_not']})[/yellow]" if step["why_not"] else "")
         )
+        ctx.console.print(f"    pauses: {pauses.brief(step['pauses'])}")
         if not step["passed"]:
             break
     knee_rate = knee([(st["planned_deliveries_per_s"], st["passed"]) for st in steps])
