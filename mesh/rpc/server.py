@@ -215,7 +215,10 @@ class GrpcServer:
         if os.environ.get("CHATMESH_GC", "tuned") != "default":
             tune_gc()
         gc_children = [GC_PAUSE.labels(self.service, str(g)) for g in range(3)]
+        # A 100 ms ticker: a service's idle cost stays small (at 20 ms the seven
+        # services' tickers showed in the single bench's idle CPU, 1.5 -> 4.7 %).
         self.pauses = PauseProbe(
+            interval=0.1,
             on_gc=lambda gen, seconds: gc_children[gen].observe(seconds),
             on_lag=LOOP_LAG.labels(self.service).observe,
         )
