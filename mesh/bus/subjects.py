@@ -48,6 +48,8 @@ class Subjects:
     """Typing indicators (core NATS, never stored) to the Fan-Out Service."""
     PRESENCE_ALL = "chatmesh.eph.presence.>"
     """Presence changes (core NATS) to the Fan-Out Service."""
+    PRESENCE_SNAPSHOT_ALL = "chatmesh.eph.presence-snapshot.>"
+    """Every-region mode: each region's online users (:meth:`presence_snapshot`)."""
     DELIVERY_ALL = "chatmesh.dlv.>"
     """Per-instance deliveries from the Fan-Out Service."""
     ROUTE_UPDATE_ALL = "chatmesh.route.update.>"
@@ -78,6 +80,11 @@ class Subjects:
     def presence(user_id: str) -> str:
         """Subject of a user's presence changes."""
         return f"chatmesh.eph.presence.{user_id}"
+
+    @staticmethod
+    def presence_snapshot(region: str) -> str:
+        """Every-region mode: subject of ``region``'s presence snapshots (its Fan-Out publishes)."""
+        return f"chatmesh.eph.presence-snapshot.{region}"
 
     @staticmethod
     def delivery(region: str, instance_id: str) -> str:

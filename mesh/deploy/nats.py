@@ -41,6 +41,7 @@ __all__ = [
     "consumer_permissions",
     "fanout_user",
     "make_credentials",
+    "query_user",
     "render_server_conf",
     "service_permissions",
     "worker_consumer",
@@ -141,6 +142,14 @@ def command_user(topology: Topology, region: str) -> str:
 def fanout_user(topology: Topology, region: str) -> str:
     """The NATS user of ``region``'s Fan-Out Service: ``fanout`` or ``fanout-<region>``."""
     return f"fanout-{region}" if topology.every_region else "fanout"
+
+
+def query_user(topology: Topology, region: str) -> str:
+    """Every-region mode: the NATS user of ``region``'s Query Service (``query-<region>``).
+
+    The primary mode's Query Service does not connect to NATS (empty string).
+    """
+    return f"query-{region}" if topology.every_region else ""
 
 
 def command_consumer(region: str) -> str:
@@ -257,6 +266,8 @@ def _every_region_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                 "allow": [
                     f"chatmesh.dlv.{region}.>",
                     Subjects.ROUTE_RESYNC,
+                    # Its region's online users, for the other regions (ADR-026).
+                    Subjects.presence_snapshot(region),
                     *consumer_permissions(aggregate, FANOUT_CONSUMER),
                 ]
             },
@@ -270,6 +281,12 @@ def _every_region_permissions(topology: Topology) -> dict[str, dict[str, Any]]:
                 ]
             },
             "allow_responses": True,
+        }
+        # The Query Service only listens to the regions' presence snapshots
+        # (GetPresence = its region's Valkey + the others' snapshots).
+        perms[query_user(topology, region)] = {
+            "publish": {"deny": [">"]},
+            "subscribe": {"allow": [Subjects.PRESENCE_SNAPSHOT_ALL, "_INBOX.>"]},
         }
         perms[f"notification-{region}"] = {
             "publish": {

@@ -44,7 +44,7 @@ from mesh.bus.subjects import (
 )
 from mesh.core.auth import KeyDirectory
 from mesh.core.identity import SERVICE
-from mesh.deploy.nats import command_user, fanout_user, worker_consumer
+from mesh.deploy.nats import command_user, fanout_user, query_user, worker_consumer
 from mesh.harness.identity import identity_state, internal_channel, mesh_pki, operator_files
 from mesh.harness.paths import repo_root
 from mesh.harness.process import ManagedProcess, Supervised, wait_until
@@ -275,8 +275,10 @@ def services_hook(settings: ServiceSettings | None = None) -> ServiceHook:
                 add("worker", region, worker)
             valkey_local = mesh.valkey[region].url
             via = mesh.valkey_primary_via[region]
+            # Every-region mode: the query hears the other regions' presence snapshots.
+            query_nats = nats(region, query_user(topo, region)) if every else {}
             add("query", region, {"history_store": d["history"], "metadata_store": d["metadata"],
-                                  "valkey_replica": valkey_local, **mode})  # fmt: skip
+                                  "valkey_replica": valkey_local, **mode, **query_nats})  # fmt: skip
             for i in range(1, topo.region(region).notification_instances + 1):
                 add(
                     "notification",

@@ -335,6 +335,16 @@ class Mesh:
 
     async def _launch_valkey(self) -> None:
         topo = self.topology
+        if topo.every_region:
+            # ADR-026: each region's presence is its own (writes stay in the region, a
+            # cut region keeps them); no replication, the regions exchange snapshots.
+            for region in topo.region_names:
+                own = ValkeyServer(region, self.run_dir, password=self.valkey_password)
+                self.valkey[region] = own
+                self._stoppers.append(own.stop)
+                await own.start()
+                self.valkey_primary_via[region] = (own.host, own.port)
+            return
         primary = ValkeyServer(topo.primary, self.run_dir, password=self.valkey_password)
         self.valkey[topo.primary] = primary
         self._stoppers.append(primary.stop)
@@ -355,7 +365,7 @@ class Mesh:
     async def _await_valkey(self) -> None:
         await self.valkey[self.topology.primary].wait_ready(timeout=15)
         await asyncio.gather(
-            *(self.valkey[r].wait_ready(timeout=30) for r in self.topology.secondaries)
+            *(self.valkey[r].wait_ready(timeout=30) for r in self.topology.region_names)
         )
         for server in self.valkey.values():
             server.watch()
@@ -385,7 +395,9 @@ class Mesh:
                 "nats": self.nats_urls(region) if region in self.nats_nodes else [],
                 "nats_monitor": [n.plan.monitor_url for n in self.nats_nodes.get(region, [])],
                 "valkey": valkey.address_url if valkey else None,
-                "valkey_role": ("primary" if region == topo.primary else "replica")
+                "valkey_role": (
+                    "primary" if region == topo.primary or topo.every_region else "replica"
+                )
                 if valkey
                 else None,
                 "valkey_primary": f"redis://{via[0]}:{via[1]}/0" if via else None,

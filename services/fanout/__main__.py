@@ -42,6 +42,8 @@ async def main(cfg: FanoutConfig) -> None:
         stream=cfg.events_stream,
         writes=cfg.writes,
         presence_index=cfg.presence_index,
+        presence_interval=cfg.presence_interval,
+        presence_timeout=cfg.presence_timeout,
     )
     # Internal operator API: no client tokens (it is not exposed by the edges);
     # with service identities on, only operators may call it.

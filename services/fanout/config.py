@@ -40,6 +40,13 @@ class FanoutConfig(CommonConfig):
     subscribe to ``chatmesh.route.>`` (the every-region permissions confine it to its own
     region's route subjects)."""
 
+    presence_interval: float = 2.0
+    """Every-region mode: seconds between this region's presence snapshots (one is also
+    sent soon after a route change), for the other regions' Fan-Out and Query Services."""
+    presence_timeout: float = 6.0
+    """Every-region mode: seconds without another region's presence snapshot after which its
+    users count as offline here (unless online elsewhere); a few ``presence_interval``."""
+
     @property
     def events_stream(self) -> str:
         """The stream the durable consumer reads."""

@@ -28,7 +28,17 @@ follows :func:`mesh.core.convergence.is_member` (observed-remove, remove wins)
 over the joins and leaves this process has seen, on top of the metadata
 store's members. The other regions' route traffic is overheard (never
 answered) into :class:`~services.fanout.remote.RemoteIndex` when
-``presence_index`` is on, so presence converges after a partition.
+``presence_index`` is on.
+
+Presence across regions in that mode: every ``presence_interval`` seconds, and
+soon after a route change, the Fan-Out publishes its region's online users
+(:class:`~chatmesh.internal.v1.presence_pb2.PresenceSnapshot`, users with a
+route) on ``chatmesh.eph.presence-snapshot.<region>`` and keeps the other
+regions' in :class:`~mesh.core.regional_presence.RegionalPresence`. An offline
+event reaches local streams only if no other region has the user online; a
+region silent past ``presence_timeout`` is dropped (its users online nowhere
+else announced offline here), and its first snapshot after a drop or a gap
+announces who is online there: presence converges after a partition.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from chatmesh.internal.v1 import routing_pb2
+from chatmesh.internal.v1 import presence_pb2 as internal_presence_pb2, routing_pb2
 from chatmesh.v1 import events_pb2, presence_pb2
 from mesh.bus.eventbus import PullConsumer
 from mesh.bus.interfaces import Bus, JetStream, Message, StreamMsg
@@ -50,6 +60,7 @@ from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, WRITES_PRIMARY
 from mesh.core import ids
 from mesh.core.convergence import MembershipChange, Stamp, is_member
 from mesh.core.events import new_event
+from mesh.core.regional_presence import RegionalPresence
 from mesh.stores import MetadataStore
 from services.fanout.remote import RemoteIndex
 from services.fanout.table import RoutingTable
@@ -105,6 +116,8 @@ class Fanout:
         stream: str = EVENTS_STREAM,
         writes: str = WRITES_PRIMARY,
         presence_index: bool = False,
+        presence_interval: float = 2.0,
+        presence_timeout: float = 6.0,
     ) -> None:
         """Wires dependencies; :meth:`start` begins work.
 
@@ -120,7 +133,10 @@ class Fanout:
             stream: The stream consumed (EVENTS; ``ALL_<REGION>`` in the every-region mode).
             writes: The write mode (ADR-026); ``every-region``: this region's instances only.
             presence_index: Every-region mode: overhear the other regions' route traffic
-                into :attr:`remote` (presence that converges after a partition).
+                into :attr:`remote`.
+            presence_interval: Every-region mode: seconds between presence snapshots.
+            presence_timeout: Every-region mode: seconds of another region's silence
+                after which its users count as offline here.
         """
         self.bus = bus
         self.metadata = metadata
@@ -138,6 +154,12 @@ class Fanout:
         self.remote = RemoteIndex()
         """Every-region mode with ``presence_index``: the other regions' instances and users."""
         self.presence_index = self.every_region and presence_index
+        self.presence_view = RegionalPresence(region, timeout=presence_timeout)
+        """Every-region mode: the other regions' online users, from their snapshots."""
+        self.presence_interval = presence_interval
+        self._presence_dirty = asyncio.Event()
+        self._snapshot_seq = 0
+        self._online_since: dict[str, int] = {}
         self._resync_asked = float("-inf")
         self.events_processed = 0
         self.deliveries = 0
@@ -191,6 +213,10 @@ class Fanout:
                 (Subjects.ROUTE_HEARTBEAT_ALL, self._on_remote_heartbeat),
             ):
                 await bus.subscribe(subject, handler, pending_msgs_limit=-1)
+        if self.every_region:
+            await bus.subscribe(
+                Subjects.PRESENCE_SNAPSHOT_ALL, self._on_presence_snapshot, pending_msgs_limit=-1
+            )
         channels = await self.load_memberships()
         await bus.publish(
             Subjects.ROUTE_RESYNC,
@@ -204,6 +230,10 @@ class Fanout:
         await self.consumer.ensure()
         self._tasks.append(asyncio.create_task(self._consume(), name="fanout-consume"))
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="fanout-expire"))
+        if self.every_region:
+            self._tasks.append(
+                asyncio.create_task(self._snapshot_loop(), name="fanout-presence-snapshots")
+            )
         logger.info(
             "fan-out %s started in %.2fs: %d channels, %d memberships, %d instances, %d routed users",
             self.epoch, time.monotonic() - t0, channels, self.table.memberships,
@@ -259,6 +289,7 @@ class Fanout:
         in_order = inst.synced and update.version == inst.version + 1
         self.table.add_routes(slot, update.added_user_ids)
         self.table.remove_routes(slot, update.removed_user_ids)
+        self._presence_dirty.set()  # every-region mode: the next presence snapshot soon
         if in_order:
             inst.version = update.version
         self._gauges()
@@ -274,6 +305,7 @@ class Fanout:
         slot = self._register(snap.instance_id, snap.region)
         inst = self.table.instance(slot)
         self.table.replace_routes(slot, snap.user_ids)
+        self._presence_dirty.set()
         inst.version = snap.version
         inst.synced = True
         self._gauges()
@@ -341,6 +373,57 @@ class Fanout:
                 routing_pb2.ResyncRequest(fanout_id=self.epoch).SerializeToString(),
             )
 
+    # -- presence across regions (every-region mode) -------------------------------------
+
+    def presence_snapshot(self, now_ms: int) -> internal_presence_pb2.PresenceSnapshot:
+        """The next snapshot of this region's online users (users with a route)."""
+        online = self.table.online_users()
+        since = {u: self._online_since.get(u, now_ms) for u in online}
+        self._online_since = since
+        self._snapshot_seq += 1
+        return internal_presence_pb2.PresenceSnapshot(
+            region=self.region,
+            epoch=self.epoch,
+            seq=self._snapshot_seq,
+            taken_at_ms=now_ms,
+            users=[
+                internal_presence_pb2.OnlineUser(user_id=u, online_since_ms=t)
+                for u, t in sorted(since.items())
+            ],
+        )
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._presence_dirty.wait(), self.presence_interval)
+            self._presence_dirty.clear()
+            try:
+                snap = self.presence_snapshot(int(time.time() * 1000))
+                await self.bus.publish(
+                    Subjects.presence_snapshot(self.region), snap.SerializeToString()
+                )
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                logger.warning("presence snapshot not published: %r", exc)
+            # Route changes come in bursts: at most ~10 snapshots a second.
+            await asyncio.sleep(min(0.1, self.presence_interval))
+
+    async def _on_presence_snapshot(self, msg: Message) -> None:
+        try:
+            snap = internal_presence_pb2.PresenceSnapshot.FromString(msg.data)
+        except Exception:  # noqa: BLE001
+            logger.warning("ignoring malformed presence snapshot on %s", msg.subject)
+            return
+        came, went = self.presence_view.apply(
+            snap.region, snap.epoch, snap.seq, snap.taken_at_ms,
+            {u.user_id: u.online_since_ms for u in snap.users}, now=time.monotonic(),
+        )  # fmt: skip
+        for user in came:
+            if not self.table.route_of(user):
+                await self._announce(user, online=True, region=snap.region)
+        for user in went:
+            if not self.table.route_of(user):
+                await self._announce(user, online=False)
+
     async def _expire_loop(self) -> None:
         rounds = 0
         while True:
@@ -358,6 +441,10 @@ class Fanout:
         """
         cutoff = now - self.instance_timeout
         offline: list[str] = []
+        if self.every_region:
+            for user in self.presence_view.expire(now):
+                if not self.table.route_of(user):
+                    await self._announce(user, online=False)
         if self.presence_index:
             for user in self.remote.expire(cutoff):
                 if not self.table.route_of(user):
@@ -369,12 +456,15 @@ class Fanout:
             if slot is None:
                 continue
             orphans = self.table.remove_instance(slot)
+            self._presence_dirty.set()
             logger.warning(
                 "instance %s (%s) stopped heartbeating; dropped with %d users (%d now offline)",
                 inst.instance_id, inst.region, len(inst.users), len(orphans),
             )  # fmt: skip
             if self.presence_index:  # online in another region: not offline
                 orphans = [u for u in orphans if not self.remote.online(u)]
+            if self.every_region:
+                orphans = [u for u in orphans if not self.presence_view.online_elsewhere(u)]
             for i, user in enumerate(orphans):
                 await self._announce_offline(user)
                 if i % 100 == 99:
@@ -525,7 +615,15 @@ class Fanout:
             event = events_pb2.Event.FromString(msg.data)
         except Exception:  # noqa: BLE001
             return
-        user = event.presence_changed.presence.user_id
+        presence = event.presence_changed.presence
+        user = presence.user_id
         if not user:
             return
+        if self.every_region and presence.status == presence_pb2.PRESENCE_STATUS_OFFLINE:
+            # Offline in the event's region; not if online here or in a third region.
+            origin = event.origin_region
+            if origin != self.region and self.table.route_of(user):
+                return
+            if self.presence_view.online_elsewhere(user, besides=origin):
+                return
         await self._deliver(msg.data, self.table.user_audience(user, with_peers=True), 0)

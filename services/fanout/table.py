@@ -319,6 +319,10 @@ class RoutingTable:
         slots = (slot,) if type(slot) is int else slot
         return sorted((self._instances[s] for s in slots), key=lambda i: i.instance_id)  # type: ignore[union-attr]
 
+    def online_users(self) -> list[str]:
+        """Every user with at least one route (a live stream on some instance)."""
+        return [self._users[u] for u in self._routes]
+
     # -- stats -----------------------------------------------------------------------
 
     @property

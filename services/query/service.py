@@ -8,7 +8,10 @@ In the every-region write mode (ADR-026) a channel's history is shown in
 (:func:`encode_page_token`): each names the order key of the oldest message of
 its page, so the next page starts exactly below it, ties at one hlc included.
 Channels, members and messages of every region are in the region's stores (its
-worker applies every region's events), so nothing else changes.
+worker applies every region's events), so nothing else changes. Presence there
+is the region's own Valkey (its own users) merged with the other regions'
+snapshots (:class:`~mesh.core.regional_presence.RegionalPresence`): online if
+online in any region, and still only for users who share a channel with the caller.
 
 Example:
     >>> token = encode_page_token("ch_x", (7, "eu", "evt_1"))
@@ -21,14 +24,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import time
 
+from chatmesh.internal.v1 import presence_pb2 as internal_presence_pb2
 from chatmesh.v1 import channel_pb2, message_pb2, presence_pb2, query_service_pb2 as pb
+from mesh.bus.interfaces import Message
 from mesh.bus.subjects import WRITES_EVERY_REGION, WRITES_PRIMARY
 from mesh.core.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from mesh.core.regional_presence import RegionalPresence
 from mesh.stores import HistoryStore, MetadataStore, OrderKey
 from mesh.stores.presence import PresenceStore
 
 __all__ = ["Queries", "decode_page_token", "encode_page_token", "for_viewer"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 50
 
@@ -97,12 +107,37 @@ class Queries:
         presence: PresenceStore,
         *,
         writes: str = WRITES_PRIMARY,
+        remote_presence: RegionalPresence | None = None,
     ) -> None:
-        """Args: the region's stores; ``writes`` is the write mode (ADR-026)."""
+        """Wires the region's stores.
+
+        Args:
+            history: The region's history store.
+            metadata: The region's metadata store.
+            presence: The region's Valkey.
+            writes: The write mode (ADR-026).
+            remote_presence: Every-region mode: the other regions' online users (fed
+                by :meth:`on_presence_snapshot`).
+        """
         self.history = history
         self.metadata = metadata
         self.presence = presence
         self.every_region = writes == WRITES_EVERY_REGION
+        self.remote_presence = remote_presence
+
+    async def on_presence_snapshot(self, msg: Message) -> None:
+        """Takes another region's :class:`PresenceSnapshot` (NATS handler)."""
+        if self.remote_presence is None:
+            return
+        try:
+            snap = internal_presence_pb2.PresenceSnapshot.FromString(msg.data)
+        except Exception:  # noqa: BLE001 - a bad payload must not stop the service
+            logger.warning("ignoring malformed presence snapshot on %s", msg.subject)
+            return
+        self.remote_presence.apply(
+            snap.region, snap.epoch, snap.seq, snap.taken_at_ms,
+            {u.user_id: u.online_since_ms for u in snap.users}, now=time.monotonic(),
+        )  # fmt: skip
 
     async def _visible_channel(
         self, channel_id: str, user: str, *, public_ok: bool
@@ -201,6 +236,11 @@ class Queries:
         known = await self._acquaintances(user)
         asked = [u for u in req.user_ids if u in known]
         found = {p.user_id: p for p in await self.presence.get(asked)} if asked else {}
+        remote = self.remote_presence
+        if remote is not None and asked:
+            remote.expire(time.monotonic())
+            now_ms = int(time.time() * 1000)
+            found = {u: remote.merge(p, now_ms=now_ms) for u, p in found.items()}
         return pb.GetPresenceResponse(
             presences=[found.get(u) or presence_pb2.Presence(user_id=u) for u in req.user_ids]
         )

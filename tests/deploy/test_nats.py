@@ -158,7 +158,7 @@ def test_every_region_users_are_confined_to_their_region() -> None:
     perms = service_permissions(topo)
     assert "command" not in perms and "fanout" not in perms
     assert {u for u in perms if u.endswith("-eu")} == {
-        "command-eu", "fanout-eu", "notification-eu", "worker-eu"
+        "command-eu", "fanout-eu", "notification-eu", "query-eu", "worker-eu"
     }  # fmt: skip
     command = perms["command-eu"]["publish"]["allow"]
     assert [p for p in command if p.startswith("chatmesh.evt")] == ["chatmesh.evt.eu.>"]
@@ -171,6 +171,16 @@ def test_every_region_users_are_confined_to_their_region() -> None:
         ".eu." in p or not p.startswith("chatmesh.route") for p in fanout["subscribe"]["allow"]
     )
     assert "$JS.API.CONSUMER.MSG.NEXT.ALL_EU.fanout" in fanout["publish"]["allow"]
+    # Presence snapshots (ADR-026): a fan-out announces its own region's users only ...
+    assert [p for p in fanout["publish"]["allow"] if "presence" in p] == [
+        "chatmesh.eph.presence-snapshot.eu"
+    ]
+    # ... and hears every region's (chatmesh.eph.>); the Query Service only listens to them.
+    assert "chatmesh.eph.>" in fanout["subscribe"]["allow"]
+    assert perms["query-eu"] == {
+        "publish": {"deny": [">"]},
+        "subscribe": {"allow": ["chatmesh.eph.presence-snapshot.>", "_INBOX.>"]},
+    }
     worker = perms["worker-eu"]["publish"]["allow"]
     assert "$JS.API.CONSUMER.MSG.NEXT.ALL_EU.worker-eu" in worker
     # It may reset only the consumer feeding its own region, on each origin.
