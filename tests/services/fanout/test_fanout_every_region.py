@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from chatmesh.internal.v1 import routing_pb2
+from chatmesh.internal.v1 import presence_pb2 as internal_presence_pb2, routing_pb2
 from chatmesh.v1 import events_pb2, presence_pb2
 from mesh.bus.subjects import EVENTS_STREAM, WRITES_EVERY_REGION, Subjects, all_stream_name
 from mesh.core.events import new_event
@@ -256,3 +256,87 @@ async def test_without_the_presence_index_only_this_regions_route_subjects_are_h
     assert sorted(heard) == [
         "chatmesh.route.hb.asia.>", "chatmesh.route.snapshot.asia.>", "chatmesh.route.update.asia.>"
     ]  # fmt: skip
+
+
+# -- presence snapshots between regions (ADR-026) -------------------------------------
+
+
+async def presence_snapshot(
+    bus: FakeBus, region: str, seq: int, users: list[str], *, epoch: str = "fo_x"
+) -> None:
+    """Another region's Fan-Out announcing its online users."""
+    snap = internal_presence_pb2.PresenceSnapshot(
+        region=region, epoch=epoch, seq=seq, taken_at_ms=seq * 1000,
+        users=[internal_presence_pb2.OnlineUser(user_id=u, online_since_ms=1) for u in users],
+    )  # fmt: skip
+    await bus.publish(Subjects.presence_snapshot(region), snap.SerializeToString())
+    await bus.settle()
+
+
+async def presence_event(bus: FakeBus, user: str, origin: str, *, online: bool) -> None:
+    """A notification instance of ``origin`` telling every region that ``user`` changed."""
+    event = new_event("", seq=0, origin_region=origin, actor=user)
+    event.presence_changed.presence.user_id = user
+    event.presence_changed.presence.status = (
+        presence_pb2.PRESENCE_STATUS_ONLINE if online else presence_pb2.PRESENCE_STATUS_OFFLINE
+    )
+    await bus.publish(Subjects.presence(user), event.SerializeToString())
+    await bus.settle()
+
+
+async def test_the_fanout_publishes_its_regions_online_users(bus: FakeBus, fanout: Fanout) -> None:
+    n1 = await FakeInstance(bus, "n-eu-1", "eu").listen()
+    await n1.snapshot(1, ["bob", "amy"])
+
+    def users() -> list[list[str]]:
+        snaps = [
+            internal_presence_pb2.PresenceSnapshot.FromString(d)
+            for d in bus.published_on(Subjects.presence_snapshot("eu"))
+        ]
+        return [[u.user_id for u in s.users] for s in snaps if s.region == "eu"]
+
+    await until(lambda: ["amy", "bob"] in users(), "a snapshot with amy and bob")
+    snaps = [
+        internal_presence_pb2.PresenceSnapshot.FromString(d)
+        for d in bus.published_on(Subjects.presence_snapshot("eu"))
+    ]
+    assert [s.seq for s in snaps] == list(range(1, len(snaps) + 1))  # numbered, no gaps
+    assert {s.epoch for s in snaps} == {fanout.epoch}
+
+
+async def test_an_offline_event_is_held_back_while_another_region_has_the_user_online(
+    bus: FakeBus, fanout: Fanout, writes: Writes
+) -> None:
+    n1 = await FakeInstance(bus, "n-eu-1", "eu").listen()
+    await n1.snapshot(1, ["bob"])
+    await writes.created("asia", ["alice", "bob"])
+    await presence_snapshot(bus, "us-east", 1, ["alice"])
+    # alice closed her last asia stream; she is still online in us-east.
+    await presence_event(bus, "alice", "asia", online=False)
+    assert presence_of(n1) == []
+    # us-east's next snapshot no longer has her (its own offline event tells bob).
+    await presence_snapshot(bus, "us-east", 2, [])
+    assert presence_of(n1) == []  # in sequence: the live events carry the changes
+    await presence_event(bus, "alice", "us-east", online=False)
+    assert presence_of(n1) == [("alice", presence_pb2.PRESENCE_STATUS_OFFLINE, ["bob"])]
+
+
+async def test_a_region_silent_past_the_timeout_goes_offline_here_and_its_heal_comes_back(
+    bus: FakeBus, fanout: Fanout, writes: Writes
+) -> None:
+    n1 = await FakeInstance(bus, "n-eu-1", "eu").listen()
+    await n1.snapshot(1, ["bob"])
+    await writes.created("asia", ["alice", "bob"])
+    await presence_snapshot(bus, "asia", 1, ["alice"])
+    assert presence_of(n1) == []  # first sight: asia announced her itself
+    slot = fanout.table.slot_of("n-eu-1")
+    assert slot is not None
+    later = time.monotonic() + 2 * fanout.presence_view.timeout
+    fanout.table.instance(slot).last_seen = later  # the local instance keeps beating
+    await fanout.expire(later)
+    await bus.settle()
+    assert presence_of(n1) == [("alice", presence_pb2.PRESENCE_STATUS_OFFLINE, ["bob"])]
+    assert fanout.presence_view.regions_of("alice") == []
+    # Healed: asia's snapshots go on from where they are (a gap here).
+    await presence_snapshot(bus, "asia", 40, ["alice"])
+    assert presence_of(n1)[-1] == ("alice", presence_pb2.PRESENCE_STATUS_ONLINE, ["bob"])
