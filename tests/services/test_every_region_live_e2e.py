@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from chatmesh.v1 import events_pb2, query_service_pb2 as qpb
+from chatmesh.v1 import events_pb2, presence_pb2, query_service_pb2 as qpb
 from mesh.client import ChatClient, RetryPolicy, Subscription, Timeline
 from mesh.core.auth import KeyDirectory, mint
 from mesh.core.convergence import MessageOp, Stamp, order_key, resolve_message
@@ -385,3 +385,136 @@ async def test_a_60s_partition_converges_every_region_s_history_and_last_writer_
             assert member.subscription is not None and member.subscription.duplicates == 0
     finally:
         await ann_asia.close()
+
+
+# -- presence in every region (ADR-026 "Built: presence in every region") ----------------
+
+
+class Stream:
+    """A user's open stream through their region's edge (what makes them online there),
+    recording the presence events it yields."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.subscription = member.client.subscribe()
+        self.presence: list[tuple[str, int]] = []
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for event in self.subscription:
+            if event.WhichOneof("payload") == "presence_changed":
+                p = event.presence_changed.presence
+                self.presence.append((p.user_id, p.status))
+
+    async def close(self) -> None:
+        await self.subscription.close()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+
+async def presence_in(member: Member, users: list[str]) -> list[tuple[str, int, list[str]]]:
+    """GetPresence through ``member``'s region: (user, status, regions) per user."""
+    resp = await member.client.get_presence(users)
+    return [(p.user_id, p.status, list(p.regions)) for p in resp.presences]
+
+
+async def test_presence_stays_in_its_region_through_a_cut_and_converges_after_the_heal(
+    mesh: Mesh, members: dict[str, Member]
+) -> None:
+    """Asia is cut off from both other regions. Presence writes keep working on both
+    sides (each region's own Valkey): cho, coming online in asia during the cut,
+    shows online in asia; ann, coming online in us-east, shows online in us-east and
+    eu. The rule for the other side: a region silent past the presence timeout is
+    dropped, so its users show as not online there (dan, online in asia before the
+    cut, goes from online to not online in us-east and eu); nothing from asia is
+    shown online outside it during the cut. After the heal every region's GetPresence
+    gives the same answer, and a stream opened in us-east during the cut is told
+    that cho is online (the first snapshot after a drop announces its users)."""
+    ann, bea, cho, dan = (members[u] for u in ("ann", "bea", "cho", "dan"))
+    await bea.client.create_channel("presence", ["ann", "cho", "dan"])  # they may see each other
+    everyone = ["ann", "cho", "dan"]
+    ONLINE = presence_pb2.PRESENCE_STATUS_ONLINE
+    streams: list[Stream] = []
+    try:
+        streams.append(dan_stream := Stream(dan))
+        # dan is online in asia, as every region sees it.
+        for viewer in (ann, bea, dan):
+            await eventually(
+                lambda v=viewer: shows(v, ["dan"], [(ONLINE, ["asia"])]),  # type: ignore[misc]
+                timeout=60, what=f"dan online as {viewer.region} sees it",
+            )  # fmt: skip
+        for other in ("us-east", "eu"):
+            await mesh.wan.cut("asia", other)
+        try:
+            # Inside asia: a presence write during the cut, read back in asia.
+            streams.append(cho_stream := Stream(cho))
+            await eventually(
+                lambda: shows(dan, ["cho", "dan"], [(ONLINE, ["asia"])] * 2),
+                timeout=30, what="cho and dan online in asia during the cut",
+            )  # fmt: skip
+            # Outside: ann's write in us-east, seen in us-east and in eu.
+            streams.append(ann_stream := Stream(ann))
+            for viewer in (ann, bea):
+                await eventually(
+                    lambda v=viewer: shows(v, ["ann"], [(ONLINE, ["us-east"])]),  # type: ignore[misc]
+                    timeout=30, what=f"ann online as {viewer.region} sees it during the cut",
+                )  # fmt: skip
+            # asia is silent past the timeout: its users are not online over here.
+            for viewer in (ann, bea):
+                await eventually(
+                    lambda v=viewer: none_online(v, ["cho", "dan"]),  # type: ignore[misc]
+                    timeout=60, what=f"asia's users not online in {viewer.region} during the cut",
+                )  # fmt: skip
+            # ... while asia still shows them online (its own writes and reads).
+            assert await shows(dan, ["cho", "dan"], [(ONLINE, ["asia"])] * 2)
+            assert ("cho", ONLINE) not in ann_stream.presence  # nothing crossed the cut
+        finally:
+            for other in ("us-east", "eu"):
+                await mesh.wan.heal("asia", other)
+
+        # After the heal every region gives the same answer: everyone online where they are.
+        expected = [("ann", ONLINE, ["us-east"]), ("cho", ONLINE, ["asia"]),
+                    ("dan", ONLINE, ["asia"])]  # fmt: skip
+        for viewer in (ann, bea, dan):
+            await eventually(
+                lambda v=viewer: answers(v, everyone, expected),  # type: ignore[misc]
+                timeout=90, interval=0.5, what=f"presence converged in {viewer.region}",
+            )  # fmt: skip
+        # ann's stream, opened during the cut, is told that cho came online.
+        await eventually(
+            lambda: ("cho", ONLINE) in ann_stream.presence, timeout=30,
+            what="ann's stream told of cho",
+        )  # fmt: skip
+
+        # cho goes offline in asia: every region agrees once more.
+        await cho_stream.close()
+        streams.remove(cho_stream)
+        for viewer in (ann, bea, dan):
+            await eventually(
+                lambda v=viewer: shows(v, ["cho"], [(presence_pb2.PRESENCE_STATUS_OFFLINE, [])]),  # type: ignore[misc]
+                timeout=60, what=f"cho offline in {viewer.region}",
+            )  # fmt: skip
+        assert dan_stream.presence  # asia's own stream heard its region's changes
+    finally:
+        for stream in streams:
+            await stream.close()
+
+
+async def shows(member: Member, users: list[str], expected: list[tuple[int, list[str]]]) -> bool:
+    """Whether ``member``'s region answers (status, regions) == ``expected`` for ``users``."""
+    return [(s, r) for _, s, r in await presence_in(member, users)] == expected
+
+
+async def answers(
+    member: Member, users: list[str], expected: list[tuple[str, int, list[str]]]
+) -> bool:
+    """Whether ``member``'s region answers exactly ``expected`` (last-seen times aside)."""
+    return await presence_in(member, users) == expected
+
+
+async def none_online(member: Member, users: list[str]) -> bool:
+    """Whether ``member``'s region shows none of ``users`` online."""
+    return all(
+        s != presence_pb2.PRESENCE_STATUS_ONLINE for _, s, _ in await presence_in(member, users)
+    )
