@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from chatmesh.internal.v1 import presence_pb2 as internal_presence_pb2
 from chatmesh.v1 import presence_pb2, query_service_pb2 as pb
+from mesh.bus.subjects import WRITES_EVERY_REGION, Subjects
 from mesh.core.events import new_event
+from mesh.core.regional_presence import RegionalPresence
 from mesh.stores import open_history, open_metadata
 from services.query.service import Queries
 
@@ -82,3 +85,37 @@ async def test_a_user_with_no_channels_learns_nothing_about_anyone(
         presence_pb2.Presence(user_id="dave"),
     ]
     assert presence.asked == []
+
+
+class Heard:
+    """A NATS message as the Query Service's subscription hands it over."""
+
+    def __init__(self, subject: str, data: bytes) -> None:
+        self.subject, self.data, self.reply = subject, data, ""
+
+
+async def test_every_region_presence_merges_other_regions_for_acquaintances_only(
+    queries: tuple[Queries, EveryoneKnown],
+) -> None:
+    """ADR-026: the other regions' snapshots add where users are online; strangers
+    still look never seen, even when another region has them online."""
+    q, _ = queries
+    view = RegionalPresence("eu", timeout=6.0)
+    merged = Queries(q.history, q.metadata, q.presence, writes=WRITES_EVERY_REGION,
+                     remote_presence=view)  # fmt: skip
+    snap = internal_presence_pb2.PresenceSnapshot(
+        region="asia", epoch="fo_1", seq=1, taken_at_ms=1,
+        users=[internal_presence_pb2.OnlineUser(user_id=u) for u in ("carol", "erin", "alice")],
+    )  # fmt: skip
+    await merged.on_presence_snapshot(
+        Heard(Subjects.presence_snapshot("asia"), snap.SerializeToString())
+    )  # type: ignore[arg-type]
+    await merged.on_presence_snapshot(Heard("x", b"\xff not a snapshot"))  # type: ignore[arg-type]
+    resp = await merged.get_presence(
+        "alice", pb.GetPresenceRequest(user_ids=["carol", "erin", "alice", "nobody"])
+    )
+    by_user = {p.user_id: p for p in resp.presences}
+    assert list(by_user["carol"].regions) == ["asia", "eu"] and by_user["carol"].status == ONLINE
+    assert by_user["alice"].status == ONLINE and list(by_user["alice"].regions) == ["asia"]
+    for user in ("erin", "nobody"):  # erin is online in asia and eu, but a stranger
+        assert by_user[user] == presence_pb2.Presence(user_id=user), by_user[user]
