@@ -130,6 +130,15 @@ async def test_every_region_runs_its_own_write_path_and_streams(mesh: Mesh) -> N
                 ].config
                 assert config["writes"] == WRITES_EVERY_REGION, kind
             assert mesh.services[f"command-{region}"].config["events_stream"] == own.config.name
+            # Presence stays in the region: its own Valkey, a primary replicating nothing,
+            # written by its notification instances and read by its Query Service.
+            valkey = mesh.valkey[region]
+            info = await valkey.replication_info()
+            assert info["role"] == "master" and info["connected_slaves"] == "0", info
+            notification = mesh.services[f"notification-{region}-1"].config
+            assert notification["valkey_primary"] == valkey.url
+            assert mesh.services[f"query-{region}"].config["valkey_replica"] == valkey.url
+            assert mesh.services[f"query-{region}"].config["nats_user"] == f"query-{region}"
             for kind in ("fanout", "worker", "notification"):
                 name = f"{kind}-{region}" + ("-1" if kind == "notification" else "")
                 assert mesh.services[name].config["stream"] == all_stream_name(region), kind
