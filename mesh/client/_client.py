@@ -413,14 +413,28 @@ class ChatClient:
         channel_id: str | cpb.MarkReadRequest,
         seq: int = 0,
         *,
+        read_through_origins: Mapping[str, int] | None = None,
         timeout: float | None = None,
         metadata: Metadata = (),
     ) -> cpb.MarkReadResponse:
-        """CommandService.MarkRead (the marker only moves forward)."""
+        """CommandService.MarkRead (the marker only moves forward).
+
+        Args:
+            channel_id: The channel (or a whole request).
+            seq: Primary write mode: the highest seq read.
+            read_through_origins: Every-region write mode (ADR-026): origin region ->
+                the highest ``origin_seq`` read, e.g. a :class:`Subscription`'s
+                ``positions.origins(channel_id)`` or :meth:`origin_positions`. The
+                response's ``last_read_origins`` is the merged marker.
+            timeout: Deadline of the call.
+            metadata: Extra call metadata.
+        """
         request = (
             channel_id
             if isinstance(channel_id, cpb.MarkReadRequest)
-            else cpb.MarkReadRequest(channel_id=channel_id, seq=seq)
+            else cpb.MarkReadRequest(
+                channel_id=channel_id, seq=seq, read_through_origins=read_through_origins or {}
+            )
         )
         response: cpb.MarkReadResponse = await self._unary(
             "command", "MarkRead", request, idempotent=True, timeout=timeout, metadata=metadata

@@ -17,7 +17,9 @@ the same state, whatever order they arrived in.
   origin region -> the highest per-origin seq applied). A user is a member iff
   some join has seen every leave of that user; a leave the join had not seen
   (concurrent, or later) removes.
-- **Read markers** (:func:`merge_read_marker`): the maximum.
+- **Read markers** (:func:`merge_read_marker`, per origin
+  :func:`merge_read_markers`): the maximum (per origin region), so markers
+  written in any region converge and never move back.
 - **Channel settings** (:func:`last_writer`): last writer wins by order key.
 
 Example:
@@ -38,9 +40,11 @@ __all__ = [
     "MessageOp",
     "MessageState",
     "Stamp",
+    "cap_read_marker",
     "is_member",
     "last_writer",
     "merge_read_marker",
+    "merge_read_markers",
     "order_key",
     "resolve_message",
 ]
@@ -149,3 +153,38 @@ def is_member(user_id: str, changes: Iterable[MembershipChange]) -> bool:
 def merge_read_marker(current: int, incoming: int) -> int:
     """A user's read marker after another region's update: the maximum."""
     return max(current, incoming)
+
+
+def merge_read_markers(*markers: Mapping[str, int]) -> dict[str, int]:
+    """Per-origin read markers merged: per origin region the maximum (origins at 0 left out).
+
+    Commutative, associative and idempotent (a join-semilattice), so the updates of
+    one user's marker, written in any region and applied in any order or repeated,
+    end as the same marker everywhere.
+
+    Example:
+        >>> merge_read_markers({"eu": 4, "asia": 2}, {"eu": 3, "us-east": 7})
+        {'asia': 2, 'eu': 4, 'us-east': 7}
+    """
+    merged: dict[str, int] = {}
+    for marker in markers:
+        for origin, seq in marker.items():
+            if seq > merged.get(origin, 0):
+                merged[origin] = seq
+    return dict(sorted(merged.items()))
+
+
+def cap_read_marker(requested: Mapping[str, int], known: Mapping[str, int]) -> dict[str, int]:
+    """A requested per-origin marker capped at what a region has applied of each origin.
+
+    A position beyond ``known`` (origin -> applied ``origin_seq`` with no hole below)
+    is lowered to it, and an origin the region knows nothing of is dropped: nobody
+    marks read what the region has not shown (the primary mode caps at the channel's
+    end alike).
+
+    Example:
+        >>> cap_read_marker({"eu": 9, "asia": 2, "mars": 5}, {"eu": 6, "asia": 3})
+        {'asia': 2, 'eu': 6}
+    """
+    capped = {o: min(seq, known.get(o, 0)) for o, seq in requested.items()}
+    return dict(sorted((o, seq) for o, seq in capped.items() if seq > 0))

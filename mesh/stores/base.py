@@ -35,7 +35,7 @@ those backends at start-up, :func:`mesh.stores.check_write_mode`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -223,6 +223,20 @@ class MetadataStore(Protocol):
         """Every-region: the channel's applied positions and greatest hlc (empty, 0 if unknown)."""
         ...
 
+    async def origin_read_marker(self, user_id: str, channel_id: str) -> dict[str, int]:
+        """Every-region: the user's read marker in the channel, per origin.
+
+        Origin region -> the highest ``origin_seq`` of that origin the user has read
+        (``{}`` if never). :meth:`apply` merges a ``read_marker_updated`` event's
+        ``last_read_origins`` into it per origin as the maximum, so it never moves back
+        and ends alike in every region whatever order the updates arrive in.
+        """
+        ...
+
+    async def origin_read_markers(self, user_id: str) -> dict[str, dict[str, int]]:
+        """Every-region: channel_id -> :meth:`origin_read_marker`, for every channel with one."""
+        ...
+
     async def known_message(self, message_id: str) -> MessageRecord | None:
         """Every-region: a message created in any region, as this region knows it.
 
@@ -316,6 +330,23 @@ class HistoryStore(Protocol):
         The newest ``limit`` messages with order key < ``before`` (no bound if None),
         ascending by order key, in their current state (edits by last writer,
         deletes as tombstones, one message per id).
+        """
+        ...
+
+    async def origin_unread_count(
+        self,
+        channel_id: str,
+        read_through: Mapping[str, int],
+        user_id: str,
+        cap: int = UNREAD_CAP,
+    ) -> int:
+        """Every-region: messages unread after a per-origin read marker, at most ``cap``.
+
+        Messages shown in the channel (one per id: the kept creation's origin and
+        ``origin_seq``), not deleted, not sent by ``user_id``, whose ``origin_seq`` is
+        above ``read_through`` of their origin region (0 for an origin not in it). By
+        position, not by hlc: a late message from a region that was cut off counts as
+        unread even when its timestamp sorts it before messages already read.
         """
         ...
 

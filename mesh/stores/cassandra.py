@@ -128,7 +128,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -889,6 +889,16 @@ class CassandraHistoryStore:
     async def messages_by_id(
         self, channel_id: str, message_ids: Sequence[str]
     ) -> dict[str, message_pb2.Message]:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(_EVERY_REGION)
+
+    async def origin_unread_count(
+        self,
+        channel_id: str,
+        read_through: Mapping[str, int],
+        user_id: str,
+        cap: int = UNREAD_CAP,
+    ) -> int:
         """Not built (ADR-026)."""
         raise NotImplementedError(_EVERY_REGION)
 

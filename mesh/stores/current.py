@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from chatmesh.v1 import events_pb2, message_pb2
 from mesh.stores.base import UNREAD_CAP, HistoryPage, HistoryStore, OrderedPage, OrderKey
@@ -151,6 +151,15 @@ class CurrentHistory:
 
     async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
         return await self.store.last_origin_seqs(channel_id)
+
+    async def origin_unread_count(
+        self,
+        channel_id: str,
+        read_through: Mapping[str, int],
+        user_id: str,
+        cap: int = UNREAD_CAP,
+    ) -> int:
+        return await self.store.origin_unread_count(channel_id, read_through, user_id, cap)
 
     async def origin_events_after(
         self, channel_id: str, origin_region: str, after_origin_seq: int, limit: int = 500

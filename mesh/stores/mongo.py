@@ -591,6 +591,18 @@ class MongoMetadataStore:
             "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
         )
 
+    async def origin_read_marker(self, user_id: str, channel_id: str) -> dict[str, int]:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(
+            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
+        )
+
+    async def origin_read_markers(self, user_id: str) -> dict[str, dict[str, int]]:
+        """Not built (ADR-026)."""
+        raise NotImplementedError(
+            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
+        )
+
     async def known_message(self, message_id: str) -> MessageRecord | None:
         """Not built (ADR-026)."""
         raise NotImplementedError(

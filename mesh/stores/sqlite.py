@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -581,6 +581,13 @@ class SqliteMetadataStore(_Db):
         seen TEXT NOT NULL,
         PRIMARY KEY (channel_id, user_id, origin_region, origin_seq)
     ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS origin_read_markers (
+        user_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        origin_seq INTEGER NOT NULL,
+        PRIMARY KEY (user_id, channel_id, origin_region)
+    ) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS known_messages (
         message_id TEXT PRIMARY KEY,
         channel_id TEXT NOT NULL,
@@ -611,6 +618,18 @@ class SqliteMetadataStore(_Db):
                 "ON CONFLICT (user_id, channel_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
                 (rm.user_id, event.channel_id, rm.last_read_seq),
             )
+            if rm.last_read_origins:
+                # Per origin the maximum: a CRDT, so updates written in any region, applied in
+                # any order and any number of times, leave every region with the same marker
+                # (each row's upsert is atomic on its own; a partial apply is finished by the
+                # redelivery).
+                conn.executemany(
+                    "INSERT INTO origin_read_markers (user_id, channel_id, origin_region, origin_seq) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (user_id, channel_id, origin_region) "
+                    "DO UPDATE SET origin_seq = MAX(origin_seq, excluded.origin_seq)",
+                    [(rm.user_id, event.channel_id, origin, seq)
+                     for origin, seq in sorted(rm.last_read_origins.items()) if seq > 0],
+                )  # fmt: skip
             return
         if is_origin_event(event):
             if _fits(event):
@@ -889,6 +908,25 @@ class SqliteMetadataStore(_Db):
             {str(r[0]): int(r[1]) for r in rows if r[1]}, max((int(r[2]) for r in rows), default=0)
         )
 
+    async def origin_read_marker(self, user_id: str, channel_id: str) -> dict[str, int]:
+        return {
+            str(r[0]): int(r[1])
+            for r in self.conn.execute(
+                "SELECT origin_region, origin_seq FROM origin_read_markers "
+                "WHERE user_id = ? AND channel_id = ?",
+                (user_id, channel_id),
+            )
+        }
+
+    async def origin_read_markers(self, user_id: str) -> dict[str, dict[str, int]]:
+        markers: dict[str, dict[str, int]] = {}
+        for channel_id, origin, seq in self.conn.execute(
+            "SELECT channel_id, origin_region, origin_seq FROM origin_read_markers WHERE user_id = ?",
+            (user_id,),
+        ):
+            markers.setdefault(str(channel_id), {})[str(origin)] = int(seq)
+        return markers
+
     async def known_message(self, message_id: str) -> MessageRecord | None:
         row = self.conn.execute(
             "SELECT message_id, channel_id, sender_user_id, deleted, body FROM known_messages "
@@ -947,9 +985,25 @@ class SqliteHistoryStore(_Db):
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS origin_messages_in_order
         ON origin_messages (channel_id, hlc, origin_region, event_id);
+    -- Where each shown message sits among its origin's events, for unread counts.
+    CREATE TABLE IF NOT EXISTS origin_unread (
+        channel_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        origin_seq INTEGER NOT NULL,
+        sender_user_id TEXT NOT NULL,
+        deleted INTEGER NOT NULL,
+        PRIMARY KEY (channel_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS origin_unread_by_position
+        ON origin_unread (channel_id, origin_region, origin_seq);
     """
         + _ORIGIN_POSITIONS
     )
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._backfill_unread()
 
     async def apply(self, events: Sequence[events_pb2.Event], stream_seq: int = 0) -> int:
         conn = self.conn
@@ -1119,6 +1173,47 @@ class SqliteHistoryStore(_Db):
             "VALUES (?, ?, ?, ?, ?, ?)",
             (channel_id, message_id, hlc, origin, event_id, message.SerializeToString()),
         )
+        self._index_unread(message)
+
+    def _index_unread(self, message: message_pb2.Message) -> None:
+        # The kept creation's position (an earlier copy arriving later moves it).
+        self.conn.execute(
+            "INSERT OR REPLACE INTO origin_unread (channel_id, message_id, origin_region, origin_seq, "
+            "sender_user_id, deleted) VALUES (?, ?, ?, ?, ?, ?)",
+            (message.channel_id, message.message_id, message.origin_region, message.origin_seq,
+             message.sender_user_id, int(message.deleted)),
+        )  # fmt: skip
+
+    def _backfill_unread(self) -> None:
+        """Indexes messages stored before ``origin_unread`` existed (once, at open)."""
+        if self.conn.execute("SELECT 1 FROM origin_unread LIMIT 1").fetchone() is not None:
+            return
+        rows = self.conn.execute("SELECT body FROM origin_messages").fetchall()
+        if not rows:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for (body,) in rows:
+                self._index_unread(message_pb2.Message.FromString(body))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    async def origin_unread_count(
+        self,
+        channel_id: str,
+        read_through: Mapping[str, int],
+        user_id: str,
+        cap: int = UNREAD_CAP,
+    ) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM origin_unread u LEFT JOIN json_each(?) r "
+            "ON r.key = u.origin_region WHERE u.channel_id = ? AND u.deleted = 0 "
+            "AND u.sender_user_id != ? AND u.origin_seq > COALESCE(r.value, 0) LIMIT ?)",
+            (json.dumps(dict(read_through)), channel_id, user_id, cap),
+        ).fetchone()
+        return int(row[0])
 
     async def last_origin_seqs(self, channel_id: str) -> dict[str, int]:
         return {

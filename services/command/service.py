@@ -58,6 +58,7 @@ from mesh.bus.subjects import (
     origin_stream_name,
 )
 from mesh.core import ids
+from mesh.core.convergence import cap_read_marker, merge_read_markers
 from mesh.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -877,17 +878,33 @@ class Commands:
         event = new_event(req.channel_id, seq=0, origin_region=origin, actor=user)
         event.read_marker_updated.user_id = user
         event.read_marker_updated.last_read_seq = target
+        msg_id = f"rm:{user}:{req.channel_id}:{target}"
+        if self.every_region:
+            # Per origin the maximum of the stored and the requested position, each
+            # capped at what this region has applied of that origin (ADR-026).
+            known = (await self.metadata.channel_clock(req.channel_id)).seen
+            merged = merge_read_markers(
+                await self.metadata.origin_read_marker(user, req.channel_id),
+                cap_read_marker(req.read_through_origins, known),
+            )
+            event.read_marker_updated.last_read_origins.update(merged)
+            # One id per (writing region, marker): a repeat is de-duplicated, a move is not.
+            msg_id = f"rm:{self.region}:{user}:{req.channel_id}:" + ",".join(
+                f"{o}={n}" for o, n in merged.items()
+            )
         await self.metadata.apply(event)
         await self.events.publish_event(
             Subjects.origin_user_events(self.region, user)
             if self.every_region
             else Subjects.user_events(user),
             event.SerializeToString(),
-            f"rm:{user}:{req.channel_id}:{target}",
+            msg_id,
             timeout=self.publish_timeout,
             expected_stream=self.events_stream,
         )
-        return pb.MarkReadResponse(last_read_seq=target)
+        response = pb.MarkReadResponse(last_read_seq=target)
+        response.last_read_origins.update(event.read_marker_updated.last_read_origins)
+        return response
 
 
 class _AlreadyDeleted(Exception):

@@ -208,13 +208,24 @@ class Queries:
     ) -> pb.ListChannelsResponse:
         """QueryService.ListChannels."""
         markers = await self.metadata.read_markers(user)
+        by_origin = await self.metadata.origin_read_markers(user) if self.every_region else {}
         summaries = []
         for channel in await self.metadata.channels_of(user):
             marker = markers.get(channel.channel_id, 0)
-            unread = await self.history.unread_count(channel.channel_id, marker, user)
+            if self.every_region:
+                read_through = by_origin.get(channel.channel_id, {})
+                unread = await self.history.origin_unread_count(
+                    channel.channel_id, read_through, user
+                )
+            else:
+                read_through = {}
+                unread = await self.history.unread_count(channel.channel_id, marker, user)
             summaries.append(
                 channel_pb2.ChannelSummary(
-                    channel=channel, last_read_seq=marker, unread_count=unread
+                    channel=channel,
+                    last_read_seq=marker,
+                    unread_count=unread,
+                    last_read_origins=read_through,
                 )
             )
         return pb.ListChannelsResponse(channels=summaries)

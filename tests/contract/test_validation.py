@@ -237,6 +237,28 @@ CASES: list[Case] = [
     _channel_id_case("chatmesh.v1.SetTypingRequest"),
     _channel_id_case(MARK),
     Case(MARK, "seq: int64.gte", _set(seq=-1), (("seq", None),), "int64.gte"),
+    Case(
+        MARK,
+        "read_through_origins: map.max_pairs",
+        _set(read_through_origins={f"r{i}": 1 for i in range(65)}),
+        (("read_through_origins", None),),
+        "map.max_pairs",
+    ),
+    Case(
+        MARK,
+        "read_through_origins: map.keys.string.pattern",
+        _set(read_through_origins={"eu": 1, "EU_WEST": 2}),
+        (("read_through_origins", "EU_WEST"),),
+        "string.pattern",
+        for_key=True,
+    ),
+    Case(
+        MARK,
+        "read_through_origins: map.values.int64.gte",
+        _set(read_through_origins={"eu": -1}),
+        (("read_through_origins", "eu"),),
+        "int64.gte",
+    ),
     # QueryService
     _channel_id_case(HISTORY),
     # after_seq cleared: with both set, a zero before_seq would also break the bounds rule.
@@ -388,6 +410,7 @@ EDGES: list[tuple[str, Callable[[Any], None]]] = [
     (SEND, _set(text=" x ")),
     (EDIT, _set(text="😀" * 4000)),
     (MARK, _set(seq=0)),
+    (MARK, _set(read_through_origins={"eu": 3, "us-east": 0, "asia": 12})),
     (HISTORY, _set(limit=1)),
     (HISTORY, _set(limit=200)),
     (HISTORY, _set(before_seq=6, after_seq=4)),

@@ -518,3 +518,129 @@ async def none_online(member: Member, users: list[str]) -> bool:
     return all(
         s != presence_pb2.PRESENCE_STATUS_ONLINE for _, s, _ in await presence_in(member, users)
     )
+
+
+# -- read markers (issue 15: "Read markers: the maximum") --------------------------------
+
+
+def _client_at(mesh: Mesh, user: str, region: str) -> ChatClient:
+    """``user`` on ``region``'s edge (a second device of theirs, somewhere else)."""
+    keys = KeyDirectory(mesh.run_dir / "keys")
+    return ChatClient.from_edge(
+        mesh.endpoints[region]["edge"], token=mint(keys, user),
+        retry=RetryPolicy(max_attempts=None),
+    )  # fmt: skip
+
+
+async def _read_state(client: ChatClient, channel_id: str) -> tuple[dict[str, int], int]:
+    """(per-origin marker, unread count) of the caller's ``channel_id`` in ListChannels."""
+    for summary in (await client.list_channels()).channels:
+        if summary.channel.channel_id == channel_id:
+            return dict(summary.last_read_origins), int(summary.unread_count)
+    return {}, -1
+
+
+async def _positions_reach(client: ChatClient, channel_id: str, want: dict[str, int]) -> bool:
+    have = await client.origin_positions(channel_id)
+    return all(have.get(o, 0) >= n for o, n in want.items())
+
+
+async def test_a_read_marker_set_in_eu_converges_in_asia_and_us_east(mesh: Mesh) -> None:
+    bea = {r: _client_at(mesh, "bea", r) for r in REGIONS}
+    ann, cho = _client_at(mesh, "ann", "us-east"), _client_at(mesh, "cho", "asia")
+    try:
+        channel = (
+            await bea["eu"].create_channel("marks", ["ann", "cho"])
+        ).channel.channel_id  # eu 1
+        for text in ("a1", "a2"):
+            await ann.send_message(channel, text)  # us-east 1, 2
+        for text in ("c1", "c2"):
+            await cho.send_message(channel, text)  # asia 1, 2
+        await bea["eu"].send_message(channel, "b1")  # eu 2: her own, never unread
+        everything = {"eu": 2, "us-east": 2, "asia": 2}
+        for region in REGIONS:
+            await eventually(lambda r=region: _positions_reach(bea[r], channel, everything),  # type: ignore[misc]
+                             timeout=60, what=f"every message in {region}")  # fmt: skip
+            assert await _read_state(bea[region], channel) == ({}, 4)
+
+        positions = await bea["eu"].origin_positions(channel)
+        resp = await bea["eu"].mark_read(channel, read_through_origins=positions)
+        assert dict(resp.last_read_origins) == everything
+        for region in REGIONS:
+
+            async def converged(r: str = region) -> bool:
+                return await _read_state(bea[r], channel) == (everything, 0)
+
+            await eventually(converged, timeout=60, what=f"bea's marker and unread in {region}")
+        # A new message from asia is unread everywhere; an older marker moves nothing back.
+        await cho.send_message(channel, "c3")  # asia 3
+        for region in REGIONS:
+
+            async def one_unread(r: str = region) -> bool:
+                return await _read_state(bea[r], channel) == (everything, 1)
+
+            await eventually(one_unread, timeout=60, what=f"c3 unread in {region}")
+        resp = await bea["us-east"].mark_read(channel, read_through_origins={"eu": 1})
+        assert dict(resp.last_read_origins) == everything
+    finally:
+        for client in (*bea.values(), ann, cho):
+            await client.close()
+
+
+async def test_markers_set_on_both_sides_of_a_cut_converge_to_the_maximum(mesh: Mesh) -> None:
+    """Asia cut off: bea marks read in eu (sees us-east's new message, not asia's) and on a
+    device in asia (sees asia's, not us-east's); dan writes in asia after her asia mark.
+    After the heal every region holds the per-origin maximum and counts dan's message from
+    the cut-off side as unread (with us-east's newer one), whatever order each region got
+    the two markers in."""
+    bea = {r: _client_at(mesh, "bea", r) for r in REGIONS}
+    ann, cho = _client_at(mesh, "ann", "us-east"), _client_at(mesh, "cho", "asia")
+    dan = _client_at(mesh, "dan", "asia")
+    try:
+        created = await bea["eu"].create_channel("marks-cut", ["ann", "cho", "dan"])
+        channel = created.channel.channel_id  # eu 1
+        await ann.send_message(channel, "a1")  # us-east 1
+        await cho.send_message(channel, "c1")  # asia 1
+        before = {"eu": 1, "us-east": 1, "asia": 1}
+        for region in REGIONS:
+            await eventually(lambda r=region: _positions_reach(bea[r], channel, before),  # type: ignore[misc]
+                             timeout=60, what=f"the channel in {region}")  # fmt: skip
+        for other in ("us-east", "eu"):
+            await mesh.wan.cut("asia", other)
+        try:
+            await cho.send_message(channel, "c2 in the cut")  # asia 2
+            await cho.send_message(channel, "c3 in the cut")  # asia 3
+            await ann.send_message(channel, "a2 in the cut")  # us-east 2
+            eu_view = {"eu": 1, "us-east": 2, "asia": 1}
+            asia_view = {"eu": 1, "us-east": 1, "asia": 3}
+            await eventually(lambda: _positions_reach(bea["eu"], channel, eu_view), timeout=60,
+                             what="a2 in eu")  # fmt: skip
+            await eventually(lambda: _positions_reach(bea["asia"], channel, asia_view), timeout=60,
+                             what="c3 in asia")  # fmt: skip
+            # Each side marks what it shows; asking for more than a region has is capped.
+            resp = await bea["eu"].mark_read(channel, read_through_origins={**eu_view, "asia": 3})
+            assert dict(resp.last_read_origins) == eu_view
+            resp = await bea["asia"].mark_read(channel, read_through_origins=asia_view)
+            assert dict(resp.last_read_origins) == asia_view
+            await dan.send_message(channel, "d1 late")  # asia 4: after bea's asia mark
+            assert await _read_state(bea["eu"], channel) == (eu_view, 0)
+
+            async def asia_counts_dan() -> bool:
+                return await _read_state(bea["asia"], channel) == (asia_view, 1)
+
+            await eventually(asia_counts_dan, timeout=30, what="d1 unread in asia")
+        finally:
+            for other in ("us-east", "eu"):
+                await mesh.wan.heal("asia", other)
+        await ann.send_message(channel, "a3 after")  # us-east 3: after the heal, unread too
+        merged = {"eu": 1, "us-east": 2, "asia": 3}
+        for region in REGIONS:
+
+            async def converged(r: str = region) -> bool:
+                return await _read_state(bea[r], channel) == (merged, 2)
+
+            await eventually(converged, timeout=180, interval=0.5,
+                             what=f"the merged marker in {region}")  # fmt: skip
+    finally:
+        for client in (*bea.values(), ann, cho, dan):
+            await client.close()

@@ -288,7 +288,15 @@ class ChatPage {
       case "readMarkerUpdated": {
         // Another tab of ours read the channel.
         const view = this.#channels.get(event.channelId);
-        if (view && payload.value.lastReadSeq >= view.countedSeq) {
+        const origins = payload.value.lastReadOrigins;
+        if (view && Object.keys(origins).length > 0) {
+          // Every-region mode: read when the marker covers every origin this page has seen.
+          const seen = this.#subscription?.originPositions().get(event.channelId) ?? new Map<string, bigint>();
+          if ([...seen].every(([origin, at]) => (origins[origin] ?? 0n) >= at)) {
+            view.unread = 0;
+            this.renderChannels();
+          }
+        } else if (view && payload.value.lastReadSeq >= view.countedSeq) {
           view.unread = 0;
           this.renderChannels();
         }
@@ -432,11 +440,17 @@ class ChatPage {
     const view = this.#open ? this.#channels.get(this.#open) : undefined;
     if (!view || this.#markingRead || document.visibilityState === "hidden") return;
     const newest = this.sortedMessages(view).at(-1);
-    // Every-region mode has no seqs (ADR-026: read markers are not built there yet).
-    if (!newest || newest.seq === 0n) return;
+    if (!newest) return;
+    // Every-region mode has no seqs: mark what the stream delivered, per origin (ADR-026).
+    const origins = this.#subscription?.originPositions().get(view.channel.channelId);
+    if (newest.seq === 0n && (origins === undefined || origins.size === 0)) return;
     this.#markingRead = true;
     try {
-      await this.chat.markRead(view.channel.channelId, newest.seq);
+      if (newest.seq === 0n && origins !== undefined) {
+        await this.chat.markReadOrigins(view.channel.channelId, origins);
+      } else {
+        await this.chat.markRead(view.channel.channelId, newest.seq);
+      }
     } catch {
       // Best effort: the next message or visit marks it again.
     } finally {

@@ -151,6 +151,17 @@ export interface ChatClient {
   setTyping(channelId: string, typing: boolean, options?: CallOpts): Promise<void>;
   /** Moves the caller's read marker forward; returns the marker after the call. */
   markRead(channelId: string, seq: bigint, options?: CallOpts): Promise<bigint>;
+  /**
+   * Every-region write mode (ADR-026): moves the caller's per-origin read marker
+   * (origin region -> highest `origin_seq` read, e.g. one channel of a
+   * subscription's `originPositions()`); returns the merged marker. Per origin the
+   * maximum, capped at what the serving region has applied.
+   */
+  markReadOrigins(
+    channelId: string,
+    readThroughOrigins: ReadonlyMap<string, bigint> | Readonly<Record<string, bigint>>,
+    options?: CallOpts,
+  ): Promise<Record<string, bigint>>;
   /** The caller's channels with unread counts, most recently active first. */
   listChannels(options?: CallOpts): Promise<ChannelSummary[]>;
   /** A channel with its members. */
@@ -318,6 +329,16 @@ export function createChatClient(options: ChatClientOptions): ChatClient {
       // The marker only moves forward, so repeating the call is harmless.
       const resp = await retrying(opts, (call) => command.markRead({ channelId, seq }, call));
       return resp.lastReadSeq;
+    },
+
+    async markReadOrigins(channelId, readThroughOrigins, opts) {
+      const origins: Record<string, bigint> =
+        readThroughOrigins instanceof Map ? Object.fromEntries(readThroughOrigins) : { ...readThroughOrigins };
+      // Per origin the maximum on the server: repeating the call is harmless.
+      const resp = await retrying(opts, (call) =>
+        command.markRead({ channelId, readThroughOrigins: origins }, call),
+      );
+      return resp.lastReadOrigins;
     },
 
     async listChannels(opts) {

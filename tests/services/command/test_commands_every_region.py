@@ -341,3 +341,52 @@ async def test_three_regions_writing_through_a_partition_converge(tmp_path: Path
         for region in regions:
             await region.close()
         await bus.close()
+
+
+async def test_mark_read_per_origin_converges_in_the_other_region_and_is_capped(
+    regions: tuple[Region, Region],
+) -> None:
+    eu, us = regions
+    channel_id = await create(eu, "alice", ["bob"])
+    await eu.send("alice", channel_id, "one", "k1")  # eu 2
+    await us.receive(eu)
+    await us.send("alice", channel_id, "two", "k2")  # us-east 1
+    await eu.receive(us)
+    # bob names more of eu than eu has (eu 2 is its newest) and a region it never saw.
+    req = pb.MarkReadRequest(
+        channel_id=channel_id, read_through_origins={"eu": 9, "us-east": 1, "asia": 4}
+    )
+    resp = await eu.commands.mark_read("bob", req, "eu")
+    assert dict(resp.last_read_origins) == {"eu": 2, "us-east": 1}
+    assert resp.last_read_seq == 0
+    # A lower marker later (another device's older view) does not move it back.
+    older = pb.MarkReadRequest(channel_id=channel_id, read_through_origins={"eu": 1})
+    resp = await eu.commands.mark_read("bob", older, "eu")
+    assert dict(resp.last_read_origins) == {"eu": 2, "us-east": 1}
+    markers = [e for e in eu.written() if e.WhichOneof("payload") == "read_marker_updated"]
+    assert [dict(e.read_marker_updated.last_read_origins) for e in markers] == [
+        {"eu": 2, "us-east": 1}
+    ]  # the repeat carried the same marker: one event, de-duplicated by its id
+    await us.receive(eu)
+    assert await us.metadata.origin_read_marker("bob", channel_id) == {"eu": 2, "us-east": 1}
+    # Written in us-east meanwhile: the two merge per origin in both regions.
+    await us.send("alice", channel_id, "three", "k3")  # us-east 2
+    await us.commands.mark_read(
+        "bob",
+        pb.MarkReadRequest(channel_id=channel_id, read_through_origins={"us-east": 2}),
+        "us-east",
+    )
+    await eu.receive(us)
+    for region in (eu, us):
+        assert await region.metadata.origin_read_marker("bob", channel_id) == {
+            "eu": 2,
+            "us-east": 2,
+        }
+
+
+async def test_mark_read_needs_membership_in_this_mode_too(regions: tuple[Region, Region]) -> None:
+    eu, _ = regions
+    channel_id = await create(eu, "alice", ["bob"])
+    req = pb.MarkReadRequest(channel_id=channel_id, read_through_origins={"eu": 1})
+    with pytest.raises(PermissionDenied):
+        await eu.commands.mark_read("mallory", req, "eu")

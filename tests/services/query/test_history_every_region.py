@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatmesh.v1 import query_service_pb2 as pb
+from chatmesh.v1 import events_pb2, query_service_pb2 as pb
 from mesh.core.errors import InvalidArgument, PermissionDenied
 from mesh.stores import open_history, open_metadata
 from services.query.service import Queries, encode_page_token
@@ -125,3 +125,19 @@ async def test_the_services_refuse_the_mode_with_stores_that_lack_it(tmp_path: P
         await worker_main(
             WorkerConfig(writes="every-region", history_store=f"sqlite:///{tmp_path}/h.db")
         )
+
+
+async def test_list_channels_counts_unread_by_the_per_origin_marker(queries: Queries) -> None:
+    # Of alice's messages (bob reads them): tie 0, 2, 4, ... — six, from eu/asia/us-east.
+    summary = (await queries.list_channels("bob", pb.ListChannelsRequest())).channels[0]
+    assert (summary.unread_count, dict(summary.last_read_origins)) == (6, {})
+    marker = events_pb2.Event(channel_id=CH, origin_region="eu", actor_user_id="bob")
+    marker.read_marker_updated.user_id = "bob"
+    # eu 1 is the creation; eu 2, 3, 4, 5 are ties 0, 3, 6, 9 (alice: 0 and 6).
+    marker.read_marker_updated.last_read_origins.update({"eu": 5, "asia": 1})
+    await queries.metadata.apply(marker)
+    summary = (await queries.list_channels("bob", pb.ListChannelsRequest())).channels[0]
+    assert dict(summary.last_read_origins) == {"eu": 5, "asia": 1}
+    # Left: us-east's ties 4 and 10 (ties 1 and 7 are bob's), asia's tie 8 (asia 3).
+    assert summary.unread_count == 3
+    assert summary.last_read_seq == 0

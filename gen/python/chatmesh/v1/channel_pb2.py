@@ -25,17 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatmesh/v1/channel.proto\x12\x0b\x63hatmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x02\n\x07\x43hannel\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12&\n\x0fmember_user_ids\x18\x03 \x03(\tR\rmemberUserIds\x12+\n\x12\x63reated_by_user_id\x18\x04 \x01(\tR\x0f\x63reatedByUserId\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12>\n\nvisibility\x18\x06 \x01(\x0e\x32\x1e.chatmesh.v1.ChannelVisibilityR\nvisibility\x12\x19\n\x08last_seq\x18\x07 \x01(\x03R\x07lastSeq\"\x87\x01\n\x0e\x43hannelSummary\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\x12\"\n\rlast_read_seq\x18\x02 \x01(\x03R\x0blastReadSeq\x12!\n\x0cunread_count\x18\x03 \x01(\x03R\x0bunreadCount*v\n\x11\x43hannelVisibility\x12\"\n\x1e\x43HANNEL_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HANNEL_VISIBILITY_PRIVATE\x10\x01\x12\x1d\n\x19\x43HANNEL_VISIBILITY_PUBLIC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatmesh/v1/channel.proto\x12\x0b\x63hatmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x02\n\x07\x43hannel\x12\x1d\n\nchannel_id\x18\x01 \x01(\tR\tchannelId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12&\n\x0fmember_user_ids\x18\x03 \x03(\tR\rmemberUserIds\x12+\n\x12\x63reated_by_user_id\x18\x04 \x01(\tR\x0f\x63reatedByUserId\x12\x39\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12>\n\nvisibility\x18\x06 \x01(\x0e\x32\x1e.chatmesh.v1.ChannelVisibilityR\nvisibility\x12\x19\n\x08last_seq\x18\x07 \x01(\x03R\x07lastSeq\"\xa9\x02\n\x0e\x43hannelSummary\x12.\n\x07\x63hannel\x18\x01 \x01(\x0b\x32\x14.chatmesh.v1.ChannelR\x07\x63hannel\x12\"\n\rlast_read_seq\x18\x02 \x01(\x03R\x0blastReadSeq\x12!\n\x0cunread_count\x18\x03 \x01(\x03R\x0bunreadCount\x12\\\n\x11last_read_origins\x18\x04 \x03(\x0b\x32\x30.chatmesh.v1.ChannelSummary.LastReadOriginsEntryR\x0flastReadOrigins\x1a\x42\n\x14LastReadOriginsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x03R\x05value:\x02\x38\x01*v\n\x11\x43hannelVisibility\x12\"\n\x1e\x43HANNEL_VISIBILITY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43HANNEL_VISIBILITY_PRIVATE\x10\x01\x12\x1d\n\x19\x43HANNEL_VISIBILITY_PUBLIC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatmesh.v1.channel_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNELVISIBILITY']._serialized_start=511
-  _globals['_CHANNELVISIBILITY']._serialized_end=629
+  _globals['_CHANNELSUMMARY_LASTREADORIGINSENTRY']._loaded_options = None
+  _globals['_CHANNELSUMMARY_LASTREADORIGINSENTRY']._serialized_options = b'8\001'
+  _globals['_CHANNELVISIBILITY']._serialized_start=673
+  _globals['_CHANNELVISIBILITY']._serialized_end=791
   _globals['_CHANNEL']._serialized_start=76
   _globals['_CHANNEL']._serialized_end=371
   _globals['_CHANNELSUMMARY']._serialized_start=374
-  _globals['_CHANNELSUMMARY']._serialized_end=509
+  _globals['_CHANNELSUMMARY']._serialized_end=671
+  _globals['_CHANNELSUMMARY_LASTREADORIGINSENTRY']._serialized_start=605
+  _globals['_CHANNELSUMMARY_LASTREADORIGINSENTRY']._serialized_end=671
 # @@protoc_insertion_point(module_scope)

@@ -38,11 +38,20 @@ class Channel(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., name: _Optional[str] = ..., member_user_ids: _Optional[_Iterable[str]] = ..., created_by_user_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., visibility: _Optional[_Union[ChannelVisibility, str]] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class ChannelSummary(_message.Message):
-    __slots__ = ("channel", "last_read_seq", "unread_count")
+    __slots__ = ("channel", "last_read_seq", "unread_count", "last_read_origins")
+    class LastReadOriginsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     LAST_READ_SEQ_FIELD_NUMBER: _ClassVar[int]
     UNREAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_READ_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     last_read_seq: int
     unread_count: int
-    def __init__(self, channel: _Optional[_Union[Channel, _Mapping]] = ..., last_read_seq: _Optional[int] = ..., unread_count: _Optional[int] = ...) -> None: ...
+    last_read_origins: _containers.ScalarMap[str, int]
+    def __init__(self, channel: _Optional[_Union[Channel, _Mapping]] = ..., last_read_seq: _Optional[int] = ..., unread_count: _Optional[int] = ..., last_read_origins: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -117,8 +117,16 @@ class CommandService(Protocol):
 
     async def mark_read(self, request: MarkReadRequest, ctx: RequestContext[MarkReadRequest, MarkReadResponse], /) -> MarkReadResponse:
         """
-        Moves the caller's read marker forward to `seq` (never backwards).
-        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
+        Moves the caller's read marker forward to `seq` (never backwards), capped
+        at the channel's newest seq. Every-region write mode (ADR-026): moves the
+        per-origin marker to `read_through_origins` instead, per origin the
+        maximum of the old and the requested position, each capped at what this
+        region has applied of that origin; markers written in any region converge
+        in every region.
+        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER);
+        INVALID_ARGUMENT (a bad channel id, a negative seq, a bad region name, more
+        than 64 origins); UNAVAILABLE (standby, overloaded, or the event stream
+        did not acknowledge).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -466,8 +474,16 @@ class CommandServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> MarkReadResponse:
         """
-        Moves the caller's read marker forward to `seq` (never backwards).
-        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
+        Moves the caller's read marker forward to `seq` (never backwards), capped
+        at the channel's newest seq. Every-region write mode (ADR-026): moves the
+        per-origin marker to `read_through_origins` instead, per origin the
+        maximum of the old and the requested position, each capped at what this
+        region has applied of that origin; markers written in any region converge
+        in every region.
+        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER);
+        INVALID_ARGUMENT (a bad channel id, a negative seq, a bad region name, more
+        than 64 origins); UNAVAILABLE (standby, overloaded, or the event stream
+        did not acknowledge).
         """
         return await self.execute_unary(
             request=request,
@@ -563,8 +579,16 @@ class CommandServiceSync(Protocol):
 
     def mark_read(self, request: MarkReadRequest, ctx: RequestContext[MarkReadRequest, MarkReadResponse], /) -> MarkReadResponse:
         """
-        Moves the caller's read marker forward to `seq` (never backwards).
-        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
+        Moves the caller's read marker forward to `seq` (never backwards), capped
+        at the channel's newest seq. Every-region write mode (ADR-026): moves the
+        per-origin marker to `read_through_origins` instead, per origin the
+        maximum of the old and the requested position, each capped at what this
+        region has applied of that origin; markers written in any region converge
+        in every region.
+        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER);
+        INVALID_ARGUMENT (a bad channel id, a negative seq, a bad region name, more
+        than 64 origins); UNAVAILABLE (standby, overloaded, or the event stream
+        did not acknowledge).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -910,8 +934,16 @@ class CommandServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> MarkReadResponse:
         """
-        Moves the caller's read marker forward to `seq` (never backwards).
-        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
+        Moves the caller's read marker forward to `seq` (never backwards), capped
+        at the channel's newest seq. Every-region write mode (ADR-026): moves the
+        per-origin marker to `read_through_origins` instead, per origin the
+        maximum of the old and the requested position, each capped at what this
+        region has applied of that origin; markers written in any region converge
+        in every region.
+        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER);
+        INVALID_ARGUMENT (a bad channel id, a negative seq, a bad region name, more
+        than 64 origins); UNAVAILABLE (standby, overloaded, or the event stream
+        did not acknowledge).
         """
         return self.execute_unary(
             request=request,

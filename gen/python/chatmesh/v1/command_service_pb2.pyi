@@ -108,15 +108,33 @@ class SetTypingResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class MarkReadRequest(_message.Message):
-    __slots__ = ("channel_id", "seq")
+    __slots__ = ("channel_id", "seq", "read_through_origins")
+    class ReadThroughOriginsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    READ_THROUGH_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     channel_id: str
     seq: int
-    def __init__(self, channel_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+    read_through_origins: _containers.ScalarMap[str, int]
+    def __init__(self, channel_id: _Optional[str] = ..., seq: _Optional[int] = ..., read_through_origins: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class MarkReadResponse(_message.Message):
-    __slots__ = ("last_read_seq",)
+    __slots__ = ("last_read_seq", "last_read_origins")
+    class LastReadOriginsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     LAST_READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_READ_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     last_read_seq: int
-    def __init__(self, last_read_seq: _Optional[int] = ...) -> None: ...
+    last_read_origins: _containers.ScalarMap[str, int]
+    def __init__(self, last_read_seq: _Optional[int] = ..., last_read_origins: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -174,8 +174,16 @@ class CommandServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MarkRead(self, request, context):
-        """Moves the caller's read marker forward to `seq` (never backwards).
-        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
+        """Moves the caller's read marker forward to `seq` (never backwards), capped
+        at the channel's newest seq. Every-region write mode (ADR-026): moves the
+        per-origin marker to `read_through_origins` instead, per origin the
+        maximum of the old and the requested position, each capped at what this
+        region has applied of that origin; markers written in any region converge
+        in every region.
+        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER);
+        INVALID_ARGUMENT (a bad channel id, a negative seq, a bad region name, more
+        than 64 origins); UNAVAILABLE (standby, overloaded, or the event stream
+        did not acknowledge).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

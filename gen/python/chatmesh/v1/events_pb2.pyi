@@ -123,9 +123,18 @@ class PresenceChanged(_message.Message):
     def __init__(self, presence: _Optional[_Union[_presence_pb2.Presence, _Mapping]] = ...) -> None: ...
 
 class ReadMarkerUpdated(_message.Message):
-    __slots__ = ("user_id", "last_read_seq")
+    __slots__ = ("user_id", "last_read_seq", "last_read_origins")
+    class LastReadOriginsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_READ_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     last_read_seq: int
-    def __init__(self, user_id: _Optional[str] = ..., last_read_seq: _Optional[int] = ...) -> None: ...
+    last_read_origins: _containers.ScalarMap[str, int]
+    def __init__(self, user_id: _Optional[str] = ..., last_read_seq: _Optional[int] = ..., last_read_origins: _Optional[_Mapping[str, int]] = ...) -> None: ...

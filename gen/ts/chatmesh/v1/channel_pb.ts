@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatmesh/v1/channel.proto.
  */
 export const file_chatmesh_v1_channel: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0bWVzaC92MS9jaGFubmVsLnByb3RvEgtjaGF0bWVzaC52MSLWAQoHQ2hhbm5lbBISCgpjaGFubmVsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSFwoPbWVtYmVyX3VzZXJfaWRzGAMgAygJEhoKEmNyZWF0ZWRfYnlfdXNlcl9pZBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgp2aXNpYmlsaXR5GAYgASgOMh4uY2hhdG1lc2gudjEuQ2hhbm5lbFZpc2liaWxpdHkSEAoIbGFzdF9zZXEYByABKAMiZAoOQ2hhbm5lbFN1bW1hcnkSJQoHY2hhbm5lbBgBIAEoCzIULmNoYXRtZXNoLnYxLkNoYW5uZWwSFQoNbGFzdF9yZWFkX3NlcRgCIAEoAxIUCgx1bnJlYWRfY291bnQYAyABKAMqdgoRQ2hhbm5lbFZpc2liaWxpdHkSIgoeQ0hBTk5FTF9WSVNJQklMSVRZX1VOU1BFQ0lGSUVEEAASHgoaQ0hBTk5FTF9WSVNJQklMSVRZX1BSSVZBVEUQARIdChlDSEFOTkVMX1ZJU0lCSUxJVFlfUFVCTElDEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChljaGF0bWVzaC92MS9jaGFubmVsLnByb3RvEgtjaGF0bWVzaC52MSLWAQoHQ2hhbm5lbBISCgpjaGFubmVsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSFwoPbWVtYmVyX3VzZXJfaWRzGAMgAygJEhoKEmNyZWF0ZWRfYnlfdXNlcl9pZBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgp2aXNpYmlsaXR5GAYgASgOMh4uY2hhdG1lc2gudjEuQ2hhbm5lbFZpc2liaWxpdHkSEAoIbGFzdF9zZXEYByABKAMi6QEKDkNoYW5uZWxTdW1tYXJ5EiUKB2NoYW5uZWwYASABKAsyFC5jaGF0bWVzaC52MS5DaGFubmVsEhUKDWxhc3RfcmVhZF9zZXEYAiABKAMSFAoMdW5yZWFkX2NvdW50GAMgASgDEksKEWxhc3RfcmVhZF9vcmlnaW5zGAQgAygLMjAuY2hhdG1lc2gudjEuQ2hhbm5lbFN1bW1hcnkuTGFzdFJlYWRPcmlnaW5zRW50cnkaNgoUTGFzdFJlYWRPcmlnaW5zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASp2ChFDaGFubmVsVmlzaWJpbGl0eRIiCh5DSEFOTkVMX1ZJU0lCSUxJVFlfVU5TUEVDSUZJRUQQABIeChpDSEFOTkVMX1ZJU0lCSUxJVFlfUFJJVkFURRABEh0KGUNIQU5ORUxfVklTSUJJTElUWV9QVUJMSUMQAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A conversation between members.
@@ -99,10 +99,20 @@ export type ChannelSummary = Message<"chatmesh.v1.ChannelSummary"> & {
 
   /**
    * Messages by others after `last_read_seq` that are not deleted, capped at 1000.
+   * Every-region write mode: messages by others, not deleted, whose
+   * `origin_seq` lies after `last_read_origins` of their origin region.
    *
    * @generated from field: int64 unread_count = 3;
    */
   unreadCount: bigint;
+
+  /**
+   * Every-region write mode (ADR-026): the caller's per-origin read marker
+   * (origin region -> highest `origin_seq` read). Empty in the primary mode.
+   *
+   * @generated from field: map<string, int64> last_read_origins = 4;
+   */
+  lastReadOrigins: { [key: string]: bigint };
 };
 
 /**

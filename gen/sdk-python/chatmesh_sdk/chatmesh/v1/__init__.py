@@ -420,6 +420,18 @@ class ChannelSummary(betterproto2.Message):
     unread_count: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
     """
     Messages by others after `last_read_seq` that are not deleted, capped at 1000.
+    Every-region write mode: messages by others, not deleted, whose
+    `origin_seq` lies after `last_read_origins` of their origin region.
+    """
+
+    last_read_origins: "dict[str, int]" = betterproto2.field(
+        4,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode (ADR-026): the caller's per-origin read marker
+    (origin region -> highest `origin_seq` read). Empty in the primary mode.
     """
 
 
@@ -1086,6 +1098,17 @@ class MarkReadRequest(betterproto2.Message):
     The highest seq the caller has read.
     """
 
+    read_through_origins: "dict[str, int]" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode (ADR-026): origin region -> the highest
+    `origin_seq` of that origin the caller has read in the channel (e.g. the
+    client's resume positions). Ignored in the primary write mode.
+    """
+
 
 default_message_pool.register_message("chatmesh.v1", "MarkReadRequest", MarkReadRequest)
 
@@ -1099,6 +1122,17 @@ class MarkReadResponse(betterproto2.Message):
     last_read_seq: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
     """
     The marker after the call (the larger of the old and the requested one).
+    """
+
+    last_read_origins: "dict[str, int]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode: the per-origin marker after the call (origin
+    region -> highest `origin_seq` read; origins never read are absent).
+    Empty in the primary write mode.
     """
 
 
@@ -1369,6 +1403,18 @@ class ReadMarkerUpdated(betterproto2.Message):
     last_read_seq: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
     """
     The new highest read seq in `Event.channel_id`.
+    """
+
+    last_read_origins: "dict[str, int]" = betterproto2.field(
+        3,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
+    )
+    """
+    Every-region write mode (ADR-026): the user's per-origin marker as the
+    writing region merged it (origin region -> highest `origin_seq` read).
+    Applied per origin as the maximum, so every region ends with the same
+    marker whatever order the updates arrive in. Empty in the primary mode.
     """
 
 
@@ -1688,8 +1734,16 @@ class CommandServiceStub:
 
     def mark_read(self, message: "MarkReadRequest") -> "MarkReadResponse":
         """
-        Moves the caller's read marker forward to `seq` (never backwards).
-        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER).
+        Moves the caller's read marker forward to `seq` (never backwards), capped
+        at the channel's newest seq. Every-region write mode (ADR-026): moves the
+        per-origin marker to `read_through_origins` instead, per origin the
+        maximum of the old and the requested position, each capped at what this
+        region has applied of that origin; markers written in any region converge
+        in every region.
+        Errors: NOT_FOUND (CHANNEL_NOT_FOUND); PERMISSION_DENIED (NOT_A_MEMBER);
+        INVALID_ARGUMENT (a bad channel id, a negative seq, a bad region name, more
+        than 64 origins); UNAVAILABLE (standby, overloaded, or the event stream
+        did not acknowledge).
         """
 
         return self._channel.unary_unary(
