@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chatmesh.internal.v1 import presence_pb2 as internal_presence_pb2
 from chatmesh.v1 import presence_pb2
 
 __all__ = ["RegionalPresence", "RemoteRegion"]
@@ -138,6 +139,15 @@ class RegionalPresence:
         if not resync:
             return [], []
         return came, went
+
+    def apply_snapshot(
+        self, snap: internal_presence_pb2.PresenceSnapshot, *, now: float
+    ) -> tuple[list[str], list[str]]:
+        """:meth:`apply` of a decoded :class:`PresenceSnapshot` (what a NATS handler receives)."""
+        return self.apply(
+            snap.region, snap.epoch, snap.seq, snap.taken_at_ms,
+            {u.user_id: u.online_since_ms for u in snap.users}, now=now,
+        )  # fmt: skip
 
     def expire(self, now: float) -> list[str]:
         """Drops regions silent since ``now - timeout``; returns their users now online nowhere remote."""

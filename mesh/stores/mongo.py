@@ -151,6 +151,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_EVERY_REGION = (
+    "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
+)
+
 DEFAULT_DATABASE: Final = "chatmesh"
 """Database used when the DSN names none (``mongodb://host/`` or ``mongodb://host``)."""
 
@@ -587,27 +591,19 @@ class MongoMetadataStore:
 
     async def channel_clock(self, channel_id: str) -> ChannelClock:
         """Not built: the services refuse the every-region mode with MongoDB (ADR-026)."""
-        raise NotImplementedError(
-            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
-        )
+        raise NotImplementedError(_EVERY_REGION)
 
     async def origin_read_marker(self, user_id: str, channel_id: str) -> dict[str, int]:
         """Not built (ADR-026)."""
-        raise NotImplementedError(
-            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
-        )
+        raise NotImplementedError(_EVERY_REGION)
 
     async def origin_read_markers(self, user_id: str) -> dict[str, dict[str, int]]:
         """Not built (ADR-026)."""
-        raise NotImplementedError(
-            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
-        )
+        raise NotImplementedError(_EVERY_REGION)
 
     async def known_message(self, message_id: str) -> MessageRecord | None:
         """Not built (ADR-026)."""
-        raise NotImplementedError(
-            "the MongoDB metadata store does not implement the every-region write mode (ADR-026)"
-        )
+        raise NotImplementedError(_EVERY_REGION)
 
     async def close(self) -> None:
         """Releases connections."""

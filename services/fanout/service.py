@@ -413,10 +413,7 @@ class Fanout:
         except Exception:  # noqa: BLE001
             logger.warning("ignoring malformed presence snapshot on %s", msg.subject)
             return
-        came, went = self.presence_view.apply(
-            snap.region, snap.epoch, snap.seq, snap.taken_at_ms,
-            {u.user_id: u.online_since_ms for u in snap.users}, now=time.monotonic(),
-        )  # fmt: skip
+        came, went = self.presence_view.apply_snapshot(snap, now=time.monotonic())
         for user in came:
             if not self.table.route_of(user):
                 await self._announce(user, online=True, region=snap.region)

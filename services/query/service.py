@@ -134,10 +134,7 @@ class Queries:
         except Exception:  # noqa: BLE001 - a bad payload must not stop the service
             logger.warning("ignoring malformed presence snapshot on %s", msg.subject)
             return
-        self.remote_presence.apply(
-            snap.region, snap.epoch, snap.seq, snap.taken_at_ms,
-            {u.user_id: u.online_since_ms for u in snap.users}, now=time.monotonic(),
-        )  # fmt: skip
+        self.remote_presence.apply_snapshot(snap, now=time.monotonic())
 
     async def _visible_channel(
         self, channel_id: str, user: str, *, public_ok: bool
